@@ -1,0 +1,33 @@
+// Operator schemas of dcnviz. Kernels register themselves per backend in csrc/cpu and csrc/cuda;
+// fake (meta) kernels and autograd are registered from Python (dcnviz/ops).
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(dcnviz, m) {
+  m.def(
+      "deform_conv2d(Tensor input, Tensor offset, Tensor weight, Tensor? bias, int stride_h, int stride_w, "
+      "int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, int deformable_groups) -> Tensor");
+  m.def(
+      "_deform_conv2d_backward(Tensor grad_output, Tensor input, Tensor offset, Tensor weight, "
+      "int stride_h, int stride_w, int pad_h, int pad_w, int dilation_h, int dilation_w, int groups, "
+      "int deformable_groups) -> (Tensor grad_input, Tensor grad_offset, Tensor grad_weight, Tensor grad_bias)");
+  m.def(
+      "deform_psroi_pool(Tensor input, Tensor rois, Tensor? offset, float spatial_scale, int output_dim, "
+      "int group_size, int pooled_size, int part_size, int sample_per_part, float trans_std) -> Tensor");
+  m.def(
+      "_deform_psroi_pool_backward(Tensor grad_output, Tensor input, Tensor rois, Tensor? offset, "
+      "float spatial_scale, int output_dim, int group_size, int pooled_size, int part_size, "
+      "int sample_per_part, float trans_std) -> (Tensor grad_input, Tensor grad_offset)");
+  m.def(
+      "psroi_pool(Tensor input, Tensor rois, float spatial_scale, int output_dim, int group_size, "
+      "int pooled_size) -> Tensor");
+  m.def(
+      "_psroi_pool_backward(Tensor grad_output, Tensor input, Tensor rois, float spatial_scale, "
+      "int output_dim, int group_size, int pooled_size) -> Tensor");
+}
+
+// `import dcnviz._C` runs the static registrations above; the module itself is empty.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}

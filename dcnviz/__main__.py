@@ -1,0 +1,3 @@
+from dcnviz.cli import main
+
+main()

@@ -1,0 +1,74 @@
+"""Build dcnviz and its C++/CUDA extension ``dcnviz._C``.
+
+CUDA kernels are compiled when torch was built with CUDA and ``nvcc`` is found.
+``DCNVIZ_CUDA=0`` turns them off, ``DCNVIZ_CUDA=1`` makes a missing toolkit an error.
+Without a visible GPU the kernels are built for a short architecture list (sm_80, sm_90
+and PTX) so the build stays a few minutes on a small machine; ``TORCH_CUDA_ARCH_LIST``
+overrides it.
+"""
+import glob
+import os
+import shutil
+
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCHS = "8.0;9.0+PTX"
+
+
+def _want_cuda():
+    import torch
+
+    flag = os.environ.get("DCNVIZ_CUDA", "auto").lower()
+    if flag in ("0", "false", "off", "no"):
+        return False
+    found = torch.version.cuda is not None and CUDA_HOME is not None and (
+        shutil.which("nvcc") is not None or os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
+    )
+    if flag in ("1", "true", "on", "yes") and not found:
+        raise RuntimeError("DCNVIZ_CUDA=1 but torch has no CUDA or nvcc was not found")
+    return found
+
+
+def _extension():
+    rel = lambda pattern: sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
+    sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
+    cxx = ["-O3", "-std=c++17"]
+    if not _want_cuda():
+        return CppExtension("dcnviz._C", sources, extra_compile_args={"cxx": cxx})
+    import torch
+
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
+    return CUDAExtension(
+        "dcnviz._C",
+        sources + rel("csrc/cuda/*.cu"),
+        define_macros=[("WITH_CUDA", None)],
+        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]},
+    )
+
+
+setup(
+    name="dcnviz",
+    version="0.1.0",
+    description="Run and look inside Deformable ConvNets (v1): exact ops, official models, analysis figures",
+    packages=find_packages(include=["dcnviz", "dcnviz.*"]),
+    package_data={"dcnviz": ["*.json", "**/*.json"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "torchvision",
+        "numpy",
+        "opencv-python-headless",
+        "click>=8",
+        "matplotlib",
+        "pillow",
+        "safetensors",
+        "tqdm",
+    ],
+    extras_require={"test": ["pytest", "expecttest", "jsonschema", "pycocotools"]},
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    entry_points={"console_scripts": ["dcnviz=dcnviz.cli:main"]},
+)
