@@ -11,9 +11,27 @@ import os
 import shutil
 
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _cuda_home():
+    """A toolkit root holding both nvcc and the CUDA headers. torch derives it from `which nvcc`, which
+    is wrong when nvcc is a wrapper script outside the toolkit (e.g. /usr/local/bin/nvcc)."""
+    nvcc = shutil.which("nvcc")
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda",
+                  os.path.dirname(os.path.dirname(nvcc)) if nvcc else None]
+    for root in filter(None, candidates):
+        if os.path.exists(os.path.join(root, "bin", "nvcc")) and os.path.exists(
+                os.path.join(root, "include", "cuda_runtime.h")):
+            return root
+    return None
+
+
+_home = _cuda_home()
+if _home:
+    os.environ["CUDA_HOME"] = _home
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 DEFAULT_ARCHS = "8.0;9.0+PTX"
 
 
@@ -23,9 +41,7 @@ def _want_cuda():
     flag = os.environ.get("DCNVIZ_CUDA", "auto").lower()
     if flag in ("0", "false", "off", "no"):
         return False
-    found = torch.version.cuda is not None and CUDA_HOME is not None and (
-        shutil.which("nvcc") is not None or os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
-    )
+    found = torch.version.cuda is not None and CUDA_HOME is not None
     if flag in ("1", "true", "on", "yes") and not found:
         raise RuntimeError("DCNVIZ_CUDA=1 but torch has no CUDA or nvcc was not found")
     return found
