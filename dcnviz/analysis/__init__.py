@@ -3,8 +3,8 @@
 Data flows one way: a model's forward captures offset maps -> this package -> rendering / JSON / tables.
 
 Conventions (every function follows them):
-- Inputs are torch tensors (any device; detached and copied to CPU) or numpy arrays; outputs are float64
-  numpy arrays.
+- Inputs are torch tensors (any device; detached and copied to CPU) or numpy arrays; outputs are numpy
+  arrays (float64 positions and dilations, integer cells and buckets).
 - Offset layout (official release, torchvision): offset (N, 2*G*kh*kw, Ho, Wo); deformable group g owns
   channels [g*2*kh*kw, (g+1)*2*kh*kw); inside it, tap k = i*kw + j (row-major) has dy (rows) at channel 2k
   and dx (columns) at 2k + 1. Offsets are in feature-map cells of the layer's INPUT map.

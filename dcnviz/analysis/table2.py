@@ -14,8 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from dcnviz.analysis._common import as_float64
-from dcnviz.analysis.buckets import (BUCKETS, EXCLUDED, LARGE_MIN_AREA, SMALL_MAX_AREA,
-                                     assign_buckets)
+from dcnviz.analysis.buckets import BUCKETS, LARGE_MIN_AREA, SMALL_MAX_AREA, assign_buckets
 
 __all__ = ["PAPER_TABLE2", "TABLE2_CONFIG", "DilationStats"]
 
@@ -87,7 +86,7 @@ class DilationStats:
             raise ValueError(f"dilation of layer {layer!r} must be finite and >= 0")
         if layer not in self._layers:
             g, k, nbins = d.shape[0], len(BUCKETS), len(self.edges)
-            self._layers[layer] = {"n": np.zeros((g, k)), "mean": np.zeros((g, k)), "m2": np.zeros((g, k)),
+            self._layers[layer] = {"n": np.zeros((g, k), np.int64), "mean": np.zeros((g, k)), "m2": np.zeros((g, k)),
                                    "hist": np.zeros((g, k, nbins), np.int64)}
         acc = self._layers[layer]
         if acc["n"].shape[0] != d.shape[0]:
