@@ -180,7 +180,7 @@ def sampling_locations(offsets_top_first, unit, geometry, *, group: int | str = 
     groups = {g.deformable_groups for g in geoms}
     if group == "mean":
         variants = [[f.mean(axis=0) for f in fields]]
-    elif group == "all" or (isinstance(group, int) and not isinstance(group, bool)):
+    elif group == "all" or (isinstance(group, (int, np.integer)) and not isinstance(group, bool)):
         if len(groups) != 1:
             raise ValueError(f"group={group!r} needs the same deformable_groups in every layer, got {sorted(groups)}")
         count = groups.pop()
