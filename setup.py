@@ -50,7 +50,7 @@ def _want_cuda():
 def _extension():
     rel = lambda pattern: sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
-    cxx = ["-O3", "-std=c++17"]
+    cxx = ["-O3", "-std=c++20"]
     if not _want_cuda():
         return CppExtension("dcnviz._C", sources, extra_compile_args={"cxx": cxx})
     import torch
@@ -61,7 +61,7 @@ def _extension():
         "dcnviz._C",
         sources + rel("csrc/cuda/*.cu"),
         define_macros=[("WITH_CUDA", None)],
-        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]},
+        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]},
     )
 
 
