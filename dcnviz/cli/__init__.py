@@ -6,9 +6,13 @@ import importlib
 
 import click
 
+from dcnviz.cli.common import debug_option, report_errors
+
 # command name -> (module, attribute, one-line help)
 COMMANDS = {
     "bench": ("dcnviz.cli.bench", "bench", "Time the operators and models."),
+    "detect": ("dcnviz.cli.predict", "detect", "Detect objects in images; save annotated images and JSON."),
+    "segment": ("dcnviz.cli.predict", "segment", "Label every pixel of images; save overlays, masks and JSON."),
 }
 
 
@@ -27,8 +31,14 @@ class LazyGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
+    def invoke(self, ctx):
+        # Every command runs inside here, so this is the one place that keeps tracebacks from users.
+        with report_errors(ctx):
+            return super().invoke(ctx)
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dcnviz")
+@debug_option
 def main():
     """Run and look inside Deformable ConvNets (v1)."""
