@@ -65,6 +65,12 @@ class TestReadImage:
         assert Image.open(tmp_path / "s.png").mode.startswith("I")
         np.testing.assert_array_equal(out[..., 0], grey8)
 
+    def test_cmyk_jpeg_becomes_rgb(self, tmp_path):
+        cmyk = Image.fromarray(gradient_rgb()).convert("CMYK")
+        cmyk.save(tmp_path / "c.jpg", quality=100)
+        expected = np.asarray(Image.open(tmp_path / "c.jpg").convert("RGB"))[..., ::-1]
+        np.testing.assert_array_equal(read_image(tmp_path / "c.jpg"), expected)
+
     def test_exif_orientation_is_applied(self, tmp_path):
         rgb = gradient_rgb(24, 32)
         out = read_image(write_exif_rotated_jpeg(tmp_path / "e.jpg", rgb, orientation=6))

@@ -306,6 +306,10 @@ class TestCommands:
         assert len(errors) == 1 and fragment in errors[0] and "Traceback" not in result.output
         assert not (tmp_path / "runs").exists()
 
+    def test_version_without_install_metadata(self):
+        result = CliRunner().invoke(main, ["--version"])
+        assert result.exit_code == 0 and dcnviz.__version__ in result.output
+
     def test_group_debug_flag_reraises(self, cli, monkeypatch):
         monkeypatch.setenv("DCNVIZ_FAKE_CRASH", "1")
         result = cli("detect", "data", "-m", "fake-det", "-d", "cpu")

@@ -1,7 +1,6 @@
 """The visualizer: dcnviz.viz.draw (boxes with labels, label-map overlay with legend)."""
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest

@@ -6,6 +6,7 @@ import importlib
 
 import click
 
+from dcnviz import __version__
 from dcnviz.cli.common import debug_option, report_errors
 
 # command name -> (module, attribute, one-line help)
@@ -38,7 +39,8 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="dcnviz")
+# The version comes from the package, not its install metadata, so it also works from a source tree.
+@click.version_option(__version__, package_name="dcnviz")
 @debug_option
 def main():
     """Run and look inside Deformable ConvNets (v1)."""

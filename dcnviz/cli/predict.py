@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import difflib
 import json
 import sys
 import time
@@ -36,7 +37,7 @@ from dcnviz.io.outputs import output_names, run_dir
 from dcnviz.io.results_json import class_histogram, coco_category_ids, coco_image_ids, coco_results, \
     detection_record, error_record, segmentation_record
 from dcnviz.structures import Detections, Segmentation
-from dcnviz.viz.draw import draw_detections, overlay_segmentation
+from dcnviz.viz.draw import BACKGROUND_NAMES, draw_detections, overlay_segmentation
 
 SUBDIRS = {"detection": ("vis", "preds"), "segmentation": ("vis", "preds", "masks")}
 COCO_FILE = "preds.coco.json"
@@ -140,7 +141,6 @@ def _save(task: str, result, image: np.ndarray, path: Path, out_dir: Path, name:
     return record, summary
 
 
-
 @click.command()
 @source_options
 @model_options("detection")
@@ -212,6 +212,7 @@ def _run(ctx: click.Context, task: str, images: Sequence[Path], spec, weights: P
     if summary.failed:
         ctx.exit(1)
 
+
 def filter_detections(dets: Detections, conf: float = 0.0, classes: set[int] | None = None,
                       max_det: int | None = None) -> Detections:
     """The detections with ``score >= conf`` and (if given) a label in ``classes``, the
@@ -232,15 +233,13 @@ def parse_classes(values: Sequence[str], class_names: Sequence[str]) -> set[int]
     if not values:
         return None
     lookup = {name.lower(): i for i, name in enumerate(class_names)}
-    selectable = [n for n in class_names if n.lower() not in ("background", "__background__")]
+    selectable = [n for n in class_names if n.lower() not in BACKGROUND_NAMES]
     ids = set()
     for item in (v.strip() for value in values for v in value.split(",")):
         if not item:
             continue
         i = int(item) if item.isdigit() else lookup.get(item.lower())
         if i is None or not 0 <= i < len(class_names) or class_names[i] not in selectable:
-            import difflib
-
             close = difflib.get_close_matches(item, selectable, n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(close)}?" if close else f"classes: {', '.join(selectable)}"
             raise click.BadParameter(f"unknown class {item!r}; {hint}", param_hint="'--classes'")
