@@ -122,6 +122,11 @@ class TestFindImages:
     def test_folder_lists_images_sorted(self, tree):
         assert find_images([tree]) == [tree / "a.PNG", tree / "b.jpg"]
 
+    def test_natural_order(self, tmp_path):
+        for name in ["img10.jpg", "img2.jpg", "img1.jpg"]:
+            (tmp_path / name).write_bytes(b"x")
+        assert [p.name for p in find_images([tmp_path])] == ["img1.jpg", "img2.jpg", "img10.jpg"]
+
     def test_recursive_skips_hidden(self, tree):
         found = find_images([str(tree)], recursive=True)
         assert found == [tree / "a.PNG", tree / "b.jpg", tree / "sub/c.jpeg", tree / "sub/deeper/d.webp"]

@@ -12,6 +12,7 @@ import glob
 import io
 import json
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -120,7 +121,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def find_images(sources: Iterable[str | os.PathLike], recursive: bool = False) -> list[Path]:
-    """Expand image files, folders and glob patterns into a sorted list of unique image paths.
+    """Expand image files, folders and glob patterns into a list of unique image paths, sorted
+    naturally (``img2`` before ``img10``).
 
     A folder contributes the files in it whose suffix is in ``IMAGE_SUFFIXES`` (any case), and with
     ``recursive`` those of its subfolders; hidden files and folders (".name") are skipped. A glob is
@@ -136,7 +138,11 @@ def find_images(sources: Iterable[str | os.PathLike], recursive: bool = False) -
             found.setdefault(os.path.realpath(path), path)
     if not found:
         raise DatasetError("no image sources given")
-    return sorted(found.values(), key=lambda p: str(p))
+    return sorted(found.values(), key=_natural_key)
+
+
+def _natural_key(path: Path) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
 def _expand(source: str, recursive: bool) -> list[Path]:
