@@ -183,6 +183,19 @@ class TestAtomicWriters:
             write_bytes_atomic(tmp_path / "sub" / "x.bin", b"data")
         assert list((tmp_path / "sub").iterdir()) == []
 
+    def test_file_system_errors_are_output_errors(self, tmp_path, monkeypatch):
+        (tmp_path / "file").write_text("x")
+        with pytest.raises(OutputError, match="cannot write '.*file/x.json'"):
+            write_json_atomic(tmp_path / "file" / "x.json", {})
+
+        def disk_full(src, dst):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(images_mod.os, "replace", disk_full)
+        with pytest.raises(OutputError, match="cannot write '.*y.json': No space left on device"):
+            write_json_atomic(tmp_path / "y.json", {})
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
     def test_image_unknown_suffix_writes_nothing(self, tmp_path):
         with pytest.raises(Exception):
             write_image_atomic(tmp_path / "x.unknown", np.zeros((4, 4, 3), np.uint8))

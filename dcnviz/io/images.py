@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dcnviz.errors import DatasetError, ImageError
+from dcnviz.errors import DatasetError, ImageError, OutputError
 
 # Suffixes looked for in folders and globs (lower case).
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
@@ -202,19 +202,25 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
 
     The folder is created if needed. If anything fails, the temporary file is removed and an
-    existing ``path`` is left untouched. (This guards against errors and interrupts, not power loss:
-    there is no fsync.)
+    existing ``path`` is left untouched; a failure of the file system (no space, no permission, a
+    file where a folder should be) raises :class:`~dcnviz.errors.OutputError`. (This guards against
+    errors and interrupts, not power loss: there is no fsync.)
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise OutputError(f"cannot write '{path}': {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write '{path}': {e.strerror or e}") from None
         raise
 
 
