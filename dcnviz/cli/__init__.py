@@ -9,6 +9,7 @@ import click
 # command name -> (module, attribute, one-line help)
 COMMANDS = {
     "bench": ("dcnviz.cli.bench", "bench", "Time the operators and models."),
+    "synth": ("dcnviz.cli.synth", "synth", "Generate a synthetic VOC-layout dataset."),
 }
 
 
