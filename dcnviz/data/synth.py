@@ -152,9 +152,13 @@ def _regions(canvas: _Canvas, rng, n: int) -> None:
     for _ in range(n):
         centre = rng.uniform((0, 0), (canvas.w, canvas.h))
         pts = centre + rng.uniform(60, 260) * rng.uniform(-1, 1, (int(rng.integers(3, 7)), 2))
-        mask = np.zeros((canvas.h, canvas.w), np.uint8)
-        cv2.fillPoly(mask, [cv2.convexHull(np.round(pts).astype(np.int32))], 1)
-        canvas.paint(mask, (0, 0), 0, shade=False)
+        hull = cv2.convexHull(np.round(pts).astype(np.int32))
+        x0, y0 = np.clip(hull.min((0, 1)), 0, None)
+        x1, y1 = np.minimum(hull.max((0, 1)), (canvas.w - 1, canvas.h - 1))
+        if x1 >= x0 and y1 >= y0:
+            mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
+            cv2.fillPoly(mask, [hull - (x0, y0)], 1)
+            canvas.paint(mask, (int(x0), int(y0)), 0, shade=False)
 
 
 def _place(canvas: _Canvas, rng, shape: shapes.Shape) -> shapes.Shape:
@@ -226,7 +230,7 @@ def render_scene(rng, image_id: str, cfg: SceneConfig = SceneConfig()) -> Scene:
                 break
     for _ in range(int(rng.integers(0, 3))):  # occluders in front of objects
         _paint_distractor(canvas, rng, cfg, objs, (12, 100))
-    image = canvas.image + rng.normal(0, rng.uniform(2, 6), canvas.image.shape).astype(np.float32)
+    image = canvas.image + np.float32(rng.uniform(2, 6)) * rng.standard_normal(canvas.image.shape, np.float32)
     image = np.clip(np.round(image), 0, 255).astype(np.uint8)
     return _labelled(image, canvas.owner, objs, image_id, cfg)
 
