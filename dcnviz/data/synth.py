@@ -10,7 +10,7 @@ strokes and straight-edged distractor shapes (not in the class list), some of wh
 
 Labels follow VOC: a box is the extent of the object's visible pixels; ``truncated`` when part of it
 lies outside the image, ``occluded`` when something covers part of it, ``difficult`` when less than
-40 % of it is visible or fewer than 100 pixels are; ``SegmentationClass`` holds class indices with a
+40 % of it is visible or fewer than 150 pixels are (tiny); ``SegmentationClass`` holds class indices with a
 void (255) band one pixel either side of every object boundary (VOC's hand-drawn band is about 5 px);
 ``SegmentationObject`` holds the 1-based index of the object in the XML.
 
@@ -48,7 +48,7 @@ class SceneConfig:
     distractors: tuple[int, int] = (2, 7)
     min_visible: float = 0.2  # a placement that leaves any object less visible than this is retried
     difficult_visible: float = 0.4
-    difficult_pixels: int = 100
+    difficult_pixels: int = 150
 
 
 @dataclass
