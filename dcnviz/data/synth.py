@@ -1,6 +1,6 @@
 """Synthetic scenes in the PASCAL VOC layout, built for what deformable convolution is for.
 
-Each scene is a VOC-sized image (500x375 or 375x500) holding 1-12 objects of the classes in
+Each scene is a VOC-sized image (500x375 or 375x500) holding 1-11 objects of the classes in
 :data:`dcnviz.data.classes.SYNTH_CLASSES`, with box sizes from about 16 px to most of the image, sampled
 per object from the three buckets of the paper's Table 2 (small < 96², medium, large > 224² px box
 area). The class of an object is carried by its outline only: every object, distractor and background
@@ -101,8 +101,9 @@ class _Canvas:
         """Mask of a pixel-unit shape clipped to the image, its top-left (x, y), and its unclipped area."""
         x0, y0, x1, y1 = (int(np.floor(v)) for v in shape.bounds())
         full = shapes.rasterize(shape, (x0, y0), (y1 - y0 + 2, x1 - x0 + 2))
-        cx0, cy0 = max(x0, 0), max(y0, 0)
-        mask = full[cy0 - y0:min(y1 + 2, self.h) - y0, cx0 - x0:min(x1 + 2, self.w) - x0]
+        cx0, cy0 = min(max(x0, 0), self.w), min(max(y0, 0), self.h)
+        cx1, cy1 = max(min(x1 + 2, self.w), cx0), max(min(y1 + 2, self.h), cy0)
+        mask = full[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
         return mask, (cx0, cy0), int(full.sum())
 
     def paint(self, mask: np.ndarray, origin, owner: int, shade: bool) -> None:
@@ -124,7 +125,7 @@ class _Canvas:
 
 
 def shading(rng, h: int, w: int) -> np.ndarray:
-    """(h, w, 1) multiplicative shading in about 0.8..1.2 across the object."""
+    """(h, w, 1) multiplicative linear shading ramp, up to +-0.2 along each axis of the object."""
     gy, gx = rng.uniform(-0.4, 0.4, 2) / max(h, w)
     y, x = np.arange(h)[:, None] - h / 2, np.arange(w)[None, :] - w / 2
     return (1 + gx * x + gy * y).astype(np.float32)[..., None]
@@ -176,18 +177,16 @@ class _Objects:
     def __init__(self):
         self.classes, self.full, self.inside, self.visible = [0], [0], [0], [0]
 
-    def keeps_visible(self, canvas: _Canvas, mask, origin, min_visible: float) -> bool:
-        """Whether painting ``mask`` at ``origin`` leaves every placed object at least ``min_visible`` visible."""
+    def try_cover(self, canvas: _Canvas, mask, origin, min_visible: float) -> bool:
+        """If painting ``mask`` at ``origin`` leaves every placed object at least ``min_visible`` visible,
+        book the pixels it hides and return True; otherwise change nothing and return False."""
         (x, y), (h, w) = origin, mask.shape
         covered = canvas.owner[y:y + h, x:x + w][mask.astype(bool)]
-        lost = np.bincount(covered, minlength=len(self.full))[1:len(self.full)]
-        return bool(np.all(np.array(self.visible[1:]) - lost >= min_visible * np.array(self.full[1:])))
-
-    def cover(self, canvas: _Canvas, mask, origin) -> None:
-        (x, y), (h, w) = origin, mask.shape
-        covered = canvas.owner[y:y + h, x:x + w][mask.astype(bool)]
-        lost = np.bincount(covered, minlength=len(self.full))
-        self.visible = [v - int(n) for v, n in zip(self.visible, lost)]
+        visible = np.array(self.visible) - np.bincount(covered, minlength=len(self.full))
+        if np.any(visible[1:] < min_visible * np.array(self.full[1:])):
+            return False
+        self.visible = [int(v) for v in visible]
+        return True
 
     def add(self, cls: int, full: int, inside: int) -> int:
         self.classes.append(cls)
@@ -224,8 +223,7 @@ def render_scene(rng, image_id: str, cfg: SceneConfig = SceneConfig()) -> Scene:
         for _ in range(12):
             mask, origin, full = canvas.window(_place(canvas, rng, shape))
             inside = int(mask.sum())
-            if inside >= 0.55 * full and objs.keeps_visible(canvas, mask, origin, cfg.min_visible):
-                objs.cover(canvas, mask, origin)
+            if inside >= 0.55 * full and objs.try_cover(canvas, mask, origin, cfg.min_visible):
                 canvas.paint(mask, origin, objs.add(cls, full, inside), shade=True)
                 break
     for _ in range(int(rng.integers(0, 3))):  # occluders in front of objects
@@ -240,8 +238,7 @@ def _paint_distractor(canvas: _Canvas, rng, cfg: SceneConfig, objs: _Objects, si
     shape = shapes.deform(rng, shapes.distractor(rng, kind), 0, 0, cfg.aspect, rigid=True)
     shape = shapes.to_pixels(shape, float(np.exp(rng.uniform(*np.log(size_range)))))
     mask, origin, _ = canvas.window(_place(canvas, rng, shape))
-    if objs.keeps_visible(canvas, mask, origin, cfg.min_visible):
-        objs.cover(canvas, mask, origin)
+    if objs.try_cover(canvas, mask, origin, cfg.min_visible):
         canvas.paint(mask, origin, 0, shade=False)
 
 
