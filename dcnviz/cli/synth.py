@@ -29,6 +29,8 @@ def synth(out, images, seed, split):
             ids = generate(out, images, seed, split, progress=lambda _: bar.update())
     except UserError as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"cannot write {e.filename or out}: {e.strerror}") from None
     elapsed = time.perf_counter() - start
     click.echo(f"wrote {len(ids)} scenes ({split}, seed {seed}) to {out} in {elapsed:.1f} s "
                f"({1000 * elapsed / len(ids):.0f} ms/image)")

@@ -168,7 +168,7 @@ def parse_annotation(path: str | os.PathLike) -> Annotation:
             difficult=_flag(node, "difficult", path), truncated=_flag(node, "truncated", path),
             occluded=_flag(node, "occluded", path),
             pose=pose.text.strip() if pose is not None and pose.text else "Unspecified"))
-    segmented = root.find("segmented") is not None and _flag(root, "segmented", path)
+    segmented = _flag(root, "segmented", path)
     return Annotation(path.stem, width, height, depth, tuple(objects), segmented)
 
 
