@@ -131,7 +131,7 @@ def _number(node: ET.Element, tag: str, path: Path, kind=float):
 
 
 def _flag(node: ET.Element, tag: str, path: Path) -> bool:
-    # VOC2007 omits <occluded>; MSRA and D2 require <difficult>, we read a missing one as 0 like VOC2012 tools.
+    # A missing flag reads as 0: VOC2007 has no <occluded>; MSRA and D2 would fail on a missing <difficult>.
     return node.find(tag) is not None and bool(_number(node, tag, path, int))
 
 
@@ -148,7 +148,7 @@ def parse_annotation(path: str | os.PathLike) -> Annotation:
     if size is None:
         raise DatasetError(f"{path}: <annotation> has no <size>")
     width, height = _number(size, "width", path, int), _number(size, "height", path, int)
-    depth = int(_number(size, "depth", path, int)) if size.find("depth") is not None else 3
+    depth = _number(size, "depth", path, int) if size.find("depth") is not None else 3
     if width <= 0 or height <= 0:
         raise DatasetError(f"{path}: image size {width}x{height} is empty")
     objects = []
