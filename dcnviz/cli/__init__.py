@@ -14,6 +14,7 @@ COMMANDS = {
     "bench": ("dcnviz.cli.bench", "bench", "Time the operators and models."),
     "detect": ("dcnviz.cli.predict", "detect", "Detect objects in images; save annotated images and JSON."),
     "segment": ("dcnviz.cli.predict", "segment", "Label every pixel of images; save overlays, masks and JSON."),
+    "synth": ("dcnviz.cli.synth", "synth", "Generate a synthetic VOC-layout dataset."),
 }
 
 
