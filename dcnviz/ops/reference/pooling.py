@@ -116,8 +116,9 @@ def psroi_pool(input, rois, *, spatial_scale, output_dim, group_size, pooled_siz
         """(R, P, extent) bool: pixel i lies in bin p of each RoI."""
         bins = torch.arange(P + 1, device=device, dtype=input.dtype)
         edges = bins[None, :] * (size / P)[:, None] + start[:, None]
-        lo = edges[:, :-1].floor().clamp(0, extent)
-        hi = edges[:, 1:].ceil().clamp(0, extent)
+        # As in the kernels, an edge that overflowed to NaN counts as 0 (0 * inf when a RoI spans ~1e38).
+        lo = edges[:, :-1].floor().nan_to_num(nan=0.0).clamp(0, extent)
+        hi = edges[:, 1:].ceil().nan_to_num(nan=0.0).clamp(0, extent)
         pixel = torch.arange(extent, device=device, dtype=input.dtype)
         return (pixel >= lo[..., None]) & (pixel < hi[..., None])
 
