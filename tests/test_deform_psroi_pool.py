@@ -178,6 +178,17 @@ class TestDeformPSRoIPool:
         for got, ref in zip((out, gx, go), forward_backward(reference.deform_psroi_pool, x, rois, offset, kwargs)):
             torch.testing.assert_close(got, ref)
 
+    def test_huge_rois(self):
+        """Finite RoIs so large that the bin size overflows to inf: every sample is NaN or off the map,
+        so it is skipped and the bins are 0."""
+        x, rois, offset, kwargs = random_case(dtype=torch.float32, spatial_scale=1.0)
+        rois[1, 1:] = torch.tensor([-3e38, -3e38, 3e38, 3e38])
+        rois[2, 1:] = torch.tensor([1e30, 1e30, 2e30, 2e30])
+        out, gx, go = forward_backward(deform_psroi_pool, x, rois, offset, kwargs)
+        assert torch.isfinite(out).all() and torch.isfinite(gx).all() and torch.isfinite(go).all()
+        assert (out[1:3] == 0).all() and (go[1:3] == 0).all()
+        torch.testing.assert_close(out, reference.deform_psroi_pool(x, rois, offset, **kwargs))
+
     @pytest.mark.parametrize("with_offset", [True, False])
     def test_zero_rois(self, with_offset):
         x, rois, offset, kwargs = random_case(rois=0, offset=with_offset)
@@ -220,6 +231,7 @@ class TestDeformPSRoIPool:
         want = forward_backward(deform_psroi_pool, x, rois[:1], offset[:1], kwargs, dy=torch.ones_like(out[:1]))
         torch.testing.assert_close(out[:1], want[0])
         torch.testing.assert_close(x.grad, want[1])
+        torch.testing.assert_close(offset.grad[:1], want[2])
 
     @pytest.mark.parametrize("change,error,match", [
         (lambda a: dict(a, input=a["input"][0]), ValueError, "input must have shape"),
