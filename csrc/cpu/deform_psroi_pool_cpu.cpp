@@ -80,6 +80,9 @@ RoiFrame<T> roi_frame(const T* roi, const Geometry& g) {
   return f;
 }
 
+// Group cell of bin p along one axis: floor(p*G/P), clamped to [0, G-1] as in the official kernels.
+inline int64_t group_of(int64_t p, int64_t G, int64_t P) { return std::min(std::max(p * G / P, int64_t(0)), G - 1); }
+
 // One output bin (n, ctop, ph, pw): its input channel, its offset cell and the first sample position.
 template <typename T>
 struct Bin {
@@ -92,8 +95,7 @@ template <typename T>
 Bin<T> make_bin(const RoiFrame<T>& f, const T* offset, int64_t n, int64_t ctop, int64_t ph, int64_t pw,
                 const Geometry& g) {
   const int64_t P = g.pooled_size, G = g.group_size;
-  const int64_t gh = std::min(std::max(ph * G / P, int64_t(0)), G - 1);
-  const int64_t gw = std::min(std::max(pw * G / P, int64_t(0)), G - 1);
+  const int64_t gh = group_of(ph, G, P), gw = group_of(pw, G, P);
   // The official kernel computes the part cell in floating point; clamp against rounding.
   const int64_t part_h = std::min(static_cast<int64_t>(std::floor(T(ph) / T(P) * T(g.part_size))), g.part_size - 1);
   const int64_t part_w = std::min(static_cast<int64_t>(std::floor(T(pw) / T(P) * T(g.part_size))), g.part_size - 1);
@@ -166,9 +168,10 @@ void input_grad_kernel(const T* grad, const T* rois, const T* offset, T* grad_in
         if (f.batch < 0) continue;
         T* gx = grad_input + (f.batch * g.channels + channel) * plane;
         for (int64_t ph = 0; ph < P; ++ph) {
+          if (group_of(ph, G, P) != gh) continue;
           for (int64_t pw = 0; pw < P; ++pw) {
+            if (group_of(pw, G, P) != gw) continue;
             const Bin<T> b = make_bin(f, offset, n, ctop, ph, pw, g);
-            if (b.channel != (ctop * G + gh) * G + gw) continue;
             const int64_t count = for_each_sample(b, g, [](const Corners<T>&) {});
             if (count == 0) continue;
             const T diff = grad[((n * g.output_dim + ctop) * P + ph) * P + pw] / T(count);

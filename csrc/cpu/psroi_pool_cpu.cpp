@@ -66,6 +66,9 @@ int64_t edge_index(T v, int64_t extent) {
   return v >= T(0) ? (v <= T(extent) ? static_cast<int64_t>(v) : extent) : 0;
 }
 
+// Group cell of bin p along one axis: floor(p*G/P), clamped to [0, G-1] as in the official kernels.
+inline int64_t group_of(int64_t p, int64_t G, int64_t P) { return std::min(std::max(p * G / P, int64_t(0)), G - 1); }
+
 // The whole pixels [h0, h1) x [w0, w1) averaged by output bin (ctop, ph, pw), and its input channel.
 struct Window {
   int64_t channel, h0, h1, w0, w1;
@@ -77,8 +80,7 @@ template <typename T>
 Window make_window(const RoiFrame<T>& f, int64_t ctop, int64_t ph, int64_t pw, const Geometry& g) {
   const int64_t P = g.pooled_size, G = g.group_size;
   const T bin_w = f.width / T(P), bin_h = f.height / T(P);
-  const int64_t gh = std::min(std::max(ph * G / P, int64_t(0)), G - 1);
-  const int64_t gw = std::min(std::max(pw * G / P, int64_t(0)), G - 1);
+  const int64_t gh = group_of(ph, G, P), gw = group_of(pw, G, P);
   return {(ctop * G + gh) * G + gw,
           edge_index(std::floor(T(ph) * bin_h + f.y_start), g.height),
           edge_index(std::ceil(T(ph + 1) * bin_h + f.y_start), g.height),
@@ -114,15 +116,17 @@ void input_grad_kernel(const T* grad, const T* rois, T* grad_input, const Geomet
   const int64_t P = g.pooled_size, G = g.group_size, plane = g.height * g.width;
   at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t channel = begin; channel < end; ++channel) {
-      const int64_t ctop = channel / (G * G);
+      const int64_t ctop = channel / (G * G), gh = channel / G % G, gw = channel % G;
       for (int64_t n = 0; n < g.rois; ++n) {
         const RoiFrame<T> f = roi_frame(rois + n * 5, g);
         if (f.batch < 0) continue;
         T* gx = grad_input + (f.batch * g.channels + channel) * plane;
         for (int64_t ph = 0; ph < P; ++ph) {
+          if (group_of(ph, G, P) != gh) continue;
           for (int64_t pw = 0; pw < P; ++pw) {
+            if (group_of(pw, G, P) != gw) continue;
             const Window win = make_window(f, ctop, ph, pw, g);
-            if (win.channel != channel || win.empty()) continue;
+            if (win.empty()) continue;
             const T diff = grad[((n * g.output_dim + ctop) * P + ph) * P + pw] / T(win.area());
             for (int64_t h = win.h0; h < win.h1; ++h)
               for (int64_t w = win.w0; w < win.w1; ++w) gx[h * g.width + w] += diff;

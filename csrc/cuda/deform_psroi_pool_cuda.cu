@@ -93,6 +93,9 @@ __device__ RoiFrame<A> roi_frame(const T* roi_in, const Geometry& g) {
   return f;
 }
 
+// Group cell of bin p along one axis: floor(p*G/P), clamped to [0, G-1] as in the official kernels.
+__device__ int64_t group_of(int64_t p, int64_t G, int64_t P) { return ::min(::max(p * G / P, int64_t(0)), G - 1); }
+
 // One output bin (n, ctop, ph, pw): its input channel, its offset cell and the first sample position.
 template <typename A>
 struct Bin {
@@ -105,8 +108,7 @@ template <typename A, typename T>
 __device__ Bin<A> make_bin(const RoiFrame<A>& f, const T* offset, int64_t n, int64_t ctop, int64_t ph, int64_t pw,
                            const Geometry& g) {
   const int64_t P = g.pooled_size, G = g.group_size;
-  const int64_t gh = ::min(::max(ph * G / P, int64_t(0)), G - 1);
-  const int64_t gw = ::min(::max(pw * G / P, int64_t(0)), G - 1);
+  const int64_t gh = group_of(ph, G, P), gw = group_of(pw, G, P);
   // The official kernel computes the part cell in floating point; clamp against rounding.
   const int64_t part_h = ::min(static_cast<int64_t>(::floor(A(ph) / A(P) * A(g.part_size))), g.part_size - 1);
   const int64_t part_w = ::min(static_cast<int64_t>(::floor(A(pw) / A(P) * A(g.part_size))), g.part_size - 1);

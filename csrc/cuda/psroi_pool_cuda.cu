@@ -79,6 +79,9 @@ __device__ int64_t edge_index(A v, int64_t extent) {
   return v >= A(0) ? (v <= A(extent) ? static_cast<int64_t>(v) : extent) : 0;
 }
 
+// Group cell of bin p along one axis: floor(p*G/P), clamped to [0, G-1] as in the official kernels.
+__device__ int64_t group_of(int64_t p, int64_t G, int64_t P) { return ::min(::max(p * G / P, int64_t(0)), G - 1); }
+
 // The whole pixels [h0, h1) x [w0, w1) averaged by output bin (ctop, ph, pw), and its input channel.
 struct Window {
   int64_t channel, h0, h1, w0, w1;
@@ -90,8 +93,7 @@ template <typename A>
 __device__ Window make_window(const RoiFrame<A>& f, int64_t ctop, int64_t ph, int64_t pw, const Geometry& g) {
   const int64_t P = g.pooled_size, G = g.group_size;
   const A bin_w = f.width / A(P), bin_h = f.height / A(P);
-  const int64_t gh = ::min(::max(ph * G / P, int64_t(0)), G - 1);
-  const int64_t gw = ::min(::max(pw * G / P, int64_t(0)), G - 1);
+  const int64_t gh = group_of(ph, G, P), gw = group_of(pw, G, P);
   return {(ctop * G + gh) * G + gw,
           edge_index(::floor(A(ph) * bin_h + f.y_start), g.height),
           edge_index(::ceil(A(ph + 1) * bin_h + f.y_start), g.height),
