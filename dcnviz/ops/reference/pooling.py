@@ -1,8 +1,8 @@
 """Pure-PyTorch references of ``deform_psroi_pool`` and ``psroi_pool`` (official.md §3.2, §3.3).
 
-Written for reading, not speed: every output bin is computed at once with broadcasting, and autograd
-through the same formulas yields the official MXNet gradients. The compiled kernels are tested
-against these functions.
+Written for reading, not speed: every output bin is computed at once with broadcasting (psroi_pool
+holds an (R, output_dim, P, P, H, W) tensor, so keep test cases small), and autograd through the same
+formulas yields the official MXNet gradients. The compiled kernels are tested against these functions.
 
 Coordinates: ``rois`` hold ``[batch_index, x1, y1, x2, y2]`` in input-image pixels with inclusive
 corners; feature-map pixel ``(y, x)`` has its centre at integer ``(y, x)``.
