@@ -137,6 +137,21 @@ class TestDeformPSRoIPool:
                              forward_backward(deform_psroi_pool, x_nc, rois_nc, offset_nc, kwargs)):
             torch.testing.assert_close(got, want, rtol=0, atol=0)
 
+    def test_backward_thread_count_invariant(self):
+        """The CPU backward splits work so that no two threads write one element: bitwise the same
+        gradients with 1 and 4 threads (lost updates from a race would change them)."""
+        x, rois, offset, kwargs = random_case(rois=40, num_classes=2, output_dim=4, group_size=1, part_size=2)
+        threads = torch.get_num_threads()
+        try:
+            results = []
+            for n in (1, 4):
+                torch.set_num_threads(n)
+                results.append(forward_backward(deform_psroi_pool, x, rois, offset, kwargs))
+        finally:
+            torch.set_num_threads(threads)
+        for one, many in zip(*results):
+            assert torch.equal(one, many)
+
     def test_module(self):
         x, rois, offset, kwargs = random_case()
         module = DeformPSRoIPool(**kwargs)

@@ -89,6 +89,21 @@ class TestPSRoIPool:
                              forward_backward(psroi_pool, x_nc, rois_nc, kwargs)):
             torch.testing.assert_close(got, want, rtol=0, atol=0)
 
+    def test_backward_thread_count_invariant(self):
+        """The CPU backward splits work so that no two threads write one element: bitwise the same
+        gradient with 1 and 4 threads (lost updates from a race would change it)."""
+        x, rois, kwargs = random_case(rois=40, group_size=1)
+        threads = torch.get_num_threads()
+        try:
+            results = []
+            for n in (1, 4):
+                torch.set_num_threads(n)
+                results.append(forward_backward(psroi_pool, x, rois, kwargs))
+        finally:
+            torch.set_num_threads(threads)
+        for one, many in zip(*results):
+            assert torch.equal(one, many)
+
     def test_module(self):
         x, rois, kwargs = random_case()
         module = PSRoIPool(**kwargs)
