@@ -1,15 +1,15 @@
 // CPU kernels of deformable convolution v1 (MXNet DeformableConvolution), forward and backward.
 //
 // Images are processed in chunks of B (one image when the output map is large, more when it is small,
-// so the GEMMs stay large). Per chunk:
-//   1. samples:  the corners and bilinear weights of every (image, deformable group, tap, output
-//                position), computed once and shared by all channels of the group;
-//   2. im2col:   columns (C*kh*kw, B*Ho*Wo), row c*kh*kw + tap, parallel over (channel, image);
-//   3. GEMM:     per conv group, out (F/G, B*P) = W_g (F/G, C/G*kh*kw) @ columns_g (at::mm, MKL/oneDNN).
-// Backward reuses the same pieces: grad_weight += grad_out @ columns^T, grad_columns = W^T @ grad_out,
-// col2im (parallel over (channel, image): each task owns its input plane, so no two threads write the
-// same element) and the offset gradient (parallel over (image, group, tap), summing over the group's
-// channels). csrc/cuda/deform_conv_cuda.cu follows the same structure.
+// so that the GEMMs stay large). The input is made channels-last (B, H, W, C) so that one sample (its
+// corners and bilinear weights, computed once per deformable group, tap and output position) is applied
+// to a contiguous run of channels. Per chunk:
+//   1. im2col: columns (G, B*P, K*C/G), one row per (conv group, output position), tap-major, parallel
+//      over positions;
+//   2. GEMM:   out_g (F/G, B*P) = W_g (F/G, K*C/G) @ columns_g^T, with the weight permuted to tap-major.
+// Backward: grad_weight += grad_out @ columns, grad_columns = grad_out^T @ W, col2im (parallel over
+// channel blocks, so no two threads write the same element) and the offset gradient (parallel over
+// positions, summing over the group's channels). csrc/cuda/deform_conv_cuda.cu has the same structure.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -65,14 +65,6 @@ int64_t chunk_size(const Geometry& g, int64_t elem_size) {
   return std::max<int64_t>(1, std::min({g.N, want, fit}));
 }
 
-// One sample's corners with its four bilinear weights precomputed (they are reused by every channel).
-template <typename T>
-struct Sample {
-  int64_t i00, dx, dy;
-  T w00, w01, w10, w11;
-  bool valid;
-};
-
 // Sampling point of tap k at output position p of the chunk's image b, deformable group dg:
 // offsets are (dy, dx) pairs per tap, row-major over taps, one block of 2*K channels per group.
 template <typename T>
@@ -84,131 +76,164 @@ Corners<T> corners_at(const T* offset_chunk, const Geometry& g, int64_t b, int64
   return dcn_v1_corners<T>(y, x, g.H, g.W);
 }
 
-// samples (B, DG, K, P) of a chunk.
+// One sample in a channels-last image (H, W, C): channel c's value is
+// sum_i w[i] * image[a[i] + c], a[i] = corner pixel * C. Shared by every channel of the group.
 template <typename T>
-void build_samples(const T* offset_chunk, const Geometry& g, int64_t B, Sample<T>* samples) {
-  const int64_t rows = B * g.DG * g.K(), P = g.P();
-  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / P), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / (g.DG * g.K()), dg = (r / g.K()) % g.DG, k = r % g.K();
-      Sample<T>* s = samples + r * P;
-      for (int64_t p = 0; p < P; ++p) {
-        const Corners<T> c = corners_at(offset_chunk, g, b, dg, k, p);
-        s[p] = Sample<T>{c.i00, c.dx, c.dy, c.w00(), c.w01(), c.w10(), c.w11(), c.valid};
-      }
-    }
-  });
+struct Tap {
+  int64_t a[4];
+  T w[4];
+  bool valid;
+};
+
+template <typename T>
+Tap<T> tap_at(const T* offset_chunk, const Geometry& g, int64_t b, int64_t dg, int64_t k, int64_t p) {
+  const Corners<T> q = corners_at(offset_chunk, g, b, dg, k, p);
+  const int64_t i = q.i00;
+  return Tap<T>{{i * g.C, (i + q.dx) * g.C, (i + q.dy) * g.C, (i + q.dy + q.dx) * g.C},
+                {q.w00(), q.w01(), q.w10(), q.w11()},
+                q.valid};
 }
 
-// columns (C*K, B*P) of the chunk's images x_chunk (B, C, H, W). A sample outside the map is exactly
-// 0 (not 0 * value, which would be NaN next to an infinite input value), as in the official kernel.
+// Calls f(gi, c_lo, c_hi) for each run of channels [c_lo, c_hi) that lies in deformable group dg, in
+// conv group gi and in [c_begin, c_end).
+template <typename Fn>
+void for_each_run(const Geometry& g, int64_t dg, int64_t c_begin, int64_t c_end, const Fn& f) {
+  const int64_t lo = std::max(c_begin, dg * g.Cdg()), hi = std::min(c_end, (dg + 1) * g.Cdg());
+  for (int64_t c = lo; c < hi;) {
+    const int64_t gi = c / g.Cg(), next = std::min(hi, (gi + 1) * g.Cg());
+    f(gi, c, next);
+    c = next;
+  }
+}
+
+// Columns (G, B*P, K*C/G): row (conv group, b*P + p), tap-major and channel-minor within the row, so
+// that each tap of a sample fills a contiguous run from contiguous channels-last input (the weight is
+// permuted to match). A sample outside the map is exactly 0 (not 0 * value, which would be NaN next
+// to an infinite input value).
 template <typename T>
-void im2col(const T* x_chunk, const Sample<T>* samples, const Geometry& g, int64_t B, T* columns) {
-  const int64_t K = g.K(), P = g.P(), HW = g.H * g.W;
-  at::parallel_for(0, g.C * B, std::max<int64_t>(1, 16384 / (K * P)), [&](int64_t begin, int64_t end) {
-    for (int64_t u = begin; u < end; ++u) {
-      const int64_t c = u / B, b = u % B, dg = c / g.Cdg();
-      const T* plane = x_chunk + (b * g.C + c) * HW;
-      for (int64_t k = 0; k < K; ++k) {
-        const Sample<T>* s = samples + ((b * g.DG + dg) * K + k) * P;
-        T* out = columns + (c * K + k) * (B * P) + b * P;
-        for (int64_t p = 0; p < P; ++p) {
-          const Sample<T>& q = s[p];
-          const T* v = plane + q.i00;
-          const T val = q.w00 * v[0] + q.w01 * v[q.dx] + q.w10 * v[q.dy] + q.w11 * v[q.dy + q.dx];
-          out[p] = q.valid ? val : T(0);
+void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, T* columns) {
+  const int64_t K = g.K(), P = g.P(), BP = B * P, Cg = g.Cg(), CgK = Cg * K;
+  at::parallel_for(0, BP, std::max<int64_t>(1, 4096 / (g.C * K)), [&](int64_t begin, int64_t end) {
+    for (int64_t bp = begin; bp < end; ++bp) {
+      const int64_t b = bp / P, p = bp % P;
+      const T* image = x_cl + b * g.H * g.W * g.C;
+      for (int64_t dg = 0; dg < g.DG; ++dg) {
+        for (int64_t k = 0; k < K; ++k) {
+          const Tap<T> t = tap_at(offset_chunk, g, b, dg, k, p);
+          for_each_run(g, dg, 0, g.C, [&](int64_t gi, int64_t lo, int64_t hi) {
+            T* __restrict__ dst = columns + (gi * BP + bp) * CgK + k * Cg + (lo - gi * Cg);
+            const int64_t n = hi - lo;
+            if (!t.valid) {
+              std::fill(dst, dst + n, T(0));
+              return;
+            }
+            const T *v0 = image + t.a[0] + lo, *v1 = image + t.a[1] + lo, *v2 = image + t.a[2] + lo,
+                    *v3 = image + t.a[3] + lo;
+            const T w0 = t.w[0], w1 = t.w[1], w2 = t.w[2], w3 = t.w[3];
+            for (int64_t c = 0; c < n; ++c) dst[c] = w0 * v0[c] + w1 * v1[c] + w2 * v2[c] + w3 * v3[c];
+          });
         }
       }
     }
   });
 }
 
-// grad_x_chunk (B, C, H, W) += scatter of grad_columns (C*K, B*P) to the forward's corners and weights.
+// grad_x_cl (B, H, W, C) += scatter of grad_columns (laid out as the columns) to the forward's corners
+// and weights. Threads split the channels, so no two threads ever write the same element.
 template <typename T>
-void col2im(const T* grad_columns, const Sample<T>* samples, const Geometry& g, int64_t B, T* grad_x_chunk) {
-  const int64_t K = g.K(), P = g.P(), HW = g.H * g.W;
-  at::parallel_for(0, g.C * B, std::max<int64_t>(1, 16384 / (K * P)), [&](int64_t begin, int64_t end) {
-    for (int64_t u = begin; u < end; ++u) {
-      const int64_t c = u / B, b = u % B, dg = c / g.Cdg();
-      T* plane = grad_x_chunk + (b * g.C + c) * HW;
-      for (int64_t k = 0; k < K; ++k) {
-        const Sample<T>* s = samples + ((b * g.DG + dg) * K + k) * P;
-        const T* gc = grad_columns + (c * K + k) * (B * P) + b * P;
-        for (int64_t p = 0; p < P; ++p) {
-          const Sample<T>& q = s[p];
-          if (!q.valid) continue;
-          T* v = plane + q.i00;
-          v[0] += q.w00 * gc[p];
-          v[q.dx] += q.w01 * gc[p];
-          v[q.dy] += q.w10 * gc[p];
-          v[q.dy + q.dx] += q.w11 * gc[p];
+void col2im(const T* grad_columns, const T* offset_chunk, const Geometry& g, int64_t B, T* grad_x_cl) {
+  const int64_t K = g.K(), P = g.P(), BP = B * P, Cg = g.Cg(), CgK = Cg * K, Cdg = g.Cdg();
+  at::parallel_for(0, g.C, 1, [&](int64_t c_begin, int64_t c_end) {
+    for (int64_t bp = 0; bp < BP; ++bp) {
+      const int64_t b = bp / P, p = bp % P;
+      T* image = grad_x_cl + b * g.H * g.W * g.C;
+      for (int64_t dg = c_begin / Cdg; dg * Cdg < c_end; ++dg) {
+        for (int64_t k = 0; k < K; ++k) {
+          const Tap<T> t = tap_at(offset_chunk, g, b, dg, k, p);
+          if (!t.valid) continue;
+          for_each_run(g, dg, c_begin, c_end, [&](int64_t gi, int64_t lo, int64_t hi) {
+            const T* __restrict__ src = grad_columns + (gi * BP + bp) * CgK + k * Cg + (lo - gi * Cg);
+            // One pass per corner: two corners may be the same pixel (clamped edge), never overlapping runs.
+            for (int i = 0; i < 4; ++i) {
+              T* __restrict__ dst = image + t.a[i] + lo;
+              const T w = t.w[i];
+              for (int64_t c = 0; c < hi - lo; ++c) dst[c] += w * src[c];
+            }
+          });
         }
       }
     }
   });
 }
 
-// grad_offset_chunk (B, 2*DG*K, Ho, Wo): derivative of each sample's bilinear blend, with the forward's
+// grad_offset_chunk (B, 2*DG*K, Ho, Wo): derivative of each sample's bilinear blend with the forward's
 // floor-based corners (zero along a clamped axis, zero outside), summed over the group's channels.
 template <typename T>
-void offset_grad(const T* grad_columns, const T* x_chunk, const T* offset_chunk, const Geometry& g, int64_t B,
+void offset_grad(const T* grad_columns, const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B,
                  T* grad_offset_chunk) {
-  const int64_t K = g.K(), P = g.P(), HW = g.H * g.W, Cdg = g.Cdg();
-  at::parallel_for(0, B * g.DG * K, std::max<int64_t>(1, 4096 / (Cdg * P)), [&](int64_t begin, int64_t end) {
-    std::vector<Corners<T>> corners(P);
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / (g.DG * K), dg = (r / K) % g.DG, k = r % K;
-      for (int64_t p = 0; p < P; ++p) corners[p] = corners_at(offset_chunk, g, b, dg, k, p);
-      T* gy = grad_offset_chunk + r * 2 * P;  // channel (b, dg, k, 0) = dy, next channel = dx
-      T* gx = gy + P;
-      std::fill(gy, gy + 2 * P, T(0));
-      for (int64_t c = dg * Cdg; c < (dg + 1) * Cdg; ++c) {
-        const T* plane = x_chunk + (b * g.C + c) * HW;
-        const T* gc = grad_columns + (c * K + k) * (B * P) + b * P;
-        for (int64_t p = 0; p < P; ++p) {
-          const Corners<T>& q = corners[p];
-          if (!q.valid) continue;
-          const T* v = plane + q.i00;
-          const T v00 = v[0], v01 = v[q.dx], v10 = v[q.dy], v11 = v[q.dy + q.dx];
-          gy[p] += gc[p] * ((T(1) - q.lx) * (v10 - v00) + q.lx * (v11 - v01));
-          gx[p] += gc[p] * ((T(1) - q.ly) * (v01 - v00) + q.ly * (v11 - v10));
+  const int64_t K = g.K(), P = g.P(), BP = B * P, Cg = g.Cg(), CgK = Cg * K;
+  at::parallel_for(0, BP, std::max<int64_t>(1, 4096 / (g.C * K)), [&](int64_t begin, int64_t end) {
+    for (int64_t bp = begin; bp < end; ++bp) {
+      const int64_t b = bp / P, p = bp % P;
+      const T* image = x_cl + b * g.H * g.W * g.C;
+      for (int64_t dg = 0; dg < g.DG; ++dg) {
+        for (int64_t k = 0; k < K; ++k) {
+          const Corners<T> q = corners_at(offset_chunk, g, b, dg, k, p);
+          T gy = T(0), gx = T(0);
+          if (q.valid) {
+            const T* v00 = image + q.i00 * g.C;
+            const T *v01 = image + (q.i00 + q.dx) * g.C, *v10 = image + (q.i00 + q.dy) * g.C,
+                    *v11 = image + (q.i00 + q.dy + q.dx) * g.C;
+            for_each_run(g, dg, 0, g.C, [&](int64_t gi, int64_t lo, int64_t hi) {
+              const T* gc = grad_columns + (gi * BP + bp) * CgK + k * Cg - gi * Cg;
+              for (int64_t c = lo; c < hi; ++c) {
+                gy += gc[c] * ((T(1) - q.lx) * (v10[c] - v00[c]) + q.lx * (v11[c] - v01[c]));
+                gx += gc[c] * ((T(1) - q.ly) * (v01[c] - v00[c]) + q.ly * (v11[c] - v10[c]));
+              }
+            });
+          }
+          T* out = grad_offset_chunk + ((b * g.DG + dg) * K + k) * 2 * P + p;  // channel 2k: dy, 2k+1: dx
+          out[0] = gy;
+          out[P] = gx;
         }
       }
     }
   });
 }
 
-// (B, F, P) block of a batch tensor <-> (F, B*P) matrix used by the GEMMs.
-at::Tensor to_matrix(const at::Tensor& t, int64_t n0, int64_t B, int64_t F, int64_t P) {
-  return t.narrow(0, n0, B).reshape({B, F, P}).transpose(0, 1).reshape({F, B * P});
+// Rows [g*Fg, (g+1)*Fg) of a (B, F, Ho, Wo) block of a batch tensor as an (Fg, B*P) matrix (a view
+// when B == 1).
+at::Tensor group_rows(const at::Tensor& t, int64_t n0, int64_t B, int64_t gi, const Geometry& g) {
+  return t.narrow(0, n0, B).narrow(1, gi * g.Fg(), g.Fg()).transpose(0, 1).reshape({g.Fg(), B * g.P()});
 }
 
-at::Tensor deform_conv2d_cpu(const at::Tensor& input_, const at::Tensor& offset_, const at::Tensor& weight_,
+// weight (F, C/G, kh, kw) -> (G, F/G, K*C/G), tap-major like the columns.
+at::Tensor tap_major(const at::Tensor& weight, const Geometry& g) {
+  return weight.reshape({g.G, g.Fg(), g.Cg(), g.K()}).transpose(2, 3).reshape({g.G, g.Fg(), g.K() * g.Cg()});
+}
+
+at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                              int64_t dh, int64_t dw, int64_t groups, int64_t dgroups) {
-  const Geometry g = check_geometry(input_, offset_, weight_, sh, sw, ph, pw, dh, dw, groups, dgroups);
-  const at::Tensor input = input_.contiguous(), offset = offset_.contiguous(), weight = weight_.contiguous();
+  const Geometry g = check_geometry(input, offset_, weight, sh, sw, ph, pw, dh, dw, groups, dgroups);
   at::Tensor output = at::zeros({g.N, g.F, g.Ho, g.Wo}, input.options());
-  if (output.numel() > 0 && g.Cg() * g.K() > 0) {
-    const int64_t B = chunk_size(g, input.element_size()), K = g.K(), P = g.P();
-    const at::Tensor w = weight.view({g.G, g.Fg(), g.Cg() * K});
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_cpu", [&] {
-      std::vector<Sample<scalar_t>> samples(B * g.DG * K * P);
-      at::Tensor columns = at::empty({g.C * K * B * P}, input.options());
-      at::Tensor result = B > 1 ? at::empty({g.F * B * P}, input.options()) : at::Tensor();
+  const int64_t K = g.K(), P = g.P(), CgK = g.Cg() * K;
+  if (output.numel() > 0 && CgK > 0) {
+    const at::Tensor offset = offset_.contiguous(), x_cl = input.permute({0, 2, 3, 1}).contiguous();
+    const at::Tensor w = tap_major(weight, g).view({g.G, g.Fg(), CgK, 1, 1});
+    const int64_t B = chunk_size(g, x_cl.element_size());
+    at::Tensor columns = at::empty({g.G * B * P * CgK}, x_cl.options());
+    AT_DISPATCH_FLOATING_TYPES(x_cl.scalar_type(), "deform_conv2d_cpu", [&] {
       for (int64_t n0 = 0; n0 < g.N; n0 += B) {
         const int64_t nb = std::min(B, g.N - n0);
-        at::Tensor cols = columns.narrow(0, 0, g.C * K * nb * P).view({g.C * K, nb * P});
-        build_samples(offset.data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P, g, nb, samples.data());
-        im2col(input.data_ptr<scalar_t>() + n0 * g.C * g.H * g.W, samples.data(), g, nb, cols.data_ptr<scalar_t>());
-        // With one image the GEMM writes straight into the output.
-        at::Tensor out = nb == 1 ? output[n0].view({g.F, P}) : result.narrow(0, 0, g.F * nb * P).view({g.F, nb * P});
-        const at::Tensor cols_g = cols.view({g.G, g.Cg() * K, nb * P});
+        im2col(x_cl.data_ptr<scalar_t>() + n0 * g.H * g.W * g.C, offset.data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P,
+               g, nb, columns.data_ptr<scalar_t>());
+        const at::Tensor cols = columns.narrow(0, 0, g.G * nb * P * CgK).view({g.G, nb, g.Ho, g.Wo, CgK});
+        // out_g = W_g @ cols_g^T, as a 1x1 convolution of the channels-last columns: oneDNN runs it at
+        // about twice the speed of MKL's sgemm on AMD CPUs, with no layout change of the columns.
         for (int64_t gi = 0; gi < g.G; ++gi) {
-          at::Tensor out_g = out.narrow(0, gi * g.Fg(), g.Fg());
-          at::mm_out(out_g, w[gi], cols_g[gi]);
+          output.narrow(0, n0, nb).narrow(1, gi * g.Fg(), g.Fg()).copy_(at::conv2d(cols[gi].permute({0, 3, 1, 2}), w[gi]));
         }
-        if (nb > 1) output.narrow(0, n0, nb).copy_(out.view({g.F, nb, g.Ho, g.Wo}).transpose(0, 1));
       }
     });
   }
@@ -221,48 +246,46 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input_, const at::Tensor& offset_
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cpu(
-    const at::Tensor& grad_output_, const at::Tensor& input_, const at::Tensor& offset_, const at::Tensor& weight_,
+    const at::Tensor& grad_output_, const at::Tensor& input, const at::Tensor& offset_, const at::Tensor& weight,
     int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups, int64_t dgroups) {
-  const Geometry g = check_geometry(input_, offset_, weight_, sh, sw, ph, pw, dh, dw, groups, dgroups);
+  const Geometry g = check_geometry(input, offset_, weight, sh, sw, ph, pw, dh, dw, groups, dgroups);
   TORCH_CHECK(grad_output_.dim() == 4 && grad_output_.size(0) == g.N && grad_output_.size(1) == g.F &&
                   grad_output_.size(2) == g.Ho && grad_output_.size(3) == g.Wo,
               "deform_conv2d backward: grad_output must have shape (N, F, Ho, Wo)");
-  TORCH_CHECK(grad_output_.dtype() == input_.dtype(), "deform_conv2d backward: grad_output must have the input's dtype");
-  const at::Tensor grad_output = grad_output_.contiguous();
-  const at::Tensor input = input_.contiguous(), offset = offset_.contiguous(), weight = weight_.contiguous();
-  at::Tensor grad_input = at::zeros_like(input, at::MemoryFormat::Contiguous);
-  at::Tensor grad_offset = at::zeros_like(offset, at::MemoryFormat::Contiguous);
-  at::Tensor grad_weight = at::zeros_like(weight, at::MemoryFormat::Contiguous);
+  TORCH_CHECK(grad_output_.dtype() == input.dtype(), "deform_conv2d backward: grad_output must have the input's dtype");
+  const at::Tensor grad_output = grad_output_.contiguous(), offset = offset_.contiguous();
+  const at::Tensor x_cl = input.permute({0, 2, 3, 1}).contiguous();
+  const int64_t K = g.K(), P = g.P(), CgK = g.Cg() * K;
+  at::Tensor grad_x_cl = at::zeros_like(x_cl);
+  at::Tensor grad_offset = at::zeros_like(offset);
+  at::Tensor grad_w = at::zeros({g.G, g.Fg(), CgK}, weight.options());  // tap-major, as the columns
   at::Tensor grad_bias = grad_output.sum({0, 2, 3});
-  if (grad_output.numel() == 0 || g.Cg() * g.K() == 0) return {grad_input, grad_offset, grad_weight, grad_bias};
-
-  const int64_t B = chunk_size(g, input.element_size()), K = g.K(), P = g.P(), CgK = g.Cg() * K;
-  const at::Tensor w = weight.view({g.G, g.Fg(), CgK});
-  const at::Tensor gw = grad_weight.view({g.G, g.Fg(), CgK});
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_backward_cpu", [&] {
-    std::vector<Sample<scalar_t>> samples(B * g.DG * K * P);
-    at::Tensor columns = at::empty({g.C * K * B * P}, input.options());
-    for (int64_t n0 = 0; n0 < g.N; n0 += B) {
-      const int64_t nb = std::min(B, g.N - n0);
-      const scalar_t* x = input.data_ptr<scalar_t>() + n0 * g.C * g.H * g.W;
-      const scalar_t* off = offset.data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P;
-      at::Tensor cols = columns.narrow(0, 0, g.C * K * nb * P).view({g.C * K, nb * P});
-      const at::Tensor cols_g = cols.view({g.G, CgK, nb * P});
-      const at::Tensor gout = to_matrix(grad_output, n0, nb, g.F, P).view({g.G, g.Fg(), nb * P});
-      build_samples(off, g, nb, samples.data());
-      im2col(x, samples.data(), g, nb, cols.data_ptr<scalar_t>());
-      for (int64_t gi = 0; gi < g.G; ++gi) gw[gi].addmm_(gout[gi], cols_g[gi].t());
-      // The columns are no longer needed: the buffer now receives grad_columns = W^T @ grad_out.
-      for (int64_t gi = 0; gi < g.G; ++gi) {
-        at::Tensor gcol_g = cols_g[gi];
-        at::mm_out(gcol_g, w[gi].t(), gout[gi]);
+  if (grad_output.numel() > 0 && CgK > 0) {
+    const int64_t B = chunk_size(g, x_cl.element_size());
+    const at::Tensor w = tap_major(weight, g);
+    at::Tensor columns = at::empty({g.G * B * P * CgK}, x_cl.options());
+    AT_DISPATCH_FLOATING_TYPES(x_cl.scalar_type(), "deform_conv2d_backward_cpu", [&] {
+      for (int64_t n0 = 0; n0 < g.N; n0 += B) {
+        const int64_t nb = std::min(B, g.N - n0);
+        const scalar_t* x = x_cl.data_ptr<scalar_t>() + n0 * g.H * g.W * g.C;
+        const scalar_t* off = offset.data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P;
+        const at::Tensor cols = columns.narrow(0, 0, g.G * nb * P * CgK).view({g.G, nb * P, CgK});
+        im2col(x, off, g, nb, columns.data_ptr<scalar_t>());
+        for (int64_t gi = 0; gi < g.G; ++gi) {
+          const at::Tensor gout = group_rows(grad_output, n0, nb, gi, g);
+          grad_w[gi].addmm_(gout, cols[gi]);
+          // The group's columns are no longer needed: they now receive grad_columns = grad_out^T @ W.
+          at::Tensor gcol = cols[gi];
+          at::mm_out(gcol, gout.t(), w[gi]);
+        }
+        const scalar_t* gcol = columns.data_ptr<scalar_t>();
+        col2im(gcol, off, g, nb, grad_x_cl.data_ptr<scalar_t>() + n0 * g.H * g.W * g.C);
+        offset_grad(gcol, x, off, g, nb, grad_offset.data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P);
       }
-      const scalar_t* gcol = cols.data_ptr<scalar_t>();
-      col2im(gcol, samples.data(), g, nb, grad_input.data_ptr<scalar_t>() + n0 * g.C * g.H * g.W);
-      offset_grad(gcol, x, off, g, nb, grad_offset.data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P);
-    }
-  });
-  return {grad_input, grad_offset, grad_weight, grad_bias};
+    });
+  }
+  at::Tensor grad_weight = grad_w.view({g.F, g.kh, g.kw, g.Cg()}).permute({0, 3, 1, 2}).contiguous();
+  return {grad_x_cl.permute({0, 3, 1, 2}).contiguous(), grad_offset, grad_weight, grad_bias};
 }
 
 }  // namespace
