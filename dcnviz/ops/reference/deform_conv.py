@@ -61,7 +61,7 @@ def deform_conv2d(input: torch.Tensor, offset: torch.Tensor, weight: torch.Tenso
     planes = input.reshape(n, dg, c // dg, h * w)
 
     def corner(yi, xi):
-        index = (yi * w + xi).reshape(n, dg, 1, -1).expand(-1, -1, c // dg, -1)
+        index = (yi * w + xi).reshape(n, dg, 1, k * ho * wo).expand(-1, -1, c // dg, -1)
         return planes.gather(3, index).reshape(n, dg, c // dg, k, ho, wo)
 
     ly, lx, inside = ly.unsqueeze(2), lx.unsqueeze(2), inside.unsqueeze(2)
