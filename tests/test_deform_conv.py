@@ -237,6 +237,15 @@ class TestDeformConv2d:
             torch.testing.assert_close(g["grad_x"][i:i + 1], gi["grad_x"])
             torch.testing.assert_close(g["grad_offset"][i:i + 1], gi["grad_offset"])
 
+    def test_autocast_keeps_float32(self):
+        """Inside an autocast region the op (not autocast-registered) still computes in its inputs' dtype."""
+        (x, offset, weight, bias, _), kw = random_case(*RANDOM_SHAPES[0], dtype=torch.float32)
+        expected = deform_conv2d(x, offset, weight, bias, **kw)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = deform_conv2d(x, offset, weight, bias, **kw)
+        assert y.dtype == torch.float32
+        torch.testing.assert_close(y, expected)
+
     def test_module(self):
         torch.manual_seed(0)
         layer = DeformConv2d(8, 6, 3, padding=2, dilation=2, groups=2, deformable_groups=4, bias=True).double()
@@ -341,6 +350,14 @@ class TestDeformConv2dCUDA:
         for name, got, want in [("y", y, y32)] + [(n, g[n], g32[n]) for n in g32]:
             err = (got.float() - want).abs().max().item()
             assert err <= bound * want.abs().max().item() + 1e-3, f"{name}: max error {err}"
+
+    def test_autocast_keeps_float32(self):
+        args, kw = random_case(*RANDOM_SHAPES[0], dtype=torch.float32, device="cuda")
+        expected = deform_conv2d(*args[:4], **kw)
+        with torch.autocast("cuda"):
+            y = deform_conv2d(*args[:4], **kw)
+        assert y.dtype == torch.float32
+        torch.testing.assert_close(y, expected)
 
     def test_device_guard(self):
         if torch.cuda.device_count() < 2:

@@ -13,6 +13,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -53,6 +54,8 @@ Geometry check_geometry(const at::Tensor& input, const at::Tensor& offset, const
               "deform_conv2d: offset must have shape (N, 2*deformable_groups*kh*kw, Ho, Wo)");
   TORCH_CHECK(input.dtype() == offset.dtype() && input.dtype() == weight.dtype(),
               "deform_conv2d: input, offset and weight must have the same dtype");
+  TORCH_CHECK(input.device() == offset.device() && input.device() == weight.device(),
+              "deform_conv2d: input, offset and weight must be on the same device");
   return g;
 }
 
@@ -216,6 +219,8 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_,
                              const std::optional<at::Tensor>& bias, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                              int64_t dh, int64_t dw, int64_t groups, int64_t dgroups) {
   const Geometry g = check_geometry(input, offset_, weight, sh, sw, ph, pw, dh, dw, groups, dgroups);
+  // The GEMMs run in the op's own dtype even inside an autocast region (autocast would lower them).
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   at::Tensor output = at::zeros({g.N, g.F, g.Ho, g.Wo}, input.options());
   const int64_t K = g.K(), P = g.P(), CgK = g.Cg() * K;
   if (output.numel() > 0 && CgK > 0) {
@@ -238,8 +243,9 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_,
     });
   }
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.F && bias->dtype() == input.dtype(),
-                "deform_conv2d: bias must have shape (F,) and the input's dtype");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.F && bias->dtype() == input.dtype() &&
+                    bias->device() == input.device(),
+                "deform_conv2d: bias must have shape (F,) and the input's dtype and device");
     output.add_(bias->view({1, g.F, 1, 1}));
   }
   return output;
@@ -249,10 +255,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
     const at::Tensor& grad_output_, const at::Tensor& input, const at::Tensor& offset_, const at::Tensor& weight,
     int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups, int64_t dgroups) {
   const Geometry g = check_geometry(input, offset_, weight, sh, sw, ph, pw, dh, dw, groups, dgroups);
+  // The GEMMs run in the op's own dtype even inside an autocast region (autocast would lower them).
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   TORCH_CHECK(grad_output_.dim() == 4 && grad_output_.size(0) == g.N && grad_output_.size(1) == g.F &&
                   grad_output_.size(2) == g.Ho && grad_output_.size(3) == g.Wo,
               "deform_conv2d backward: grad_output must have shape (N, F, Ho, Wo)");
-  TORCH_CHECK(grad_output_.dtype() == input.dtype(), "deform_conv2d backward: grad_output must have the input's dtype");
+  TORCH_CHECK(grad_output_.dtype() == input.dtype() && grad_output_.device() == input.device(),
+              "deform_conv2d backward: grad_output must have the input's dtype and device");
   const at::Tensor grad_output = grad_output_.contiguous(), offset = offset_.contiguous();
   const at::Tensor x_cl = input.permute({0, 2, 3, 1}).contiguous();
   const int64_t K = g.K(), P = g.P(), CgK = g.Cg() * K;

@@ -13,6 +13,7 @@
 #include <ATen/cuda/Atomic.cuh>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -175,6 +176,8 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input, const at::Tensor& offset_
                               const std::optional<at::Tensor>& bias, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                               int64_t dh, int64_t dw, int64_t groups, int64_t dgroups) {
   const Geometry g = check_geometry(input, offset_, weight, sh, sw, ph, pw, dh, dw, groups, dgroups);
+  // The GEMMs run in the op's own dtype even inside an autocast region (autocast would lower them).
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const at::cuda::CUDAGuard device_guard(input.device());
   at::Tensor output = at::zeros({g.N, g.F, g.Ho, g.Wo}, input.options());
   const int64_t K = g.K(), P = g.P(), CgK = g.Cg() * K;
@@ -217,6 +220,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
     const at::Tensor& grad_output_, const at::Tensor& input, const at::Tensor& offset_, const at::Tensor& weight,
     int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups, int64_t dgroups) {
   const Geometry g = check_geometry(input, offset_, weight, sh, sw, ph, pw, dh, dw, groups, dgroups);
+  // The GEMMs run in the op's own dtype even inside an autocast region (autocast would lower them).
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   TORCH_CHECK(grad_output_.dim() == 4 && grad_output_.size(0) == g.N && grad_output_.size(1) == g.F &&
                   grad_output_.size(2) == g.Ho && grad_output_.size(3) == g.Wo,
               "deform_conv2d backward: grad_output must have shape (N, F, Ho, Wo)");
