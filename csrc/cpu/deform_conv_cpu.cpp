@@ -17,6 +17,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <vector>
 
 #include "../sampling.h"
@@ -68,45 +69,70 @@ int64_t chunk_size(const Geometry& g, int64_t elem_size) {
   return std::max<int64_t>(1, std::min({g.N, want, fit}));
 }
 
-// Sampling point of tap k at output position p of the chunk's image b, deformable group dg:
-// offsets are (dy, dx) pairs per tap, row-major over taps, one block of 2*K channels per group.
-template <typename T>
-Corners<T> corners_at(const T* offset_chunk, const Geometry& g, int64_t b, int64_t dg, int64_t k, int64_t p) {
-  const T* oy = offset_chunk + ((b * g.DG + dg) * g.K() + k) * 2 * g.P();
-  const int64_t ho = p / g.Wo, wo = p % g.Wo, i = k / g.kw, j = k % g.kw;
-  const T y = T(ho * g.sh - g.ph + i * g.dh) + oy[p];
-  const T x = T(wo * g.sw - g.pw + j * g.dw) + oy[g.P() + p];
-  return dcn_v1_corners<T>(y, x, g.H, g.W);
+// Scratch space for the columns, kept per thread between calls: a fresh buffer of tens of MB per call
+// costs more in page faults than the im2col itself (the allocator hands large blocks back to the OS).
+// Up to kKeepBytes is kept; a larger request, or one made while the kept buffer is still in use, gets a
+// buffer of its own.
+at::Tensor scratch(int64_t numel, const at::TensorOptions& options) {
+  constexpr int64_t kKeepBytes = int64_t(256) << 20;
+  const int64_t bytes = numel * static_cast<int64_t>(options.dtype().itemsize());
+  thread_local at::Tensor kept;
+  if (bytes > kKeepBytes || (kept.defined() && kept.storage().use_count() > 1)) {
+    return at::empty({numel}, options);
+  }
+  if (!kept.defined() || kept.numel() < bytes) {
+    kept = at::Tensor();  // free the old buffer before allocating the larger one
+    kept = at::empty({bytes}, options.dtype(at::kByte));
+  }
+  return kept.narrow(0, 0, bytes).view(options.dtype().toScalarType());
 }
 
-// One sample in a channels-last image (H, W, C): channel c's value is
-// sum_i w[i] * image[a[i] + c], a[i] = corner pixel * C. Shared by every channel of the group.
-template <typename T>
-struct Tap {
-  int64_t a[4];
-  T w[4];
-  bool valid;
+// Output position bp = b*P + p of a chunk: image b, flat position p and the unshifted sampling origin
+// (ho*stride_h - pad_h, wo*stride_w - pad_w). The divisions happen once per position, not per tap.
+struct Position {
+  int64_t b, p, y0, x0;
 };
 
-template <typename T>
-Tap<T> tap_at(const T* offset_chunk, const Geometry& g, int64_t b, int64_t dg, int64_t k, int64_t p) {
-  const Corners<T> q = corners_at(offset_chunk, g, b, dg, k, p);
-  const int64_t i = q.i00;
-  return Tap<T>{{i * g.C, (i + q.dx) * g.C, (i + q.dy) * g.C, (i + q.dy + q.dx) * g.C},
-                {q.w00(), q.w01(), q.w10(), q.w11()},
-                q.valid};
+Position position(const Geometry& g, int64_t bp) {
+  const int64_t b = bp / g.P(), p = bp % g.P();
+  return Position{b, p, (p / g.Wo) * g.sh - g.ph, (p % g.Wo) * g.sw - g.pw};
 }
 
-// Calls f(gi, c_lo, c_hi) for each run of channels [c_lo, c_hi) that lies in deformable group dg, in
-// conv group gi and in [c_begin, c_end).
-template <typename Fn>
-void for_each_run(const Geometry& g, int64_t dg, int64_t c_begin, int64_t c_end, const Fn& f) {
-  const int64_t lo = std::max(c_begin, dg * g.Cdg()), hi = std::min(c_end, (dg + 1) * g.Cdg());
-  for (int64_t c = lo; c < hi;) {
-    const int64_t gi = c / g.Cg(), next = std::min(hi, (gi + 1) * g.Cg());
-    f(gi, c, next);
+// Calls f(k, corners) for every tap k = i*kw + j of deformable group dg at position pos. Offsets are
+// (dy, dx) pairs per tap, row-major over taps, one block of 2*K channels per group.
+template <typename T, typename Fn>
+void for_each_tap(const T* offset_chunk, const Geometry& g, const Position& pos, int64_t dg, const Fn& f) {
+  const T* o = offset_chunk + (pos.b * g.DG + dg) * 2 * g.K() * g.P() + pos.p;
+  for (int64_t i = 0, k = 0; i < g.kh; ++i) {
+    for (int64_t j = 0; j < g.kw; ++j, ++k) {
+      const T y = T(pos.y0 + i * g.dh) + o[2 * k * g.P()];
+      const T x = T(pos.x0 + j * g.dw) + o[(2 * k + 1) * g.P()];
+      f(k, dcn_v1_corners<T>(y, x, g.H, g.W));
+    }
+  }
+}
+
+// Channels [lo, hi) that share a deformable group and conv group gi: the unit of the inner loops.
+struct Run {
+  int64_t gi, lo, hi;
+};
+
+// The runs of channels [c_begin, c_end), listed per deformable group.
+std::vector<std::vector<Run>> channel_runs(const Geometry& g, int64_t c_begin, int64_t c_end) {
+  std::vector<std::vector<Run>> runs(g.DG);
+  for (int64_t c = c_begin; c < c_end;) {
+    const int64_t dg = c / g.Cdg(), gi = c / g.Cg();
+    const int64_t next = std::min({c_end, (dg + 1) * g.Cdg(), (gi + 1) * g.Cg()});
+    runs[dg].push_back(Run{gi, c, next});
     c = next;
   }
+  return runs;
+}
+
+// Pixel offsets (corner pixel * C) of a sample's four corners in a channels-last image (H, W, C).
+template <typename T>
+std::array<int64_t, 4> corner_offsets(const Corners<T>& q, int64_t C) {
+  return {q.i00 * C, (q.i00 + q.dx) * C, (q.i00 + q.dy) * C, (q.i00 + q.dy + q.dx) * C};
 }
 
 // Columns (G, B*P, K*C/G): row (conv group, b*P + p), tap-major and channel-minor within the row, so
@@ -115,27 +141,28 @@ void for_each_run(const Geometry& g, int64_t dg, int64_t c_begin, int64_t c_end,
 // to an infinite input value).
 template <typename T>
 void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, T* columns) {
-  const int64_t K = g.K(), P = g.P(), BP = B * P, Cg = g.Cg(), CgK = Cg * K;
-  at::parallel_for(0, BP, std::max<int64_t>(1, 4096 / (g.C * K)), [&](int64_t begin, int64_t end) {
+  const int64_t BP = B * g.P(), Cg = g.Cg(), CgK = Cg * g.K();
+  const auto runs = channel_runs(g, 0, g.C);
+  at::parallel_for(0, BP, std::max<int64_t>(1, 4096 / (g.C * g.K())), [&](int64_t begin, int64_t end) {
     for (int64_t bp = begin; bp < end; ++bp) {
-      const int64_t b = bp / P, p = bp % P;
-      const T* image = x_cl + b * g.H * g.W * g.C;
+      const Position pos = position(g, bp);
+      const T* image = x_cl + pos.b * g.H * g.W * g.C;
       for (int64_t dg = 0; dg < g.DG; ++dg) {
-        for (int64_t k = 0; k < K; ++k) {
-          const Tap<T> t = tap_at(offset_chunk, g, b, dg, k, p);
-          for_each_run(g, dg, 0, g.C, [&](int64_t gi, int64_t lo, int64_t hi) {
-            T* __restrict__ dst = columns + (gi * BP + bp) * CgK + k * Cg + (lo - gi * Cg);
-            const int64_t n = hi - lo;
-            if (!t.valid) {
+        for_each_tap(offset_chunk, g, pos, dg, [&](int64_t k, const Corners<T>& q) {
+          const auto a = corner_offsets(q, g.C);
+          const T w0 = q.w00(), w1 = q.w01(), w2 = q.w10(), w3 = q.w11();
+          for (const Run& r : runs[dg]) {
+            T* __restrict__ dst = columns + (r.gi * BP + bp) * CgK + k * Cg + (r.lo - r.gi * Cg);
+            const int64_t n = r.hi - r.lo;
+            if (!q.valid) {
               std::fill(dst, dst + n, T(0));
-              return;
+              continue;
             }
-            const T *v0 = image + t.a[0] + lo, *v1 = image + t.a[1] + lo, *v2 = image + t.a[2] + lo,
-                    *v3 = image + t.a[3] + lo;
-            const T w0 = t.w[0], w1 = t.w[1], w2 = t.w[2], w3 = t.w[3];
+            const T *v0 = image + a[0] + r.lo, *v1 = image + a[1] + r.lo, *v2 = image + a[2] + r.lo,
+                    *v3 = image + a[3] + r.lo;
             for (int64_t c = 0; c < n; ++c) dst[c] = w0 * v0[c] + w1 * v1[c] + w2 * v2[c] + w3 * v3[c];
-          });
-        }
+          }
+        });
       }
     }
   });
@@ -145,25 +172,27 @@ void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, 
 // and weights. Threads split the channels, so no two threads ever write the same element.
 template <typename T>
 void col2im(const T* grad_columns, const T* offset_chunk, const Geometry& g, int64_t B, T* grad_x_cl) {
-  const int64_t K = g.K(), P = g.P(), BP = B * P, Cg = g.Cg(), CgK = Cg * K, Cdg = g.Cdg();
+  const int64_t BP = B * g.P(), Cg = g.Cg(), CgK = Cg * g.K();
   at::parallel_for(0, g.C, 1, [&](int64_t c_begin, int64_t c_end) {
+    const auto runs = channel_runs(g, c_begin, c_end);
     for (int64_t bp = 0; bp < BP; ++bp) {
-      const int64_t b = bp / P, p = bp % P;
-      T* image = grad_x_cl + b * g.H * g.W * g.C;
-      for (int64_t dg = c_begin / Cdg; dg * Cdg < c_end; ++dg) {
-        for (int64_t k = 0; k < K; ++k) {
-          const Tap<T> t = tap_at(offset_chunk, g, b, dg, k, p);
-          if (!t.valid) continue;
-          for_each_run(g, dg, c_begin, c_end, [&](int64_t gi, int64_t lo, int64_t hi) {
-            const T* __restrict__ src = grad_columns + (gi * BP + bp) * CgK + k * Cg + (lo - gi * Cg);
+      const Position pos = position(g, bp);
+      T* image = grad_x_cl + pos.b * g.H * g.W * g.C;
+      for (int64_t dg = 0; dg < g.DG; ++dg) {
+        if (runs[dg].empty()) continue;
+        for_each_tap(offset_chunk, g, pos, dg, [&](int64_t k, const Corners<T>& q) {
+          if (!q.valid) return;
+          const auto a = corner_offsets(q, g.C);
+          const T w[4] = {q.w00(), q.w01(), q.w10(), q.w11()};
+          for (const Run& r : runs[dg]) {
+            const T* __restrict__ src = grad_columns + (r.gi * BP + bp) * CgK + k * Cg + (r.lo - r.gi * Cg);
             // One pass per corner: two corners may be the same pixel (clamped edge), never overlapping runs.
             for (int i = 0; i < 4; ++i) {
-              T* __restrict__ dst = image + t.a[i] + lo;
-              const T w = t.w[i];
-              for (int64_t c = 0; c < hi - lo; ++c) dst[c] += w * src[c];
+              T* __restrict__ dst = image + a[i] + r.lo;
+              for (int64_t c = 0; c < r.hi - r.lo; ++c) dst[c] += w[i] * src[c];
             }
-          });
-        }
+          }
+        });
       }
     }
   });
@@ -175,30 +204,29 @@ template <typename T>
 void offset_grad(const T* grad_columns, const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B,
                  T* grad_offset_chunk) {
   const int64_t K = g.K(), P = g.P(), BP = B * P, Cg = g.Cg(), CgK = Cg * K;
+  const auto runs = channel_runs(g, 0, g.C);
   at::parallel_for(0, BP, std::max<int64_t>(1, 4096 / (g.C * K)), [&](int64_t begin, int64_t end) {
     for (int64_t bp = begin; bp < end; ++bp) {
-      const int64_t b = bp / P, p = bp % P;
-      const T* image = x_cl + b * g.H * g.W * g.C;
+      const Position pos = position(g, bp);
+      const T* image = x_cl + pos.b * g.H * g.W * g.C;
       for (int64_t dg = 0; dg < g.DG; ++dg) {
-        for (int64_t k = 0; k < K; ++k) {
-          const Corners<T> q = corners_at(offset_chunk, g, b, dg, k, p);
+        for_each_tap(offset_chunk, g, pos, dg, [&](int64_t k, const Corners<T>& q) {
           T gy = T(0), gx = T(0);
           if (q.valid) {
-            const T* v00 = image + q.i00 * g.C;
-            const T *v01 = image + (q.i00 + q.dx) * g.C, *v10 = image + (q.i00 + q.dy) * g.C,
-                    *v11 = image + (q.i00 + q.dy + q.dx) * g.C;
-            for_each_run(g, dg, 0, g.C, [&](int64_t gi, int64_t lo, int64_t hi) {
-              const T* gc = grad_columns + (gi * BP + bp) * CgK + k * Cg - gi * Cg;
-              for (int64_t c = lo; c < hi; ++c) {
+            const auto a = corner_offsets(q, g.C);
+            const T *v00 = image + a[0], *v01 = image + a[1], *v10 = image + a[2], *v11 = image + a[3];
+            for (const Run& r : runs[dg]) {
+              const T* gc = grad_columns + (r.gi * BP + bp) * CgK + k * Cg - r.gi * Cg;
+              for (int64_t c = r.lo; c < r.hi; ++c) {
                 gy += gc[c] * ((T(1) - q.lx) * (v10[c] - v00[c]) + q.lx * (v11[c] - v01[c]));
                 gx += gc[c] * ((T(1) - q.ly) * (v01[c] - v00[c]) + q.ly * (v11[c] - v10[c]));
               }
-            });
+            }
           }
-          T* out = grad_offset_chunk + ((b * g.DG + dg) * K + k) * 2 * P + p;  // channel 2k: dy, 2k+1: dx
+          T* out = grad_offset_chunk + ((pos.b * g.DG + dg) * K + k) * 2 * P + pos.p;  // channel 2k: dy, 2k+1: dx
           out[0] = gy;
           out[P] = gx;
-        }
+        });
       }
     }
   });
@@ -227,7 +255,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_,
     const at::Tensor offset = offset_.contiguous(), x_cl = input.permute({0, 2, 3, 1}).contiguous();
     const at::Tensor w = tap_major(weight, g).view({g.G, g.Fg(), CgK, 1, 1});
     const int64_t B = chunk_size(g, x_cl.element_size());
-    at::Tensor columns = at::empty({g.G * B * P * CgK}, x_cl.options());
+    at::Tensor columns = scratch(g.G * B * P * CgK, x_cl.options());
     AT_DISPATCH_FLOATING_TYPES(x_cl.scalar_type(), "deform_conv2d_cpu", [&] {
       for (int64_t n0 = 0; n0 < g.N; n0 += B) {
         const int64_t nb = std::min(B, g.N - n0);
@@ -272,7 +300,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   if (grad_output.numel() > 0 && CgK > 0) {
     const int64_t B = chunk_size(g, x_cl.element_size());
     const at::Tensor w = tap_major(weight, g);
-    at::Tensor columns = at::empty({g.G * B * P * CgK}, x_cl.options());
+    at::Tensor columns = scratch(g.G * B * P * CgK, x_cl.options());
     AT_DISPATCH_FLOATING_TYPES(x_cl.scalar_type(), "deform_conv2d_backward_cpu", [&] {
       for (int64_t n0 = 0; n0 < g.N; n0 += B) {
         const int64_t nb = std::min(B, g.N - n0);
