@@ -228,6 +228,27 @@ class TestDeformConv2d:
         assert torch.equal(g["grad_weight"], torch.zeros_like(weight))
         assert torch.equal(g["grad_bias"], torch.zeros_like(bias))
 
+    @pytest.mark.parametrize("impl", sorted(IMPLS))
+    @pytest.mark.parametrize("c, f", [(0, 4), (4, 0)], ids=["no-input-channels", "no-filters"])
+    def test_zero_channels(self, impl, c, f):
+        x, offset = torch.randn(2, c, 5, 6), torch.randn(2, 18, 5, 6)
+        weight, bias = torch.randn(f, c, 3, 3), torch.randn(f)
+        dy = torch.randn(2, f, 5, 6)
+        y, g = forward_backward(IMPLS[impl], x, offset, weight, bias, dy, padding=1)
+        assert y.shape == (2, f, 5, 6)
+        torch.testing.assert_close(y, bias.view(1, f, 1, 1).expand(2, f, 5, 6))
+        assert g["grad_x"].shape == x.shape and g["grad_weight"].shape == weight.shape
+        assert torch.equal(g["grad_offset"], torch.zeros_like(offset))
+        torch.testing.assert_close(g["grad_bias"], dy.sum((0, 2, 3)))
+
+    def test_empty_map_with_padding(self):
+        """A 0-row input padded to a non-empty output: every sample is outside, so only the bias remains."""
+        x, offset, weight, bias = torch.randn(1, 2, 0, 4), torch.randn(1, 2, 2, 6), torch.randn(3, 2, 1, 1), torch.randn(3)
+        y, g = forward_backward(deform_conv2d, x, offset, weight, bias, torch.ones(1, 3, 2, 6), padding=1)
+        torch.testing.assert_close(y, bias.view(1, 3, 1, 1).expand(1, 3, 2, 6))
+        assert g["grad_x"].shape == x.shape and torch.equal(g["grad_weight"], torch.zeros_like(weight))
+        assert torch.equal(g["grad_offset"], torch.zeros_like(offset))
+
     def test_batch_chunks_match_single_images(self):
         (x, offset, weight, bias, dy), kw = random_case(*RANDOM_SHAPES[1])  # tiny maps: one chunk of 3 images
         y, g = forward_backward(deform_conv2d, x, offset, weight, bias, dy, **kw)
@@ -245,6 +266,15 @@ class TestDeformConv2d:
             y = deform_conv2d(x, offset, weight, bias, **kw)
         assert y.dtype == torch.float32
         torch.testing.assert_close(y, expected)
+
+    def test_inference_mode_then_training(self):
+        """Buffers reused across calls must not leak inference-mode state into a later backward."""
+        (x, offset, weight, bias, dy), kw = random_case(*RANDOM_SHAPES[4], dtype=torch.float32)
+        with torch.inference_mode():
+            y_inf = deform_conv2d(x, offset, weight, bias, **kw)
+        y, g = forward_backward(deform_conv2d, x, offset, weight, bias, dy, **kw)
+        torch.testing.assert_close(y, y_inf)
+        assert all(torch.isfinite(t).all() for t in g.values())
 
     def test_module(self):
         torch.manual_seed(0)
