@@ -35,31 +35,41 @@ class Timing:
     forward_backward_ratio: float = float("nan")
 
 
-def median_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs, in ms."""
+@dataclass
+class _Case:
+    op: str
+    impl: str
+    case: str
+    forward: Callable[[], torch.Tensor]
+    inputs: list[torch.Tensor]  # what forward+backward differentiates
+
+
+def _time(fn: Callable[[], object], sync: Callable[[], None]) -> float:
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return (time.perf_counter() - start) * 1e3
+
+
+def _time_cases(cases: list[_Case], device: torch.device, repeats: int) -> list[Timing]:
+    """Median forward and forward+backward times after one warm-up run. The cases take turns within
+    each repeat, so a change in machine load affects them alike and the ratios stay meaningful."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def _measure(op: str, impl: str, case: str, forward: Callable[[], torch.Tensor], inputs: list[torch.Tensor],
-             device: torch.device, repeats: int) -> Timing:
-    grad = torch.randn_like(forward())
-
-    def forward_backward():
-        torch.autograd.grad(forward(), inputs, grad)
-
-    with torch.no_grad():
-        fwd = median_ms(forward, device, repeats)
-    return Timing(op, impl, case, fwd, median_ms(forward_backward, device, repeats))
+    runs = []
+    for c in cases:
+        grad = torch.randn_like(c.forward())
+        runs.append((c, torch.no_grad()(c.forward),
+                     lambda c=c, grad=grad: torch.autograd.grad(c.forward(), c.inputs, grad)))
+    times: list[tuple[list[float], list[float]]] = [([], []) for _ in cases]
+    for rep in range(repeats + 1):
+        for (c, fwd, fwd_bwd), (t_fwd, t_fwd_bwd) in zip(runs, times):
+            a, b = _time(fwd, sync), _time(fwd_bwd, sync)
+            if rep > 0:  # the first round is the warm-up
+                t_fwd.append(a)
+                t_fwd_bwd.append(b)
+    return [Timing(c.op, c.impl, c.case, statistics.median(f), statistics.median(fb))
+            for c, (f, fb) in zip(cases, times)]
 
 
 def _res5_inputs(device: torch.device, gen: torch.Generator):
@@ -69,32 +79,30 @@ def _res5_inputs(device: torch.device, gen: torch.Generator):
     return x, w, dict(stride=s["stride"], padding=s["padding"], dilation=s["dilation"])
 
 
-def _conv2d_timing(device: torch.device, repeats: int, gen: torch.Generator) -> Timing:
+def _conv2d_case(device: torch.device, gen: torch.Generator) -> _Case:
     x, w, kw = _res5_inputs(device, gen)
-    return _measure("conv2d", "torch", "res5", lambda: torch.nn.functional.conv2d(x, w, **kw), [x, w],
-                    device, repeats)
+    return _Case("conv2d", "torch", "res5", lambda: torch.nn.functional.conv2d(x, w, **kw), [x, w])
 
 
-def _deform_conv_timings(device: torch.device, repeats: int, gen: torch.Generator) -> list[Timing]:
+def _deform_conv_cases(device: torch.device, gen: torch.Generator) -> list[_Case]:
     import torchvision
 
     from dcnviz.ops import deform_conv2d
 
     x, w, kw = _res5_inputs(device, gen)
-    rows = []
+    cases = []
     for dg in RES5["deformable_groups"]:
         with torch.no_grad():  # the offset map has the output's size
             n, _, ho, wo = torch.nn.functional.conv2d(x, w[:1], **kw).shape
         off = torch.randn(n, 2 * dg * w.shape[2] * w.shape[3], ho, wo, generator=gen) * RES5["offset_std"]
         off = off.to(device).requires_grad_()
         case = f"res5 dg={dg}"
-        rows.append(_measure("deform_conv2d", "dcnviz", case,
-                             lambda: deform_conv2d(x, off, w, None, deformable_groups=dg, **kw), [x, off, w],
-                             device, repeats))
-        rows.append(_measure("deform_conv2d", "torchvision", case,
-                             lambda: torchvision.ops.deform_conv2d(x, off, w, None, **kw), [x, off, w],
-                             device, repeats))
-    return rows
+        cases.append(_Case("deform_conv2d", "dcnviz", case,
+                           lambda off=off, dg=dg: deform_conv2d(x, off, w, None, deformable_groups=dg, **kw),
+                           [x, off, w]))
+        cases.append(_Case("deform_conv2d", "torchvision", case,
+                           lambda off=off: torchvision.ops.deform_conv2d(x, off, w, None, **kw), [x, off, w]))
+    return cases
 
 
 def _random_rois(n: int, image_hw: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
@@ -106,7 +114,7 @@ def _random_rois(n: int, image_hw: tuple[int, int], gen: torch.Generator) -> tor
     return torch.cat([torch.zeros(n, 1), xy, x2y2], dim=1)
 
 
-def _pool_timings(device: torch.device, repeats: int, gen: torch.Generator) -> list[Timing]:
+def _pool_cases(device: torch.device, gen: torch.Generator) -> list[_Case]:
     from dcnviz.ops import deform_psroi_pool
 
     s = HEAD
@@ -118,29 +126,26 @@ def _pool_timings(device: torch.device, repeats: int, gen: torch.Generator) -> l
               sample_per_part=s["sample_per_part"])
     case = f"head {s['rois']} rois"
     return [
-        _measure("deform_psroi_pool", "dcnviz", case,
-                 lambda: deform_psroi_pool(x, rois, off, trans_std=s["trans_std"], **kw), [x, off], device, repeats),
-        _measure("deform_psroi_pool", "dcnviz", case + " no-trans",
-                 lambda: deform_psroi_pool(x, rois, None, **kw), [x], device, repeats),
+        _Case("deform_psroi_pool", "dcnviz", case,
+              lambda: deform_psroi_pool(x, rois, off, trans_std=s["trans_std"], **kw), [x, off]),
+        _Case("deform_psroi_pool", "dcnviz", case + " no-trans", lambda: deform_psroi_pool(x, rois, None, **kw), [x]),
     ]
 
 
 def run_ops(device: str = "cpu", repeats: int = 5, ops: tuple[str, ...] = OPS, seed: int = 0) -> list[Timing]:
-    """Time the operators; ``ops`` picks "conv" (res5 convolutions) and/or "pool" (R-FCN head pooling).
-
-    The res5 ``conv2d`` is always measured: every ratio is relative to it.
-    """
+    """Time the operators; ``ops`` picks "conv" (res5 deformable convolutions) and/or "pool" (R-FCN head
+    pooling). The res5 ``conv2d`` is always measured: every ratio is relative to it."""
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
-    rows = [_conv2d_timing(dev, repeats, gen)]
+    cases = [_conv2d_case(dev, gen)]
     if "conv" in ops:
-        rows += _deform_conv_timings(dev, repeats, gen)
+        cases += _deform_conv_cases(dev, gen)
     if "pool" in ops:
-        rows += _pool_timings(dev, repeats, gen)
-    base = rows[0]
+        cases += _pool_cases(dev, gen)
+    rows = _time_cases(cases, dev, repeats)
     for r in rows:
-        r.forward_ratio = r.forward_ms / base.forward_ms
-        r.forward_backward_ratio = r.forward_backward_ms / base.forward_backward_ms
+        r.forward_ratio = r.forward_ms / rows[0].forward_ms
+        r.forward_backward_ratio = r.forward_backward_ms / rows[0].forward_backward_ms
     return rows
 
 
