@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 
 import click
 
@@ -35,7 +36,8 @@ def ops(device, as_json, threads, repeats, ops):
     try:
         rows = lib.run_ops(device, repeats, ops or lib.OPS)
     except (RuntimeError, NotImplementedError) as exc:
-        raise click.ClickException(f"benchmark failed: {str(exc).splitlines()[0]}") from exc
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise click.ClickException(f"benchmark failed: {textwrap.shorten(first_line, 240)}") from exc
     if as_json:
         click.echo(json.dumps({"device": device, "threads": torch.get_num_threads(), "repeats": repeats,
                                "torch": torch.__version__, "rows": lib.as_dicts(rows)}, indent=2))
