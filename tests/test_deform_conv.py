@@ -243,7 +243,8 @@ class TestDeformConv2d:
 
     def test_empty_map_with_padding(self):
         """A 0-row input padded to a non-empty output: every sample is outside, so only the bias remains."""
-        x, offset, weight, bias = torch.randn(1, 2, 0, 4), torch.randn(1, 2, 2, 6), torch.randn(3, 2, 1, 1), torch.randn(3)
+        x, offset = torch.randn(1, 2, 0, 4), torch.randn(1, 2, 2, 6)
+        weight, bias = torch.randn(3, 2, 1, 1), torch.randn(3)
         y, g = forward_backward(deform_conv2d, x, offset, weight, bias, torch.ones(1, 3, 2, 6), padding=1)
         torch.testing.assert_close(y, bias.view(1, 3, 1, 1).expand(1, 3, 2, 6))
         assert g["grad_x"].shape == x.shape and torch.equal(g["grad_weight"], torch.zeros_like(weight))

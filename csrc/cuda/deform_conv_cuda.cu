@@ -273,7 +273,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
       }
     });
   }
-  at::Tensor grad_input = grad_x_cl.permute({0, 3, 1, 2}).to(input.scalar_type(), false, false, at::MemoryFormat::Contiguous);
+  at::Tensor grad_input =
+      grad_x_cl.permute({0, 3, 1, 2}).to(input.scalar_type(), false, false, at::MemoryFormat::Contiguous);
   at::Tensor grad_weight = grad_w.view({g.F, g.kh, g.kw, g.Cg()}).permute({0, 3, 1, 2})
                                .to(weight.scalar_type(), false, false, at::MemoryFormat::Contiguous);
   return {grad_input, grad_offset, grad_weight, grad_bias};
