@@ -1,0 +1,336 @@
+// CPU kernels of deformable convolution v1 (MXNet DeformableConvolution), forward and backward.
+//
+// Images are processed in chunks of B (one image when the output map is large, more when it is small,
+// so that the GEMMs stay large). The input is made channels-last (B, H, W, C) so that one sample (its
+// corners and bilinear weights, computed once per deformable group, tap and output position) is applied
+// to a contiguous run of channels. Per chunk:
+//   1. im2col: columns (G, B*P, K*C/G), one row per (conv group, output position), tap-major, parallel
+//      over positions;
+//   2. GEMM:   out_g (F/G, B*P) = W_g (F/G, K*C/G) @ columns_g^T, with the weight permuted to tap-major.
+// Backward: grad_weight += grad_out @ columns, grad_columns = grad_out^T @ W, col2im (parallel over
+// channel blocks, so no two threads write the same element) and the offset gradient (parallel over
+// positions, summing over the group's channels). csrc/cuda/deform_conv_cuda.cu has the same structure.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <vector>
+
+#include "../sampling.h"
+
+namespace dcnviz {
+namespace {
+
+// Shapes and hyper-parameters of one call; all sizes int64 so that no index product overflows.
+struct Geometry {
+  int64_t N, C, H, W, F, kh, kw, Ho, Wo, sh, sw, ph, pw, dh, dw, G, DG;
+  int64_t K() const { return kh * kw; }
+  int64_t P() const { return Ho * Wo; }
+  int64_t Cg() const { return C / G; }
+  int64_t Fg() const { return F / G; }
+  int64_t Cdg() const { return C / DG; }
+};
+
+Geometry check_geometry(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+                        int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                        int64_t groups, int64_t dgroups) {
+  TORCH_CHECK(input.dim() == 4 && offset.dim() == 4 && weight.dim() == 4,
+              "deform_conv2d: input, offset and weight must be 4-D");
+  TORCH_CHECK(sh >= 1 && sw >= 1 && dh >= 1 && dw >= 1 && ph >= 0 && pw >= 0 && groups >= 1 && dgroups >= 1,
+              "deform_conv2d: stride, dilation, groups and deformable_groups must be >= 1, padding >= 0");
+  Geometry g{input.size(0), input.size(1), input.size(2), input.size(3), weight.size(0), weight.size(2),
+             weight.size(3), 0, 0, sh, sw, ph, pw, dh, dw, groups, dgroups};
+  TORCH_CHECK(g.C % g.G == 0 && g.F % g.G == 0 && weight.size(1) * g.G == g.C,
+              "deform_conv2d: weight must have shape (F, C/groups, kh, kw) with F divisible by groups");
+  TORCH_CHECK(g.C % g.DG == 0, "deform_conv2d: input channels must be divisible by deformable_groups");
+  g.Ho = (g.H + 2 * ph - (dh * (g.kh - 1) + 1)) / sh + 1;
+  g.Wo = (g.W + 2 * pw - (dw * (g.kw - 1) + 1)) / sw + 1;
+  TORCH_CHECK(g.Ho >= 1 && g.Wo >= 1, "deform_conv2d: input too small for the kernel");
+  TORCH_CHECK(offset.size(0) == g.N && offset.size(1) == 2 * g.DG * g.K() && offset.size(2) == g.Ho &&
+                  offset.size(3) == g.Wo,
+              "deform_conv2d: offset must have shape (N, 2*deformable_groups*kh*kw, Ho, Wo)");
+  TORCH_CHECK(input.dtype() == offset.dtype() && input.dtype() == weight.dtype(),
+              "deform_conv2d: input, offset and weight must have the same dtype");
+  TORCH_CHECK(input.device() == offset.device() && input.device() == weight.device(),
+              "deform_conv2d: input, offset and weight must be on the same device");
+  return g;
+}
+
+// Images per chunk: enough that the GEMM's inner size B*P reaches a few thousand, while the column
+// buffer stays under ~64 MiB (a single image is always allowed).
+int64_t chunk_size(const Geometry& g, int64_t elem_size) {
+  const int64_t want = std::max<int64_t>(1, 4096 / g.P());
+  const int64_t per_image = std::max<int64_t>(1, g.C * g.K() * g.P() * elem_size);
+  const int64_t fit = std::max<int64_t>(1, (int64_t(64) << 20) / per_image);
+  return std::max<int64_t>(1, std::min({g.N, want, fit}));
+}
+
+// Scratch space for the columns, kept per thread between calls: a fresh buffer of tens of MB per call
+// costs more in page faults than the im2col itself (the allocator hands large blocks back to the OS).
+// Up to kKeepBytes is kept; a larger request, or one made while the kept buffer is still in use, gets a
+// buffer of its own.
+at::Tensor scratch(int64_t numel, const at::TensorOptions& options) {
+  constexpr int64_t kKeepBytes = int64_t(256) << 20;
+  const int64_t bytes = numel * static_cast<int64_t>(options.dtype().itemsize());
+  thread_local at::Tensor kept;
+  if (bytes > kKeepBytes || (kept.defined() && kept.storage().use_count() > 1)) {
+    return at::empty({numel}, options);
+  }
+  if (!kept.defined() || kept.numel() < bytes) {
+    kept = at::Tensor();  // free the old buffer before allocating the larger one
+    kept = at::empty({bytes}, options.dtype(at::kByte));
+  }
+  return kept.narrow(0, 0, bytes).view(options.dtype().toScalarType());
+}
+
+// Output position bp = b*P + p of a chunk: image b, flat position p and the unshifted sampling origin
+// (ho*stride_h - pad_h, wo*stride_w - pad_w). The divisions happen once per position, not per tap.
+struct Position {
+  int64_t b, p, y0, x0;
+};
+
+Position position(const Geometry& g, int64_t bp) {
+  const int64_t b = bp / g.P(), p = bp % g.P();
+  return Position{b, p, (p / g.Wo) * g.sh - g.ph, (p % g.Wo) * g.sw - g.pw};
+}
+
+// Calls f(k, corners) for every tap k = i*kw + j of deformable group dg at position pos. Offsets are
+// (dy, dx) pairs per tap, row-major over taps, one block of 2*K channels per group.
+template <typename T, typename Fn>
+void for_each_tap(const T* offset_chunk, const Geometry& g, const Position& pos, int64_t dg, const Fn& f) {
+  const T* o = offset_chunk + (pos.b * g.DG + dg) * 2 * g.K() * g.P() + pos.p;
+  for (int64_t i = 0, k = 0; i < g.kh; ++i) {
+    for (int64_t j = 0; j < g.kw; ++j, ++k) {
+      const T y = T(pos.y0 + i * g.dh) + o[2 * k * g.P()];
+      const T x = T(pos.x0 + j * g.dw) + o[(2 * k + 1) * g.P()];
+      f(k, dcn_v1_corners<T>(y, x, g.H, g.W));
+    }
+  }
+}
+
+// Channels [lo, hi) that share a deformable group and conv group gi: the unit of the inner loops.
+struct Run {
+  int64_t gi, lo, hi;
+};
+
+// The runs of channels [c_begin, c_end), listed per deformable group.
+std::vector<std::vector<Run>> channel_runs(const Geometry& g, int64_t c_begin, int64_t c_end) {
+  std::vector<std::vector<Run>> runs(g.DG);
+  for (int64_t c = c_begin; c < c_end;) {
+    const int64_t dg = c / g.Cdg(), gi = c / g.Cg();
+    const int64_t next = std::min({c_end, (dg + 1) * g.Cdg(), (gi + 1) * g.Cg()});
+    runs[dg].push_back(Run{gi, c, next});
+    c = next;
+  }
+  return runs;
+}
+
+// Pixel offsets (corner pixel * C) of a sample's four corners in a channels-last image (H, W, C).
+template <typename T>
+std::array<int64_t, 4> corner_offsets(const Corners<T>& q, int64_t C) {
+  return {q.i00 * C, (q.i00 + q.dx) * C, (q.i00 + q.dy) * C, (q.i00 + q.dy + q.dx) * C};
+}
+
+// Columns (G, B*P, K*C/G): row (conv group, b*P + p), tap-major and channel-minor within the row, so
+// that each tap of a sample fills a contiguous run from contiguous channels-last input (the weight is
+// permuted to match). A sample outside the map is exactly 0 (not 0 * value, which would be NaN next
+// to an infinite input value).
+template <typename T>
+void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, T* columns) {
+  const int64_t BP = B * g.P(), Cg = g.Cg(), CgK = Cg * g.K();
+  const auto runs = channel_runs(g, 0, g.C);
+  at::parallel_for(0, BP, std::max<int64_t>(1, 4096 / (g.C * g.K())), [&](int64_t begin, int64_t end) {
+    for (int64_t bp = begin; bp < end; ++bp) {
+      const Position pos = position(g, bp);
+      const T* image = x_cl + pos.b * g.H * g.W * g.C;
+      for (int64_t dg = 0; dg < g.DG; ++dg) {
+        for_each_tap(offset_chunk, g, pos, dg, [&](int64_t k, const Corners<T>& q) {
+          const auto a = corner_offsets(q, g.C);
+          const T w0 = q.w00(), w1 = q.w01(), w2 = q.w10(), w3 = q.w11();
+          for (const Run& r : runs[dg]) {
+            T* __restrict__ dst = columns + (r.gi * BP + bp) * CgK + k * Cg + (r.lo - r.gi * Cg);
+            const int64_t n = r.hi - r.lo;
+            if (!q.valid) {
+              std::fill(dst, dst + n, T(0));
+              continue;
+            }
+            const T *v0 = image + a[0] + r.lo, *v1 = image + a[1] + r.lo, *v2 = image + a[2] + r.lo,
+                    *v3 = image + a[3] + r.lo;
+            for (int64_t c = 0; c < n; ++c) dst[c] = w0 * v0[c] + w1 * v1[c] + w2 * v2[c] + w3 * v3[c];
+          }
+        });
+      }
+    }
+  });
+}
+
+// grad_x_cl (B, H, W, C) += scatter of grad_columns (laid out as the columns) to the forward's corners
+// and weights. Threads split the channels, so no two threads ever write the same element.
+template <typename T>
+void col2im(const T* grad_columns, const T* offset_chunk, const Geometry& g, int64_t B, T* grad_x_cl) {
+  const int64_t BP = B * g.P(), Cg = g.Cg(), CgK = Cg * g.K();
+  at::parallel_for(0, g.C, 1, [&](int64_t c_begin, int64_t c_end) {
+    const auto runs = channel_runs(g, c_begin, c_end);
+    for (int64_t bp = 0; bp < BP; ++bp) {
+      const Position pos = position(g, bp);
+      T* image = grad_x_cl + pos.b * g.H * g.W * g.C;
+      for (int64_t dg = 0; dg < g.DG; ++dg) {
+        if (runs[dg].empty()) continue;
+        for_each_tap(offset_chunk, g, pos, dg, [&](int64_t k, const Corners<T>& q) {
+          if (!q.valid) return;
+          const auto a = corner_offsets(q, g.C);
+          const T w[4] = {q.w00(), q.w01(), q.w10(), q.w11()};
+          for (const Run& r : runs[dg]) {
+            const T* __restrict__ src = grad_columns + (r.gi * BP + bp) * CgK + k * Cg + (r.lo - r.gi * Cg);
+            // One pass per corner: two corners may be the same pixel (clamped edge), never overlapping runs.
+            for (int i = 0; i < 4; ++i) {
+              T* __restrict__ dst = image + a[i] + r.lo;
+              for (int64_t c = 0; c < r.hi - r.lo; ++c) dst[c] += w[i] * src[c];
+            }
+          }
+        });
+      }
+    }
+  });
+}
+
+// grad_offset_chunk (B, 2*DG*K, Ho, Wo): derivative of each sample's bilinear blend with the forward's
+// floor-based corners (zero along a clamped axis, zero outside), summed over the group's channels.
+template <typename T>
+void offset_grad(const T* grad_columns, const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B,
+                 T* grad_offset_chunk) {
+  const int64_t K = g.K(), P = g.P(), BP = B * P, Cg = g.Cg(), CgK = Cg * K;
+  const auto runs = channel_runs(g, 0, g.C);
+  at::parallel_for(0, BP, std::max<int64_t>(1, 4096 / (g.C * K)), [&](int64_t begin, int64_t end) {
+    for (int64_t bp = begin; bp < end; ++bp) {
+      const Position pos = position(g, bp);
+      const T* image = x_cl + pos.b * g.H * g.W * g.C;
+      for (int64_t dg = 0; dg < g.DG; ++dg) {
+        for_each_tap(offset_chunk, g, pos, dg, [&](int64_t k, const Corners<T>& q) {
+          T gy = T(0), gx = T(0);
+          if (q.valid) {
+            const auto a = corner_offsets(q, g.C);
+            const T *v00 = image + a[0], *v01 = image + a[1], *v10 = image + a[2], *v11 = image + a[3];
+            for (const Run& r : runs[dg]) {
+              const T* gc = grad_columns + (r.gi * BP + bp) * CgK + k * Cg - r.gi * Cg;
+              for (int64_t c = r.lo; c < r.hi; ++c) {
+                gy += gc[c] * ((T(1) - q.lx) * (v10[c] - v00[c]) + q.lx * (v11[c] - v01[c]));
+                gx += gc[c] * ((T(1) - q.ly) * (v01[c] - v00[c]) + q.ly * (v11[c] - v10[c]));
+              }
+            }
+          }
+          T* out = grad_offset_chunk + ((pos.b * g.DG + dg) * K + k) * 2 * P + pos.p;  // channel 2k: dy, 2k+1: dx
+          out[0] = gy;
+          out[P] = gx;
+        });
+      }
+    }
+  });
+}
+
+// Rows [g*Fg, (g+1)*Fg) of a (B, F, Ho, Wo) block of a batch tensor as an (Fg, B*P) matrix (a view
+// when B == 1).
+at::Tensor group_rows(const at::Tensor& t, int64_t n0, int64_t B, int64_t gi, const Geometry& g) {
+  return t.narrow(0, n0, B).narrow(1, gi * g.Fg(), g.Fg()).transpose(0, 1).reshape({g.Fg(), B * g.P()});
+}
+
+// weight (F, C/G, kh, kw) -> (G, F/G, K*C/G), tap-major like the columns.
+at::Tensor tap_major(const at::Tensor& weight, const Geometry& g) {
+  return weight.reshape({g.G, g.Fg(), g.Cg(), g.K()}).transpose(2, 3).reshape({g.G, g.Fg(), g.K() * g.Cg()});
+}
+
+at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                             int64_t dh, int64_t dw, int64_t groups, int64_t dgroups) {
+  const Geometry g = check_geometry(input, offset_, weight, sh, sw, ph, pw, dh, dw, groups, dgroups);
+  // The GEMMs run in the op's own dtype even inside an autocast region (autocast would lower them).
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  at::Tensor output = at::zeros({g.N, g.F, g.Ho, g.Wo}, input.options());
+  const int64_t K = g.K(), P = g.P(), CgK = g.Cg() * K;
+  if (output.numel() > 0 && CgK > 0) {
+    const at::Tensor offset = offset_.contiguous(), x_cl = input.permute({0, 2, 3, 1}).contiguous();
+    const at::Tensor w = tap_major(weight, g).view({g.G, g.Fg(), CgK, 1, 1});
+    const int64_t B = chunk_size(g, x_cl.element_size());
+    at::Tensor columns = scratch(g.G * B * P * CgK, x_cl.options());
+    AT_DISPATCH_FLOATING_TYPES(x_cl.scalar_type(), "deform_conv2d_cpu", [&] {
+      for (int64_t n0 = 0; n0 < g.N; n0 += B) {
+        const int64_t nb = std::min(B, g.N - n0);
+        im2col(x_cl.data_ptr<scalar_t>() + n0 * g.H * g.W * g.C, offset.data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P,
+               g, nb, columns.data_ptr<scalar_t>());
+        const at::Tensor cols = columns.narrow(0, 0, g.G * nb * P * CgK).view({g.G, nb, g.Ho, g.Wo, CgK});
+        // out_g = W_g @ cols_g^T, as a 1x1 convolution of the channels-last columns: oneDNN runs it at
+        // about twice the speed of MKL's sgemm on AMD CPUs, with no layout change of the columns.
+        for (int64_t gi = 0; gi < g.G; ++gi) {
+          const at::Tensor out = at::conv2d(cols[gi].permute({0, 3, 1, 2}), w[gi]);
+          output.narrow(0, n0, nb).narrow(1, gi * g.Fg(), g.Fg()).copy_(out);
+        }
+      }
+    });
+  }
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == g.F && bias->dtype() == input.dtype() &&
+                    bias->device() == input.device(),
+                "deform_conv2d: bias must have shape (F,) and the input's dtype and device");
+    output.add_(bias->view({1, g.F, 1, 1}));
+  }
+  return output;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cpu(
+    const at::Tensor& grad_output_, const at::Tensor& input, const at::Tensor& offset_, const at::Tensor& weight,
+    int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups, int64_t dgroups) {
+  const Geometry g = check_geometry(input, offset_, weight, sh, sw, ph, pw, dh, dw, groups, dgroups);
+  // The GEMMs run in the op's own dtype even inside an autocast region (autocast would lower them).
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  TORCH_CHECK(grad_output_.dim() == 4 && grad_output_.size(0) == g.N && grad_output_.size(1) == g.F &&
+                  grad_output_.size(2) == g.Ho && grad_output_.size(3) == g.Wo,
+              "deform_conv2d backward: grad_output must have shape (N, F, Ho, Wo)");
+  TORCH_CHECK(grad_output_.dtype() == input.dtype() && grad_output_.device() == input.device(),
+              "deform_conv2d backward: grad_output must have the input's dtype and device");
+  const at::Tensor grad_output = grad_output_.contiguous(), offset = offset_.contiguous();
+  const at::Tensor x_cl = input.permute({0, 2, 3, 1}).contiguous();
+  const int64_t K = g.K(), P = g.P(), CgK = g.Cg() * K;
+  at::Tensor grad_x_cl = at::zeros_like(x_cl);
+  at::Tensor grad_offset = at::zeros_like(offset);
+  at::Tensor grad_w = at::zeros({g.G, g.Fg(), CgK}, weight.options());  // tap-major, as the columns
+  at::Tensor grad_bias = grad_output.sum({0, 2, 3});
+  if (grad_output.numel() > 0 && CgK > 0) {
+    const int64_t B = chunk_size(g, x_cl.element_size());
+    const at::Tensor w = tap_major(weight, g);
+    at::Tensor columns = scratch(g.G * B * P * CgK, x_cl.options());
+    AT_DISPATCH_FLOATING_TYPES(x_cl.scalar_type(), "deform_conv2d_backward_cpu", [&] {
+      for (int64_t n0 = 0; n0 < g.N; n0 += B) {
+        const int64_t nb = std::min(B, g.N - n0);
+        const scalar_t* x = x_cl.data_ptr<scalar_t>() + n0 * g.H * g.W * g.C;
+        const scalar_t* off = offset.data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P;
+        const at::Tensor cols = columns.narrow(0, 0, g.G * nb * P * CgK).view({g.G, nb * P, CgK});
+        im2col(x, off, g, nb, columns.data_ptr<scalar_t>());
+        for (int64_t gi = 0; gi < g.G; ++gi) {
+          const at::Tensor gout = group_rows(grad_output, n0, nb, gi, g);
+          grad_w[gi].addmm_(gout, cols[gi]);
+          // The group's columns are no longer needed: they now receive grad_columns = grad_out^T @ W.
+          at::Tensor gcol = cols[gi];
+          at::mm_out(gcol, gout.t(), w[gi]);
+        }
+        const scalar_t* gcol = columns.data_ptr<scalar_t>();
+        col2im(gcol, off, g, nb, grad_x_cl.data_ptr<scalar_t>() + n0 * g.H * g.W * g.C);
+        offset_grad(gcol, x, off, g, nb, grad_offset.data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P);
+      }
+    });
+  }
+  at::Tensor grad_weight = grad_w.view({g.F, g.kh, g.kw, g.Cg()}).permute({0, 3, 1, 2}).contiguous();
+  return {grad_x_cl.permute({0, 3, 1, 2}).contiguous(), grad_offset, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dcnviz, CPU, m) {
+  m.impl("deform_conv2d", &deform_conv2d_cpu);
+  m.impl("_deform_conv2d_backward", &deform_conv2d_backward_cpu);
+}
+
+}  // namespace dcnviz

@@ -1,0 +1,165 @@
+"""Timings of dcnviz's operators at the sizes of the official R-FCN model, next to torchvision's
+``deform_conv2d`` and a plain ``conv2d`` of the same shape measured in the same run.
+
+Shapes (600x1000 image, stride-16 features):
+    res5 deformable conv: input (1, 512, 38, 63), weight (512, 512, 3, 3), stride 1, padding 2,
+    dilation 2, offsets ~ N(0, 2 px), deformable_groups 4 and 1;
+    R-FCN head deformable PS RoI pooling: input (1, 81*49, 38, 63), 300 random RoIs, pooled/group/part
+    size 7, sample_per_part 4, trans_std 0.1, offsets (300, 2*81, 7, 7) ~ N(0, 1); and its no-trans mode.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+RES5 = dict(input=(1, 512, 38, 63), weight=(512, 512, 3, 3), stride=1, padding=2, dilation=2, offset_std=2.0,
+            deformable_groups=(4, 1))
+HEAD = dict(classes=81, group=7, feature=(38, 63), image=(600, 1000), rois=300, spatial_scale=1 / 16,
+            sample_per_part=4, trans_std=0.1)
+OPS = ("conv", "pool")
+
+
+@dataclass
+class Timing:
+    """Median times in milliseconds; ratios are to ``conv2d`` at the res5 shape in the same run."""
+    op: str
+    impl: str
+    case: str
+    forward_ms: float
+    forward_backward_ms: float
+    forward_ratio: float = float("nan")
+    forward_backward_ratio: float = float("nan")
+
+
+@dataclass
+class _Case:
+    op: str
+    impl: str
+    case: str
+    forward: Callable[[], torch.Tensor]
+    inputs: list[torch.Tensor]  # what forward+backward differentiates
+
+
+def _time(fn: Callable[[], object], sync: Callable[[], None]) -> float:
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return (time.perf_counter() - start) * 1e3
+
+
+def _time_cases(cases: list[_Case], device: torch.device, repeats: int) -> list[Timing]:
+    """Median forward and forward+backward times after one warm-up run. The cases take turns within
+    each repeat, so a change in machine load affects them alike and the ratios stay meaningful."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    runs = []
+    for c in cases:
+        grad = torch.randn_like(c.forward())
+        runs.append((c, torch.no_grad()(c.forward),
+                     lambda c=c, grad=grad: torch.autograd.grad(c.forward(), c.inputs, grad)))
+    times: list[tuple[list[float], list[float]]] = [([], []) for _ in cases]
+    for rep in range(repeats + 1):
+        for (c, fwd, fwd_bwd), (t_fwd, t_fwd_bwd) in zip(runs, times):
+            a, b = _time(fwd, sync), _time(fwd_bwd, sync)
+            if rep > 0:  # the first round is the warm-up
+                t_fwd.append(a)
+                t_fwd_bwd.append(b)
+    return [Timing(c.op, c.impl, c.case, statistics.median(f), statistics.median(fb))
+            for c, (f, fb) in zip(cases, times)]
+
+
+def _res5_inputs(device: torch.device, gen: torch.Generator):
+    s = RES5
+    x = torch.randn(s["input"], generator=gen).to(device).requires_grad_()
+    w = (torch.randn(s["weight"], generator=gen) * 0.01).to(device).requires_grad_()
+    return x, w, dict(stride=s["stride"], padding=s["padding"], dilation=s["dilation"])
+
+
+def _conv2d_case(device: torch.device, gen: torch.Generator) -> _Case:
+    x, w, kw = _res5_inputs(device, gen)
+    return _Case("conv2d", "torch", "res5", lambda: torch.nn.functional.conv2d(x, w, **kw), [x, w])
+
+
+def _deform_conv_cases(device: torch.device, gen: torch.Generator) -> list[_Case]:
+    import torchvision
+
+    from dcnviz.ops import deform_conv2d
+
+    x, w, kw = _res5_inputs(device, gen)
+    cases = []
+    for dg in RES5["deformable_groups"]:
+        with torch.no_grad():  # the offset map has the output's size
+            n, _, ho, wo = torch.nn.functional.conv2d(x, w[:1], **kw).shape
+        off = torch.randn(n, 2 * dg * w.shape[2] * w.shape[3], ho, wo, generator=gen) * RES5["offset_std"]
+        off = off.to(device).requires_grad_()
+        case = f"res5 dg={dg}"
+        cases.append(_Case("deform_conv2d", "dcnviz", case,
+                           lambda off=off, dg=dg: deform_conv2d(x, off, w, None, deformable_groups=dg, **kw),
+                           [x, off, w]))
+        cases.append(_Case("deform_conv2d", "torchvision", case,
+                           lambda off=off: torchvision.ops.deform_conv2d(x, off, w, None, **kw), [x, off, w]))
+    return cases
+
+
+def _random_rois(n: int, image_hw: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
+    """(n, 5) [0, x1, y1, x2, y2] boxes inside the image, in image pixels."""
+    h, w = image_hw
+    xy = torch.rand(n, 2, generator=gen) * torch.tensor([w * 0.8, h * 0.8])
+    size = 16 + torch.rand(n, 2, generator=gen) * torch.tensor([w * 0.5, h * 0.5])
+    x2y2 = torch.minimum(xy + size, torch.tensor([w - 1.0, h - 1.0]))
+    return torch.cat([torch.zeros(n, 1), xy, x2y2], dim=1)
+
+
+def _pool_cases(device: torch.device, gen: torch.Generator) -> list[_Case]:
+    from dcnviz.ops import deform_psroi_pool
+
+    s = HEAD
+    k, g = s["classes"], s["group"]
+    x = torch.randn(1, k * g * g, *s["feature"], generator=gen).to(device).requires_grad_()
+    rois = _random_rois(s["rois"], s["image"], gen).to(device)
+    off = torch.randn(s["rois"], 2 * k, g, g, generator=gen).to(device).requires_grad_()
+    kw = dict(spatial_scale=s["spatial_scale"], output_dim=k, group_size=g, pooled_size=g, part_size=g,
+              sample_per_part=s["sample_per_part"])
+    case = f"head {s['rois']} rois"
+    return [
+        _Case("deform_psroi_pool", "dcnviz", case,
+              lambda: deform_psroi_pool(x, rois, off, trans_std=s["trans_std"], **kw), [x, off]),
+        _Case("deform_psroi_pool", "dcnviz", case + " no-trans", lambda: deform_psroi_pool(x, rois, None, **kw), [x]),
+    ]
+
+
+def run_ops(device: str = "cpu", repeats: int = 5, ops: tuple[str, ...] = OPS, seed: int = 0) -> list[Timing]:
+    """Time the operators; ``ops`` picks "conv" (res5 deformable convolutions) and/or "pool" (R-FCN head
+    pooling). The res5 ``conv2d`` is always measured: every ratio is relative to it."""
+    dev = torch.device(device)
+    gen = torch.Generator().manual_seed(seed)
+    cases = [_conv2d_case(dev, gen)]
+    if "conv" in ops:
+        cases += _deform_conv_cases(dev, gen)
+    if "pool" in ops:
+        cases += _pool_cases(dev, gen)
+    rows = _time_cases(cases, dev, repeats)
+    for r in rows:
+        r.forward_ratio = r.forward_ms / rows[0].forward_ms
+        r.forward_backward_ratio = r.forward_backward_ms / rows[0].forward_backward_ms
+    return rows
+
+
+def as_dicts(rows: list[Timing]) -> list[dict]:
+    return [asdict(r) for r in rows]
+
+
+def format_table(rows: list[Timing]) -> str:
+    """Fixed-width table: times in ms and as a multiple of conv2d's time."""
+    head = ("op", "impl", "case", "fwd ms", "x conv2d", "fwd+bwd ms", "x conv2d")
+    cells = [head] + [(r.op, r.impl, r.case, f"{r.forward_ms:.1f}", f"{r.forward_ratio:.2f}",
+                       f"{r.forward_backward_ms:.1f}", f"{r.forward_backward_ratio:.2f}") for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(wd) if i < 3 else c.rjust(wd) for i, (c, wd) in enumerate(zip(row, widths)))
+             for row in cells]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""``dcnviz bench``: timings of the operators (and, later, the models)."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import click
+
+
+@click.group()
+def bench():
+    """Time the operators and models."""
+
+
+@bench.command()
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch (default: torch's own choice).")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Timed runs per measurement (after one warm-up); the median is reported.")
+@click.option("--op", "ops", type=click.Choice(["conv", "pool"]), multiple=True,
+              help="Only these operators (repeatable): conv = deform_conv2d at res5, pool = "
+                   "deform_psroi_pool at the R-FCN head. Default: both. conv2d is always timed.")
+def ops(device, as_json, threads, repeats, ops):
+    """Forward and forward+backward time of the operators at the R-FCN sizes, with torchvision's
+    deform_conv2d and a plain conv2d of the same shape for comparison (ratios are to conv2d)."""
+    import torch
+
+    from dcnviz import bench as lib
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA is not available on this machine", param_hint="'--device'")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        rows = lib.run_ops(device, repeats, ops or lib.OPS)
+    except (RuntimeError, NotImplementedError) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise click.ClickException(f"benchmark failed: {textwrap.shorten(first_line, 240)}") from exc
+    if as_json:
+        click.echo(json.dumps({"device": device, "threads": torch.get_num_threads(), "repeats": repeats,
+                               "torch": torch.__version__, "rows": lib.as_dicts(rows)}, indent=2))
+    else:
+        click.echo(f"device {device}, {torch.get_num_threads()} threads, median of {repeats} runs, torch "
+                   f"{torch.__version__}")
+        click.echo(lib.format_table(rows))
