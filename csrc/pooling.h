@@ -159,15 +159,27 @@ DCNVIZ_HD Bin<A> make_bin(const RoiFrame<A>& f, const T* offset, int64_t n, cons
   return b;
 }
 
-// Calls fn(corners) for every sample of the bin that lies on the map, rows outer; returns how many.
+// Row (ih) and column (iw) of the bin's samples, ih, iw in [0, sample_per_part). A sample lies on the
+// map when both its row and its column do; samples are visited rows outer, columns inner.
+template <typename A>
+DCNVIZ_HD AxisSample<A> sample_row(const RoiFrame<A>& f, const Bin<A>& b, int64_t ih, const DeformPoolGeometry& g) {
+  return dpsroi_axis(b.hstart + A(ih) * f.sub_h, g.height);
+}
+
+template <typename A>
+DCNVIZ_HD AxisSample<A> sample_col(const RoiFrame<A>& f, const Bin<A>& b, int64_t iw, const DeformPoolGeometry& g) {
+  return dpsroi_axis(b.wstart + A(iw) * f.sub_w, g.width);
+}
+
+// Calls fn(corners) for every sample of the bin that lies on the map, in order; returns how many.
 template <typename A, typename Fn>
 DCNVIZ_HD int64_t for_each_sample(const RoiFrame<A>& f, const Bin<A>& b, const DeformPoolGeometry& g, Fn&& fn) {
   int64_t count = 0;
   for (int64_t ih = 0; ih < g.sample_per_part; ++ih) {
-    const AxisSample<A> y = dpsroi_axis(b.hstart + A(ih) * f.sub_h, g.height);
+    const AxisSample<A> y = sample_row(f, b, ih, g);
     if (!y.valid) continue;
     for (int64_t iw = 0; iw < g.sample_per_part; ++iw) {
-      const AxisSample<A> x = dpsroi_axis(b.wstart + A(iw) * f.sub_w, g.width);
+      const AxisSample<A> x = sample_col(f, b, iw, g);
       if (!x.valid) continue;
       fn(dpsroi_corners(y, x, g.width));
       ++count;
@@ -181,8 +193,8 @@ template <typename A>
 DCNVIZ_HD int64_t sample_count(const RoiFrame<A>& f, const Bin<A>& b, const DeformPoolGeometry& g) {
   int64_t rows = 0, cols = 0;
   for (int64_t i = 0; i < g.sample_per_part; ++i) {
-    rows += dpsroi_axis(b.hstart + A(i) * f.sub_h, g.height).valid;
-    cols += dpsroi_axis(b.wstart + A(i) * f.sub_w, g.width).valid;
+    rows += sample_row(f, b, i, g).valid;
+    cols += sample_col(f, b, i, g).valid;
   }
   return rows * cols;
 }

@@ -1,18 +1,25 @@
 // CPU kernels of deform_psroi_pool: MXNet's DeformablePSROIPooling (official.md §3.2), forward and
 // backward, on the geometry of csrc/pooling.h that the CUDA kernels use too.
 //
+// Work is channel-major: one input plane (H*W values, a few KiB) is sampled by every RoI before the next
+// plane, so the samples hit cache. RoI-major order (one output bin after another, as on the GPU) would
+// pull a different plane for every bin and stream the whole input once per RoI. Per-RoI frames and
+// per-bin cells are computed once, not per output element.
+//
 // Robustness: a RoI whose batch index is outside [0, N) or not finite, or with a non-finite corner, is
 // never used to index memory; its bins are 0 and it receives no gradient (the Python wrapper rejects
 // such RoIs, but it cannot inspect values under torch.compile). Any other sample position, including
-// one made NaN or infinite by the offsets, goes through dpsroi_axis, which skips it when it is off the
-// map, so every read and write stays in bounds.
+// one made NaN or infinite by the offsets, goes through dpsroi_axis, which skips it when it is off
+// the map, so every read and write stays in bounds.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "../pooling.h"
 #include "../pooling_checks.h"
@@ -21,88 +28,158 @@ namespace dcnviz {
 namespace {
 
 template <typename T>
+std::vector<RoiFrame<T>> roi_frames(const T* rois, const DeformPoolGeometry& g) {
+  std::vector<RoiFrame<T>> frames(g.rois);
+  for (int64_t n = 0; n < g.rois; ++n) frames[n] = dpsroi_frame<T>(rois + n * 5, g);
+  return frames;
+}
+
+// An output bin of one input channel: with group_size == pooled_size a channel has one bin per RoI,
+// with group_size 1 it has all pooled_size**2.
+struct ChannelBin {
+  int64_t ph, pw;
+  int64_t out;  // (ctop*P + ph)*P + pw: the bin's element within one RoI's output
+  BinCell cell;
+};
+
+template <typename T>
+void channel_bins(int64_t channel, const DeformPoolGeometry& g, std::vector<ChannelBin>& bins) {
+  const int64_t P = g.pooled_size, G = g.group_size;
+  const int64_t ctop = channel / (G * G), gh = channel / G % G, gw = channel % G;
+  bins.clear();
+  for (int64_t ph = 0; ph < P; ++ph) {
+    if (group_of(ph, G, P) != gh) continue;
+    for (int64_t pw = 0; pw < P; ++pw)
+      if (group_of(pw, G, P) == gw) bins.push_back({ph, pw, (ctop * P + ph) * P + pw, bin_cell<T>(ctop, ph, pw, g)});
+  }
+}
+
+// The samples of one bin that lie on the map: its valid rows and columns, each computed once (the
+// shared for_each_sample recomputes a column per row, which costs more than the sample on a CPU).
+// Visits them in for_each_sample's order.
+template <typename T>
+class SampleGrid {
+ public:
+  explicit SampleGrid(int64_t sample_per_part) : rows_(sample_per_part), cols_(sample_per_part) {}
+
+  // Returns how many samples the bin has.
+  int64_t fill(const RoiFrame<T>& f, const Bin<T>& b, const DeformPoolGeometry& g) {
+    num_rows_ = num_cols_ = 0;
+    for (int64_t i = 0; i < g.sample_per_part; ++i) {
+      const AxisSample<T> row = sample_row(f, b, i, g), col = sample_col(f, b, i, g);
+      if (row.valid) rows_[num_rows_++] = row;
+      if (col.valid) cols_[num_cols_++] = col;
+    }
+    return num_rows_ * num_cols_;
+  }
+
+  template <typename Fn>
+  void for_each(int64_t width, Fn&& fn) const {
+    for (int64_t r = 0; r < num_rows_; ++r)
+      for (int64_t c = 0; c < num_cols_; ++c) fn(dpsroi_corners(rows_[r], cols_[c], width));
+  }
+
+ private:
+  std::vector<AxisSample<T>> rows_, cols_;
+  int64_t num_rows_ = 0, num_cols_ = 0;
+};
+
+// Work items are (channel, RoI) pairs, channel-major, so that a thread's range covers whole planes.
+template <typename T>
 void forward_kernel(const T* input, const T* rois, const T* offset, T* output, const DeformPoolGeometry& g) {
-  const int64_t P = g.pooled_size, plane = g.height * g.width;
-  at::parallel_for(0, g.rois * g.output_dim * P * P, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t index = begin; index < end; ++index) {
-      const int64_t pw = index % P, ph = index / P % P, ctop = index / (P * P) % g.output_dim, n = index / (P * P * g.output_dim);
-      const RoiFrame<T> f = dpsroi_frame<T>(rois + n * 5, g);
-      if (f.batch < 0) {
-        output[index] = T(0);
-        continue;
-      }
-      const BinCell cell = bin_cell<T>(ctop, ph, pw, g);
-      const Bin<T> b = make_bin(f, offset, n, cell, ph, pw, g);
-      const T* x = input + (f.batch * g.channels + cell.channel) * plane;
-      T sum = T(0);
-      const int64_t count = for_each_sample(f, b, g, [&](const Corners<T>& c) { sum += bilinear(c, x); });
-      output[index] = count == 0 ? T(0) : sum / T(count);
-    }
-  });
-}
-
-// Input gradient: each sample spreads grad/count to its four corners with the forward's weights.
-// Split by input channel: every bin of one channel belongs to one (ctop, gh, gw), and no other channel
-// writes there, so threads never write the same element.
-template <typename T>
-void input_grad_kernel(const T* grad, const T* rois, const T* offset, T* grad_input, const DeformPoolGeometry& g) {
-  const int64_t P = g.pooled_size, G = g.group_size, plane = g.height * g.width;
-  at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t channel = begin; channel < end; ++channel) {
-      const int64_t ctop = channel / (G * G), gh = channel / G % G, gw = channel % G;
-      for (int64_t n = 0; n < g.rois; ++n) {
-        const RoiFrame<T> f = dpsroi_frame<T>(rois + n * 5, g);
-        if (f.batch < 0) continue;
-        T* gx = grad_input + (f.batch * g.channels + channel) * plane;
-        for (int64_t ph = 0; ph < P; ++ph) {
-          if (group_of(ph, G, P) != gh) continue;
-          for (int64_t pw = 0; pw < P; ++pw) {
-            if (group_of(pw, G, P) != gw) continue;
-            const Bin<T> b = make_bin(f, offset, n, bin_cell<T>(ctop, ph, pw, g), ph, pw, g);
-            const int64_t count = sample_count(f, b, g);
-            if (count == 0) continue;
-            const T diff = grad[((n * g.output_dim + ctop) * P + ph) * P + pw] / T(count);
-            for_each_sample(f, b, g, [&](const Corners<T>& c) {
-              gx[c.i00] += c.w00() * diff;
-              gx[c.i00 + c.dx] += c.w01() * diff;
-              gx[c.i00 + c.dy] += c.w10() * diff;
-              gx[c.i00 + c.dy + c.dx] += c.w11() * diff;
-            });
-          }
+  const std::vector<RoiFrame<T>> frames = roi_frames(rois, g);
+  const int64_t P = g.pooled_size, plane = g.height * g.width, roi_stride = g.output_dim * P * P;
+  at::parallel_for(0, g.channels * g.rois, 64, [&](int64_t begin, int64_t end) {
+    std::vector<ChannelBin> bins;
+    SampleGrid<T> grid(g.sample_per_part);
+    for (int64_t item = begin; item < end;) {
+      const int64_t channel = item / g.rois, n_begin = item % g.rois;
+      const int64_t n_end = std::min(g.rois, n_begin + (end - item));
+      channel_bins<T>(channel, g, bins);
+      for (int64_t n = n_begin; n < n_end; ++n) {
+        const RoiFrame<T>& f = frames[n];
+        T* out = output + n * roi_stride;
+        if (f.batch < 0) {
+          for (const ChannelBin& bin : bins) out[bin.out] = T(0);
+          continue;
+        }
+        const T* x = input + (f.batch * g.channels + channel) * plane;
+        for (const ChannelBin& bin : bins) {
+          const int64_t count = grid.fill(f, make_bin(f, offset, n, bin.cell, bin.ph, bin.pw, g), g);
+          T sum = T(0);
+          grid.for_each(g.width, [&](const Corners<T>& c) { sum += bilinear(c, x); });
+          out[bin.out] = count == 0 ? T(0) : sum / T(count);
         }
       }
+      item += n_end - n_begin;
     }
   });
 }
 
-// Offset gradient: the slope of each sample's bilinear value along x and y times trans_std * roi size
-// * grad/count. Split by (RoI, offset class): the bins writing one offset cell all share both.
+// Input gradient: each sample spreads grad/count to its four corners with the forward's weights. Split
+// by input channel: only the bins of one (ctop, gh, gw) touch a plane, so threads never write the same
+// element, and each element sums its terms in a fixed order (RoI, bin, sample) whatever the threads.
+//
+// Offset gradient: the slope of each sample's bilinear value along x and y, times trans_std * roi size *
+// grad/count, summed over the bin. Several bins (every ctop of an offset class, every bin of a part
+// cell) can share an offset cell across channels, so each bin's term goes to `terms` (R, output_dim,
+// P, P, 2) here, and reduce_offset_grad sums them per cell in a fixed order.
 template <typename T>
-void offset_grad_kernel(const T* grad, const T* input, const T* rois, const T* offset, T* grad_offset,
-                        const DeformPoolGeometry& g) {
-  const int64_t P = g.pooled_size, plane = g.height * g.width, cell_step = g.part_size * g.part_size;
+void backward_kernel(const T* grad, const T* input, const T* rois, const T* offset, T* grad_input, T* terms,
+                     const DeformPoolGeometry& g) {
+  const std::vector<RoiFrame<T>> frames = roi_frames(rois, g);
+  const int64_t P = g.pooled_size, plane = g.height * g.width, roi_stride = g.output_dim * P * P;
   const T trans_std = static_cast<T>(g.trans_std);
-  at::parallel_for(0, g.rois * g.num_classes, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t n = task / g.num_classes, class_id = task % g.num_classes;
-      const RoiFrame<T> f = dpsroi_frame<T>(rois + n * 5, g);
-      if (f.batch < 0) continue;
-      for (int64_t ctop = class_id * g.channels_each_class; ctop < (class_id + 1) * g.channels_each_class; ++ctop) {
-        for (int64_t ph = 0; ph < P; ++ph) {
-          for (int64_t pw = 0; pw < P; ++pw) {
-            const BinCell cell = bin_cell<T>(ctop, ph, pw, g);
-            const Bin<T> b = make_bin(f, offset, n, cell, ph, pw, g);
-            const int64_t count = sample_count(f, b, g);
-            if (count == 0) continue;
-            const T diff = grad[((n * g.output_dim + ctop) * P + ph) * P + pw] / T(count);
-            const T* x = input + (f.batch * g.channels + cell.channel) * plane;
+  at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<ChannelBin> bins;
+    SampleGrid<T> grid(g.sample_per_part);
+    for (int64_t channel = begin; channel < end; ++channel) {
+      channel_bins<T>(channel, g, bins);
+      for (int64_t n = 0; n < g.rois; ++n) {
+        const RoiFrame<T>& f = frames[n];
+        if (f.batch < 0) continue;
+        const T* x = input + (f.batch * g.channels + channel) * plane;
+        T* gx = grad_input + (f.batch * g.channels + channel) * plane;
+        for (const ChannelBin& bin : bins) {
+          const int64_t count = grid.fill(f, make_bin(f, offset, n, bin.cell, bin.ph, bin.pw, g), g);
+          if (count == 0) continue;
+          const int64_t index = n * roi_stride + bin.out;
+          const T diff = grad[index] / T(count);
+          grid.for_each(g.width, [&](const Corners<T>& c) {
+            gx[c.i00] += c.w00() * diff;
+            gx[c.i00 + c.dx] += c.w01() * diff;
+            gx[c.i00 + c.dy] += c.w10() * diff;
+            gx[c.i00 + c.dy + c.dx] += c.w11() * diff;
+          });
+          if (terms) {
             T dvdx = T(0), dvdy = T(0);
-            for_each_sample(f, b, g, [&](const Corners<T>& c) { add_bilinear_slopes(c, x, dvdx, dvdy); });
-            const int64_t dx = offset_index(n, cell, g);
-            grad_offset[dx] += dvdx * trans_std * diff * f.width;
-            grad_offset[dx + cell_step] += dvdy * trans_std * diff * f.height;
+            grid.for_each(g.width, [&](const Corners<T>& c) { add_bilinear_slopes(c, x, dvdx, dvdy); });
+            terms[2 * index] = dvdx * trans_std * diff * f.width;
+            terms[2 * index + 1] = dvdy * trans_std * diff * f.height;
           }
         }
+      }
+    }
+  });
+}
+
+// Sums the per-bin terms into the offset cells, split by (RoI, offset class), which own disjoint cells;
+// within a cell the order is (ctop, ph, pw).
+template <typename T>
+void reduce_offset_grad(const T* terms, T* grad_offset, const DeformPoolGeometry& g) {
+  const int64_t P = g.pooled_size, roi_stride = g.output_dim * P * P, cell_step = g.part_size * g.part_size;
+  std::vector<BinCell> cells(roi_stride);
+  for (int64_t ctop = 0; ctop < g.output_dim; ++ctop)
+    for (int64_t ph = 0; ph < P; ++ph)
+      for (int64_t pw = 0; pw < P; ++pw) cells[(ctop * P + ph) * P + pw] = bin_cell<T>(ctop, ph, pw, g);
+  const int64_t class_stride = g.channels_each_class * P * P;
+  at::parallel_for(0, g.rois * g.num_classes, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / g.num_classes, first = task % g.num_classes * class_stride;
+      for (int64_t i = first; i < first + class_stride; ++i) {
+        const int64_t dx = offset_index(n, cells[i], g), index = n * roi_stride + i;
+        grad_offset[dx] += terms[2 * index];
+        grad_offset[dx + cell_step] += terms[2 * index + 1];
       }
     }
   });
@@ -138,13 +215,15 @@ std::tuple<at::Tensor, at::Tensor> deform_psroi_pool_backward_cpu(
   if (grad_output.numel() == 0 || input.numel() == 0) return {grad_input, grad_offset};
   const auto dy = grad_output.contiguous(), x = input.contiguous(), r = rois.contiguous();
   const auto t = g.has_offset ? offset->contiguous() : at::Tensor();
+  // Zero where a bin has no sample or an unusable RoI, so that such bins add nothing.
+  auto terms = g.has_offset ? at::zeros({g.rois, output_dim, pooled_size, pooled_size, 2}, input.options())
+                            : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_psroi_pool_backward_cpu", [&] {
-    const scalar_t* trans = g.has_offset ? t.data_ptr<scalar_t>() : nullptr;
-    input_grad_kernel<scalar_t>(dy.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), trans,
-                                grad_input.data_ptr<scalar_t>(), g);
-    if (g.has_offset)
-      offset_grad_kernel<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), trans,
-                                   grad_offset.data_ptr<scalar_t>(), g);
+    scalar_t* term_ptr = g.has_offset ? terms.data_ptr<scalar_t>() : nullptr;
+    backward_kernel<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(),
+                              g.has_offset ? t.data_ptr<scalar_t>() : nullptr, grad_input.data_ptr<scalar_t>(),
+                              term_ptr, g);
+    if (g.has_offset) reduce_offset_grad<scalar_t>(term_ptr, grad_offset.data_ptr<scalar_t>(), g);
   });
   return {grad_input, grad_offset};
 }
