@@ -56,7 +56,8 @@ void channel_bins(int64_t channel, const DeformPoolGeometry& g, std::vector<Chan
 
 // The samples of one bin that lie on the map: its valid rows and columns, each computed once (the
 // shared for_each_sample recomputes a column per row, which costs more than the sample on a CPU).
-// Visits them in for_each_sample's order.
+// Visits them in for_each_sample's order. The axes are kept field by field: copying whole
+// AxisSample structs through memory stalled store-to-load forwarding.
 template <typename T>
 class SampleGrid {
  public:
@@ -64,24 +65,36 @@ class SampleGrid {
 
   // Returns how many samples the bin has.
   int64_t fill(const RoiFrame<T>& f, const Bin<T>& b, const DeformPoolGeometry& g) {
-    num_rows_ = num_cols_ = 0;
+    rows_.size = cols_.size = 0;
     for (int64_t i = 0; i < g.sample_per_part; ++i) {
-      const AxisSample<T> row = sample_row(f, b, i, g), col = sample_col(f, b, i, g);
-      if (row.valid) rows_[num_rows_++] = row;
-      if (col.valid) cols_[num_cols_++] = col;
+      rows_.add(sample_row(f, b, i, g));
+      cols_.add(sample_col(f, b, i, g));
     }
-    return num_rows_ * num_cols_;
+    return rows_.size * cols_.size;
   }
 
   template <typename Fn>
   void for_each(int64_t width, Fn&& fn) const {
-    for (int64_t r = 0; r < num_rows_; ++r)
-      for (int64_t c = 0; c < num_cols_; ++c) fn(dpsroi_corners(rows_[r], cols_[c], width));
+    for (int64_t r = 0; r < rows_.size; ++r)
+      for (int64_t c = 0; c < cols_.size; ++c) fn(dpsroi_corners(rows_[r], cols_[c], width));
   }
 
  private:
-  std::vector<AxisSample<T>> rows_, cols_;
-  int64_t num_rows_ = 0, num_cols_ = 0;
+  struct Axes {
+    explicit Axes(int64_t capacity) : i0(capacity), step(capacity), frac(capacity) {}
+    void add(const AxisSample<T>& a) {
+      if (!a.valid) return;
+      i0[size] = a.i0;
+      step[size] = a.step;
+      frac[size] = a.frac;
+      ++size;
+    }
+    AxisSample<T> operator[](int64_t k) const { return {i0[k], step[k], frac[k], true}; }
+    std::vector<int64_t> i0, step;
+    std::vector<T> frac;
+    int64_t size = 0;
+  };
+  Axes rows_, cols_;
 };
 
 // Work items are (channel, RoI) pairs, channel-major, so that a thread's range covers whole planes.
@@ -124,7 +137,9 @@ void forward_kernel(const T* input, const T* rois, const T* offset, T* output, c
 // grad/count, summed over the bin. Several bins (every ctop of an offset class, every bin of a part
 // cell) can share an offset cell across channels, so each bin's term goes to `terms` (R, output_dim,
 // P, P, 2) here, and reduce_offset_grad sums them per cell in a fixed order.
-template <typename T>
+// kOffset: with offsets (then `terms` is written), a compile-time flag so that the no_trans loop carries
+// no slope code.
+template <typename T, bool kOffset>
 void backward_kernel(const T* grad, const T* input, const T* rois, const T* offset, T* grad_input, T* terms,
                      const DeformPoolGeometry& g) {
   const std::vector<RoiFrame<T>> frames = roi_frames(rois, g);
@@ -145,15 +160,15 @@ void backward_kernel(const T* grad, const T* input, const T* rois, const T* offs
           if (count == 0) continue;
           const int64_t index = n * roi_stride + bin.out;
           const T diff = grad[index] / T(count);
+          T dvdx = T(0), dvdy = T(0);
           grid.for_each(g.width, [&](const Corners<T>& c) {
+            if constexpr (kOffset) add_bilinear_slopes(c, x, dvdx, dvdy);
             gx[c.i00] += c.w00() * diff;
             gx[c.i00 + c.dx] += c.w01() * diff;
             gx[c.i00 + c.dy] += c.w10() * diff;
             gx[c.i00 + c.dy + c.dx] += c.w11() * diff;
           });
-          if (terms) {
-            T dvdx = T(0), dvdy = T(0);
-            grid.for_each(g.width, [&](const Corners<T>& c) { add_bilinear_slopes(c, x, dvdx, dvdy); });
+          if constexpr (kOffset) {
             terms[2 * index] = dvdx * trans_std * diff * f.width;
             terms[2 * index + 1] = dvdy * trans_std * diff * f.height;
           }
@@ -219,11 +234,15 @@ std::tuple<at::Tensor, at::Tensor> deform_psroi_pool_backward_cpu(
   auto terms = g.has_offset ? at::zeros({g.rois, output_dim, pooled_size, pooled_size, 2}, input.options())
                             : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_psroi_pool_backward_cpu", [&] {
-    scalar_t* term_ptr = g.has_offset ? terms.data_ptr<scalar_t>() : nullptr;
-    backward_kernel<scalar_t>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(),
-                              g.has_offset ? t.data_ptr<scalar_t>() : nullptr, grad_input.data_ptr<scalar_t>(),
-                              term_ptr, g);
-    if (g.has_offset) reduce_offset_grad<scalar_t>(term_ptr, grad_offset.data_ptr<scalar_t>(), g);
+    if (g.has_offset) {
+      backward_kernel<scalar_t, true>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(),
+                                      t.data_ptr<scalar_t>(), grad_input.data_ptr<scalar_t>(),
+                                      terms.data_ptr<scalar_t>(), g);
+      reduce_offset_grad<scalar_t>(terms.data_ptr<scalar_t>(), grad_offset.data_ptr<scalar_t>(), g);
+    } else {
+      backward_kernel<scalar_t, false>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(),
+                                       nullptr, grad_input.data_ptr<scalar_t>(), nullptr, g);
+    }
   });
   return {grad_input, grad_offset};
 }
