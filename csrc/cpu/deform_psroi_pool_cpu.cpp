@@ -3,8 +3,8 @@
 //
 // Work is channel-major: one input plane (H*W values, a few KiB) is sampled by every RoI before the next
 // plane, so the samples hit cache. RoI-major order (one output bin after another, as on the GPU) would
-// pull a different plane for every bin and stream the whole input once per RoI. Per-RoI frames and
-// per-bin cells are computed once, not per output element.
+// pull a different plane for every bin and stream the whole input once per RoI. RoI frames, bin cells
+// and sample grids are computed once where they repeat, not per output element (dpsroi_grids.h).
 //
 // Robustness: a RoI whose batch index is outside [0, N) or not finite, or with a non-finite corner, is
 // never used to index memory; its bins are 0 and it receives no gradient (the Python wrapper rejects
@@ -23,109 +23,44 @@
 
 #include "../pooling.h"
 #include "../pooling_checks.h"
+#include "dpsroi_grids.h"
 
 namespace dcnviz {
 namespace {
-
-template <typename T>
-std::vector<RoiFrame<T>> roi_frames(const T* rois, const DeformPoolGeometry& g) {
-  std::vector<RoiFrame<T>> frames(g.rois);
-  for (int64_t n = 0; n < g.rois; ++n) frames[n] = dpsroi_frame<T>(rois + n * 5, g);
-  return frames;
-}
-
-// An output bin of one input channel: with group_size == pooled_size a channel has one bin per RoI,
-// with group_size 1 it has all pooled_size**2.
-struct ChannelBin {
-  int64_t ph, pw;
-  int64_t out;  // (ctop*P + ph)*P + pw: the bin's element within one RoI's output
-  BinCell cell;
-};
-
-template <typename T>
-void channel_bins(int64_t channel, const DeformPoolGeometry& g, std::vector<ChannelBin>& bins) {
-  const int64_t P = g.pooled_size, G = g.group_size;
-  const int64_t ctop = channel / (G * G), gh = channel / G % G, gw = channel % G;
-  bins.clear();
-  for (int64_t ph = 0; ph < P; ++ph) {
-    if (group_of(ph, G, P) != gh) continue;
-    for (int64_t pw = 0; pw < P; ++pw)
-      if (group_of(pw, G, P) == gw) bins.push_back({ph, pw, (ctop * P + ph) * P + pw, bin_cell<T>(ctop, ph, pw, g)});
-  }
-}
-
-// The samples of one bin that lie on the map: its valid rows and columns, each computed once (the
-// shared for_each_sample recomputes a column per row, which costs more than the sample on a CPU).
-// Visits them in for_each_sample's order. The axes are kept field by field: copying whole
-// AxisSample structs through memory stalled store-to-load forwarding.
-template <typename T>
-class SampleGrid {
- public:
-  explicit SampleGrid(int64_t sample_per_part) : rows_(sample_per_part), cols_(sample_per_part) {}
-
-  // Returns how many samples the bin has.
-  int64_t fill(const RoiFrame<T>& f, const Bin<T>& b, const DeformPoolGeometry& g) {
-    rows_.size = cols_.size = 0;
-    for (int64_t i = 0; i < g.sample_per_part; ++i) {
-      rows_.add(sample_row(f, b, i, g));
-      cols_.add(sample_col(f, b, i, g));
-    }
-    return rows_.size * cols_.size;
-  }
-
-  template <typename Fn>
-  void for_each(int64_t width, Fn&& fn) const {
-    for (int64_t r = 0; r < rows_.size; ++r)
-      for (int64_t c = 0; c < cols_.size; ++c) fn(dpsroi_corners(rows_[r], cols_[c], width));
-  }
-
- private:
-  struct Axes {
-    explicit Axes(int64_t capacity) : i0(capacity), step(capacity), frac(capacity) {}
-    void add(const AxisSample<T>& a) {
-      if (!a.valid) return;
-      i0[size] = a.i0;
-      step[size] = a.step;
-      frac[size] = a.frac;
-      ++size;
-    }
-    AxisSample<T> operator[](int64_t k) const { return {i0[k], step[k], frac[k], true}; }
-    std::vector<int64_t> i0, step;
-    std::vector<T> frac;
-    int64_t size = 0;
-  };
-  Axes rows_, cols_;
-};
 
 // Work items are (channel, RoI) pairs, channel-major, so that a thread's range covers whole planes.
 template <typename T>
 void forward_kernel(const T* input, const T* rois, const T* offset, T* output, const DeformPoolGeometry& g) {
   const std::vector<RoiFrame<T>> frames = roi_frames(rois, g);
   const int64_t P = g.pooled_size, plane = g.height * g.width, roi_stride = g.output_dim * P * P;
-  at::parallel_for(0, g.channels * g.rois, 64, [&](int64_t begin, int64_t end) {
-    std::vector<ChannelBin> bins;
-    SampleGrid<T> grid(g.sample_per_part);
-    for (int64_t item = begin; item < end;) {
-      const int64_t channel = item / g.rois, n_begin = item % g.rois;
-      const int64_t n_end = std::min(g.rois, n_begin + (end - item));
-      channel_bins<T>(channel, g, bins);
-      for (int64_t n = n_begin; n < n_end; ++n) {
-        const RoiFrame<T>& f = frames[n];
-        T* out = output + n * roi_stride;
-        if (f.batch < 0) {
-          for (const ChannelBin& bin : bins) out[bin.out] = T(0);
-          continue;
+  const BinGrids<T> bin_grids(frames, offset, g);
+  bin_grids.with_source([&](auto grid_of) {
+    at::parallel_for(0, g.channels * g.rois, 64, [&](int64_t begin, int64_t end) {
+      std::vector<ChannelBin> bins;
+      SampleGrids<T> scratch = bin_grids.scratch();
+      for (int64_t item = begin; item < end;) {
+        const int64_t channel = item / g.rois, n_begin = item % g.rois;
+        const int64_t n_end = std::min(g.rois, n_begin + (end - item));
+        channel_bins<T>(channel, g, bins);
+        for (int64_t n = n_begin; n < n_end; ++n) {
+          const RoiFrame<T>& f = frames[n];
+          T* out = output + n * roi_stride;
+          if (f.batch < 0) {
+            for (const ChannelBin& bin : bins) out[bin.out] = T(0);
+            continue;
+          }
+          const T* x = input + (f.batch * g.channels + channel) * plane;
+          for (const ChannelBin& bin : bins) {
+            const auto [grids, k] = grid_of(n, bin, scratch);
+            const int64_t count = grids->count(k);
+            T sum = T(0);
+            grids->for_each(k, g.width, [&](const Corners<T>& c) { sum += bilinear(c, x); });
+            out[bin.out] = count == 0 ? T(0) : sum / T(count);
+          }
         }
-        const T* x = input + (f.batch * g.channels + channel) * plane;
-        for (const ChannelBin& bin : bins) {
-          const int64_t count = grid.fill(f, make_bin(f, offset, n, bin.cell, bin.ph, bin.pw, g), g);
-          T sum = T(0);
-          grid.for_each(g.width, [&](const Corners<T>& c) { sum += bilinear(c, x); });
-          out[bin.out] = count == 0 ? T(0) : sum / T(count);
-        }
+        item += n_end - n_begin;
       }
-      item += n_end - n_begin;
-    }
+    });
   });
 }
 
@@ -145,36 +80,40 @@ void backward_kernel(const T* grad, const T* input, const T* rois, const T* offs
   const std::vector<RoiFrame<T>> frames = roi_frames(rois, g);
   const int64_t P = g.pooled_size, plane = g.height * g.width, roi_stride = g.output_dim * P * P;
   const T trans_std = static_cast<T>(g.trans_std);
-  at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
-    std::vector<ChannelBin> bins;
-    SampleGrid<T> grid(g.sample_per_part);
-    for (int64_t channel = begin; channel < end; ++channel) {
-      channel_bins<T>(channel, g, bins);
-      for (int64_t n = 0; n < g.rois; ++n) {
-        const RoiFrame<T>& f = frames[n];
-        if (f.batch < 0) continue;
-        const T* x = input + (f.batch * g.channels + channel) * plane;
-        T* gx = grad_input + (f.batch * g.channels + channel) * plane;
-        for (const ChannelBin& bin : bins) {
-          const int64_t count = grid.fill(f, make_bin(f, offset, n, bin.cell, bin.ph, bin.pw, g), g);
-          if (count == 0) continue;
-          const int64_t index = n * roi_stride + bin.out;
-          const T diff = grad[index] / T(count);
-          T dvdx = T(0), dvdy = T(0);
-          grid.for_each(g.width, [&](const Corners<T>& c) {
-            if constexpr (kOffset) add_bilinear_slopes(c, x, dvdx, dvdy);
-            gx[c.i00] += c.w00() * diff;
-            gx[c.i00 + c.dx] += c.w01() * diff;
-            gx[c.i00 + c.dy] += c.w10() * diff;
-            gx[c.i00 + c.dy + c.dx] += c.w11() * diff;
-          });
-          if constexpr (kOffset) {
-            terms[2 * index] = dvdx * trans_std * diff * f.width;
-            terms[2 * index + 1] = dvdy * trans_std * diff * f.height;
+  const BinGrids<T> bin_grids(frames, offset, g);
+  bin_grids.with_source([&](auto grid_of) {
+    at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
+      std::vector<ChannelBin> bins;
+      SampleGrids<T> scratch = bin_grids.scratch();
+      for (int64_t channel = begin; channel < end; ++channel) {
+        channel_bins<T>(channel, g, bins);
+        for (int64_t n = 0; n < g.rois; ++n) {
+          const RoiFrame<T>& f = frames[n];
+          if (f.batch < 0) continue;
+          const T* x = input + (f.batch * g.channels + channel) * plane;
+          T* gx = grad_input + (f.batch * g.channels + channel) * plane;
+          for (const ChannelBin& bin : bins) {
+            const auto [grids, k] = grid_of(n, bin, scratch);
+            const int64_t count = grids->count(k);
+            if (count == 0) continue;
+            const int64_t index = n * roi_stride + bin.out;
+            const T diff = grad[index] / T(count);
+            T dvdx = T(0), dvdy = T(0);
+            grids->for_each(k, g.width, [&](const Corners<T>& c) {
+              if constexpr (kOffset) add_bilinear_slopes(c, x, dvdx, dvdy);
+              gx[c.i00] += c.w00() * diff;
+              gx[c.i00 + c.dx] += c.w01() * diff;
+              gx[c.i00 + c.dy] += c.w10() * diff;
+              gx[c.i00 + c.dy + c.dx] += c.w11() * diff;
+            });
+            if constexpr (kOffset) {
+              terms[2 * index] = dvdx * trans_std * diff * f.width;
+              terms[2 * index + 1] = dvdy * trans_std * diff * f.height;
+            }
           }
         }
       }
-    }
+    });
   });
 }
 
