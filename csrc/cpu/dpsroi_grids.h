@@ -112,16 +112,21 @@ class SampleGrids {
 // Where each bin's sample grid comes from. The grid of bin (ph, pw) of RoI n depends on the offset
 // class, not on the output channel: when a class has several channels (no_trans mode, where all
 // output_dim channels form one class; the R-FCN offset branch pools 162 per bin), each grid is computed
-// once per call into a table. Otherwise a thread computes each bin's grid in a scratch grid just
-// before using it.
+// once per call into a table (2.6 MB there for 300 RoIs). Otherwise, or when the table would exceed
+// kMaxTableBytes (very many RoIs and offset classes), a thread computes each bin's grid in a scratch
+// grid just before using it.
 template <typename T>
 class BinGrids {
  public:
+  static constexpr int64_t kMaxTableBytes = int64_t(64) << 20;
+
   BinGrids(const std::vector<RoiFrame<T>>& frames, const T* offset, const DeformPoolGeometry& g)
       : frames_(frames), offset_(offset), g_(g) {
-    if (g.channels_each_class == 1) return;
-    const int64_t P = g.pooled_size;
-    shared_.emplace(g.num_classes * P * P * g.rois, g.sample_per_part);
+    const int64_t P = g.pooled_size, grids = g.num_classes * P * P * g.rois;
+    // Per grid: sample_per_part rows and columns (i0, step, frac) and their two counts.
+    const int64_t grid_bytes = 2 * (g.sample_per_part * int64_t(2 * sizeof(int64_t) + sizeof(T)) + int64_t(sizeof(int64_t)));
+    if (g.channels_each_class == 1 || grids * grid_bytes > kMaxTableBytes) return;
+    shared_.emplace(grids, g.sample_per_part);
     at::parallel_for(0, g.num_classes * P * P, 1, [&](int64_t begin, int64_t end) {
       for (int64_t grid = begin; grid < end; ++grid) {
         const int64_t ph = grid / P % P, pw = grid % P;
