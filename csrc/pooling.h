@@ -89,8 +89,22 @@ DCNVIZ_HD int64_t group_of(int64_t p, int64_t G, int64_t P) {
   return q < 0 ? 0 : (q > G - 1 ? G - 1 : q);
 }
 
-// Position-sensitive input channel of output channel ctop in group cell (gh, gw).
-DCNVIZ_HD int64_t ps_channel(int64_t ctop, int64_t gh, int64_t gw, int64_t G) { return (ctop * G + gh) * G + gw; }
+// Output element `index` of an (R, output_dim, P, P) result: RoI n, output channel ctop, bin (ph, pw).
+struct OutputBin {
+  int64_t n, ctop, ph, pw;
+};
+
+DCNVIZ_HD OutputBin output_bin(int64_t index, const PoolGeometry& g) {
+  const int64_t P = g.pooled_size;
+  return {index / (P * P * g.output_dim), index / (P * P) % g.output_dim, index / P % P, index % P};
+}
+
+// Position-sensitive input channel that bin (ph, pw) of output channel ctop reads: the channel of
+// (ctop, gh, gw) for its group cell.
+DCNVIZ_HD int64_t ps_channel(int64_t ctop, int64_t ph, int64_t pw, const PoolGeometry& g) {
+  const int64_t G = g.group_size, P = g.pooled_size;
+  return (ctop * G + group_of(ph, G, P)) * G + group_of(pw, G, P);
+}
 
 // ---- psroi_pool: a bin averages the whole pixels it overlaps ----
 
@@ -126,12 +140,12 @@ struct BinCell {
 
 template <typename A>
 DCNVIZ_HD BinCell bin_cell(int64_t ctop, int64_t ph, int64_t pw, const DeformPoolGeometry& g) {
-  const int64_t P = g.pooled_size, G = g.group_size, K = g.part_size;
+  const int64_t P = g.pooled_size, K = g.part_size;
   // The official kernel computes the part cell in floating point; clamp against rounding. The value
   // is >= 0, so truncation is floor.
   const int64_t part_h = static_cast<int64_t>(A(ph) / A(P) * A(K)), part_w = static_cast<int64_t>(A(pw) / A(P) * A(K));
   const int64_t class_id = ctop / g.channels_each_class;
-  return {ps_channel(ctop, group_of(ph, G, P), group_of(pw, G, P), G),
+  return {ps_channel(ctop, ph, pw, g),
           (class_id * 2 * K + (part_h < K - 1 ? part_h : K - 1)) * K + (part_w < K - 1 ? part_w : K - 1)};
 }
 

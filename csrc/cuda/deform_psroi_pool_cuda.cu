@@ -34,10 +34,10 @@ template <typename T>
 __global__ void forward_kernel(const T* input, const T* rois, const T* offset, T* output, const DeformPoolGeometry g,
                                int64_t total) {
   using A = at::opmath_type<T>;
-  const int64_t P = g.pooled_size, plane = g.height * g.width;
+  const int64_t plane = g.height * g.width;
   for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
        index += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t pw = index % P, ph = index / P % P, ctop = index / (P * P) % g.output_dim, n = index / (P * P * g.output_dim);
+    const auto [n, ctop, ph, pw] = output_bin(index, g);
     const RoiFrame<A> f = dpsroi_frame<A>(rois + n * 5, g);
     if (f.batch < 0) {
       output[index] = T(0);
@@ -59,10 +59,10 @@ __global__ void backward_kernel(const T* grad, const T* input, const T* rois, co
                                 at::opmath_type<T>* grad_input, at::opmath_type<T>* grad_offset,
                                 const DeformPoolGeometry g, int64_t total) {
   using A = at::opmath_type<T>;
-  const int64_t P = g.pooled_size, plane = g.height * g.width, cell_step = g.part_size * g.part_size;
+  const int64_t plane = g.height * g.width, cell_step = g.part_size * g.part_size;
   for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
        index += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t pw = index % P, ph = index / P % P, ctop = index / (P * P) % g.output_dim, n = index / (P * P * g.output_dim);
+    const auto [n, ctop, ph, pw] = output_bin(index, g);
     const RoiFrame<A> f = dpsroi_frame<A>(rois + n * 5, g);
     if (f.batch < 0) continue;
     const BinCell cell = bin_cell<A>(ctop, ph, pw, g);

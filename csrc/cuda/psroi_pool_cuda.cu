@@ -30,17 +30,17 @@ int64_t blocks_for(int64_t n) { return std::min<int64_t>((n + kThreads - 1) / kT
 template <typename T>
 __global__ void forward_kernel(const T* input, const T* rois, T* output, const PoolGeometry g, int64_t total) {
   using A = at::opmath_type<T>;
-  const int64_t P = g.pooled_size, G = g.group_size, plane = g.height * g.width;
+  const int64_t plane = g.height * g.width;
   for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
        index += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t pw = index % P, ph = index / P % P, ctop = index / (P * P) % g.output_dim, n = index / (P * P * g.output_dim);
+    const auto [n, ctop, ph, pw] = output_bin(index, g);
     const RoiFrame<A> f = psroi_frame<A>(rois + n * 5, g);
     const Window win = make_window(f, ph, pw, g);
     if (win.empty()) {
       output[index] = T(0);
       continue;
     }
-    const T* x = input + (f.batch * g.channels + ps_channel(ctop, group_of(ph, G, P), group_of(pw, G, P), G)) * plane;
+    const T* x = input + (f.batch * g.channels + ps_channel(ctop, ph, pw, g)) * plane;
     A sum = A(0);
     for (int64_t h = win.h0; h < win.h1; ++h)
       for (int64_t w = win.w0; w < win.w1; ++w) sum += A(x[h * g.width + w]);
@@ -53,15 +53,15 @@ template <typename T>
 __global__ void backward_kernel(const T* grad, const T* rois, at::opmath_type<T>* grad_input, const PoolGeometry g,
                                 int64_t total) {
   using A = at::opmath_type<T>;
-  const int64_t P = g.pooled_size, G = g.group_size, plane = g.height * g.width;
+  const int64_t plane = g.height * g.width;
   for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
        index += int64_t(blockDim.x) * gridDim.x) {
-    const int64_t pw = index % P, ph = index / P % P, ctop = index / (P * P) % g.output_dim, n = index / (P * P * g.output_dim);
+    const auto [n, ctop, ph, pw] = output_bin(index, g);
     const RoiFrame<A> f = psroi_frame<A>(rois + n * 5, g);
     const Window win = make_window(f, ph, pw, g);
     if (win.empty()) continue;
     const A diff = A(grad[index]) / A(win.area());
-    A* gx = grad_input + (f.batch * g.channels + ps_channel(ctop, group_of(ph, G, P), group_of(pw, G, P), G)) * plane;
+    A* gx = grad_input + (f.batch * g.channels + ps_channel(ctop, ph, pw, g)) * plane;
     for (int64_t h = win.h0; h < win.h1; ++h)
       for (int64_t w = win.w0; w < win.w1; ++w) gpuAtomicAdd(gx + h * g.width + w, diff);
   }
