@@ -16,27 +16,22 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <optional>
 #include <tuple>
 
 #include "../pooling.h"
 #include "../pooling_checks.h"
+#include "launch.cuh"
 
 namespace dcnviz {
 namespace {
-
-constexpr int kThreads = 256;
-
-int64_t blocks_for(int64_t n) { return std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 16); }
 
 template <typename T>
 __global__ void forward_kernel(const T* input, const T* rois, const T* offset, T* output, const DeformPoolGeometry g,
                                int64_t total) {
   using A = at::opmath_type<T>;
   const int64_t plane = g.height * g.width;
-  for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
-       index += int64_t(blockDim.x) * gridDim.x) {
+  DCNVIZ_KERNEL_LOOP(index, total) {
     const auto [n, ctop, ph, pw] = output_bin(index, g);
     const RoiFrame<A> f = dpsroi_frame<A>(rois + n * 5, g);
     if (f.batch < 0) {
@@ -60,8 +55,7 @@ __global__ void backward_kernel(const T* grad, const T* input, const T* rois, co
                                 const DeformPoolGeometry g, int64_t total) {
   using A = at::opmath_type<T>;
   const int64_t plane = g.height * g.width, cell_step = g.part_size * g.part_size;
-  for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
-       index += int64_t(blockDim.x) * gridDim.x) {
+  DCNVIZ_KERNEL_LOOP(index, total) {
     const auto [n, ctop, ph, pw] = output_bin(index, g);
     const RoiFrame<A> f = dpsroi_frame<A>(rois + n * 5, g);
     if (f.batch < 0) continue;

@@ -15,24 +15,18 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <algorithm>
-
 #include "../pooling.h"
 #include "../pooling_checks.h"
+#include "launch.cuh"
 
 namespace dcnviz {
 namespace {
-
-constexpr int kThreads = 256;
-
-int64_t blocks_for(int64_t n) { return std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 16); }
 
 template <typename T>
 __global__ void forward_kernel(const T* input, const T* rois, T* output, const PoolGeometry g, int64_t total) {
   using A = at::opmath_type<T>;
   const int64_t plane = g.height * g.width;
-  for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
-       index += int64_t(blockDim.x) * gridDim.x) {
+  DCNVIZ_KERNEL_LOOP(index, total) {
     const auto [n, ctop, ph, pw] = output_bin(index, g);
     const RoiFrame<A> f = psroi_frame<A>(rois + n * 5, g);
     const Window win = make_window(f, ph, pw, g);
@@ -54,8 +48,7 @@ __global__ void backward_kernel(const T* grad, const T* rois, at::opmath_type<T>
                                 int64_t total) {
   using A = at::opmath_type<T>;
   const int64_t plane = g.height * g.width;
-  for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
-       index += int64_t(blockDim.x) * gridDim.x) {
+  DCNVIZ_KERNEL_LOOP(index, total) {
     const auto [n, ctop, ph, pw] = output_bin(index, g);
     const RoiFrame<A> f = psroi_frame<A>(rois + n * 5, g);
     const Window win = make_window(f, ph, pw, g);
