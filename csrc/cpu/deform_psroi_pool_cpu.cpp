@@ -72,6 +72,10 @@ void forward_kernel(const T* input, const T* rois, const T* offset, T* output, c
 // grad/count, summed over the bin. Several bins (every ctop of an offset class, every bin of a part
 // cell) can share an offset cell across channels, so each bin's term goes to `terms` (R, output_dim,
 // P, P, 2) here, and reduce_offset_grad sums them per cell in a fixed order.
+//
+// grad_input and terms come uninitialised: a thread zeroes the planes of its channels just before it
+// accumulates into them (in cache, and in parallel, where a separate zero fill of the whole gradient
+// was a serial pass over 38-76 MB), and writes every terms slot of its bins.
 // kOffset: with offsets (then `terms` is written), a compile-time flag so that the no_trans loop carries
 // no slope code.
 template <typename T, bool kOffset>
@@ -87,28 +91,34 @@ void backward_kernel(const T* grad, const T* input, const T* rois, const T* offs
       SampleGrids<T> scratch = bin_grids.scratch();
       for (int64_t channel = begin; channel < end; ++channel) {
         channel_bins<T>(channel, g, bins);
+        for (int64_t b = 0; b < g.batch; ++b) std::fill_n(grad_input + (b * g.channels + channel) * plane, plane, T(0));
         for (int64_t n = 0; n < g.rois; ++n) {
           const RoiFrame<T>& f = frames[n];
-          if (f.batch < 0) continue;
+          if (f.batch < 0) {  // an unusable RoI adds nothing
+            if constexpr (kOffset)
+              for (const ChannelBin& bin : bins) terms[2 * (n * roi_stride + bin.out)] = terms[2 * (n * roi_stride + bin.out) + 1] = T(0);
+            continue;
+          }
           const T* x = input + (f.batch * g.channels + channel) * plane;
           T* gx = grad_input + (f.batch * g.channels + channel) * plane;
           for (const ChannelBin& bin : bins) {
-            const auto [grids, k] = grid_of(n, bin, scratch);
-            const int64_t count = grids->count(k);
-            if (count == 0) continue;
             const int64_t index = n * roi_stride + bin.out;
-            const T diff = grad[index] / T(count);
-            T dvdx = T(0), dvdy = T(0);
-            grids->for_each(k, g.width, [&](const Corners<T>& c) {
-              if constexpr (kOffset) add_bilinear_slopes(c, x, dvdx, dvdy);
-              gx[c.i00] += c.w00() * diff;
-              gx[c.i00 + c.dx] += c.w01() * diff;
-              gx[c.i00 + c.dy] += c.w10() * diff;
-              gx[c.i00 + c.dy + c.dx] += c.w11() * diff;
-            });
+            const auto [grids, k] = grid_of(n, bin, scratch);
+            const int64_t count = grids->count(k);  // a bin without samples adds nothing
+            T dvdx = T(0), dvdy = T(0), diff = T(0);
+            if (count > 0) {
+              diff = grad[index] / T(count);
+              grids->for_each(k, g.width, [&](const Corners<T>& c) {
+                if constexpr (kOffset) add_bilinear_slopes(c, x, dvdx, dvdy);
+                gx[c.i00] += c.w00() * diff;
+                gx[c.i00 + c.dx] += c.w01() * diff;
+                gx[c.i00 + c.dy] += c.w10() * diff;
+                gx[c.i00 + c.dy + c.dx] += c.w11() * diff;
+              });
+            }
             if constexpr (kOffset) {
-              terms[2 * index] = dvdx * trans_std * diff * f.width;
-              terms[2 * index + 1] = dvdy * trans_std * diff * f.height;
+              terms[2 * index] = count > 0 ? dvdx * trans_std * diff * f.width : T(0);
+              terms[2 * index + 1] = count > 0 ? dvdy * trans_std * diff * f.height : T(0);
             }
           }
         }
@@ -117,8 +127,8 @@ void backward_kernel(const T* grad, const T* input, const T* rois, const T* offs
   });
 }
 
-// Sums the per-bin terms into the offset cells, split by (RoI, offset class), which own disjoint cells;
-// within a cell the order is (ctop, ph, pw).
+// Sums the per-bin terms into the offset cells (grad_offset comes uninitialised), split by (RoI, offset
+// class), which own disjoint cells; within a cell the order is (ctop, ph, pw).
 template <typename T>
 void reduce_offset_grad(const T* terms, T* grad_offset, const DeformPoolGeometry& g) {
   const int64_t P = g.pooled_size, roi_stride = g.output_dim * P * P, cell_step = g.part_size * g.part_size;
@@ -129,6 +139,7 @@ void reduce_offset_grad(const T* terms, T* grad_offset, const DeformPoolGeometry
   const int64_t class_stride = g.channels_each_class * P * P;
   at::parallel_for(0, g.rois * g.num_classes, 16, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
+      std::fill_n(grad_offset + task * 2 * cell_step, 2 * cell_step, T(0));  // the task's cells, dx then dy
       const int64_t n = task / g.num_classes, first = task % g.num_classes * class_stride;
       for (int64_t i = first; i < first + class_stride; ++i) {
         const int64_t dx = offset_index(n, cells[i], g), index = n * roi_stride + i;
@@ -163,15 +174,18 @@ std::tuple<at::Tensor, at::Tensor> deform_psroi_pool_backward_cpu(
   const DeformPoolGeometry g = check_deform_psroi_pool(input, rois, offset, spatial_scale, output_dim, group_size,
                                                        pooled_size, part_size, sample_per_part, trans_std);
   check_pool_grad_output(grad_output, input, g, "deform_psroi_pool");
-  auto grad_input = at::zeros_like(input, at::MemoryFormat::Contiguous);
-  auto grad_offset = g.has_offset ? at::zeros_like(*offset, at::MemoryFormat::Contiguous)
+  if (grad_output.numel() == 0 || input.numel() == 0) {
+    return {at::zeros_like(input, at::MemoryFormat::Contiguous),
+            g.has_offset ? at::zeros_like(*offset, at::MemoryFormat::Contiguous) : at::empty({0}, input.options())};
+  }
+  // Uninitialised: the kernels write every element (see backward_kernel).
+  auto grad_input = at::empty_like(input, at::MemoryFormat::Contiguous);
+  auto grad_offset = g.has_offset ? at::empty_like(*offset, at::MemoryFormat::Contiguous)
                                   : at::empty({0}, input.options());
-  if (grad_output.numel() == 0 || input.numel() == 0) return {grad_input, grad_offset};
+  auto terms = g.has_offset ? at::empty({g.rois, output_dim, pooled_size, pooled_size, 2}, input.options())
+                            : at::Tensor();
   const auto dy = grad_output.contiguous(), x = input.contiguous(), r = rois.contiguous();
   const auto t = g.has_offset ? offset->contiguous() : at::Tensor();
-  // Zero where a bin has no sample or an unusable RoI, so that such bins add nothing.
-  auto terms = g.has_offset ? at::zeros({g.rois, output_dim, pooled_size, pooled_size, 2}, input.options())
-                            : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_psroi_pool_backward_cpu", [&] {
     if (g.has_offset) {
       backward_kernel<scalar_t, true>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(),

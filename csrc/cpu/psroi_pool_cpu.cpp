@@ -86,7 +86,9 @@ void forward_kernel(const T* input, const T* rois, T* output, const PoolGeometry
 
 // Each pixel of a bin receives grad/area. Split by input channel: only the bins of one (ctop, gh, gw)
 // read a channel, so threads never write the same element, and each element sums its terms in a fixed
-// order (RoI, bin) whatever the threads.
+// order (RoI, bin) whatever the threads. grad_input comes uninitialised: a thread zeroes the planes of
+// its channels just before it accumulates into them (in cache and in parallel, where a separate zero
+// fill of the whole gradient was a serial pass).
 template <typename T>
 void input_grad_kernel(const T* grad, const T* rois, T* grad_input, const PoolGeometry& g) {
   const RoiWindows<T> roi(rois, g);
@@ -96,6 +98,7 @@ void input_grad_kernel(const T* grad, const T* rois, T* grad_input, const PoolGe
     for (int64_t channel = begin; channel < end; ++channel) {
       const int64_t ctop = channel / (G * G);
       channel_bins(channel, g, bins);
+      for (int64_t b = 0; b < g.batch; ++b) std::fill_n(grad_input + (b * g.channels + channel) * plane, plane, T(0));
       for (int64_t n = 0; n < g.rois; ++n) {
         if (roi.frames[n].batch < 0) continue;
         T* gx = grad_input + (roi.frames[n].batch * g.channels + channel) * plane;
@@ -128,8 +131,8 @@ at::Tensor psroi_pool_backward_cpu(const at::Tensor& grad_output, const at::Tens
                                    double spatial_scale, int64_t output_dim, int64_t group_size, int64_t pooled_size) {
   const PoolGeometry g = check_psroi_pool(input, rois, spatial_scale, output_dim, group_size, pooled_size);
   check_pool_grad_output(grad_output, input, g, "psroi_pool");
-  auto grad_input = at::zeros_like(input, at::MemoryFormat::Contiguous);
-  if (grad_output.numel() == 0 || input.numel() == 0) return grad_input;
+  if (grad_output.numel() == 0 || input.numel() == 0) return at::zeros_like(input, at::MemoryFormat::Contiguous);
+  auto grad_input = at::empty_like(input, at::MemoryFormat::Contiguous);  // input_grad_kernel writes it all
   const auto dy = grad_output.contiguous(), r = rois.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "psroi_pool_backward_cpu", [&] {
     input_grad_kernel<scalar_t>(dy.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), grad_input.data_ptr<scalar_t>(), g);
