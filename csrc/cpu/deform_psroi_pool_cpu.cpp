@@ -76,6 +76,7 @@ void forward_kernel(const T* input, const T* rois, const T* offset, T* output, c
 // grad_input and terms come uninitialised: a thread zeroes the planes of its channels just before it
 // accumulates into them (in cache, and in parallel, where a separate zero fill of the whole gradient
 // was a serial pass over 38-76 MB), and writes every terms slot of its bins.
+//
 // kOffset: with offsets (then `terms` is written), a compile-time flag so that the no_trans loop carries
 // no slope code.
 template <typename T, bool kOffset>
