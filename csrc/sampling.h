@@ -56,24 +56,51 @@ DCNVIZ_HD Corners<T> dcn_v1_corners(T y, T x, int64_t H, int64_t W) {
   return c;
 }
 
-// DeformablePSROIPooling (deformable_psroi_pooling.cu): a sample outside [-0.5, W-0.5] x [-0.5, H-0.5]
-// is skipped (not counted); otherwise it is clamped to [0, W-1] x [0, H-1] and interpolated between
-// floor and ceil, so an integer coordinate reads a single row or column.
+// One axis of a DeformablePSROIPooling sample; dpsroi_corners below combines two of them.
 template <typename T>
-DCNVIZ_HD Corners<T> dpsroi_corners(T y, T x, int64_t H, int64_t W) {
+struct AxisSample {
+  int64_t i0;    // floor of the clamped coordinate
+  int64_t step;  // ceil - floor: 0 at an integer (or clamped) coordinate, else 1
+  T frac;        // clamped coordinate - i0
+  bool valid;
+};
+
+// DeformablePSROIPooling (deformable_psroi_pooling.cu), along an axis of n pixels (n >= 1): a
+// coordinate outside [-0.5, n-0.5] is invalid (NaN too); otherwise it is clamped to [0, n-1] and
+// interpolated between floor and ceil, so an integer coordinate reads a single pixel.
+template <typename T>
+DCNVIZ_HD AxisSample<T> dpsroi_axis(T v, int64_t n) {
+  AxisSample<T> a{0, 0, T(0), false};
+  if (!(v >= T(-0.5) && v <= T(n) - T(0.5))) return a;
+  v = v < T(0) ? T(0) : (v > T(n - 1) ? T(n - 1) : v);
+  // v >= 0 here, so truncation is floor and ceil is floor + (v > floor): the official floor/ceil
+  // exactly, without two libm calls per sample on CPUs that lack a rounding instruction (x86-64
+  // before SSE4.1, the default target).
+  a.i0 = static_cast<int64_t>(v);
+  a.step = T(a.i0) < v ? 1 : 0;
+  a.frac = v - T(a.i0);
+  a.valid = true;
+  return a;
+}
+
+// A sample is skipped (not counted) unless both axes are valid. Both axes are separable, so a bin's
+// kernel may compute each row and column once and combine them here.
+template <typename T>
+DCNVIZ_HD Corners<T> dpsroi_corners(const AxisSample<T>& y, const AxisSample<T>& x, int64_t W) {
   Corners<T> c{0, 0, 0, T(0), T(0), false};
-  if (!(x >= T(-0.5) && x <= T(W) - T(0.5) && y >= T(-0.5) && y <= T(H) - T(0.5))) return c;
-  x = x < T(0) ? T(0) : (x > T(W - 1) ? T(W - 1) : x);
-  y = y < T(0) ? T(0) : (y > T(H - 1) ? T(H - 1) : y);
-  const int64_t x0 = static_cast<int64_t>(::floor(x)), x1 = static_cast<int64_t>(::ceil(x));
-  const int64_t y0 = static_cast<int64_t>(::floor(y)), y1 = static_cast<int64_t>(::ceil(y));
-  c.i00 = y0 * W + x0;
-  c.dx = x1 - x0;
-  c.dy = (y1 - y0) * W;
-  c.lx = x - T(x0);
-  c.ly = y - T(y0);
+  if (!(y.valid && x.valid)) return c;
+  c.i00 = y.i0 * W + x.i0;
+  c.dx = x.step;
+  c.dy = y.step * W;
+  c.lx = x.frac;
+  c.ly = y.frac;
   c.valid = true;
   return c;
+}
+
+template <typename T>
+DCNVIZ_HD Corners<T> dpsroi_corners(T y, T x, int64_t H, int64_t W) {
+  return dpsroi_corners(dpsroi_axis(y, H), dpsroi_axis(x, W), W);
 }
 
 // C's round(): half away from zero, as the official kernels round RoI corners (torch.round would

@@ -137,10 +137,15 @@ class TestDeformPSRoIPool:
                              forward_backward(deform_psroi_pool, x_nc, rois_nc, offset_nc, kwargs)):
             torch.testing.assert_close(got, want, rtol=0, atol=0)
 
-    def test_backward_thread_count_invariant(self):
-        """The CPU backward splits work so that no two threads write one element: bitwise the same
-        gradients with 1 and 4 threads (lost updates from a race would change them)."""
-        x, rois, offset, kwargs = random_case(rois=40, num_classes=2, output_dim=4, group_size=1, part_size=2)
+    @pytest.mark.parametrize("case", [
+        dict(rois=40, num_classes=2, output_dim=4, group_size=1, part_size=2),
+        dict(rois=37, num_classes=5, output_dim=5, group_size=3, pooled_size=3)],
+        ids=["shared-channels", "position-sensitive"])
+    def test_backward_thread_count_invariant(self, case):
+        """The CPU backward splits work so that no two threads write one element, and sums every element's
+        terms in a fixed order: bitwise the same output and gradients with 1 and 4 threads (lost updates
+        from a race would change them). 45 channels x 37 RoIs also split the forward mid-channel."""
+        x, rois, offset, kwargs = random_case(**case)
         threads = torch.get_num_threads()
         try:
             results = []

@@ -89,10 +89,13 @@ class TestPSRoIPool:
                              forward_backward(psroi_pool, x_nc, rois_nc, kwargs)):
             torch.testing.assert_close(got, want, rtol=0, atol=0)
 
-    def test_backward_thread_count_invariant(self):
+    @pytest.mark.parametrize("case", [dict(rois=40, group_size=1), dict(rois=37, output_dim=5)],
+                             ids=["shared-channels", "position-sensitive"])
+    def test_backward_thread_count_invariant(self, case):
         """The CPU backward splits work so that no two threads write one element: bitwise the same
-        gradient with 1 and 4 threads (lost updates from a race would change it)."""
-        x, rois, kwargs = random_case(rois=40, group_size=1)
+        output and gradient with 1 and 4 threads (lost updates from a race would change it). 45 channels
+        x 37 RoIs also split the forward mid-channel."""
+        x, rois, kwargs = random_case(**case)
         threads = torch.get_num_threads()
         try:
             results = []
