@@ -9,6 +9,7 @@ import click
 # command name -> (module, attribute, one-line help)
 COMMANDS = {
     "bench": ("dcnviz.cli.bench", "bench", "Time the operators and models."),
+    "convert": ("dcnviz.cli.convert", "convert", "Convert official MXNet .params weights to .safetensors."),
 }
 
 
