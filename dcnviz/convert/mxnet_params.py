@@ -15,7 +15,7 @@ Each array is one of three encodings, told apart by its first uint32:
 
 An array with ndim 0 is an empty ("none") array and its record ends after the shape. Every size is
 checked against what is left of the file before anything is read or allocated, so a truncated or
-corrupt file gives a :class:`~dcnviz.errors.UserError` naming the problem, never a crash or a hang.
+corrupt file gives a :class:`~dcnviz.errors.WeightsError` naming the problem, never a crash or a hang.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from dcnviz.errors import UserError
+from dcnviz.errors import WeightsError
 
 LIST_MAGIC = 0x112
 V1_MAGIC = 0xF993FAC8
@@ -64,12 +64,12 @@ class _Stream:
 
     def read(self, n: int, what: str) -> bytearray:
         if n > self.left():
-            raise UserError(f"{self.path}: truncated or corrupt MXNet .params file: {what} needs {n} bytes at "
+            raise WeightsError(f"{self.path}: truncated or corrupt MXNet .params file: {what} needs {n} bytes at "
                             f"offset {self.pos}, only {self.left()} left")
         buf = bytearray(n)
         got = self.f.readinto(buf)
         if got != n:  # the file shrank while we read it
-            raise UserError(f"{self.path}: could not read {n} bytes at offset {self.pos} ({what})")
+            raise WeightsError(f"{self.path}: could not read {n} bytes at offset {self.pos} ({what})")
         self.pos += n
         return buf
 
@@ -77,18 +77,18 @@ class _Stream:
         return struct.unpack("<" + fmt, self.read(struct.calcsize("<" + fmt), what))
 
     def fail(self, message: str):
-        raise UserError(f"{self.path}: corrupt MXNet .params file: {message} (offset {self.pos})")
+        raise WeightsError(f"{self.path}: corrupt MXNet .params file: {message} (offset {self.pos})")
 
 
 def sniff(head: bytes, path: str, safetensors_ok: bool = False) -> None:
     """Name the common wrong inputs (from the first 16 bytes) before trying to parse them."""
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        raise UserError(f"{path} is a Python pickle (e.g. a PyTorch .pt/.pth checkpoint), not an MXNet .params "
+        raise WeightsError(f"{path} is a Python pickle (e.g. a PyTorch .pt/.pth checkpoint), not an MXNet .params "
                         "file; dcnviz never unpickles files")
     if head.startswith(b"PK\x03\x04"):
-        raise UserError(f"{path} is a zip archive (e.g. a PyTorch checkpoint or .npz), not an MXNet .params file")
+        raise WeightsError(f"{path} is a zip archive (e.g. a PyTorch checkpoint or .npz), not an MXNet .params file")
     if not safetensors_ok and len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 100_000_000:
-        raise UserError(f"{path} is a .safetensors file, not an MXNet .params file; "
+        raise WeightsError(f"{path} is a .safetensors file, not an MXNet .params file; "
                         "load it with load_model(..., weights=FILE)")
 
 
@@ -110,13 +110,13 @@ def _array(s: _Stream, index: int) -> tuple[np.ndarray, str]:
         encoding = "v2"
         (stype,) = s.unpack("i", what + " storage type")
         if stype != 0:
-            raise UserError(f"{s.path}: {what} uses sparse storage (type {stype}); only dense arrays are supported")
+            raise WeightsError(f"{s.path}: {what} uses sparse storage (type {stype}); only dense arrays are supported")
         shape = _shape(s, True, None, what)
     elif magic == V1_MAGIC:
         encoding = "v1"
         shape = _shape(s, True, None, what)
     elif magic == V3_MAGIC:
-        raise UserError(f"{s.path}: {what} uses MXNet's V3 (numpy-shape) encoding, which the Deformable ConvNets "
+        raise WeightsError(f"{s.path}: {what} uses MXNet's V3 (numpy-shape) encoding, which the Deformable ConvNets "
                         "release files do not use; re-save the file with mx.nd.save in MXNet 1.x")
     else:
         encoding = "legacy"
@@ -137,22 +137,22 @@ def _array(s: _Stream, index: int) -> tuple[np.ndarray, str]:
 def read_params(path: str | os.PathLike, progress: Callable[[int, int], None] | None = None) -> ParamsFile:
     """Read every named array of an MXNet ``.params`` file (legacy, V1 or V2 encodings).
 
-    ``progress(done, total)`` is called after each array. Raises :class:`UserError` for a missing,
+    ``progress(done, total)`` is called after each array. Raises :class:`WeightsError` for a missing,
     truncated, corrupt or foreign file (pickles, zips and safetensors files are recognised by name).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
+        raise WeightsError(f"{path}: no such file")
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         sniff(f.read(16), path)
         f.seek(0)
         s = _Stream(f, size, path)
         if size < 24:
-            raise UserError(f"{path}: not an MXNet .params file (only {size} bytes)")
+            raise WeightsError(f"{path}: not an MXNet .params file (only {size} bytes)")
         header, _reserved, n = s.unpack("QQQ", "file header")
         if header != LIST_MAGIC:
-            raise UserError(f"{path}: not an MXNet .params file (header 0x{header:x}, expected 0x112)")
+            raise WeightsError(f"{path}: not an MXNet .params file (header 0x{header:x}, expected 0x112)")
         if n > s.left() // 4:  # every array record takes at least 4 bytes
             s.fail(f"array count {n} does not fit in the file")
         arrays, encodings, dtypes = [], Counter(), Counter()
@@ -165,7 +165,7 @@ def read_params(path: str | os.PathLike, progress: Callable[[int, int], None] | 
                 progress(i + 1, n)
         (m,) = s.unpack("Q", "name count")
         if m == 0:
-            raise UserError(f"{path}: the file holds {n} unnamed arrays (saved from a list); "
+            raise WeightsError(f"{path}: the file holds {n} unnamed arrays (saved from a list); "
                             "expected arg:/aux: names as in a checkpoint")
         if m != n:
             s.fail(f"{m} names for {n} arrays")
@@ -183,5 +183,5 @@ def read_params(path: str | os.PathLike, progress: Callable[[int, int], None] | 
             s.fail(f"{s.left()} unexpected bytes after the names")
     dupes = sorted(k for k, c in Counter(names).items() if c > 1)
     if dupes:
-        raise UserError(f"{path}: duplicate array names: {', '.join(dupes)}")
+        raise WeightsError(f"{path}: duplicate array names: {', '.join(dupes)}")
     return ParamsFile(dict(zip(names, arrays)), encodings, dtypes)

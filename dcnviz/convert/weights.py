@@ -17,7 +17,7 @@ import torch
 
 from dcnviz.convert import names
 from dcnviz.convert.mxnet_params import ParamsFile, read_params, sniff
-from dcnviz.errors import UserError
+from dcnviz.errors import OutputError, UserError, WeightsError
 
 Shape = tuple[int, ...]
 
@@ -73,24 +73,24 @@ def state_dict_from_params(pf: ParamsFile, model: str | None, source: str) -> tu
 
     Returns (model, state dict of float32 tensors, which box keys were used). ``*_test`` keys replace
     the plain ones, as the official ``load_param(process=True)`` does (official.md §2a). Any missing,
-    unexpected or mis-shaped key, or a non-float array, is refused in one :class:`UserError`."""
+    unexpected or mis-shaped key, or a non-float array, is refused in one :class:`~dcnviz.errors.WeightsError`."""
     found = {k: tuple(a.shape) for k, a in pf.arrays.items()}
     if model is None:
         model = guess_model(found)
         if model is None:
             closest = min(names.official_specs(), key=lambda m: len(set(found) ^ set(names.official_specs()[m])))
             detail = "; ".join(_problems(found, *expected_keys(closest)))
-            raise UserError(f"{source} matches none of the official models (closest: {closest}: {detail}); "
+            raise WeightsError(f"{source} matches none of the official models (closest: {closest}: {detail}); "
                             "pass the model name explicitly to see its differences")
     required, optional = expected_keys(model)
     parts = _problems(found, required, optional)
     if parts:
         hint = guess_model(found)
-        raise UserError(f"{source} does not fit model {model}: " + "; ".join(parts)
+        raise WeightsError(f"{source} does not fit model {model}: " + "; ".join(parts)
                         + (f" (it looks like a {hint} file)" if hint and hint != model else ""))
     not_float = sorted(k for k, a in pf.arrays.items() if a.dtype.kind != "f")
     if not_float:
-        raise UserError(f"{source}: non-float arrays cannot be weights: {_list(not_float)}")
+        raise WeightsError(f"{source}: non-float arrays cannot be weights: {_list(not_float)}")
     state = {}
     for key in required:
         test = key + "_test"
@@ -124,13 +124,13 @@ def read_safetensors(path: str, model: str | None) -> tuple[str, dict, dict]:
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k).float() for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: neither an MXNet .params file nor a readable .safetensors file ({exc})") from None
+        raise WeightsError(f"{path}: neither an MXNet .params file nor a readable .safetensors file ({exc})") from None
     stored = meta.get("model")
     if model is None and stored is None:
-        raise UserError(f"{path}: the file does not say which model it holds (no 'model' metadata); "
+        raise WeightsError(f"{path}: the file does not say which model it holds (no 'model' metadata); "
                         "pass the model name")
     if model is not None and stored is not None and stored != model:
-        raise UserError(f"{path} holds weights of model {stored}, not {model}")
+        raise WeightsError(f"{path} holds weights of model {stored}, not {model}")
     return model or stored, state, meta
 
 
@@ -143,7 +143,7 @@ def check_state_dict(state: dict, expected: dict, source: str, model: str) -> No
     parts = [f"{len(v)} {what} ({_list(v)})" for what, v in
              (("missing", missing), ("unexpected", unexpected), ("with the wrong shape", wrong)) if v]
     if parts:
-        raise UserError(f"{source} does not fit model {model}: " + "; ".join(parts))
+        raise WeightsError(f"{source} does not fit model {model}: " + "; ".join(parts))
 
 
 def read_weights(path: str | os.PathLike, model: str | None = None,
@@ -154,7 +154,7 @@ def read_weights(path: str | os.PathLike, model: str | None = None,
     file's metadata (safetensors) or guessed from its keys (``.params``)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise UserError(f"weights file {path}: no such file")
+        raise WeightsError(f"weights file {path}: no such file")
     if os.path.getsize(path) >= 8 and is_params_file(path):
         pf = read_params(path, progress)
         model, state, bbox_keys = state_dict_from_params(pf, model, path)
@@ -186,9 +186,9 @@ def write_safetensors(state: dict, out: str, meta: dict[str, str], force: bool =
     out = os.path.abspath(out)
     folder = os.path.dirname(out)
     if not os.path.isdir(folder):
-        raise UserError(f"output folder {folder} does not exist")
+        raise OutputError(f"output folder {folder} does not exist")
     if os.path.exists(out) and not force:
-        raise UserError(f"{out} already exists; use --force (force=True) to overwrite it")
+        raise OutputError(f"{out} already exists; use --force (force=True) to overwrite it")
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(out) + ".", suffix=".part", dir=folder)
     os.close(fd)
     try:
@@ -202,10 +202,10 @@ def write_safetensors(state: dict, out: str, meta: dict[str, str], force: bool =
             try:
                 os.link(tmp, out)  # atomic and refuses to replace a file created meanwhile
             except FileExistsError:
-                raise UserError(f"{out} already exists; use --force (force=True) to overwrite it") from None
+                raise OutputError(f"{out} already exists; use --force (force=True) to overwrite it") from None
             except OSError:  # no hard links on this filesystem: check, then rename
                 if os.path.exists(out):
-                    raise UserError(f"{out} already exists; use --force (force=True) to overwrite it") from None
+                    raise OutputError(f"{out} already exists; use --force (force=True) to overwrite it") from None
                 os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -221,14 +221,14 @@ def convert_file(source: str | os.PathLike, out: str | os.PathLike | None = None
 
     source = os.fspath(source)
     if out is not None and os.path.exists(out) and not force:
-        raise UserError(f"{os.path.abspath(out)} already exists; use --force (force=True) to overwrite it")
+        raise OutputError(f"{os.path.abspath(out)} already exists; use --force (force=True) to overwrite it")
     if model is not None:
         try:
             get_spec(model)
         except ValueError as exc:
             raise UserError(str(exc)) from None
     if not os.path.isfile(source):
-        raise UserError(f"{source}: no such file")
+        raise WeightsError(f"{source}: no such file")
     pf = read_params(source, progress)
     model, state, bbox_keys = state_dict_from_params(pf, model, source)
     if out is None:

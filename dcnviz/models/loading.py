@@ -12,7 +12,7 @@ import os
 import torch
 
 from dcnviz.convert.weights import check_state_dict, read_weights
-from dcnviz.errors import UserError
+from dcnviz.errors import DeviceError, UserError, WeightsError
 from dcnviz.models.registry import get_spec, list_models
 
 
@@ -39,7 +39,7 @@ def _default_weights(spec) -> str:
     if not os.path.isfile(path):
         from dcnviz.models.official import DOWNLOAD
 
-        raise UserError(
+        raise WeightsError(
             f"the official weights of {spec.name} are not bundled with dcnviz: download {spec.weights} from "
             f"{DOWNLOAD}, then pass weights='{spec.weights}' or convert it once with "
             f"`dcnviz convert {spec.weights} -o {path}` (the folder is $DCNVIZ_HOME, default ~/.cache/dcnviz)")
@@ -58,7 +58,7 @@ def load_model(name_or_path: str | os.PathLike, weights: str | os.PathLike | Non
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise UserError(f"device: {exc}") from None
+        raise DeviceError(f"device: {exc}") from None
     name = os.fspath(name_or_path)
     if name in list_models():
         path = os.fspath(weights) if weights is not None else _default_weights(_spec(name))

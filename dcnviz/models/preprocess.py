@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from dcnviz.errors import UserError
+from dcnviz.errors import ImageError, UserError
 from dcnviz.structures import Prep
 
 PIXEL_MEANS_BGR = (103.06, 115.90, 123.15)
@@ -26,10 +26,10 @@ def read_image(image) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         if not os.path.isfile(path):
-            raise UserError(f"image {path}: no such file")
+            raise ImageError(path, "no such file")
         im = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if im is None:
-            raise UserError(f"image {path}: OpenCV cannot read it as an image")
+            raise ImageError(path, "OpenCV cannot read it as an image")
         return im
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         desc = f"array {image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
