@@ -21,7 +21,8 @@ class ImageError(UserError):
 
 
 class DatasetError(UserError):
-    """Input paths that yield no images: a missing path, an empty folder, a glob that matches nothing."""
+    """Input paths or a dataset that cannot be used: a missing path, an empty folder, a glob that matches
+    nothing, or a dataset file that is missing or unreadable; the message names the file."""
 
 
 class WeightsError(UserError):
