@@ -5,16 +5,12 @@ import pytest
 from click.testing import CliRunner
 
 from dcnviz.bench_model import model as bench_model
-from dcnviz.models import registry
 from tests import tiny_models
 
 
 @pytest.fixture
 def tiny(monkeypatch):
-    monkeypatch.setitem(registry._REGISTRY, "tiny_rfcn_dcn",
-                        tiny_models.spec("tiny_rfcn_dcn", lambda: tiny_models.rfcn("rfcn_dcn")))
-    monkeypatch.setitem(registry._REGISTRY, "tiny_deeplab",
-                        tiny_models.spec("tiny_deeplab", lambda: tiny_models.deeplab(True), "segmentation"))
+    tiny_models.register(monkeypatch)
 
 
 @pytest.mark.parametrize("name", ["tiny_rfcn_dcn", "tiny_deeplab"])

@@ -15,17 +15,13 @@ from dcnviz.cli import main
 from dcnviz.convert import names
 from dcnviz.convert.weights import guess_model, read_weights
 from dcnviz.errors import UserError
-from dcnviz.models import load_model, registry
+from dcnviz.models import load_model
 from tests import params_writer, tiny_models
 
 
 @pytest.fixture
 def tiny(monkeypatch):
-    """Registers tiny_rfcn_dcn and tiny_deeplab for the duration of a test."""
-    monkeypatch.setitem(registry._REGISTRY, "tiny_rfcn_dcn",
-                        tiny_models.spec("tiny_rfcn_dcn", lambda: tiny_models.rfcn("rfcn_dcn")))
-    monkeypatch.setitem(registry._REGISTRY, "tiny_deeplab",
-                        tiny_models.spec("tiny_deeplab", lambda: tiny_models.deeplab(True), "segmentation"))
+    tiny_models.register(monkeypatch)
 
 
 def official_arrays(model: torch.nn.Module, test_keys: bool = False) -> dict[str, np.ndarray]:

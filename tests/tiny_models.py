@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from dcnviz.models.classes import voc_palette
+from dcnviz.data.classes import voc_palette
 from dcnviz.models.deeplab import DeepLab
 from dcnviz.models.registry import ModelSpec
 from dcnviz.models.resnet import DeformableSpec, ResNetV1
@@ -59,3 +59,12 @@ def spec(name: str, factory, task: str = "detection") -> ModelSpec:
     classes = DET_CLASSES if task == "detection" else SEG_CLASSES
     return ModelSpec(name=name, factory=factory, task=task, dataset="test", classes=classes,
                      palette=voc_palette(len(classes)), scales=SCALES, weights=f"{name}.safetensors")
+
+
+def register(monkeypatch) -> None:
+    """Registers ``tiny_rfcn_dcn`` and ``tiny_deeplab`` for one test (pytest's monkeypatch undoes it)."""
+    from dcnviz.models import registry
+
+    monkeypatch.setitem(registry._REGISTRY, "tiny_rfcn_dcn", spec("tiny_rfcn_dcn", lambda: rfcn("rfcn_dcn")))
+    monkeypatch.setitem(registry._REGISTRY, "tiny_deeplab",
+                        spec("tiny_deeplab", lambda: deeplab(True), "segmentation"))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import click
 
+from dcnviz.cli.common import debug_option
+
 
 @click.command("convert")
 @click.argument("params", type=click.Path(dir_okay=False))
@@ -12,6 +14,7 @@ import click
               help="Output .safetensors file (default: $DCNVIZ_HOME/<model>.safetensors, "
                    "~/.cache/dcnviz when DCNVIZ_HOME is unset; load_model(<model>) finds it there).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@debug_option
 def convert(params, model, output, force):
     """Convert an official MXNet weight file (e.g. rfcn_dcn_coco-0000.params) to .safetensors.
 
@@ -20,7 +23,6 @@ def convert(params, model, output, force):
     from tqdm import tqdm
 
     from dcnviz.convert.weights import convert_file
-    from dcnviz.errors import UserError
 
     bar = tqdm(total=None, unit="array", desc="reading", leave=False, disable=None)
 
@@ -28,10 +30,8 @@ def convert(params, model, output, force):
         bar.total = total
         bar.update(done - bar.n)
 
-    try:
+    try:  # a UserError becomes one "Error: ..." line in the CLI group (dcnviz.cli.common.report_errors)
         summary = convert_file(params, output, model, force, progress)
-    except UserError as exc:
-        raise click.ClickException(str(exc)) from None
     finally:
         bar.close()
     click.echo(f"model      {summary['model']}")

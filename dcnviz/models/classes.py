@@ -1,9 +1,12 @@
 """Class lists and colour palettes of the datasets the official models were trained on (official.md §4.6).
 
 Detection lists start with ``__background__`` (network class 0); Cityscapes has 19 train IDs and no
-background. Palettes are RGB triples indexed by network class.
+background. Palettes are RGB triples indexed by network class: the VOC devkit colour map for COCO and
+VOC (:func:`dcnviz.data.classes.voc_palette`, where the VOC list lives), the standard Cityscapes colours.
 """
 from __future__ import annotations
+
+from dcnviz.data.classes import VOC_CLASSES, voc_palette
 
 COCO_CLASSES = ("__background__",) + (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
@@ -16,10 +19,6 @@ COCO_CLASSES = ("__background__",) + (
     "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
     "teddy bear", "hair drier", "toothbrush")
 
-VOC_CLASSES = (
-    "__background__", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
-
 # standard Cityscapes trainId order (official deeplab/demo.py maps trainId -> labelId with train2regular)
 CITYSCAPES_CLASSES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
@@ -29,22 +28,6 @@ CITYSCAPES_PALETTE = (
     (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
     (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
     (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32))
-
-
-def voc_palette(n: int) -> tuple[tuple[int, int, int], ...]:
-    """The PASCAL VOC devkit's bit-interleaved colour map (``VOClabelcolormap.m``) for ``n`` classes:
-    0 (0, 0, 0), 1 (128, 0, 0), 2 (0, 128, 0), ..., 20 (0, 64, 128); used for COCO classes too."""
-    colours = []
-    for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        colours.append((r, g, b))
-    return tuple(colours)
 
 
 COCO_PALETTE = voc_palette(len(COCO_CLASSES))
