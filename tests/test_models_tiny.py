@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from dcnviz.errors import UserError
 from dcnviz.structures import Detections, Segmentation
 from tests import tiny_models
 
@@ -27,7 +28,8 @@ def test_rfcn_forward_and_predict(variant):
     r = out["rois"].shape[0]
     assert 0 < r <= 300 and out["rois"].shape == (r, 5)
     assert bool((out["rois"][:, 0] == 0).all())
-    assert bool((out["rois"][:, 1:3] >= 0).all() and (out["rois"][:, 3] <= 95).all() and (out["rois"][:, 4] <= 63).all())
+    x1, y1, x2, y2 = out["rois"][:, 1:].T
+    assert bool((x1 >= 0).all() and (y1 >= 0).all() and (x2 <= 95).all() and (y2 <= 63).all())
     assert out["cls_prob"].shape == (r, c) and out["bbox_pred"].shape == (r, 8)
     torch.testing.assert_close(out["cls_prob"].sum(1), torch.ones(r))
     assert out["rpn_cls_prob"].shape == (1, 2 * len(model.anchors), 4, 6)
@@ -56,6 +58,8 @@ def test_rfcn_given_boxes_and_no_rois():
     # original-pixel boxes are scaled by 1.2 and rounded, as the official demo feeds its GT boxes
     np.testing.assert_array_equal(det.captured["rois"].numpy(), np.float32([[0, 12, 12, 48, 42], [0, 0, 0, 95, 59]]))
     assert det.captured["rfcn_cls_offset"].shape == (2, 8, 3, 3)
+    with pytest.raises(UserError, match=r"boxes must be .* shape \(K, 4\), got shape \(3,\)"):
+        model.predict(image(), boxes=[1, 2, 3])
     with torch.inference_mode():
         out = model.forward_official(torch.randn(1, 3, 64, 96), torch.zeros(0, 5))
     assert out["cls_prob"].shape == (0, 4) and out["bbox_pred"].shape == (0, 8)
@@ -77,10 +81,10 @@ def test_deeplab_forward_and_predict(deformable):
     # at scale 1 the labels are the argmax of croped_score
     im = image(64, 96)
     seg = model.predict(im)
-    from dcnviz.models.preprocess import preprocess
-
+    data, prep = model.preprocess(im)
+    assert prep.scale == 1.0 and data.shape == (1, 3, 64, 96)
     with torch.inference_mode():
-        scores = model.forward_official(preprocess(im, model.scales)[0])["croped_score"]
+        scores = model.forward_official(data)["croped_score"]
     np.testing.assert_array_equal(seg.labels, scores[0].argmax(0).numpy())
 
 

@@ -65,7 +65,7 @@ class _Stream:
     def read(self, n: int, what: str) -> bytearray:
         if n > self.left():
             raise WeightsError(f"{self.path}: truncated or corrupt MXNet .params file: {what} needs {n} bytes at "
-                            f"offset {self.pos}, only {self.left()} left")
+                               f"offset {self.pos}, only {self.left()} left")
         buf = bytearray(n)
         got = self.f.readinto(buf)
         if got != n:  # the file shrank while we read it
@@ -84,12 +84,12 @@ def sniff(head: bytes, path: str, safetensors_ok: bool = False) -> None:
     """Name the common wrong inputs (from the first 16 bytes) before trying to parse them."""
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         raise WeightsError(f"{path} is a Python pickle (e.g. a PyTorch .pt/.pth checkpoint), not an MXNet .params "
-                        "file; dcnviz never unpickles files")
+                           "file; dcnviz never unpickles files")
     if head.startswith(b"PK\x03\x04"):
         raise WeightsError(f"{path} is a zip archive (e.g. a PyTorch checkpoint or .npz), not an MXNet .params file")
     if not safetensors_ok and len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < 100_000_000:
         raise WeightsError(f"{path} is a .safetensors file, not an MXNet .params file; "
-                        "load it with load_model(..., weights=FILE)")
+                           "load it with load_model(..., weights=FILE)")
 
 
 def _shape(s: _Stream, wide: bool, first: int | None, what: str) -> tuple[int, ...]:
@@ -117,7 +117,7 @@ def _array(s: _Stream, index: int) -> tuple[np.ndarray, str]:
         shape = _shape(s, True, None, what)
     elif magic == V3_MAGIC:
         raise WeightsError(f"{s.path}: {what} uses MXNet's V3 (numpy-shape) encoding, which the Deformable ConvNets "
-                        "release files do not use; re-save the file with mx.nd.save in MXNet 1.x")
+                           "release files do not use; re-save the file with mx.nd.save in MXNet 1.x")
     else:
         encoding = "legacy"
         shape = _shape(s, False, magic, what)
@@ -166,7 +166,7 @@ def read_params(path: str | os.PathLike, progress: Callable[[int, int], None] | 
         (m,) = s.unpack("Q", "name count")
         if m == 0:
             raise WeightsError(f"{path}: the file holds {n} unnamed arrays (saved from a list); "
-                            "expected arg:/aux: names as in a checkpoint")
+                               "expected arg:/aux: names as in a checkpoint")
         if m != n:
             s.fail(f"{m} names for {n} arrays")
         names = []

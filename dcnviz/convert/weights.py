@@ -81,13 +81,13 @@ def state_dict_from_params(pf: ParamsFile, model: str | None, source: str) -> tu
             closest = min(names.official_specs(), key=lambda m: len(set(found) ^ set(names.official_specs()[m])))
             detail = "; ".join(_problems(found, *expected_keys(closest)))
             raise WeightsError(f"{source} matches none of the official models (closest: {closest}: {detail}); "
-                            "pass the model name explicitly to see its differences")
+                               "pass the model name explicitly to see its differences")
     required, optional = expected_keys(model)
     parts = _problems(found, required, optional)
     if parts:
         hint = guess_model(found)
         raise WeightsError(f"{source} does not fit model {model}: " + "; ".join(parts)
-                        + (f" (it looks like a {hint} file)" if hint and hint != model else ""))
+                           + (f" (it looks like a {hint} file)" if hint and hint != model else ""))
     not_float = sorted(k for k, a in pf.arrays.items() if a.dtype.kind != "f")
     if not_float:
         raise WeightsError(f"{source}: non-float arrays cannot be weights: {_list(not_float)}")
@@ -128,7 +128,7 @@ def read_safetensors(path: str, model: str | None) -> tuple[str, dict, dict]:
     stored = meta.get("model")
     if model is None and stored is None:
         raise WeightsError(f"{path}: the file does not say which model it holds (no 'model' metadata); "
-                        "pass the model name")
+                           "pass the model name")
     if model is not None and stored is not None and stored != model:
         raise WeightsError(f"{path} holds weights of model {stored}, not {model}")
     return model or stored, state, meta

@@ -10,7 +10,7 @@ from torch import nn
 
 from dcnviz.models.preprocess import preprocess
 from dcnviz.models.resnet import FEATURE_STRIDE, ResNetV1
-from dcnviz.structures import Segmentation
+from dcnviz.structures import Prep, Segmentation
 
 
 def bilinear_kernel(channels: int, size: int) -> torch.Tensor:
@@ -63,6 +63,10 @@ class DeepLab(nn.Module):
         """Geometry of the deformable convs (:class:`~dcnviz.models.resnet.DeformableLayer`), may be empty."""
         return self.backbone.deformable_layers
 
+    def preprocess(self, image) -> tuple[torch.Tensor, Prep]:
+        """The official test preprocessing at this model's scales: (1, 3, H, W) input and its ``Prep``."""
+        return preprocess(image, self.scales)
+
     def forward(self, data: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.forward_official(data)
 
@@ -88,7 +92,7 @@ class DeepLab(nn.Module):
         size before the argmax; the official tester evaluates at the input size. ``captured`` holds the
         ``res5*_branch2b_offset`` maps (1, 2*DG*9, h, w) on the CPU."""
         device = next(self.parameters()).device
-        data, prep = preprocess(image, self.scales)
+        data, prep = self.preprocess(image)
         out = self.forward_official(data.to(device))
         score = out["croped_score"]
         if tuple(prep.input_size) != tuple(prep.image_size):

@@ -5,20 +5,21 @@ Blob names follow the official symbols, so ``forward_official`` can be compared 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dcnviz.errors import UserError
 from dcnviz.models.anchors import generate_anchors
 from dcnviz.models.postprocess import DetectionConfig, detect
 from dcnviz.models.preprocess import preprocess
 from dcnviz.models.proposal import ProposalConfig, propose
 from dcnviz.models.resnet import FEATURE_STRIDE, ResNetV1
 from dcnviz.ops import deform_psroi_pool, psroi_pool
-from dcnviz.structures import Detections
+from dcnviz.structures import Detections, Prep
 
 
 class RPN(nn.Module):
@@ -138,6 +139,10 @@ class RFCN(nn.Module):
     def part_geometry(self) -> PartGeometry:
         return self.head.geometry
 
+    def preprocess(self, image) -> tuple[torch.Tensor, Prep]:
+        """The official test preprocessing at this model's scales: (1, 3, H, W) input and its ``Prep``."""
+        return preprocess(image, self.scales)
+
     def forward(self, data: torch.Tensor, rois: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         return self.forward_official(data, rois)
 
@@ -177,16 +182,16 @@ class RFCN(nn.Module):
         (R, 5, input pixels) and ``rfcn_cls_offset`` (R, 2C, P, P; normalised, x first), all on the CPU.
         """
         device = next(self.parameters()).device
-        data, prep = preprocess(image, self.scales)
+        data, prep = self.preprocess(image)
         rois = None
         if boxes is not None:
-            b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+            b = np.asarray(boxes, dtype=np.float64)
+            if b.ndim != 2 or b.shape[1] != 4 or not np.isfinite(b).all():
+                raise UserError(f"boxes must be finite [x1, y1, x2, y2] rows of shape (K, 4), got shape {b.shape}")
             rois = np.hstack([np.zeros((len(b), 1)), np.round(b * prep.scale)]).astype(np.float32)
             rois = torch.from_numpy(rois)
         out = self.forward_official(data.to(device), rois)
-        cfg = self.detection_cfg
-        if score_thresh is not None:
-            cfg = DetectionConfig(score_thresh, cfg.nms_thresh, cfg.max_per_image, cfg.class_agnostic)
+        cfg = self.detection_cfg if score_thresh is None else replace(self.detection_cfg, score_thresh=score_thresh)
         numpy = {k: out[k].float().cpu().numpy() for k in ("rois", "cls_prob", "bbox_pred")}
         det_boxes, scores, labels = detect(numpy["rois"], numpy["cls_prob"], numpy["bbox_pred"],
                                            prep.input_size, prep.scale, cfg)
