@@ -304,3 +304,25 @@ def test_dcnviz_convert_on_an_official_file(tmp_path):
     model = load_model(str(out))
     _, state, _ = read_weights(params)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_border_crossings_counts_samples_on_opposite_sides():
+    """The parity check's helper: one tap moved across x = W by 2e-5 counts once, moves inside do not."""
+    from types import SimpleNamespace
+
+    from dcnviz.models.resnet import DeformableLayer
+
+    layer = DeformableLayer("l", "l_offset", 3, 2, 2, 1, 1, 3, 1, 1)
+    model = SimpleNamespace(deformable_layers=[layer])
+    ours = np.zeros((1, 18, 2, 3), np.float32)
+    # output (0, 2), tap k = 5 (i=1, j=2): x = 2 - 2 + 4 + dx = 4 + dx; W = 3, so dx = -1.00001 is inside
+    ours[0, 2 * 5 + 1, 0, 2] = -1.00001
+    theirs = ours.copy()
+    theirs[0, 2 * 5 + 1, 0, 2] = -0.99999
+    ref = {"l_offset": theirs}
+    assert border_crossings(model, {"l_offset": torch.from_numpy(ours)}, ref) == 1
+    theirs[0, 2 * 5 + 1, 0, 2] = -1.5  # both inside
+    assert border_crossings(model, {"l_offset": torch.from_numpy(ours)}, ref) == 0
+    theirs[0, 0, 1, 0] = 0.5  # tap 0 of output (1, 0): y = 1 - 2 + 0.5 < 0 on both sides
+    ours[0, 0, 1, 0] = 0.7
+    assert border_crossings(model, {"l_offset": torch.from_numpy(ours)}, ref) == 0
