@@ -71,6 +71,7 @@ def test_spec_records(name, classes, dataset, scales):
     assert spec.weights == f"{name}-0000.params"
     model = meta_model(name)
     assert model.classes == spec.classes and model.scales == spec.scales
+    assert spec.test["pixel_means_bgr"] == (103.06, 115.90, 123.15) and spec.test["channel_order"] == "RGB"
     if spec.task == "detection":
         assert spec.classes[0] == "__background__" and spec.test["nms_thresh"] == 0.3
     else:

@@ -8,20 +8,23 @@ from __future__ import annotations
 
 from dcnviz.models.classes import (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, COCO_CLASSES, COCO_PALETTE, VOC_CLASSES,
                                    VOC_PALETTE)
+from dcnviz.models.preprocess import PIXEL_MEANS_BGR
 from dcnviz.models.registry import ModelSpec, register_model
 
 DOWNLOAD = ("the official Deformable ConvNets release (github.com/msracver/Deformable-ConvNets, README "
             "'Demo & Deformable Model': OneDrive https://1drv.ms/u/s!Am-5JzdW2XHzhqMSjehIcCgAhvEAHw or BaiduYun "
             "https://pan.baidu.com/s/1dFlPFED)")
 
-# test settings recorded with each model (official.md §4.3-4.5)
-_COCO_TEST = dict(rpn_pre_nms_top_n=6000, rpn_post_nms_top_n=300, rpn_nms_thresh=0.7, rpn_min_size=0,
+# test settings recorded with each model (official.md §4.1, §4.3-4.5); the preprocessing itself is
+# dcnviz.models.preprocess.preprocess at the spec's scales
+_PREPROCESSING = dict(read="BGR, OpenCV", channel_order="RGB", pixel_means_bgr=PIXEL_MEANS_BGR, pixel_std=None)
+_COCO_TEST = dict(_PREPROCESSING, rpn_pre_nms_top_n=6000, rpn_post_nms_top_n=300, rpn_nms_thresh=0.7, rpn_min_size=0,
                   nms_thresh=0.3, score_thresh=1e-3, demo_score_thresh=0.7, max_per_image=100,
                   anchor_scales=(4, 8, 16, 32), anchor_ratios=(0.5, 1, 2))
 # The demo models' yaml test settings are not in the spec; dcnviz uses the COCO ones, VOC's 9 anchors and
 # config.py's max_per_image default of 300.
 _VOC_TEST = dict(_COCO_TEST, anchor_scales=(8, 16, 32), max_per_image=300)
-_SEG_TEST = dict(prediction="argmax of the class scores at the input size")
+_SEG_TEST = dict(_PREPROCESSING, prediction="argmax of the class scores at the input size")
 
 
 def _rfcn(dcn, classes, parts, deformable_psroi, test):
