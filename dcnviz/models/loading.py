@@ -41,8 +41,8 @@ def _default_weights(spec) -> str:
 
         raise WeightsError(
             f"the official weights of {spec.name} are not bundled with dcnviz: download {spec.weights} from "
-            f"{DOWNLOAD}, then pass weights='{spec.weights}' or convert it once with "
-            f"`dcnviz convert {spec.weights} -o {path}` (the folder is $DCNVIZ_HOME, default ~/.cache/dcnviz)")
+            f"{DOWNLOAD}, then pass that file as the weights (weights=FILE, or --weights FILE) or convert it "
+            f"once with `dcnviz convert {spec.weights} -o {path}` (the folder is $DCNVIZ_HOME, default ~/.cache/dcnviz)")
     return path
 
 
