@@ -12,6 +12,7 @@ from dcnviz.cli.common import debug_option, report_errors
 # command name -> (module, attribute, one-line help)
 COMMANDS = {
     "bench": ("dcnviz.cli.bench", "bench", "Time the operators and models."),
+    "convert": ("dcnviz.cli.convert", "convert", "Convert official MXNet .params weights to .safetensors."),
     "detect": ("dcnviz.cli.predict", "detect", "Detect objects in images; save annotated images and JSON."),
     "segment": ("dcnviz.cli.predict", "segment", "Label every pixel of images; save overlays, masks and JSON."),
     "synth": ("dcnviz.cli.synth", "synth", "Generate a synthetic VOC-layout dataset."),

@@ -1,0 +1,102 @@
+"""DeepLab of the official release (official.md §1.5): ResNet-v1 trunk at stride 16, ``fc6`` (1x1, ReLU),
+``score`` (1x1, C classes), a fixed bilinear grouped deconvolution ``upsampling`` (kernel 32, stride 16)
+and a crop at offset (8, 8) to the input size (``croped_score``)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dcnviz.models.preprocess import preprocess
+from dcnviz.models.resnet import FEATURE_STRIDE, ResNetV1
+from dcnviz.structures import Prep, Segmentation
+
+
+def bilinear_kernel(channels: int, size: int) -> torch.Tensor:
+    """MXNet ``Initializer._init_bilinear`` for a (channels, 1, size, size) deconvolution weight:
+    f = ceil(size/2), c = (2f - 1 - f%2) / (2f), w[y, x] = (1 - |x/f - c|) (1 - |y/f - c|)."""
+    f = np.ceil(size / 2.0)
+    c = (2 * f - 1 - f % 2) / (2.0 * f)
+    r = 1 - np.abs(np.arange(size) / f - c)
+    return torch.from_numpy(np.outer(r, r).astype(np.float32)).expand(channels, 1, size, size).clone()
+
+
+class DeepLabHead(nn.Module):
+    """``fc6`` -> ReLU -> ``score`` -> ``upsampling`` (ConvTranspose2d, groups = C, no bias; its weight is
+    loaded from the file, initialised bilinear) -> crop ``[crop : crop + H, crop : crop + W]``."""
+
+    def __init__(self, in_channels: int, num_classes: int, mid: int = 1024, kernel: int = 2 * FEATURE_STRIDE,
+                 stride: int = FEATURE_STRIDE):
+        super().__init__()
+        self.fc6 = nn.Conv2d(in_channels, mid, 1)
+        self.score = nn.Conv2d(mid, num_classes, 1)
+        self.upsampling = nn.ConvTranspose2d(num_classes, num_classes, kernel, stride, groups=num_classes, bias=False)
+        with torch.no_grad():
+            self.upsampling.weight.copy_(bilinear_kernel(num_classes, kernel))
+        self.crop = (kernel - stride) // 2
+
+    def forward(self, feat: torch.Tensor, input_hw: tuple[int, int], out: dict) -> None:
+        """Writes ``score`` (N, C, h, w), ``croped_score`` (N, C, H, W; pre-softmax) and ``softmax_prob``."""
+        score = self.score(F.relu(self.fc6(feat)))
+        up = self.upsampling(score)
+        h, w = input_hw
+        out["score"] = score
+        out["croped_score"] = up[:, :, self.crop:self.crop + h, self.crop:self.crop + w]
+        out["softmax_prob"] = F.softmax(out["croped_score"], dim=1)
+
+
+class DeepLab(nn.Module):
+    """DeepLab of the official release; ``classes`` has no background entry for Cityscapes."""
+
+    task = "segmentation"
+
+    def __init__(self, backbone: ResNetV1, classes: tuple[str, ...], palette: tuple[tuple[int, int, int], ...],
+                 scales: tuple[int, int] = (1024, 2048), head_mid: int = 1024):
+        super().__init__()
+        self.backbone = backbone
+        self.head = DeepLabHead(backbone.out_channels[1], len(classes), head_mid)
+        self.classes, self.palette, self.scales = tuple(classes), tuple(palette), tuple(scales)
+
+    @property
+    def deformable_layers(self):
+        """Geometry of the deformable convs (:class:`~dcnviz.models.resnet.DeformableLayer`), may be empty."""
+        return self.backbone.deformable_layers
+
+    def preprocess(self, image) -> tuple[torch.Tensor, Prep]:
+        """The official test preprocessing at this model's scales: (1, 3, H, W) input and its ``Prep``."""
+        return preprocess(image, self.scales)
+
+    def forward(self, data: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.forward_official(data)
+
+    def forward_official(self, data: torch.Tensor, rois=None, features: bool = False) -> dict[str, torch.Tensor]:
+        """The official test network on a preprocessed (1, 3, H, W) input: ``res5{a,b,c}_branch2b_offset``
+        (DCN models), ``score``, ``croped_score`` (1, C, H, W), ``softmax_prob``, and with ``features`` the
+        intermediate ``feat_*`` maps. ``rois`` must be None (accepted for a uniform signature)."""
+        if rois is not None:
+            raise ValueError("rois must be None for a segmentation model")
+        out: dict[str, torch.Tensor] = {}
+        _, res5 = self.backbone(data, out)
+        if not features:
+            out = {k: v for k, v in out.items() if not k.startswith("feat_")}
+        self.head(res5, tuple(data.shape[-2:]), out)
+        return out
+
+    @torch.inference_mode()
+    def predict(self, image) -> Segmentation:
+        """Per-pixel classes of ``image`` (path, or BGR uint8 (H, W, 3) array) at its original size.
+
+        Official: argmax over classes at the network input size. When the input was resized (scale != 1),
+        dcnviz resizes the class scores bilinearly (half-pixel centres, as ``cv2.resize``) to the original
+        size before the argmax; the official tester evaluates at the input size. ``captured`` holds the
+        ``res5*_branch2b_offset`` maps (1, 2*DG*9, h, w) on the CPU."""
+        device = next(self.parameters()).device
+        data, prep = self.preprocess(image)
+        out = self.forward_official(data.to(device))
+        score = out["croped_score"]
+        if tuple(prep.input_size) != tuple(prep.image_size):
+            score = F.interpolate(score, size=prep.image_size, mode="bilinear", align_corners=False)
+        labels = score[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
+        captured = {layer.offset: out[layer.offset].cpu() for layer in self.deformable_layers}
+        return Segmentation(labels, self.classes, self.palette, prep, captured)

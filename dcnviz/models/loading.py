@@ -1,0 +1,81 @@
+"""``load_model``: a registered model with its weights, from a name or a weights file.
+
+Where weights come from, in order: the ``weights`` argument (an official MXNet ``.params`` file, converted
+in memory, or a ``.safetensors`` file written by ``dcnviz convert``); for bundled models the file shipped
+in ``dcnviz/weights/``; for the official models ``$DCNVIZ_HOME/<name>.safetensors`` (default
+``~/.cache/dcnviz/<name>.safetensors``). Official weights are never bundled or downloaded.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from dcnviz.convert.weights import check_state_dict, read_weights
+from dcnviz.errors import DeviceError, UserError, WeightsError
+from dcnviz.models.registry import get_spec, list_models
+
+
+def weights_home() -> str:
+    """Folder of converted official weights: ``$DCNVIZ_HOME``, else ``~/.cache/dcnviz``."""
+    return os.environ.get("DCNVIZ_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "dcnviz")
+
+
+def default_weights_path(name: str) -> str:
+    return os.path.join(weights_home(), f"{name}.safetensors")
+
+
+def _spec(name: str):
+    try:
+        return get_spec(name)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _default_weights(spec) -> str:
+    if spec.bundled:
+        return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", spec.weights)
+    path = default_weights_path(spec.name)
+    if not os.path.isfile(path):
+        from dcnviz.models.official import DOWNLOAD
+
+        raise WeightsError(
+            f"the official weights of {spec.name} are not bundled with dcnviz: download {spec.weights} from "
+            f"{DOWNLOAD}, then pass that file as the weights (weights=FILE, or --weights FILE) or convert it "
+            f"once with `dcnviz convert {spec.weights} -o {path}` (the folder is $DCNVIZ_HOME, default ~/.cache/dcnviz)")
+    return path
+
+
+def load_model(name_or_path: str | os.PathLike, weights: str | os.PathLike | None = None,
+               device: str | torch.device = "cpu") -> torch.nn.Module:
+    """A registered model in eval mode on ``device``, with its weights.
+
+    ``name_or_path`` is a registered name (see ``list_models()``) or a weights file whose model is read
+    from its metadata (``.safetensors``) or recognised from its keys (official ``.params``). ``weights``
+    overrides where the weights come from (see the module docstring). Every problem (unknown name,
+    missing, corrupt or mismatched file) raises :class:`~dcnviz.errors.UserError` with one line saying
+    what to do."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceError(f"device: {exc}") from None
+    name = os.fspath(name_or_path)
+    if name in list_models():
+        path = os.fspath(weights) if weights is not None else _default_weights(_spec(name))
+        model_name = name
+    elif os.path.isfile(name):
+        if weights is not None:
+            raise UserError(f"pass either a weights file ({name}) or weights=..., not both")
+        path, model_name = name, None
+    else:
+        try:
+            get_spec(name)
+        except ValueError as exc:
+            raise UserError(f"{exc} (and there is no weights file of that name)") from None
+    model_name, state, _ = read_weights(path, model_name)
+    spec = _spec(model_name)
+    with torch.device("meta"):
+        model = spec.factory()
+    check_state_dict(state, model.state_dict(), path, model_name)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval().to(device)

@@ -1,0 +1,58 @@
+"""Detection post-processing of ``rfcn/core/tester.py`` (``im_detect`` + ``pred_eval``, official.md §4.4)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dcnviz.models import boxes as B
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    """Official COCO TEST settings: score threshold 1e-3 (evaluation; the demo shows > 0.7), per-class
+    NMS 0.3, at most 100 detections per image, class-agnostic box regression."""
+
+    score_thresh: float = 1e-3
+    nms_thresh: float = 0.3
+    max_per_image: int = 100
+    class_agnostic: bool = True
+
+
+def detect(rois: np.ndarray, cls_prob: np.ndarray, bbox_pred: np.ndarray, input_hw: tuple[int, int],
+           im_scale: float, cfg: DetectionConfig = DetectionConfig()):
+    """Boxes, scores and labels of one image in ORIGINAL image pixels.
+
+    Args:
+        rois: (R, 5) ``[0, x1, y1, x2, y2]`` in input pixels, the RoIs the head scored.
+        cls_prob: (R, C) class probabilities, class 0 is background.
+        bbox_pred: (R, 4 * num_reg_classes) deltas; class-agnostic models have 8 (background, foreground)
+            and every class uses the foreground set ``[4:8]``.
+        input_hw: (H, W) of the network input; im_scale: its resize factor from the original image.
+
+    Returns ``boxes`` (K, 4) float32, ``scores`` (K,) float32, ``labels`` (K,) int64 (1..C-1).
+
+    Steps (official): decode the deltas on the RoIs, clip to the input, divide by ``im_scale``; per class
+    j >= 1 keep scores > ``score_thresh`` and apply NMS (IoU with "+1" on the original-pixel boxes, keep
+    IoU <= ``nms_thresh``); if more than ``max_per_image`` survive over all classes, keep those scoring
+    >= the ``max_per_image``-th best (ties at that score may keep a few more, as in the official code).
+    The result is ordered by decreasing score (stable; the official code groups by class instead).
+    """
+    boxes = B.clip(B.decode(rois[:, 1:], bbox_pred), *input_hw) / im_scale
+    out_boxes, out_scores, out_labels = [], [], []
+    for j in range(1, cls_prob.shape[1]):
+        idx = np.where(cls_prob[:, j] > cfg.score_thresh)[0]
+        cls_boxes = boxes[idx, 4:8] if cfg.class_agnostic else boxes[idx, 4 * j:4 * j + 4]
+        cls_scores = cls_prob[idx, j]
+        keep = B.nms(cls_boxes, cls_scores.astype(np.float64), cfg.nms_thresh)
+        out_boxes.append(cls_boxes[keep])
+        out_scores.append(cls_scores[keep])
+        out_labels.append(np.full(len(keep), j, dtype=np.int64))
+    boxes = np.concatenate(out_boxes).reshape(-1, 4)
+    scores = np.concatenate(out_scores).astype(np.float32)
+    labels = np.concatenate(out_labels)
+    if cfg.max_per_image > 0 and len(scores) > cfg.max_per_image:
+        keep = scores >= np.sort(scores)[-cfg.max_per_image]
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    order = np.argsort(-scores, kind="stable")
+    return boxes[order].astype(np.float32), scores[order], labels[order]

@@ -1,0 +1,61 @@
+"""Official test-time preprocessing (``lib/utils/image.py``, official.md §4.1), shared by the R-FCN and
+DeepLab families, which differ only in their (short, long) scales (600/1000 for detection, 1024/2048
+for Cityscapes).
+
+Image read in BGR order with OpenCV, resized so that the short side is ``short`` unless the long side
+would exceed ``long`` (then the long side is ``long``), bilinear (``cv2.INTER_LINEAR``), no padding;
+then the network input is **RGB** with the means subtracted and no division by a std: channel 0 =
+R - 123.15, 1 = G - 115.90, 2 = B - 103.06, in the 0..255 scale.
+"""
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import torch
+
+from dcnviz.errors import ImageError, UserError
+from dcnviz.structures import Prep
+
+PIXEL_MEANS_BGR = (103.06, 115.90, 123.15)
+
+
+def read_image(image) -> np.ndarray:
+    """A BGR uint8 (H, W, 3) array from a path or from an array already in that form (as OpenCV reads)."""
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if not os.path.isfile(path):
+            raise ImageError(path, "no such file")
+        im = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if im is None:
+            raise ImageError(path, "OpenCV cannot read it as an image")
+        return im
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        desc = f"array {image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise UserError(f"image must be a path or a BGR uint8 array of shape (H, W, 3), got {desc}")
+    if min(image.shape[:2]) < 1:
+        raise UserError(f"image must not be empty, got shape {image.shape}")
+    return image
+
+
+def resize_scale(height: int, width: int, short: int, long: int) -> float:
+    """The official resize factor: ``short / min(h, w)``, or ``long / max(h, w)`` when
+    ``round(scale * max(h, w)) > long`` (numpy rounding, as in the official code)."""
+    scale = float(short) / float(min(height, width))
+    if np.round(scale * max(height, width)) > long:
+        scale = float(long) / float(max(height, width))
+    return scale
+
+
+def preprocess(image, scales: tuple[int, int]) -> tuple[torch.Tensor, Prep]:
+    """Image (path or BGR uint8 array) -> network input (1, 3, H, W) float32 (RGB, means subtracted)
+    and the :class:`~dcnviz.structures.Prep` that maps input pixels back to the image."""
+    im = read_image(image)
+    h, w = im.shape[:2]
+    scale = resize_scale(h, w, *scales)
+    resized = cv2.resize(im, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    # float64 subtraction, then float32, exactly as the official transform + mx.nd.array
+    rgb = resized[:, :, ::-1].astype(np.float64) - np.array(PIXEL_MEANS_BGR[::-1])
+    data = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)[None], dtype=np.float32))
+    return data, Prep(image_size=(h, w), scale=scale, input_size=tuple(resized.shape[:2]))

@@ -1,0 +1,202 @@
+"""R-FCN detector of the official release (official.md §1.3-1.4, §4.3-4.4): ResNet-v1 trunk, RPN on res4,
+position-sensitive head on res5 with plain PS RoI pooling or deformable PS RoI pooling.
+
+Blob names follow the official symbols, so ``forward_official`` can be compared with MXNet directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dcnviz.errors import UserError
+from dcnviz.models.anchors import generate_anchors
+from dcnviz.models.postprocess import DetectionConfig, detect
+from dcnviz.models.preprocess import preprocess
+from dcnviz.models.proposal import ProposalConfig, propose
+from dcnviz.models.resnet import FEATURE_STRIDE, ResNetV1
+from dcnviz.ops import deform_psroi_pool, psroi_pool
+from dcnviz.structures import Detections, Prep
+
+
+class RPN(nn.Module):
+    """``rpn_conv_3x3`` (3x3, pad 1) -> ReLU -> ``rpn_cls_score`` (2A) and ``rpn_bbox_pred`` (4A), 1x1.
+
+    Returns ``rpn_cls_score`` (N, 2A, h, w), ``rpn_cls_prob`` (N, 2A, h, w: a softmax over {channel a,
+    channel A + a}, i.e. background scores in channels 0..A-1 and foreground in A..2A-1) and
+    ``rpn_bbox_pred`` (N, 4A, h, w; channel 4a + k is delta k = dx, dy, dw, dh of anchor a)."""
+
+    def __init__(self, in_channels: int, num_anchors: int, mid: int = 512):
+        super().__init__()
+        self.rpn_conv_3x3 = nn.Conv2d(in_channels, mid, 3, 1, 1)
+        self.rpn_cls_score = nn.Conv2d(mid, 2 * num_anchors, 1)
+        self.rpn_bbox_pred = nn.Conv2d(mid, 4 * num_anchors, 1)
+
+    def forward(self, x: torch.Tensor):
+        r = F.relu(self.rpn_conv_3x3(x))
+        score = self.rpn_cls_score(r)
+        n, c, h, w = score.shape
+        prob = F.softmax(score.reshape(n, 2, -1, w), dim=1).reshape(n, c, h, w)
+        return score, prob, self.rpn_bbox_pred(r)
+
+
+@dataclass(frozen=True)
+class PartGeometry:
+    """How the R-FCN head pools a RoI: ``pooled_size`` x ``pooled_size`` bins, each bin reading its own
+    score-map channel (``group_size``); with deformable pooling each part (``part_size`` x ``part_size``)
+    is moved by ``trans * trans_std * roi_size`` (trans channel 2c = dx, 2c+1 = dy of class c) and averages
+    ``sample_per_part``**2 samples. RoIs are in input pixels, maps have ``1 / spatial_scale`` pixels a cell."""
+
+    deformable: bool
+    pooled_size: int
+    part_size: int
+    group_size: int
+    sample_per_part: int
+    trans_std: float
+    spatial_scale: float
+
+
+class RFCNHead(nn.Module):
+    """``conv_new_1`` (1x1, ReLU) -> ``rfcn_cls`` (P*P*C) and ``rfcn_bbox`` (P*P*4*num_reg_classes) score maps,
+    pooled per RoI and averaged over the P x P bins. With ``deformable``, ``rfcn_cls_offset_t`` (2*P*P*C:
+    class-specific offsets) and ``rfcn_bbox_offset_t`` (2*P*P: one field for all box outputs) are pooled
+    without offsets (``rfcn_cls_offset`` (R, 2C, P, P), ``rfcn_bbox_offset`` (R, 2, P, P)) and move the
+    parts of the main pooling (trans_std 0.1, 4x4 samples per part)."""
+
+    def __init__(self, in_channels: int, num_classes: int, parts: int = 7, deformable: bool = False, mid: int = 1024,
+                 num_reg_classes: int = 2, sample_per_part: int = 4, trans_std: float = 0.1):
+        super().__init__()
+        p, c = parts, num_classes
+        self.num_classes, self.num_reg_classes = num_classes, num_reg_classes
+        self.conv_new_1 = nn.Conv2d(in_channels, mid, 1)
+        self.rfcn_cls = nn.Conv2d(mid, p * p * c, 1)
+        self.rfcn_bbox = nn.Conv2d(mid, p * p * 4 * num_reg_classes, 1)
+        if deformable:
+            self.rfcn_cls_offset_t = nn.Conv2d(mid, 2 * p * p * c, 1)
+            self.rfcn_bbox_offset_t = nn.Conv2d(mid, 2 * p * p, 1)
+        self.geometry = PartGeometry(deformable, p, p, p, sample_per_part, trans_std if deformable else 0.0,
+                                     1.0 / FEATURE_STRIDE)
+
+    def forward(self, feat: torch.Tensor, rois: torch.Tensor, out: dict) -> None:
+        """Writes the official blobs into ``out``: [``rfcn_cls_offset``, ``rfcn_bbox_offset``,]
+        ``psroipooled_cls_rois``, ``psroipooled_loc_rois``, ``cls_score`` (R, C), ``cls_prob`` (R, C),
+        ``bbox_pred`` (R, 4*num_reg_classes)."""
+        g = self.geometry
+        h = F.relu(self.conv_new_1(feat))
+        cls_maps, bbox_maps = self.rfcn_cls(h), self.rfcn_bbox(h)
+        nbox = 4 * self.num_reg_classes
+        if g.deformable:
+            common = dict(spatial_scale=g.spatial_scale, group_size=g.group_size, pooled_size=g.pooled_size,
+                          part_size=g.part_size, sample_per_part=g.sample_per_part)
+            cls_off = deform_psroi_pool(self.rfcn_cls_offset_t(h), rois, None, output_dim=2 * self.num_classes,
+                                        **common)
+            bbox_off = deform_psroi_pool(self.rfcn_bbox_offset_t(h), rois, None, output_dim=2, **common)
+            out["rfcn_cls_offset"], out["rfcn_bbox_offset"] = cls_off, bbox_off
+            pooled_cls = deform_psroi_pool(cls_maps, rois, cls_off, output_dim=self.num_classes,
+                                           trans_std=g.trans_std, **common)
+            pooled_loc = deform_psroi_pool(bbox_maps, rois, bbox_off, output_dim=nbox, trans_std=g.trans_std,
+                                           **common)
+        else:
+            common = dict(spatial_scale=g.spatial_scale, group_size=g.group_size, pooled_size=g.pooled_size)
+            pooled_cls = psroi_pool(cls_maps, rois, output_dim=self.num_classes, **common)
+            pooled_loc = psroi_pool(bbox_maps, rois, output_dim=nbox, **common)
+        out["psroipooled_cls_rois"], out["psroipooled_loc_rois"] = pooled_cls, pooled_loc
+        out["cls_score"] = pooled_cls.mean(dim=(2, 3))
+        out["cls_prob"] = F.softmax(out["cls_score"], dim=1)
+        out["bbox_pred"] = pooled_loc.mean(dim=(2, 3))
+
+
+class RFCN(nn.Module):
+    """R-FCN of the official release.
+
+    ``classes`` includes ``__background__`` at index 0; ``scales`` is the test (short, long) size;
+    ``anchor_scales``/``anchor_ratios`` define the A anchors (COCO: 4, 8, 16, 32 x 0.5, 1, 2).
+    """
+
+    task = "detection"
+
+    def __init__(self, backbone: ResNetV1, classes: tuple[str, ...], scales: tuple[int, int] = (600, 1000),
+                 anchor_scales=(4, 8, 16, 32), anchor_ratios=(0.5, 1, 2), parts: int = 7,
+                 deformable_psroi: bool = False, head_mid: int = 1024, rpn_mid: int = 512,
+                 proposal: ProposalConfig = ProposalConfig(), detection: DetectionConfig = DetectionConfig()):
+        super().__init__()
+        self.backbone = backbone
+        self.anchors = generate_anchors(FEATURE_STRIDE, anchor_ratios, anchor_scales)
+        self.rpn = RPN(backbone.out_channels[0], len(self.anchors), rpn_mid)
+        self.head = RFCNHead(backbone.out_channels[1], len(classes), parts, deformable_psroi, head_mid)
+        self.classes, self.scales = tuple(classes), tuple(scales)
+        self.proposal_cfg, self.detection_cfg = proposal, detection
+
+    @property
+    def deformable_layers(self):
+        """Geometry of the deformable convs (:class:`~dcnviz.models.resnet.DeformableLayer`), may be empty."""
+        return self.backbone.deformable_layers
+
+    @property
+    def part_geometry(self) -> PartGeometry:
+        return self.head.geometry
+
+    def preprocess(self, image) -> tuple[torch.Tensor, Prep]:
+        """The official test preprocessing at this model's scales: (1, 3, H, W) input and its ``Prep``."""
+        return preprocess(image, self.scales)
+
+    def forward(self, data: torch.Tensor, rois: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return self.forward_official(data, rois)
+
+    def forward_official(self, data: torch.Tensor, rois: torch.Tensor | None = None,
+                         features: bool = False) -> dict[str, torch.Tensor]:
+        """The official test network on a preprocessed (1, 3, H, W) input.
+
+        ``rois`` (R, 5) ``[0, x1, y1, x2, y2]`` in input pixels replaces the proposals when given.
+        Returns the official blobs: ``res5{a,b,c}_branch2b_offset`` (DCN models), ``rpn_cls_score``,
+        ``rpn_cls_prob``, ``rpn_bbox_pred``, ``rois``, the head's blobs (see :class:`RFCNHead`), and with
+        ``features`` the intermediate maps ``feat_pool1``, ``feat_res2c_relu`` ... ``feat_res5c_relu``.
+        """
+        out: dict[str, torch.Tensor] = {}
+        res4, res5 = self.backbone(data, out)
+        if not features:
+            out = {k: v for k, v in out.items() if not k.startswith("feat_")}
+        score, prob, deltas = self.rpn(res4)
+        out.update(rpn_cls_score=score, rpn_cls_prob=prob, rpn_bbox_pred=deltas)
+        if rois is None:
+            rois_np, _ = propose(prob.detach().float().cpu().numpy(), deltas.detach().float().cpu().numpy(),
+                                 self.anchors, tuple(data.shape[-2:]), 1.0, self.proposal_cfg)
+            rois = torch.from_numpy(rois_np).to(device=data.device, dtype=data.dtype)
+        else:
+            rois = torch.as_tensor(rois, device=data.device, dtype=data.dtype)
+        out["rois"] = rois
+        self.head(res5, rois, out)
+        return out
+
+    @torch.inference_mode()
+    def predict(self, image, boxes=None, score_thresh: float | None = None) -> Detections:
+        """Detect objects in ``image`` (path, or BGR uint8 (H, W, 3) array as OpenCV reads it).
+
+        ``boxes`` (K, 4) ``[x1, y1, x2, y2]`` in original pixels replaces the proposals (scaled and rounded
+        as the official demos do); ``score_thresh`` overrides the test threshold (1e-3; the demo uses 0.7).
+        Returns :class:`~dcnviz.structures.Detections` in original pixels; ``captured`` holds the
+        ``res5*_branch2b_offset`` maps (1, 2*DG*9, h, w) and, with deformable PS RoI pooling, ``rois``
+        (R, 5, input pixels) and ``rfcn_cls_offset`` (R, 2C, P, P; normalised, x first), all on the CPU.
+        """
+        device = next(self.parameters()).device
+        data, prep = self.preprocess(image)
+        rois = None
+        if boxes is not None:
+            b = np.asarray(boxes, dtype=np.float64)
+            if b.ndim != 2 or b.shape[1] != 4 or not np.isfinite(b).all():
+                raise UserError(f"boxes must be finite [x1, y1, x2, y2] rows of shape (K, 4), got shape {b.shape}")
+            rois = np.hstack([np.zeros((len(b), 1)), np.round(b * prep.scale)]).astype(np.float32)
+            rois = torch.from_numpy(rois)
+        out = self.forward_official(data.to(device), rois)
+        cfg = self.detection_cfg if score_thresh is None else replace(self.detection_cfg, score_thresh=score_thresh)
+        numpy = {k: out[k].float().cpu().numpy() for k in ("rois", "cls_prob", "bbox_pred")}
+        det_boxes, scores, labels = detect(numpy["rois"], numpy["cls_prob"], numpy["bbox_pred"],
+                                           prep.input_size, prep.scale, cfg)
+        keys = [layer.offset for layer in self.deformable_layers]
+        if self.head.geometry.deformable:
+            keys += ["rois", "rfcn_cls_offset"]
+        captured = {k: out[k].cpu() for k in keys}
+        return Detections(det_boxes, scores, labels, self.classes, prep, captured)

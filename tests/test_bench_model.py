@@ -1,0 +1,38 @@
+"""``dcnviz bench model`` (dcnviz.bench_model.model, attached to the bench group by the CLI) on tiny models."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from dcnviz.bench_model import model as bench_model
+from tests import tiny_models
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    tiny_models.register(monkeypatch)
+
+
+@pytest.mark.parametrize("name", ["tiny_rfcn_dcn", "tiny_deeplab"])
+def test_bench_model_json(tiny, name):
+    result = CliRunner().invoke(bench_model, [name, "--repeats", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.output)
+    assert r["model"] == name and r["input"] == list(tiny_models.SCALES) and len(r["runs_s"]) == 2
+    assert r["median_s"] > 0 and (r["rois"] is None) == (name == "tiny_deeplab")
+
+
+def test_bench_model_text_and_size(tiny):
+    result = CliRunner().invoke(bench_model, ["tiny_rfcn_dcn", "--size", "48x80", "--repeats", "1"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("tiny_rfcn_dcn: ") and "input 48x80" in result.output
+
+
+@pytest.mark.parametrize("args, match", [
+    (["nope"], "unknown model 'nope'"),
+    (["tiny_deeplab", "--size", "600"], "HEIGHTxWIDTH"),
+    (["tiny_deeplab", "--size", "8x8"], "at least 32"),
+])
+def test_bench_model_bad_arguments(tiny, args, match):
+    result = CliRunner().invoke(bench_model, args)
+    assert result.exit_code == 2 and match in result.output

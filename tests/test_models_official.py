@@ -1,0 +1,329 @@
+"""The six official networks: structure against the official key list, registry records, shapes,
+loading errors, and (with DCNVIZ_MXREF) full-model parity with MXNet."""
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import dcnviz
+from dcnviz.analysis import LayerGeometry
+from dcnviz.convert import names
+from dcnviz.convert.weights import read_weights
+from dcnviz.errors import UserError
+from dcnviz.models import get_spec, list_models, load_model
+from dcnviz.models.preprocess import preprocess
+
+OFFICIAL = ["deeplab_cityscapes", "deeplab_dcn_cityscapes", "deform_conv", "deform_psroi", "rfcn_coco",
+            "rfcn_dcn_coco"]
+# official.md §2: (arg count without the optional _test keys, aux count)
+COUNTS = {"rfcn_dcn_coco": (334, 208), "rfcn_coco": (324, 208), "deeplab_dcn_cityscapes": (323, 208),
+          "deeplab_cityscapes": (317, 208), "deform_conv": (330, 208), "deform_psroi": (328, 208)}
+
+
+def meta_model(name):
+    with torch.device("meta"):
+        return get_spec(name).factory()
+
+
+def test_official_models_are_registered():
+    assert set(OFFICIAL) <= set(list_models())
+    assert dcnviz.list_models() == list_models()
+    assert dcnviz.load_model is load_model
+
+
+@pytest.mark.parametrize("name", OFFICIAL)
+def test_state_dict_is_exactly_the_official_key_list(name):
+    state = meta_model(name).state_dict()
+    mapped = {names.torch_to_official(k): tuple(v.shape) for k, v in state.items()}
+    assert len(mapped) == len(state)
+    assert mapped == names.official_specs()[name]
+    args = sum(k.startswith("arg:") for k in mapped)
+    assert (args, len(mapped) - args) == COUNTS[name]
+    for key, shape in names.official_optional()[name].items():
+        assert mapped[names.base_key(key)] == shape
+
+
+def test_name_map_round_trips_and_refuses_foreign_keys():
+    for spec in names.official_specs().values():
+        for key in spec:
+            assert names.torch_to_official(names.official_to_torch(key)) == key
+    assert names.official_to_torch("arg:res5a_branch2b_offset_weight") == "backbone.res5a.branch2b_offset.weight"
+    assert names.official_to_torch("aux:bn4b22_branch2c_moving_var") == "backbone.res4b22.bn2c.running_var"
+    assert names.official_to_torch("arg:bn_conv1_gamma") == "backbone.bn_conv1.weight"
+    for bad in ("res2a_branch1_weight", "aux:conv1_weight", "arg:bn2a_branch1_moving_mean", "arg:fc7_weight",
+                "arg:bn2a_branch1_weight", "arg:res2a_branch3_weight"):
+        with pytest.raises(KeyError):
+            names.official_to_torch(bad)
+
+
+@pytest.mark.parametrize("name, classes, dataset, scales", [
+    ("rfcn_dcn_coco", 81, "coco", (600, 1000)), ("rfcn_coco", 81, "coco", (600, 1000)),
+    ("deform_conv", 21, "voc", (600, 1000)), ("deform_psroi", 21, "voc", (600, 1000)),
+    ("deeplab_dcn_cityscapes", 19, "cityscapes", (1024, 2048)), ("deeplab_cityscapes", 19, "cityscapes", (1024, 2048)),
+])
+def test_spec_records(name, classes, dataset, scales):
+    spec = get_spec(name)
+    assert len(spec.classes) == len(spec.palette) == classes
+    assert spec.dataset == dataset and spec.scales == scales and not spec.bundled
+    assert spec.weights == f"{name}-0000.params"
+    model = meta_model(name)
+    assert model.classes == spec.classes and model.scales == spec.scales
+    assert spec.test["pixel_means_bgr"] == (103.06, 115.90, 123.15) and spec.test["channel_order"] == "RGB"
+    if spec.task == "detection":
+        assert spec.classes[0] == "__background__" and spec.test["nms_thresh"] == 0.3
+    else:
+        assert spec.classes[0] == "road" and spec.palette[0] == (128, 64, 128)
+
+
+@pytest.mark.parametrize("name, groups, offset_dilation", [
+    ("rfcn_dcn_coco", 4, 2), ("deform_conv", 1, 1), ("deeplab_dcn_cityscapes", 1, 1),
+    ("rfcn_coco", None, None), ("deform_psroi", None, None), ("deeplab_cityscapes", None, None),
+])
+def test_deformable_layer_geometry(name, groups, offset_dilation):
+    model = meta_model(name)
+    layers = model.deformable_layers
+    if groups is None:
+        assert layers == []
+        return
+    assert [layer.name for layer in layers] == ["res5a_branch2b", "res5b_branch2b", "res5c_branch2b"]
+    for layer in layers:
+        block = getattr(model.backbone, layer.name[:5])
+        assert layer.offset == layer.name + "_offset"
+        assert (layer.kernel_size, layer.dilation, layer.padding, layer.stride) == (3, 2, 2, 1)
+        assert (layer.deformable_groups, layer.offset_dilation, layer.offset_padding) == (groups, offset_dilation,
+                                                                                           offset_dilation)
+        assert layer.feature_stride == 16
+        assert LayerGeometry.from_module(block.branch2b) == LayerGeometry(3, 2, 2, 1, groups)
+        assert block.branch2b_offset.out_channels == 18 * groups
+        assert block.branch2b_offset.dilation == (offset_dilation, offset_dilation)
+
+
+@pytest.mark.parametrize("name", ["rfcn_dcn_coco", "rfcn_coco", "deform_conv", "deform_psroi"])
+def test_rfcn_blob_shapes_at_600x1000(name):
+    """Shapes only (meta tensors): res4/res5 at 38x63, RPN maps, head blobs for 5 RoIs."""
+    model = meta_model(name)
+    c, p = len(model.classes), model.part_geometry.pooled_size
+    a = len(model.anchors)
+    out = model.forward_official(torch.empty(1, 3, 600, 1000, device="meta"), torch.empty(5, 5, device="meta"),
+                                 features=True)
+    assert out["feat_pool1"].shape == (1, 64, 150, 250)
+    assert out["feat_res3b3_relu"].shape == (1, 512, 75, 125)
+    assert out["feat_res4b22_relu"].shape == (1, 1024, 38, 63)
+    assert out["feat_res5c_relu"].shape == (1, 2048, 38, 63)
+    assert out["rpn_cls_prob"].shape == (1, 2 * a, 38, 63) and out["rpn_bbox_pred"].shape == (1, 4 * a, 38, 63)
+    assert out["cls_prob"].shape == (5, c) and out["bbox_pred"].shape == (5, 8)
+    assert out["psroipooled_cls_rois"].shape == (5, c, p, p)
+    if model.part_geometry.deformable:
+        assert out["rfcn_cls_offset"].shape == (5, 2 * c, p, p) and out["rfcn_bbox_offset"].shape == (5, 2, p, p)
+    for layer in model.deformable_layers:
+        assert out[layer.offset].shape == (1, 18 * layer.deformable_groups, 38, 63)
+
+
+@pytest.mark.parametrize("name", ["deeplab_dcn_cityscapes", "deeplab_cityscapes"])
+def test_deeplab_blob_shapes_at_1024x2048(name):
+    out = meta_model(name).forward_official(torch.empty(1, 3, 1024, 2048, device="meta"))
+    assert out["score"].shape == (1, 19, 64, 128)
+    assert out["croped_score"].shape == out["softmax_prob"].shape == (1, 19, 1024, 2048)
+
+
+def test_deeplab_upsampling_starts_bilinear():
+    """MXNet's bilinear init for 32x32 (f = 16, c = 31/32): w[0, 0] = (1 - 31/32)^2, w[15, 15] = (1 - 1/32)^2."""
+    from dcnviz.models.deeplab import bilinear_kernel
+
+    w = bilinear_kernel(2, 32)
+    assert w.shape == (2, 1, 32, 32)
+    assert w[0, 0, 0, 0].item() == pytest.approx((1 / 32) ** 2)
+    assert w[1, 0, 15, 15].item() == pytest.approx((31 / 32) ** 2)
+    assert torch.equal(w, w.flip(-1)) and torch.equal(w, w.transpose(-1, -2))
+
+
+def test_load_model_without_weights_says_where_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("DCNVIZ_HOME", str(tmp_path))
+    with pytest.raises(UserError) as err:
+        load_model("rfcn_dcn_coco")
+    msg = str(err.value)
+    assert "not bundled" in msg and "rfcn_dcn_coco-0000.params" in msg and "dcnviz convert" in msg
+    assert os.path.join(str(tmp_path), "rfcn_dcn_coco.safetensors") in msg and "\n" not in msg
+
+
+def test_load_model_bad_arguments(tmp_path):
+    with pytest.raises(UserError, match="unknown model 'rfcn_dnc_coco'; did you mean rfcn_dcn_coco"):
+        load_model("rfcn_dnc_coco")
+    with pytest.raises(UserError, match="device"):
+        load_model("rfcn_coco", device="gpu:x")
+    with pytest.raises(UserError, match="no such file"):
+        load_model("rfcn_coco", weights=str(tmp_path / "missing.params"))
+
+
+# ----------------------------------------------------------------------------- parity with MXNet
+
+MXREF = os.environ.get("DCNVIZ_MXREF")
+# max |dcnviz - MXNet| allowed: absolute for probabilities and box deltas, else relative to max |MXNet|
+ABSOLUTE = {"cls_prob": 1e-4, "rpn_cls_prob": 1e-4, "bbox_pred": 1e-4}
+RELATIVE = 1e-3
+INPUTS = ("data", "im_info", "rois", "meta")
+# blobs computed before the first deformable conv: they never depend on a sampling decision
+UPSTREAM = ("rpn_", "feat_pool1", "feat_res2c", "feat_res3b3", "feat_res4b22", "res5a_branch2b_offset")
+
+
+def _pairs():
+    if not MXREF:
+        return []
+    folders = [MXREF] + sorted(p for p in glob.glob(os.path.join(MXREF, "*")) if os.path.isdir(p))
+    return [(folder, os.path.basename(npz)[: -len("-ref.npz")]) for folder in folders
+            for npz in sorted(glob.glob(os.path.join(folder, "*-ref.npz")))]
+
+
+needs_mxref = pytest.mark.skipif(not MXREF, reason="set DCNVIZ_MXREF to a folder of MODEL-0000.params + "
+                                                   "MODEL-ref.npz pairs made by shared/tools/mx_reference.py")
+
+
+@needs_mxref
+def test_mxref_folder_has_pairs():
+    assert _pairs(), f"no MODEL-ref.npz files in {MXREF} or its sub-folders"
+
+
+def compare(out: dict, ref) -> dict[str, tuple[float, float]]:
+    """Every output the reference holds: name -> (max abs error, allowed)."""
+    result = {}
+    for key in ref.files:
+        if key in INPUTS:
+            continue
+        want = ref[key].astype(np.float64)
+        got = out[key].detach().double().cpu().numpy()
+        assert got.shape == want.shape, key
+        err = float(np.abs(got - want).max()) if want.size else 0.0
+        result[key] = (err, ABSOLUTE.get(key, RELATIVE * float(np.abs(want).max(initial=0.0))))
+    return result
+
+
+def border_crossings(model, out: dict, ref) -> int:
+    """Samples of the deformable convs that one side takes inside the map and the other outside.
+
+    DCNv1 has a hard cut: a sample at y < 0, x < 0, y >= H or x >= W reads 0, one just inside reads the
+    border value. When the offsets of dcnviz and MXNet (equal to ~1e-5) straddle that cut, everything
+    computed from that sample legitimately differs by a finite amount."""
+    count = 0
+    for layer in model.deformable_layers:
+        ours, theirs = out[layer.offset].double().cpu().numpy()[0], ref[layer.offset].astype(np.float64)[0]
+        _, h, w = ours.shape
+        k, pad, dil = layer.kernel_size, layer.padding, layer.dilation
+        taps = np.arange(k * k)
+        base_y = (np.arange(h)[None, :, None] - pad + dil * (taps // k)[:, None, None]).astype(np.float64)
+        base_x = (np.arange(w)[None, None, :] - pad + dil * (taps % k)[:, None, None]).astype(np.float64)
+        for g in range(layer.deformable_groups):
+            sides = []
+            for offset in (ours, theirs):
+                field = offset[g * 2 * k * k:(g + 1) * 2 * k * k]
+                y, x = base_y + field[0::2], base_x + field[1::2]
+                sides.append((y < 0) | (x < 0) | (y >= h) | (x >= w))
+            count += int((sides[0] != sides[1]).sum())
+    return count
+
+
+def check_against(out: dict, ref, allow_downstream: bool = False) -> list[str]:
+    result = compare(out, ref)
+    return [f"{k} {e:.3g} > {a:.3g}" for k, (e, a) in result.items()
+            if not e <= a and not (allow_downstream and not k.startswith(UPSTREAM))]
+
+
+@needs_mxref
+@pytest.mark.parametrize("folder, name", _pairs(), ids=lambda v: os.path.basename(v))
+def test_parity_with_mxnet(folder, name):
+    """Converted weights (every array encoding present gives bitwise the same tensors), then
+    forward_official on MXNet's exact input and RoIs, output by output.
+
+    dcnviz runs in float64 here: MXNet's own float32 rounding reaches ~1e-4 in rpn_cls_prob on these
+    random-weight networks (measured against a float64 forward), so a float32-vs-float32 check at 1e-4
+    would compare two rounding-noise samples; in float64 only MXNet's rounding is left. The forward runs
+    twice for DCN models: end to end (outputs after the first deformable conv may differ only when
+    the two offset fields put a sample on opposite sides of the DCNv1 hard border, counted by
+    :func:`border_crossings`), and with MXNet's offset maps fed to the deformable convs, where every
+    output must match."""
+    ref = np.load(os.path.join(folder, f"{name}-ref.npz"), allow_pickle=False)
+    params = os.path.join(folder, f"{name}-0000.params")
+    _, state, _ = read_weights(params, name)
+    for variant in ("legacy", "v1"):
+        path = os.path.join(folder, f"{name}-0000.{variant}.params")
+        if os.path.exists(path):
+            _, other, _ = read_weights(path, name)
+            assert other.keys() == state.keys() and all(torch.equal(other[k], state[k]) for k in state), variant
+    model = load_model(name, weights=params).double()
+    data = torch.from_numpy(ref["data"]).double()
+    rois = torch.from_numpy(ref["rois"]).double() if "rois" in ref.files else None
+    with torch.inference_mode():
+        out = model.forward_official(data, rois, features=True)
+    crossings = border_crossings(model, out, ref)
+    bad = check_against(out, ref, allow_downstream=crossings > 0)
+    assert not bad, "end to end: " + ", ".join(bad)
+    if not model.deformable_layers:
+        return
+    hooks = [getattr(model.backbone, layer.name[:5]).branch2b_offset.register_forward_hook(
+        lambda module, args, output, key=layer.offset: torch.from_numpy(ref[key]).double())
+        for layer in model.deformable_layers]
+    try:
+        with torch.inference_mode():
+            forced = model.forward_official(data, rois, features=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for layer in model.deformable_layers:
+        forced[layer.offset] = out[layer.offset]  # the offsets themselves: as computed end to end
+    bad = check_against(forced, ref)
+    assert not bad, f"with MXNet's offsets ({crossings} border crossings end to end): " + ", ".join(bad)
+
+
+@needs_mxref
+@pytest.mark.parametrize("folder, name", _pairs(), ids=lambda v: os.path.basename(v))
+def test_preprocessing_matches_mxnet_input(folder, name):
+    """For references made from an image file: dcnviz's preprocessing gives bitwise MXNet's input."""
+    ref = np.load(os.path.join(folder, f"{name}-ref.npz"), allow_pickle=False)
+    meta = json.loads(str(ref["meta"]))
+    if not os.path.isfile(meta["image"] or ""):
+        pytest.skip(f"reference made from a {meta['image']!r} image, not a file")
+    data, prep = preprocess(meta["image"], (meta["short"], meta["long"]))
+    assert prep.scale == pytest.approx(meta["scale"], rel=1e-6)
+    np.testing.assert_array_equal(data.numpy(), ref["data"])
+
+
+@needs_mxref
+def test_dcnviz_convert_on_an_official_file(tmp_path):
+    """``dcnviz convert`` on a full-size file (the first reference pair), guessing the model from its keys."""
+    from click.testing import CliRunner
+
+    from dcnviz.cli import main
+
+    folder, name = _pairs()[0]
+    params = os.path.join(folder, f"{name}-0000.params")
+    out = tmp_path / "w.safetensors"
+    result = CliRunner().invoke(main, ["convert", params, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"model      {name}" in result.output
+    model = load_model(str(out))
+    _, state, _ = read_weights(params)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_border_crossings_counts_samples_on_opposite_sides():
+    """The parity check's helper: one tap moved across x = W by 2e-5 counts once, moves inside do not."""
+    from types import SimpleNamespace
+
+    from dcnviz.models.resnet import DeformableLayer
+
+    layer = DeformableLayer("l", "l_offset", 3, 2, 2, 1, 1, 3, 1, 1)
+    model = SimpleNamespace(deformable_layers=[layer])
+    ours = np.zeros((1, 18, 2, 3), np.float32)
+    # output (0, 2), tap k = 5 (i=1, j=2): x = 2 - 2 + 4 + dx = 4 + dx; W = 3, so dx = -1.00001 is inside
+    ours[0, 2 * 5 + 1, 0, 2] = -1.00001
+    theirs = ours.copy()
+    theirs[0, 2 * 5 + 1, 0, 2] = -0.99999
+    ref = {"l_offset": theirs}
+    assert border_crossings(model, {"l_offset": torch.from_numpy(ours)}, ref) == 1
+    theirs[0, 2 * 5 + 1, 0, 2] = -1.5  # both inside
+    assert border_crossings(model, {"l_offset": torch.from_numpy(ours)}, ref) == 0
+    theirs[0, 0, 1, 0] = 0.5  # tap 0 of output (1, 0): y = 1 - 2 + 0.5 < 0 on both sides
+    ours[0, 0, 1, 0] = 0.7
+    assert border_crossings(model, {"l_offset": torch.from_numpy(ours)}, ref) == 0

@@ -1,0 +1,106 @@
+"""Every head at tiny width through forward_official and predict on the CPU (the same code as the
+official models, which are too large for the always-on suite)."""
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dcnviz.errors import UserError
+from dcnviz.structures import Detections, Segmentation
+from tests import tiny_models
+
+
+def image(h=50, w=80, seed=0):
+    rng = np.random.RandomState(seed)
+    im = cv2.GaussianBlur(rng.randint(0, 256, (h, w, 3)).astype(np.uint8), (0, 0), 2)
+    cv2.rectangle(im, (10, 10), (40, 35), (20, 200, 240), -1)
+    return im
+
+
+@pytest.mark.parametrize("variant", sorted(tiny_models.RFCN_VARIANTS))
+def test_rfcn_forward_and_predict(variant):
+    model = tiny_models.rfcn(variant)
+    dcn, parts, dpsroi = tiny_models.RFCN_VARIANTS[variant]
+    c = len(tiny_models.DET_CLASSES)
+    data = torch.randn(1, 3, 64, 96) * 50
+    with torch.inference_mode():
+        out = model.forward_official(data)
+    r = out["rois"].shape[0]
+    assert 0 < r <= 300 and out["rois"].shape == (r, 5)
+    assert bool((out["rois"][:, 0] == 0).all())
+    x1, y1, x2, y2 = out["rois"][:, 1:].T
+    assert bool((x1 >= 0).all() and (y1 >= 0).all() and (x2 <= 95).all() and (y2 <= 63).all())
+    assert out["cls_prob"].shape == (r, c) and out["bbox_pred"].shape == (r, 8)
+    torch.testing.assert_close(out["cls_prob"].sum(1), torch.ones(r))
+    assert out["rpn_cls_prob"].shape == (1, 2 * len(model.anchors), 4, 6)
+    assert ("rfcn_cls_offset" in out) == dpsroi
+    assert [k for k in out if k.endswith("_branch2b_offset")] == (["res5a_branch2b_offset", "res5b_branch2b_offset"]
+                                                                   if dcn else [])
+
+    det = model.predict(image())
+    assert isinstance(det, Detections) and det.prep.image_size == (50, 80) and det.prep.scale == pytest.approx(1.2)
+    assert len(det) > 0 and det.boxes.shape == (len(det), 4) and det.boxes.dtype == np.float32
+    # official: clipped to the input (96x64) before dividing by the scale, so x <= 95 / 1.2 > 79
+    assert det.boxes[:, [0, 2]].max() <= 95 / 1.2 + 1e-4 and det.boxes[:, [1, 3]].max() <= 63 / 1.2 + 1e-4
+    assert det.boxes.min() >= 0 and set(det.labels.tolist()) <= {1, 2, 3}
+    assert np.all(np.diff(det.scores) <= 0) and det.class_names == tiny_models.DET_CLASSES
+    expected = {layer.offset for layer in model.deformable_layers} | ({"rois", "rfcn_cls_offset"} if dpsroi else set())
+    assert set(det.captured) == expected
+    if dpsroi:
+        assert det.captured["rfcn_cls_offset"].shape == (det.captured["rois"].shape[0], 2 * c, parts, parts)
+    again = model.predict(image())  # deterministic
+    np.testing.assert_array_equal(again.boxes, det.boxes)
+
+
+def test_rfcn_given_boxes_and_no_rois():
+    model = tiny_models.rfcn("deform_psroi")
+    det = model.predict(image(), boxes=[[10, 10, 40, 35], [0, 0, 79, 49]])
+    # original-pixel boxes are scaled by 1.2 and rounded, as the official demo feeds its GT boxes
+    np.testing.assert_array_equal(det.captured["rois"].numpy(), np.float32([[0, 12, 12, 48, 42], [0, 0, 0, 95, 59]]))
+    assert det.captured["rfcn_cls_offset"].shape == (2, 8, 3, 3)
+    with pytest.raises(UserError, match=r"boxes must be .* shape \(K, 4\), got shape \(3,\)"):
+        model.predict(image(), boxes=[1, 2, 3])
+    with torch.inference_mode():
+        out = model.forward_official(torch.randn(1, 3, 64, 96), torch.zeros(0, 5))
+    assert out["cls_prob"].shape == (0, 4) and out["bbox_pred"].shape == (0, 8)
+
+
+@pytest.mark.parametrize("deformable", [True, False])
+def test_deeplab_forward_and_predict(deformable):
+    model = tiny_models.deeplab(deformable)
+    with torch.inference_mode():
+        out = model.forward_official(torch.randn(1, 3, 64, 96) * 50)
+    assert out["score"].shape == (1, 3, 4, 6) and out["croped_score"].shape == (1, 3, 64, 96)
+    torch.testing.assert_close(out["softmax_prob"].sum(1), torch.ones(1, 64, 96))
+    seg = model.predict(image())
+    assert isinstance(seg, Segmentation) and seg.labels.shape == (50, 80) and seg.labels.dtype == np.uint8
+    assert seg.labels.max() < 3 and seg.class_names == tiny_models.SEG_CLASSES and len(seg.palette) == 3
+    assert set(seg.captured) == ({"res5a_branch2b_offset", "res5b_branch2b_offset"} if deformable else set())
+    for offset in seg.captured.values():
+        assert offset.shape == (1, 18, 4, 6)
+    # at scale 1 the labels are the argmax of croped_score
+    im = image(64, 96)
+    seg = model.predict(im)
+    data, prep = model.preprocess(im)
+    assert prep.scale == 1.0 and data.shape == (1, 3, 64, 96)
+    with torch.inference_mode():
+        scores = model.forward_official(data)["croped_score"]
+    np.testing.assert_array_equal(seg.labels, scores[0].argmax(0).numpy())
+
+
+def test_deformable_offsets_change_the_output():
+    """With the offset convs zeroed, a DCN model equals the same weights run as a plain dilated conv."""
+    dcn = tiny_models.deeplab(True)
+    plain = tiny_models.deeplab(False)
+    state = {k: v for k, v in dcn.state_dict().items() if "offset" not in k}
+    plain.load_state_dict(state)
+    data = torch.randn(1, 3, 64, 96) * 50
+    with torch.inference_mode():
+        moved = dcn.forward_official(data)["score"]
+        for name in ("res5a", "res5b"):
+            getattr(dcn.backbone, name).branch2b_offset.weight.zero_()
+            getattr(dcn.backbone, name).branch2b_offset.bias.zero_()
+        still = dcn.forward_official(data)["score"]
+        ref = plain.forward_official(data)["score"]
+    torch.testing.assert_close(still, ref, rtol=1e-5, atol=1e-5)
+    assert (moved - ref).abs().max() > 1e-2
