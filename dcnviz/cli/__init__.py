@@ -9,6 +9,8 @@ import click
 # command name -> (module, attribute, one-line help)
 COMMANDS = {
     "bench": ("dcnviz.cli.bench", "bench", "Time the operators and models."),
+    "eval": ("dcnviz.cli.eval", "eval_", "Detection AP or segmentation mIoU of a model on a dataset split."),
+    "train": ("dcnviz.cli.train", "train", "Train one of dcnviz's own models on a VOC-layout folder."),
 }
 
 
