@@ -6,10 +6,16 @@ import importlib
 
 import click
 
+from dcnviz import __version__
+from dcnviz.cli.common import debug_option, report_errors
+
 # command name -> (module, attribute, one-line help)
 COMMANDS = {
     "bench": ("dcnviz.cli.bench", "bench", "Time the operators and models."),
+    "detect": ("dcnviz.cli.predict", "detect", "Detect objects in images; save annotated images and JSON."),
     "eval": ("dcnviz.cli.eval", "eval_", "Detection AP or segmentation mIoU of a model on a dataset split."),
+    "segment": ("dcnviz.cli.predict", "segment", "Label every pixel of images; save overlays, masks and JSON."),
+    "synth": ("dcnviz.cli.synth", "synth", "Generate a synthetic VOC-layout dataset."),
     "train": ("dcnviz.cli.train", "train", "Train one of dcnviz's own models on a VOC-layout folder."),
 }
 
@@ -29,8 +35,15 @@ class LazyGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
+    def invoke(self, ctx):
+        # Every command runs inside here, so this is the one place that keeps tracebacks from users.
+        with report_errors(ctx):
+            return super().invoke(ctx)
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="dcnviz")
+# The version comes from the package, not its install metadata, so it also works from a source tree.
+@click.version_option(__version__, package_name="dcnviz")
+@debug_option
 def main():
     """Run and look inside Deformable ConvNets (v1)."""

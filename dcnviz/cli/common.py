@@ -1,0 +1,166 @@
+"""What the model commands share: their options, device selection, model lookup, error reporting.
+
+Errors reach the user as one line on stderr: ``Error: …``. A :class:`~dcnviz.errors.UserError`
+(bad file, device, weights, output folder) exits 1; a bad option value is a usage error and exits 2
+(click's convention); anything else is a bug, reported in one line that points to ``--debug``,
+which shows the full traceback instead. This module imports torch only when a device is chosen, so
+``dcnviz --help`` stays fast.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from dcnviz.errors import DeviceError, UserError
+
+DEBUG_KEY = "dcnviz.debug"
+TASK_COMMANDS = {"detection": "detect", "segmentation": "segment"}
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _enable_debug(ctx: click.Context, param, value: bool) -> None:
+    if value:
+        ctx.meta[DEBUG_KEY] = True  # ctx.meta is shared by the group and its commands
+
+
+debug_option = click.option("--debug", is_flag=True, expose_value=False, is_eager=True,
+                            callback=_enable_debug, help="Show the full Python traceback of an error.")
+
+
+@contextlib.contextmanager
+def report_errors(ctx: click.Context):
+    """Turn exceptions raised inside a command into click's one-line ``Error: …`` (see module doc)."""
+    try:
+        yield
+    except (click.ClickException, click.exceptions.Exit, click.Abort):
+        raise
+    except BrokenPipeError:
+        # The reader of stdout went away (``dcnviz detect --json … | head``): stop quietly like other
+        # Unix tools, and keep Python from complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise click.exceptions.Exit(141) from None
+    except Exception as e:
+        if ctx.meta.get(DEBUG_KEY):
+            raise
+        if isinstance(e, UserError):
+            raise click.ClickException(one_line(e)) from None
+        raise click.ClickException(f"{type(e).__name__}: {one_line(e)} (unexpected; run with --debug "
+                                   "for the traceback)") from None
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message as one line (multi-line messages are joined with "; ")."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return "; ".join(lines) or type(e).__name__
+
+
+def _check_device(ctx, param, value: str) -> str:
+    value = value.strip().lower()
+    if not _DEVICE_RE.fullmatch(value):
+        raise click.BadParameter(f"{value!r}: expected auto, cpu, cuda or cuda:N (e.g. cuda:0)")
+    return value
+
+
+def source_options(f: Callable) -> Callable:
+    """The SOURCE... argument (files, folders, quoted globs) and ``--recursive``."""
+    f = click.option("-r", "--recursive", is_flag=True,
+                     help="Also search the subfolders of a SOURCE folder.")(f)
+    return click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")(f)
+
+
+def model_options(task: str) -> Callable[[Callable], Callable]:
+    """Options of a command that runs a ``task`` ("detection"/"segmentation") model over images:
+    --model, --weights, --device, --out, --exist-ok, --quiet, --json, --debug."""
+    command = TASK_COMMANDS[task]
+
+    def decorate(f: Callable) -> Callable:
+        for option in reversed([
+            click.option("-m", "--model", metavar="NAME",
+                         help=f"Registered model name (see 'dcnviz models'); default: the bundled "
+                              f"{task} model."),
+            click.option("-w", "--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                         help="Weights file (.safetensors) to use instead of the model's default."),
+            click.option("-d", "--device", default="auto", metavar="auto|cpu|cuda[:N]", show_default=True, callback=_check_device,
+                         help="auto, cpu, cuda or cuda:N; auto uses the first GPU if there is one."),
+            click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+                         default=Path("runs", command), show_default=True,
+                         help="Output folder; if it exists, OUT2, OUT3, … is used instead."),
+            click.option("--exist-ok", is_flag=True,
+                         help="Write into OUT even if it exists (same-name files are replaced)."),
+            click.option("-q", "--quiet", is_flag=True, help="Print errors only."),
+            click.option("--json", "json_out", is_flag=True,
+                         help="Print one JSON object per image on stdout (JSON Lines; schema in "
+                              f"dcnviz/schemas/{'detections' if task == 'detection' else task}.schema.json)."),
+            debug_option,
+        ]):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def select_device(spec: str = "auto", warn: Callable[[str], None] | None = None):
+    """The ``torch.device`` for ``spec``: "auto", "cpu", "cuda" or "cuda:N".
+
+    "auto" is ``cuda:0`` when CUDA is usable, else CPU (calling ``warn`` with one line). "cuda" and
+    "cuda:N" raise :class:`~dcnviz.errors.DeviceError` when CUDA is not usable or N is not a
+    visible device, saying what was found: ``torch.cuda.is_available()``, the device count,
+    ``CUDA_VISIBLE_DEVICES`` and the CUDA version torch was built with.
+    """
+    import torch
+
+    spec = spec.strip().lower()
+    if not _DEVICE_RE.fullmatch(spec):
+        raise DeviceError(f"unknown device {spec!r}; expected auto, cpu, cuda or cuda:N")
+    if spec == "cpu":
+        return torch.device("cpu")
+    available = torch.cuda.is_available()
+    count = torch.cuda.device_count() if available else 0
+    if spec == "auto":
+        if available:
+            return torch.device("cuda", 0)
+        if warn is not None:
+            warn("No usable CUDA device found; running on the CPU (--device cpu hides this line).")
+        return torch.device("cpu")
+    index = int(spec.partition(":")[2] or 0)
+    if available and index < count:
+        return torch.device("cuda", index)
+    found = (f"torch.cuda.is_available()={available}, device count {count}, CUDA_VISIBLE_DEVICES="
+             f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!s}, torch built with "
+             f"{'CUDA ' + torch.version.cuda if torch.version.cuda else 'no CUDA'}")
+    if not available:
+        raise DeviceError(f"--device {spec} requested but CUDA is not usable ({found}); use --device cpu")
+    raise DeviceError(f"--device {spec} requested but only {count} CUDA device(s) are visible "
+                      f"({found}); use --device cuda:0 … cuda:{count - 1} or --device cpu")
+
+
+def resolve_model(name: str | None, task: str):
+    """The registry's ``ModelSpec`` for ``--model name``, or the first bundled ``task`` model when
+    ``name`` is None. An unknown name (with the closest names) or a model of another task is a
+    usage error of ``--model``."""
+    importlib.import_module("dcnviz.models")  # importing the package registers the models
+    from dcnviz.models.registry import get_spec, list_models
+
+    if name is None:
+        bundled = [n for n in list_models() if get_spec(n).bundled and get_spec(n).task == task]
+        if not bundled:
+            raise UserError(f"no bundled {task} model is installed; choose one with --model "
+                            f"(known models: {', '.join(list_models()) or 'none'})")
+        return get_spec(bundled[0])
+    try:
+        spec = get_spec(name)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--model'") from None
+    if spec.task != task:
+        other = TASK_COMMANDS.get(spec.task)
+        hint = f"; use 'dcnviz {other}'" if other else ""
+        raise click.BadParameter(f"{name!r} is a {spec.task} model, not a {task} model{hint}",
+                                 param_hint="'--model'")
+    return spec

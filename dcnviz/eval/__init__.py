@@ -1,0 +1,1 @@
+"""Evaluation metrics (VOC detection AP, segmentation mIoU)."""

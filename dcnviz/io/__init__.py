@@ -1,0 +1,1 @@
+"""Reading inputs and writing results: image files, output folders, JSON records."""

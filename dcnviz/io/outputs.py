@@ -1,0 +1,107 @@
+"""Output folders of a run: fresh numbered folders, never deleting or overwriting what is there.
+
+A run writes into ``runs/detect``, or ``runs/detect2``, ``runs/detect3``, ... when that exists
+(ultralytics' convention; older YOLO scripts deleted the folder and lost user data, so nothing here
+ever removes a non-empty folder). ``exist_ok`` reuses the folder, replacing files of the same name.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import os
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from dcnviz.errors import OutputError
+
+
+def increment_dir(base: str | os.PathLike = "runs/detect", exist_ok: bool = False) -> Path:
+    """Create and return the output folder: ``base`` if it does not exist yet, else the first free
+    ``base2``, ``base3``, ... (free = created by this call, via ``os.mkdir``, so two runs started
+    at once never share a folder). With ``exist_ok``, ``base`` itself is returned, created if needed.
+
+    Raises :class:`~dcnviz.errors.OutputError` when the folder cannot be created or written.
+    """
+    base = Path(base)
+    try:
+        if exist_ok:
+            base.mkdir(parents=True, exist_ok=True)
+            return _writable(base)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        for n in itertools.count(1):
+            candidate = base if n == 1 else base.with_name(f"{base.name}{n}")
+            try:
+                candidate.mkdir()
+            except FileExistsError:
+                continue
+            return _writable(candidate)
+    except FileExistsError as e:
+        raise OutputError(f"cannot create output folder '{base}': '{e.filename}' exists and is not "
+                          "a folder") from None
+    except OSError as e:
+        raise OutputError(f"cannot create output folder '{base}': {e.strerror or e}") from None
+    raise AssertionError("unreachable")
+
+
+def _writable(folder: Path) -> Path:
+    if not folder.is_dir():
+        raise OutputError(f"cannot use '{folder}' as output folder: it is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder '{folder}' is not writable")
+    return folder
+
+
+def check_not_inputs(out_dir: str | os.PathLike, subdirs: Iterable[str], inputs: Iterable[Path]) -> None:
+    """Refuse an output location that holds input images: ``out_dir`` or ``out_dir/<sub>`` for a
+    ``sub`` in ``subdirs`` (where the run writes) being the folder of any input image. Without this,
+    ``--out <input folder> --exist-ok`` could overwrite the inputs with annotated copies."""
+    out_dir = Path(out_dir)
+    written = {os.path.realpath(out_dir)} | {os.path.realpath(out_dir / s) for s in subdirs}
+    for image in inputs:
+        if os.path.realpath(Path(image).parent) in written:
+            raise OutputError(f"output folder '{out_dir}' would write next to the input image "
+                              f"'{image}'; choose another --out")
+
+
+@contextlib.contextmanager
+def run_dir(out: str | os.PathLike, exist_ok: bool, subdirs: Sequence[str],
+            inputs: Sequence[Path]) -> Iterator[Path]:
+    """Context manager around ``increment_dir`` for one run: checks the inputs are not overwritten
+    (before creating anything), yields the folder, and on exit removes it again only if this call
+    created it and nothing was written into it (e.g. every image failed or the model did not load)."""
+    if exist_ok:
+        check_not_inputs(out, subdirs, inputs)
+    existed = exist_ok and Path(out).is_dir()
+    folder = increment_dir(out, exist_ok=exist_ok)
+    try:
+        yield folder
+    finally:
+        if not existed:
+            _remove_if_empty(folder, subdirs)
+
+
+def _remove_if_empty(folder: Path, subdirs: Sequence[str]) -> None:
+    for sub in subdirs:
+        with contextlib.suppress(OSError):  # not there, or not empty: keep it
+            (folder / sub).rmdir()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def output_names(images: Sequence[Path]) -> dict[Path, Path]:
+    """Relative output name (without suffix) for each input image, unique within the run.
+
+    Names are the image paths relative to the deepest folder holding all of them, without the
+    suffix: a flat folder gives ``cat``, ``dog``; a recursive run mirrors its subfolders
+    (``a/cat``, ``b/cat``). Two images that differ only in suffix keep it (``cat_jpg``, ``cat_png``).
+    """
+    if not images:
+        return {}
+    parents = [os.path.dirname(os.path.abspath(p)) for p in images]
+    root = os.path.commonpath(parents)
+    rel = {p: Path(os.path.relpath(os.path.abspath(p), root)) for p in images}
+    counts = collections.Counter(r.with_suffix("") for r in rel.values())
+    clash = {stem for stem, n in counts.items() if n > 1}
+    return {p: (r.with_name(r.name.replace(".", "_")) if r.with_suffix("") in clash else r.with_suffix(""))
+            for p, r in rel.items()}

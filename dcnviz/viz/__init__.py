@@ -1,0 +1,1 @@
+"""Rendering structured results as pictures (the visualizer side of the predictor/visualizer split)."""

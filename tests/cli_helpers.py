@@ -1,0 +1,50 @@
+"""Running the CLI in a subprocess and checking what reached the user."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE_CLI = Path(__file__).resolve().with_name("fake_models.py")
+
+
+def run_cli(args, cwd: Path, fake: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``dcnviz ARGS`` in ``cwd`` as a subprocess: through ``tests/fake_models.py`` (fake models
+    registered, ``dcnviz.load_model`` replaced) or, with ``fake=False``, ``python -m dcnviz``."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    entry = [str(FAKE_CLI)] if fake else ["-m", "dcnviz"]
+    return subprocess.run([sys.executable, *entry, *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> str:
+    """The run failed with ``code``, without a traceback, and its stderr ends in one ``Error:`` line
+    holding every fragment; returns that line."""
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    return errors[0]
+
+
+def leftover_temp_files(folder: Path) -> list[Path]:
+    """Temporary files of the atomic writers (".<name>.<random>.tmp") anywhere below ``folder``."""
+    return [p for p in folder.rglob(".*.tmp")]
+
+
+def validate_jsonl(text: str, schema_name: str) -> list[dict]:
+    """Parse JSON Lines and validate every object against ``dcnviz/schemas/<name>.schema.json``."""
+    from dcnviz.io.results_json import load_schema
+
+    validator = jsonschema.Draft202012Validator(load_schema(schema_name))
+    records = [json.loads(line) for line in text.splitlines()]
+    for record in records:
+        validator.validate(record)
+    return records
