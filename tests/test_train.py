@@ -20,7 +20,7 @@ from dcnviz.models.registry import ModelSpec, register_model
 from dcnviz.structures import Detections, Prep, Segmentation
 from dcnviz.train import TrainConfig, loop, train
 from dcnviz.train.losses import ohem_keep, rpn_losses, smooth_l1
-from dcnviz.train.model import export_state, init_weights, is_offset_param, thaw_batchnorm
+from dcnviz.train.model import calibrate_batchnorm, export_state, init_weights, is_offset_param, thaw_batchnorm
 from dcnviz.train.targets import (AnchorTargetConfig, ProposalTargetConfig, anchor_targets, encode, overlaps,
                                   proposal_targets)
 
@@ -232,6 +232,20 @@ def test_export_folds_box_stds():
     assert torch.equal(state["head.rfcn_bbox.bias"], b * stds)
     assert not any(k.endswith("num_batches_tracked") for k in state)
     assert set(state) == set(_tiny("detection", False)().state_dict())
+
+
+def test_calibrated_batchnorm_is_the_mean_of_per_image_statistics():
+    model = thaw_batchnorm(_tiny("segmentation", True)())
+    init_weights(model, 0)
+    images = [torch.randn(1, 3, 64, 96) * 50 for _ in range(2)]
+    calibrate_batchnorm(model, images)
+    bn = model.backbone.bn_conv1
+    assert not bn.training
+    feats = [model.backbone.conv1(x).detach() for x in images]
+    mean = torch.stack([f.mean(dim=(0, 2, 3)) for f in feats]).mean(0)
+    var = torch.stack([f.var(dim=(0, 2, 3), unbiased=True) for f in feats]).mean(0)
+    torch.testing.assert_close(bn.running_mean, mean, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(bn.running_var, var, rtol=1e-4, atol=1e-3)
 
 
 # ------------------------------------------------------------------------------------------ eval

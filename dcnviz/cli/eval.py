@@ -5,6 +5,8 @@ import json
 
 import click
 
+from dcnviz.cli.common import _check_device, select_device
+
 
 @click.command("eval")
 @click.argument("model")
@@ -12,7 +14,8 @@ import click
 @click.option("--split", default="test", show_default=True, help="Split to evaluate.")
 @click.option("--weights", default=None, type=click.Path(dir_okay=False),
               help="Weights file to use instead of the model's own.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", show_default=True, callback=_check_device, metavar="auto|cpu|cuda[:N]",
+              help="auto uses the first GPU if there is one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as one JSON object.")
 def eval_(model, data, split, weights, device, as_json):
     """Score MODEL (a registered name or a weights file) on SPLIT of --data.
@@ -21,16 +24,13 @@ def eval_(model, data, split, weights, device, as_json):
     means (mAP50, mAP70). Segmentation: IoU per class and mIoU, pixels labelled 255 ignored."""
     from tqdm import tqdm
 
-    from dcnviz.errors import UserError
     from dcnviz.eval.evaluate import evaluate
     from dcnviz.models import load_model
 
-    try:
-        net = load_model(model, weights=weights, device=device)
-        with tqdm(unit="img", disable=True if as_json else None, leave=False) as bar:
-            scores = evaluate(net, data, split, progress=bar.update)
-    except UserError as exc:
-        raise click.ClickException(str(exc)) from None
+    dev = select_device(device, warn=None if as_json else lambda line: click.echo(line, err=True))
+    net = load_model(model, weights=weights, device=dev)
+    with tqdm(unit="img", disable=True if as_json else None, leave=False) as bar:
+        scores = evaluate(net, data, split, progress=bar.update)
     if as_json:
         click.echo(json.dumps({"model": model, "split": split, **scores}))
     elif scores["task"] == "detection":

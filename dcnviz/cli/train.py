@@ -5,6 +5,8 @@ import os
 
 import click
 
+from dcnviz.cli.common import _check_device, select_device
+
 
 def _steps(ctx, param, value):
     if value is None:
@@ -34,7 +36,8 @@ def _steps(ctx, param, value):
 @click.option("--seed", default=0, show_default=True, help="Seed of initialisation, image order, flips, sampling.")
 @click.option("--checkpoint-every", default=200, show_default=True, help="Checkpoint interval in iterations.")
 @click.option("--log-every", default=20, show_default=True, help="Log interval in iterations.")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--device", default="cpu", show_default=True, callback=_check_device, metavar="cpu|cuda[:N]|auto",
+              help="Where to train; results are reproducible on the same device and thread count.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
 @click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
@@ -46,20 +49,14 @@ def train(model, data, out, split, iterations, lr, steps, gamma, warmup, weight_
     command after an interruption and it continues from the last checkpoint."""
     import torch
 
-    from dcnviz.errors import UserError
     from dcnviz.train import TrainConfig
     from dcnviz.train import train as run
 
     if threads is not None:
         if threads < 1:
-            raise click.BadParameter(f"must be at least 1, got {threads}", param_hint="--threads")
+            raise click.BadParameter(f"must be at least 1, got {threads}", param_hint="'--threads'")
         torch.set_num_threads(threads)
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise click.BadParameter(str(exc), param_hint="--device") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("CUDA is not available on this machine", param_hint="--device")
+    dev = select_device(device, warn=lambda line: click.echo(line, err=True))
     if steps is None:
         steps = (round(0.75 * iterations),)
     cfg = TrainConfig(model=model, data=os.path.abspath(data), split=split, iterations=iterations, lr=lr, steps=steps,
@@ -67,9 +64,7 @@ def train(model, data, out, split, iterations, lr, steps, gamma, warmup, weight_
                       ohem=ohem, seed=seed, checkpoint_every=checkpoint_every, log_every=log_every)
     try:
         record = run(cfg, out, device=dev, progress=progress, force=force)
-    except UserError as exc:
-        raise click.ClickException(str(exc)) from None
-    except FloatingPointError as exc:
+    except FloatingPointError as exc:  # the run diverged: say so in one line, the checkpoint stays
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot write {exc.filename or out}: {exc.strerror}") from None

@@ -28,7 +28,7 @@ import torch
 
 from dcnviz.errors import UserError
 from dcnviz.train import checkpoint
-from dcnviz.train.model import export_state, init_weights, param_groups, thaw_batchnorm
+from dcnviz.train.model import calibrate_batchnorm, export_state, init_weights, param_groups, thaw_batchnorm
 from dcnviz.train.steps import DetectionTrainConfig, detection_losses, segmentation_losses
 
 
@@ -38,8 +38,9 @@ class TrainConfig:
 
     ``steps`` are iteration indices where the rate is multiplied by ``gamma``; the rate of step ``i`` is
     ``lr * gamma**(#steps <= i)``, times ``warmup_factor + (1 - warmup_factor) * i / warmup`` while
-    ``i < warmup``. ``weight_decay`` applies to conv weights only. ``bn_momentum`` is the running-average
-    momentum of the trainable BatchNorm. ``ohem`` only matters for detection models."""
+    ``i < warmup``. ``weight_decay`` applies to conv weights only. ``ohem`` only matters for detection
+    models. BatchNorm statistics are calibrated on the first images of the first epoch, then fixed
+    (see :mod:`dcnviz.train.model`)."""
 
     model: str
     data: str
@@ -53,7 +54,6 @@ class TrainConfig:
     steps: tuple[int, ...] = (4500,)
     gamma: float = 0.1
     offset_lr_mult: float = 1.0
-    bn_momentum: float = 0.1
     ohem: bool = True
     seed: int = 0
     checkpoint_every: int = 200
@@ -66,12 +66,15 @@ class TrainConfig:
         return lr
 
 
+CALIBRATION_IMAGES = 64
+
+
 def check_config(cfg: TrainConfig) -> None:
     """Refuse settings that cannot train, naming the option."""
     for name in ("iterations", "checkpoint_every", "log_every"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("lr", "offset_lr_mult", "momentum", "weight_decay", "warmup", "gamma", "bn_momentum", "seed"):
+    for name in ("lr", "offset_lr_mult", "momentum", "weight_decay", "warmup", "gamma", "seed"):
         value = getattr(cfg, name)
         if not math.isfinite(value) or value < 0:
             raise UserError(f"--{name.replace('_', '-')} must be a non-negative number, got {value}")
@@ -146,11 +149,14 @@ def train(cfg: TrainConfig, out: str, device: str = "cpu", progress: bool = True
 
     model = spec.factory()
     init_weights(model, cfg.seed)
-    model = thaw_batchnorm(model, cfg.bn_momentum).to(device).train()
+    model = thaw_batchnorm(model).to(device)  # BatchNorm stays in eval mode: fixed statistics
     groups = param_groups(model, cfg.weight_decay, cfg.offset_lr_mult)
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     log_path = out + ".log.jsonl"
     start = checkpoint.load(out, model, optimizer, info) or 0
+    if start == 0:
+        calibrate_batchnorm(model, (dataset[int(k)][0][None].to(device)
+                                    for k in epoch_order(cfg.seed, 0, n)[:CALIBRATION_IMAGES]))
     _trim_log(log_path, start)
     _log(log_path, {"event": "start", "iteration": start, "device": str(device), "threads": torch.get_num_threads(),
                     "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **info})
