@@ -25,6 +25,7 @@ commands that reproduce them); :func:`dcnviz.models.load_model` finds them from 
 from __future__ import annotations
 
 from dcnviz.data.classes import SYNTH_CLASSES, voc_palette
+from dcnviz.models.preprocess import PIXEL_MEANS_BGR
 from dcnviz.models.registry import ModelSpec, register_model
 
 SYNTH_PALETTE = voc_palette(len(SYNTH_CLASSES))
@@ -40,10 +41,12 @@ ANCHOR_RATIOS = (0.5, 1, 2)
 # one deformable group, offset conv 3x3 with dilation 1 (18 channels), as DeepLab DCN / deform_conv
 DEFORMABLE = (1, 1)
 
-DET_TEST = dict(rpn_pre_nms_top_n=6000, rpn_post_nms_top_n=300, rpn_nms_thresh=0.7, rpn_min_size=0,
+# the official preprocessing (dcnviz.models.preprocess at SCALES) and the COCO test settings
+PREPROCESSING = dict(read="BGR, OpenCV", channel_order="RGB", pixel_means_bgr=PIXEL_MEANS_BGR, pixel_std=None)
+DET_TEST = dict(PREPROCESSING, rpn_pre_nms_top_n=6000, rpn_post_nms_top_n=300, rpn_nms_thresh=0.7, rpn_min_size=0,
                 nms_thresh=0.3, score_thresh=1e-3, demo_score_thresh=0.7, max_per_image=100,
                 anchor_scales=ANCHOR_SCALES, anchor_ratios=ANCHOR_RATIOS)
-SEG_TEST = dict(prediction="argmax of the class scores at the input size")
+SEG_TEST = dict(PREPROCESSING, prediction="argmax of the class scores at the input size")
 
 
 def _backbone(dcn: bool):
