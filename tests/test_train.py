@@ -203,6 +203,8 @@ def test_interrupted_run_resumes_to_the_same_weights(data, tmp_path, monkeypatch
         train(_config(model, data), resumed, progress=False)
     with open(resumed + ".ckpt.json") as f:
         assert json.load(f)["iteration"] == 3
+    with open(resumed + ".log.jsonl", "a") as f:
+        f.write('{"iteration": 5, "lo')  # a record torn by the interruption
     monkeypatch.setattr(loop, "detection_losses", original)
     with pytest.raises(UserError, match="lr"):  # another run's checkpoint is refused
         train(_config(model, data, lr=0.02), resumed, progress=False)

@@ -104,11 +104,17 @@ def _dataset(cfg: TrainConfig, spec):
 
 def _trim_log(path: str, iteration: int) -> None:
     """Drop log records of steps after ``iteration`` (written after the checkpoint an interrupted run
-    resumes from), so the log reads as one run."""
+    resumes from), and a record torn by the interruption, so the log reads as one run."""
     if not os.path.exists(path):
         return
+
+    def keep(line: str) -> bool:
+        try:
+            return json.loads(line).get("iteration", 0) <= iteration
+        except ValueError:
+            return False
     with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
+        lines = [line for line in f if keep(line)]
     tmp = path + ".part"
     with open(tmp, "w") as f:
         f.writelines(lines)
