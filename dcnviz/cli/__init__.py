@@ -14,8 +14,10 @@ COMMANDS = {
     "bench": ("dcnviz.cli.bench", "bench", "Time the operators and models."),
     "convert": ("dcnviz.cli.convert", "convert", "Convert official MXNet .params weights to .safetensors."),
     "detect": ("dcnviz.cli.predict", "detect", "Detect objects in images; save annotated images and JSON."),
+    "eval": ("dcnviz.cli.eval", "eval_", "Detection AP or segmentation mIoU of a model on a dataset split."),
     "segment": ("dcnviz.cli.predict", "segment", "Label every pixel of images; save overlays, masks and JSON."),
     "synth": ("dcnviz.cli.synth", "synth", "Generate a synthetic VOC-layout dataset."),
+    "train": ("dcnviz.cli.train", "train", "Train one of dcnviz's own models on a VOC-layout folder."),
 }
 
 
