@@ -1,6 +1,6 @@
 """``dcnviz bench model NAME``: wall time of a full network forward at the model's official test size.
 
-Attach to the ``bench`` group with ``bench.add_command(model)``. The network gets random weights (the
+Attached to ``dcnviz bench`` in :mod:`dcnviz.cli.bench`. The network gets random weights (the
 time does not depend on their values): R-FCN models run ``forward_official`` end to end (backbone, RPN,
 proposals, head on up to 300 RoIs); DeepLab models up to the cropped scores.
 """

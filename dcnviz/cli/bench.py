@@ -1,4 +1,4 @@
-"""``dcnviz bench``: timings of the operators (and, later, the models)."""
+"""``dcnviz bench``: timings of the operators (``bench ops``) and of whole models (``bench model``)."""
 from __future__ import annotations
 
 import json
@@ -6,10 +6,15 @@ import textwrap
 
 import click
 
+from dcnviz.bench_model import model
+
 
 @click.group()
 def bench():
     """Time the operators and models."""
+
+
+bench.add_command(model)
 
 
 @bench.command()

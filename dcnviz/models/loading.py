@@ -2,12 +2,13 @@
 
 Where weights come from, in order: the ``weights`` argument (an official MXNet ``.params`` file, converted
 in memory, or a ``.safetensors`` file written by ``dcnviz convert``); for bundled models the file shipped
-in ``dcnviz/weights/``; for the official models ``$DCNVIZ_HOME/<name>.safetensors`` (default
+in the top-level ``weights/`` folder (see :func:`bundled_weights_dir`); for the official models ``$DCNVIZ_HOME/<name>.safetensors`` (default
 ``~/.cache/dcnviz/<name>.safetensors``). Official weights are never bundled or downloaded.
 """
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -25,6 +26,17 @@ def default_weights_path(name: str) -> str:
     return os.path.join(weights_home(), f"{name}.safetensors")
 
 
+def bundled_weights_dir() -> str:
+    """Folder of the bundled ``.safetensors`` files: ``weights/`` beside the package in a source tree or an
+    editable install, else ``<prefix>/share/dcnviz/weights`` where a wheel install puts them (setup.py's
+    ``data_files``)."""
+    source_tree = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                               "weights")
+    if os.path.isdir(source_tree):
+        return source_tree
+    return os.path.join(sys.prefix, "share", "dcnviz", "weights")
+
+
 def _spec(name: str):
     try:
         return get_spec(name)
@@ -34,7 +46,7 @@ def _spec(name: str):
 
 def _default_weights(spec) -> str:
     if spec.bundled:
-        return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", spec.weights)
+        return os.path.join(bundled_weights_dir(), spec.weights)
     path = default_weights_path(spec.name)
     if not os.path.isfile(path):
         from dcnviz.models.official import DOWNLOAD

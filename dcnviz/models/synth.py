@@ -19,7 +19,7 @@ They run at their own internal scale: (short 300, long 400) pixels, i.e. 0.8x th
 scenes (stride-16 maps of 19x25 cells). Test settings are the official COCO ones (RPN pre/post NMS
 6000/300 at 0.7, NMS 0.3, score threshold 1e-3, 100 detections per image).
 
-Weights are bundled as ``dcnviz/weights/<name>.safetensors`` (see ``dcnviz/weights/README.md`` for the
+Weights are bundled as ``weights/<name>.safetensors`` (see ``weights/README.md`` for the
 commands that reproduce them); :func:`dcnviz.models.load_model` finds them from any working directory.
 """
 from __future__ import annotations
