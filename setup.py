@@ -47,6 +47,20 @@ def _want_cuda():
     return found
 
 
+def _cuda_library_includes():
+    """Include folders for the CUDA library headers torch's CUDA headers pull in (cusparse.h, cublas_v2.h,
+    cusolverDn.h). A toolkit installed with only the compiler and runtime lacks them; torch's CUDA wheels
+    bring them as ``nvidia-*`` packages. They are searched after the toolkit (``-idirafter``), so the
+    toolkit's own runtime headers still win."""
+    if os.path.exists(os.path.join(CUDA_HOME, "include", "cusparse.h")):
+        return []
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    return sorted(d for root in nvidia.__path__ for d in glob.glob(os.path.join(root, "*", "include")))
+
+
 def _extension():
     rel = lambda pattern: sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
@@ -57,11 +71,15 @@ def _extension():
 
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
+    after = _cuda_library_includes()
     return CUDAExtension(
         "dcnviz._C",
         sources + rel("csrc/cuda/*.cu"),
         define_macros=[("WITH_CUDA", None)],
-        extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr"]},
+        extra_compile_args={
+            "cxx": cxx + [f"-idirafter{d}" for d in after],
+            "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr"] + [f"-Xcompiler=-idirafter{d}" for d in after],
+        },
     )
 
 
