@@ -5,7 +5,8 @@ import pytest
 from click.testing import CliRunner
 
 from dcnviz.bench_model import model as bench_model
-from tests import tiny_models
+
+import tiny_models
 
 
 @pytest.fixture

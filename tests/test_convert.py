@@ -16,7 +16,9 @@ from dcnviz.convert import names
 from dcnviz.convert.weights import guess_model, read_weights
 from dcnviz.errors import UserError
 from dcnviz.models import load_model
-from tests import params_writer, tiny_models
+
+import params_writer
+import tiny_models
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ import torch
 
 from dcnviz.errors import UserError
 from dcnviz.structures import Detections, Segmentation
-from tests import tiny_models
+
+import tiny_models
 
 
 def image(h=50, w=80, seed=0):

@@ -10,7 +10,8 @@ import pytest
 
 from dcnviz.convert.mxnet_params import read_params
 from dcnviz.errors import UserError
-from tests import params_writer
+
+import params_writer
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "params")
 
