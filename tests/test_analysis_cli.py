@@ -21,6 +21,7 @@ import dcnviz
 from analysis_models import write_weights
 from cli_helpers import ROOT, assert_one_line_error, run_cli
 from dcnviz.analysis import LayerGeometry, sampling_locations
+from dcnviz.analysis.units import pick_units, segment_boxes
 from dcnviz.cli import main
 from dcnviz.io.images import read_image
 
@@ -44,6 +45,11 @@ def cli(args, cwd, subprocess: bool = False):
 @pytest.fixture(scope="module")
 def synth_weights(tmp_path_factory):
     return write_weights(SYNTH, tmp_path_factory.mktemp("w") / "rfcn_dcn_synth.safetensors")
+
+
+@pytest.fixture(scope="module")
+def deeplab_weights(tmp_path_factory):
+    return write_weights("deeplab_dcn_synth", tmp_path_factory.mktemp("w") / "deeplab_dcn_synth.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +146,24 @@ class TestOffsets:
         assert units["background"]["box"] is None and best > 0
         assert clearance(*units["background"]["cell"]) == pytest.approx(best, abs=1e-9)
 
+    def test_units_on_segments_and_an_unreadable_image(self, tmp_path, deeplab_weights):
+        broken = tmp_path / "broken.jpg"
+        broken.write_bytes(b"not a jpeg")
+        image = tmp_path / SAMPLE.name
+        image.write_bytes(SAMPLE.read_bytes())
+        proc = cli(["offsets", image, broken, "--model", "deeplab_dcn_synth", "--weights", deeplab_weights,
+                    "--levels", "1", "-o", tmp_path / "out"], tmp_path)
+        assert proc.returncode == 1
+        assert [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")] == [
+            f"Error: cannot read image '{broken}': not an image file (unknown format); skipped"]
+        record = json.loads((tmp_path / "out" / "synth_mixed_res5c.json").read_text())
+        result = dcnviz.load_model("deeplab_dcn_synth", deeplab_weights, "cpu").predict(read_image(SAMPLE))
+        boxes = segment_boxes(result.labels, skip=[0])  # class 0 is __background__
+        expected = pick_units(boxes, (19, 25), 0.8, 16, (375, 500))
+        assert len(boxes) and [(u["kind"], u["cell"]) for u in record["units"]] == [
+            (u.kind, list(u.cell)) for u in expected]
+        assert all(np.shape(u["points"]) == (1, 9, 2) for u in record["units"])
+
     def test_round_reads_offsets_at_the_nearest_cell(self, tmp_path, synth_weights, synth_result):
         proc = cli(["offsets", SAMPLE, "--weights", synth_weights, "--at", "250,170", "--round", "--group", "0",
                     "-o", tmp_path / "out"], tmp_path)
@@ -174,9 +198,8 @@ class TestReceptiveField:
                 for p in far_points(points, unit[row]["valid"][0], unit["xy"], (375, 500), count=3):
                     assert pixel_at(figure, unit[row]["panel"], p) == RED
 
-    def test_deeplab_twins(self, tmp_path):
-        weights = write_weights("deeplab_dcn_synth", tmp_path / "deeplab.safetensors")
-        proc = cli(["receptive-field", SAMPLE, "--model", "deeplab_dcn_synth", "--weights", weights,
+    def test_deeplab_twins(self, tmp_path, deeplab_weights):
+        proc = cli(["receptive-field", SAMPLE, "--model", "deeplab_dcn_synth", "--weights", deeplab_weights,
                     "--at", "250,170"], tmp_path)
         assert proc.returncode == 0, proc.stderr
         record = json.loads((tmp_path / "runs" / "receptive-field" / "synth_mixed_res5c.json").read_text())

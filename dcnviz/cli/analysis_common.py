@@ -15,11 +15,11 @@ DEFAULT_MODEL = "rfcn_dcn_synth"
 SAMPLES = "synth_*.jpg"
 
 
-def analysis_options(command: str) -> Callable[[Callable], Callable]:
-    """--model (default :data:`DEFAULT_MODEL`), --weights, --device, --out runs/<command>, --exist-ok,
-    --quiet, --debug."""
-    return apply_options(run_options(command, f"Registered model name with deformable layers; default: "
-                                          f"{DEFAULT_MODEL}.") + [debug_option])
+def analysis_options(command: str, needs: str = "deformable conv layers") -> Callable[[Callable], Callable]:
+    """--model (a registered model with ``needs``, default :data:`DEFAULT_MODEL`), --weights, --device,
+    --out runs/<command>, --exist-ok, --quiet, --debug."""
+    return apply_options(run_options(command, f"Registered model with {needs}; default: {DEFAULT_MODEL}.")
+                         + [debug_option])
 
 
 def unit_options(levels_help: str) -> Callable[[Callable], Callable]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from dcnviz.cli.analysis_common import analysis_options, load, meta_model, parse_box
+from dcnviz.cli.analysis_common import DEFAULT_MODEL, analysis_options, load, meta_model, parse_box
 from dcnviz.cli.common import resolve_model
 from dcnviz.cli.predict import DEFAULT_CONF, filter_detections, parse_classes
 from dcnviz.errors import UserError
@@ -22,7 +22,6 @@ DEFAULT_TOP = 3
 
 def _resolve(model: str | None):
     """(spec, part geometry); a model without deformable PS RoI pooling is a usage error of --model."""
-    from dcnviz.cli.analysis_common import DEFAULT_MODEL
     from dcnviz.models import get_spec, list_models
 
     spec = resolve_model(model, None, DEFAULT_MODEL)
@@ -46,7 +45,7 @@ def _resolve(model: str | None):
                    "default: the detected class, or the best-scoring class of each --box.")
 @click.option("--conf", type=click.FloatRange(0, 1), default=DEFAULT_CONF, show_default=True,
               help="With --top: detections with at least this score.")
-@analysis_options("rois")
+@analysis_options("rois", "deformable PS RoI pooling")
 def rois(image, top, box, class_, conf, model, weights, device, out, exist_ok, quiet):
     """Where deformable PS RoI pooling looks (paper Fig. 7): each RoI's k x k parts moved by the offsets of
     the classification branch for its class, exactly as the operator places them (RoI rounded, scaled
