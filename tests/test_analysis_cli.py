@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
@@ -58,6 +59,12 @@ def synth_result(synth_weights):
     return dcnviz.load_model(SYNTH, synth_weights, "cpu").predict(read_image(SAMPLE))
 
 
+def record_of(proc, path: Path) -> dict:
+    """The JSON a successful run wrote to ``path``."""
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(path.read_text())
+
+
 def pixel_at(figure: np.ndarray, panel, xy) -> tuple[int, ...]:
     """The figure's BGR colour at image position (x, y) of the panel starting at ``panel`` (left, top)."""
     return tuple(int(v) for v in figure[panel[1] + math.floor(xy[1]), panel[0] + math.floor(xy[0])])
@@ -84,8 +91,7 @@ class TestOffsets:
     def test_points_match_the_analysis_and_land_where_the_json_says(self, tmp_path, synth_weights, synth_result):
         proc = cli(["offsets", SAMPLE, "--weights", synth_weights, "--at", "250,170", "--at", "60,300",
                     "-o", tmp_path / "out"], tmp_path, subprocess=True)
-        assert proc.returncode == 0, proc.stderr
-        record = json.loads((tmp_path / "out" / "synth_mixed_res5c.json").read_text())
+        record = record_of(proc, tmp_path / "out" / "synth_mixed_res5c.json")
         assert [layer["name"] for layer in record["layers"]] == ["res5c", "res5b", "res5a"]
         assert record["layers"][0] == {"name": "res5c", "kernel_size": [3, 3], "dilation": [2, 2], "padding": [2, 2],
                                        "stride": [1, 1], "deformable_groups": 1, "feature_stride": 16}
@@ -127,8 +133,7 @@ class TestOffsets:
         xml.write_text(voc_xml(500, 375, [(n, b, 0) for n, b in boxes.items()]))
         proc = cli(["offsets", SAMPLE, "--weights", synth_weights, "--annotation", xml, "-o", tmp_path / "out"],
                    tmp_path)
-        assert proc.returncode == 0, proc.stderr
-        units = {u["kind"]: u for u in json.loads((tmp_path / "out" / "synth_mixed_res5c.json").read_text())["units"]}
+        units = {u["kind"]: u for u in record_of(proc, tmp_path / "out" / "synth_mixed_res5c.json")["units"]}
         assert list(units) == ["background", "small", "large"]
         # large: 0-based [100, 50, 399, 299], centre (250, 175) -> cell (8, 12); small [20, 300, 59, 339] -> (16, 2)
         assert (units["large"]["cell"], units["large"]["box"], units["large"]["bucket"]) == (
@@ -167,8 +172,7 @@ class TestOffsets:
     def test_round_reads_offsets_at_the_nearest_cell(self, tmp_path, synth_weights, synth_result):
         proc = cli(["offsets", SAMPLE, "--weights", synth_weights, "--at", "250,170", "--round", "--group", "0",
                     "-o", tmp_path / "out"], tmp_path)
-        assert proc.returncode == 0, proc.stderr
-        record = json.loads((tmp_path / "out" / "synth_mixed_res5c.json").read_text())
+        record = record_of(proc, tmp_path / "out" / "synth_mixed_res5c.json")
         assert (record["group"], record["interpolation"]) == (0, "nearest cell")
         xy, _ = expected_points(synth_result, (8, 12), ["res5c", "res5b", "res5a"], 0, round=True)
         np.testing.assert_array_equal(record["units"][0]["points"], xy)
@@ -178,8 +182,7 @@ class TestReceptiveField:
     def test_plain_grid_beside_the_deformable_points(self, tmp_path, synth_weights, synth_result):
         proc = cli(["receptive-field", SAMPLE, "--weights", synth_weights, "--at", "250,170", "--at", "430,90",
                     "-o", tmp_path / "out"], tmp_path, subprocess=True)
-        assert proc.returncode == 0, proc.stderr
-        record = json.loads((tmp_path / "out" / "synth_mixed_res5c.json").read_text())
+        record = record_of(proc, tmp_path / "out" / "synth_mixed_res5c.json")
         assert (record["model"], record["plain_model"]) == (SYNTH, "rfcn_synth")
         assert [layer["name"] for layer in record["layers"]["plain"]] == ["res5c", "res5b"]
         figure = cv2.imread(str(tmp_path / "out" / "synth_mixed_res5c.png"))
@@ -201,8 +204,7 @@ class TestReceptiveField:
     def test_deeplab_twins(self, tmp_path, deeplab_weights):
         proc = cli(["receptive-field", SAMPLE, "--model", "deeplab_dcn_synth", "--weights", deeplab_weights,
                     "--at", "250,170"], tmp_path)
-        assert proc.returncode == 0, proc.stderr
-        record = json.loads((tmp_path / "runs" / "receptive-field" / "synth_mixed_res5c.json").read_text())
+        record = record_of(proc, tmp_path / "runs" / "receptive-field" / "synth_mixed_res5c.json")
         assert record["plain_model"] == "deeplab_synth"
         assert np.shape(record["units"][0]["deformable"]["points"]) == (1, 81, 2)
 
@@ -214,8 +216,7 @@ class TestRois:
         weights = write_weights(SYNTH, tmp_path / "w.safetensors", part_offset=(0.5, -0.25))
         proc = cli(["rois", SAMPLE, "--weights", weights, "--box", "100,50,299,249", "--class", "ring",
                     "-o", tmp_path / "out"], tmp_path, subprocess=True)
-        assert proc.returncode == 0, proc.stderr
-        record = json.loads((tmp_path / "out" / "synth_mixed.json").read_text())
+        record = record_of(proc, tmp_path / "out" / "synth_mixed.json")
         assert (record["pooled_size"], record["part_size"], record["trans_std"]) == (7, 7, 0.1)
         (roi,) = record["rois"]
         assert (roi["class_name"], roi["class_id"], roi["source"], roi["detection_score"]) == ("ring", 3, "box", None)
@@ -237,8 +238,7 @@ class TestRois:
     def test_top_detections(self, tmp_path, synth_weights):
         proc = cli(["rois", SAMPLE, "--weights", synth_weights, "--top", "2", "--conf", "0", "-o", tmp_path / "out"],
                    tmp_path)
-        assert proc.returncode == 0, proc.stderr
-        rois = json.loads((tmp_path / "out" / "synth_mixed.json").read_text())["rois"]
+        rois = record_of(proc, tmp_path / "out" / "synth_mixed.json")["rois"]
         assert len(rois) == 2 and [r["source"] for r in rois] == ["detection", "detection"]
         assert rois[0]["detection_score"] >= rois[1]["detection_score"]
         assert all(np.shape(r["parts"]) == (7, 7, 4) for r in rois)
@@ -328,8 +328,7 @@ class TestDilationStats:
     def test_limit_and_a_clean_split(self, tmp_path, voc_fixture):
         weights = write_weights(SYNTH, tmp_path / "w.safetensors", offsets="zero")
         proc = cli(["dilation-stats", voc_fixture, "--weights", weights, "--limit", "1"], tmp_path)
-        assert proc.returncode == 0, proc.stderr
-        stats = json.loads((tmp_path / "runs" / "dilation-stats" / "stats.json").read_text())
+        stats = record_of(proc, tmp_path / "runs" / "dilation-stats" / "stats.json")
         assert stats["config"]["images"] == 1 and stats["config"]["limit"] == 1
         for cells in stats["layers"].values():  # zero offsets: every filter has exactly its dilation
             assert cells == {b: {"mean": 2.0, "std": 0.0, "n": n} for b, n in COUNTS.items()}
@@ -387,8 +386,7 @@ class TestOfficialModel:
         weights, image = coco
         proc = cli(["offsets", image, "--model", "rfcn_dcn_coco", "--weights", weights, "--at", "500,30",
                     "-o", tmp_path / "out"], tmp_path)
-        assert proc.returncode == 0, proc.stderr
-        record = json.loads((tmp_path / "out" / "wide_res5c.json").read_text())
+        record = record_of(proc, tmp_path / "out" / "wide_res5c.json")
         assert [layer["deformable_groups"] for layer in record["layers"]] == [4, 4, 4]
         (unit,) = record["units"]
         assert unit["cell"] == [1, 31] and np.shape(unit["points"]) == (4, 729, 2)
@@ -404,8 +402,7 @@ class TestOfficialModel:
         weights, image = coco
         proc = cli(["rois", image, "--model", "rfcn_dcn_coco", "--weights", weights, "--box", "400,8,599,55",
                     "--class", "dog", "-o", tmp_path / "out"], tmp_path)
-        assert proc.returncode == 0, proc.stderr
-        (roi,) = json.loads((tmp_path / "out" / "wide.json").read_text())["rois"]
+        (roi,) = record_of(proc, tmp_path / "out" / "wide.json")["rois"]
         assert roi["class_name"] == "dog" and roi["roi"] == pytest.approx([400, 8, 600, 56], abs=1e-9)
         assert np.shape(roi["parts"]) == (7, 7, 4)
         assert not np.allclose(roi["parts"], roi["regular_parts"])  # the random offsets moved the parts

@@ -179,6 +179,29 @@ def choose_units(result, image: np.ndarray, top_layer, at, annotation, conf: flo
     return units
 
 
+def reporter(quiet: bool) -> Callable[[str], None]:
+    """Where progress lines go: stderr, or nowhere with --quiet (errors are printed regardless)."""
+    return (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
+
+
+def predict_units(net, image: np.ndarray, path, layers, at, annotation, conf: float, kinds, say):
+    """Run the model on one image and choose its units: (result, units, the layers' offset maps top first).
+    Raises :class:`~dcnviz.errors.UserError` when there is no unit at all."""
+    result = net.predict(image)
+    units = choose_units(result, image, layers[0], at, annotation, conf, kinds, lambda line: say(f"{path}: {line}"))
+    if not units:
+        raise UserError(f"{path}: no unit to show; use --at")
+    return result, units, [result.captured[layer.offset] for layer in layers]
+
+
+def unit_points(offsets, geometries, units, prep, stride: int, group, round_: bool):
+    """Per unit, its :class:`~dcnviz.analysis.SamplingLocations` and their (x, y) image positions."""
+    from dcnviz.analysis import sampling_locations
+
+    found = [sampling_locations(offsets, u.cell, geometries, group=group, round=round_) for u in units]
+    return found, [f.image_xy(prep.scale, stride) for f in found]
+
+
 def titles(units) -> list[str]:
     """Panel titles: the unit's kind, its object's size, its position."""
     out = []

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from dcnviz.cli.analysis_common import analysis_options, load, resolve
+from dcnviz.cli.analysis_common import analysis_options, load, reporter, resolve
 
 PLUS_MINUS = "\u00b1"
 
@@ -75,8 +75,8 @@ def dilation_stats(dataset, split, limit, compare_paper, model, weights, device,
     spec, meta = resolve(model)
     with run_dir(out, exist_ok, (), []) as out_dir:
         net, dev = load(spec, weights, device, quiet)
-        if not quiet:
-            click.echo(f"{spec.name} on {dev}: {dataset}, split {split}", err=True)
+        say = reporter(quiet)
+        say(f"{spec.name} on {dev}: {dataset}, split {split}")
         with tqdm(unit="img", file=sys.stderr, disable=True if quiet else None, leave=False) as bar:
             def progress(total: int) -> None:
                 bar.total = total
@@ -110,7 +110,6 @@ def dilation_stats(dataset, split, limit, compare_paper, model, weights, device,
             click.echo(f"  {key}: {value}")
     if run.skipped:
         click.echo(f"  skipped: {len(run.skipped)} of {len(run.ids)} images ({', '.join(i for i, _ in run.skipped)})")
-    if not quiet:
-        click.echo(f"Results saved to {out_dir}", err=True)
+    say(f"Results saved to {out_dir}")
     if run.skipped:
         raise click.exceptions.Exit(1)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import click
 
-from dcnviz.cli.analysis_common import (analysis_options, choose_units, geometry, load, resolve, sample_images,
-                                        stack, titles, unit_options, usage_error)
-from dcnviz.errors import ImageError, UserError
+from dcnviz.cli.analysis_common import (analysis_options, geometry, load, predict_units, reporter, resolve,
+                                        sample_images, stack, titles, unit_options, unit_points, usage_error)
+from dcnviz.errors import ImageError
 
 KINDS = ("background", "small", "large")
 
@@ -40,7 +40,6 @@ def offsets(images, layer, levels, at, annotation, conf, group, round_, model, w
       dcnviz offsets --layer res5c
       dcnviz offsets photo.jpg --model rfcn_dcn_coco --weights rfcn_dcn_coco.safetensors --at 320,200
     """
-    from dcnviz.analysis import sampling_locations
     from dcnviz.io.analysis_json import image_record, layer_record, points_record, unit_record
     from dcnviz.io.images import find_images, read_image, write_image_atomic, write_json_atomic
     from dcnviz.io.outputs import output_names, run_dir
@@ -57,7 +56,7 @@ def offsets(images, layer, levels, at, annotation, conf, group, round_, model, w
     if isinstance(group, int) and group >= groups:
         raise usage_error("--group", ValueError(f"{group}: {spec.name} has {groups} deformable group(s)"))
     names = [short_name(l) for l in layers]
-    say = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
+    say = reporter(quiet)
     stride = layers[-1].feature_stride
     footer = (f"{spec.name}, {' > '.join(names)}: {9 ** len(layers)} points per unit; hollow: outside a feature map"
               + ("; groups " + ", ".join(f"{g} {c}" for g, c in zip(range(groups), GROUP_COLOR_NAMES))
@@ -74,14 +73,8 @@ def offsets(images, layer, levels, at, annotation, conf, group, round_, model, w
                 failed += 1
                 click.echo(f"Error: {e}" + ("; skipped" if len(images) > 1 else ""), err=True)
                 continue
-            result = net.predict(image)
-            units = choose_units(result, image, layers[0], at, annotation, conf, KINDS,
-                                 lambda line: say(f"{path}: {line}"))
-            if not units:
-                raise UserError(f"{path}: no unit to show; use --at")
-            offs = [result.captured[l.offset] for l in layers]
-            found = [sampling_locations(offs, u.cell, geoms, group=group, round=round_) for u in units]
-            xys = [f.image_xy(result.prep.scale, stride) for f in found]
+            result, units, offs = predict_units(net, image, path, layers, at, annotation, conf, KINDS, say)
+            found, xys = unit_points(offs, geoms, units, result.prep, stride, group, round_)
             panels = [draw_sampling_points(image, xy, f.valid, u.xy) for u, f, xy in zip(units, found, xys)]
             figure, origins = montage(panels, titles(units), footer=footer)
             png = out_dir / stems[path].with_name(f"{stems[path].name}_{names[0]}.png")

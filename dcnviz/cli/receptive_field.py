@@ -13,10 +13,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from dcnviz.cli.analysis_common import (analysis_options, choose_units, geometry, load, meta_model, resolve,
-                                        stack, titles, unit_options, usage_error)
+from dcnviz.cli.analysis_common import (analysis_options, geometry, load, meta_model, predict_units, reporter,
+                                        resolve, stack, titles, unit_options, unit_points, usage_error)
 from dcnviz.cli.common import resolve_model
-from dcnviz.errors import UserError
 
 KINDS = ("large", "background")
 
@@ -60,7 +59,6 @@ def receptive_field(image, plain, layer, levels, at, annotation, conf, group, ro
       dcnviz receptive-field samples/synth_rings.jpg
       dcnviz receptive-field street.png --model deeplab_dcn_cityscapes --weights deeplab.safetensors --at 900,500
     """
-    from dcnviz.analysis import sampling_locations
     from dcnviz.io.analysis_json import image_record, layer_record, points_record, unit_record
     from dcnviz.io.images import read_image, write_image_atomic, write_json_atomic
     from dcnviz.io.outputs import run_dir
@@ -72,26 +70,21 @@ def receptive_field(image, plain, layer, levels, at, annotation, conf, group, ro
     geoms = [geometry(l) for l in layers]
     plain_spec, plain_geoms = _plain_geometry(spec, plain, layers)
     names = [short_name(l) for l in layers]
-    say = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
+    say = reporter(quiet)
     stride = layers[-1].feature_stride
     with run_dir(out, exist_ok, (), [image]) as out_dir:
         net, dev = load(spec, weights, device, quiet)
         picture = read_image(image)
-        result = net.predict(picture)
-        units = choose_units(result, picture, layers[0], at, annotation, conf, KINDS,
-                             lambda line: say(f"{image}: {line}"))
-        if not units:
-            raise UserError(f"{image}: no unit to show; use --at")
-        offs = [result.captured[l.offset] for l in layers]
+        result, units, offs = predict_units(net, picture, image, layers, at, annotation, conf, KINDS, say)
         zeros = [np.zeros((2 * g.kernel_size[0] * g.kernel_size[1],) + tuple(o.shape[-2:])) for g, o in
                  zip(plain_geoms, offs)]
         # the plain convs have one group: follow it however the deformable groups are followed
         plain_group = group if group in ("all", "mean") else 0
         rows = {"plain": (plain_spec.name, zeros, plain_geoms, plain_group),
                 "deformable": (spec.name, offs, geoms, group)}
-        found = {row: [sampling_locations(o, u.cell, g, group=grp, round=round_) for u in units]
-                 for row, (_, o, g, grp) in rows.items()}
-        xys = {row: [f.image_xy(result.prep.scale, stride) for f in found[row]] for row in rows}
+        found, xys = {}, {}
+        for row, (_, o, g, grp) in rows.items():
+            found[row], xys[row] = unit_points(o, g, units, result.prep, stride, grp, round_)
         panels = [draw_sampling_points(picture, xy, f.valid, u.xy) for row in rows
                   for u, f, xy in zip(units, found[row], xys[row])]
         labels = [f"{rows[row][0]}: {t}" for row in rows for t in titles(units)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from dcnviz.cli.analysis_common import DEFAULT_MODEL, analysis_options, load, meta_model, parse_box
+from dcnviz.cli.analysis_common import DEFAULT_MODEL, analysis_options, load, meta_model, parse_box, reporter
 from dcnviz.cli.common import resolve_model
 from dcnviz.cli.predict import DEFAULT_CONF, filter_detections, parse_classes
 from dcnviz.errors import UserError
@@ -76,7 +76,7 @@ def rois(image, top, box, class_, conf, model, weights, device, out, exist_ok, q
         raise click.BadParameter(e.message, param_hint="'--class'") from None
     if wanted is not None and len(wanted) > 1:
         raise click.BadParameter(f"{class_!r}: give one class", param_hint="'--class'")
-    say = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
+    say = reporter(quiet)
     with run_dir(out, exist_ok, (), [image]) as out_dir:
         net, dev = load(spec, weights, device, quiet)
         picture = read_image(image)
