@@ -24,11 +24,14 @@ def _resolve(model: str | None):
     """(spec, part geometry); a model without deformable PS RoI pooling is a usage error of --model."""
     from dcnviz.models import get_spec, list_models
 
+    def parts(spec):
+        return getattr(meta_model(spec), "part_geometry", None)  # None: no PS RoI pooling at all
+
     spec = resolve_model(model, None, DEFAULT_MODEL)
-    geometry = getattr(meta_model(spec), "part_geometry", None)
+    geometry = parts(spec)
     if geometry is None or not geometry.deformable:
         have = [n for n in list_models() if get_spec(n).task == "detection"
-                and meta_model(get_spec(n)).part_geometry.deformable]
+                and getattr(parts(get_spec(n)), "deformable", False)]
         raise click.BadParameter(f"{spec.name!r} has no deformable PS RoI pooling (models that have it: "
                                  f"{', '.join(have)})", param_hint="'--model'")
     return spec, geometry
