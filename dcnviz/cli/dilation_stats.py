@@ -77,7 +77,9 @@ def dilation_stats(dataset, split, limit, compare_paper, model, weights, device,
         net, dev = load(spec, weights, device, quiet)
         say = reporter(quiet)
         say(f"{spec.name} on {dev}: {dataset}, split {split}")
-        with tqdm(unit="img", file=sys.stderr, disable=True if quiet else None, leave=False) as bar:
+        # a bar also when stderr is a log file (a dataset takes long), updated every 30 s there
+        with tqdm(unit="img", file=sys.stderr, disable=quiet, leave=False,
+                  mininterval=0.1 if sys.stderr.isatty() else 30.0) as bar:
             def progress(total: int) -> None:
                 bar.total = total
                 bar.update(1)

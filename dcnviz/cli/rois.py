@@ -65,7 +65,7 @@ def rois(image, top, box, class_, conf, model, weights, device, out, exist_ok, q
       dcnviz rois photo.jpg --model rfcn_dcn_coco --weights rfcn_dcn_coco.safetensors --box 40,60,300,280 --class dog
     """
     from dcnviz.analysis.parts import roi_parts
-    from dcnviz.io.analysis_json import image_record, rectangle
+    from dcnviz.io.analysis_json import image_record, roi_record
     from dcnviz.io.images import read_image, write_image_atomic, write_json_atomic
     from dcnviz.io.outputs import run_dir
     from dcnviz.viz.sampling import draw_roi_parts, montage
@@ -122,12 +122,8 @@ def rois(image, top, box, class_, conf, model, weights, device, out, exist_ok, q
         record.update(
             pooled_size=parts.pooled_size, part_size=parts.part_size, trans_std=parts.trans_std,
             spatial_scale=parts.spatial_scale, branch="classification",
-            rois=[{"source": source, "box": rectangle(boxes[k]), "class_id": int(c), "class_name": spec.classes[c],
-                   "score": float(prob[k, c]),
-                   "detection_score": None if detections is None else float(detections.scores[k]),
-                   "panel": list(origins[k]), "roi": rectangle(f.roi),
-                   "parts": [[rectangle(b) for b in row] for row in f.bins],
-                   "regular_parts": [[rectangle(b) for b in row] for row in f.regular]}
+            rois=[roi_record(source, boxes[k], c, spec.classes, prob[k, c],
+                             None if detections is None else detections.scores[k], f, origins[k])
                   for k, (c, f) in enumerate(zip(classes, found))])
         write_json_atomic(png.with_suffix(".json"), record, expand=3)
         say(f"{image}: {len(found)} RoI{'s' * (len(found) > 1)} ({', '.join(labels)}) -> {png}")

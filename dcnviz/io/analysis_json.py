@@ -45,8 +45,19 @@ def points_record(locations, xy: np.ndarray, panel: tuple[int, int]) -> dict:
             "valid": locations.valid.tolist()}
 
 
-def rectangle(r) -> list[float]:
-    return [float(v) for v in r]
+def roi_record(source: str, box, class_id: int, class_names, score: float, detection_score: float | None,
+               parts, panel: tuple[int, int]) -> dict:
+    """One RoI of ``dcnviz rois``: the ``box`` asked for (a detection or ``--box``; inclusive corners), the
+    class whose offsets move the parts, the head's probability for it on this RoI, the RoI as pooled and
+    its moved and regular parts (:class:`dcnviz.analysis.RoIParts`, continuous edges), and where its
+    panel starts in the figure."""
+    def edges(rects) -> list:
+        return np.asarray(rects, np.float64).tolist()
+
+    return {"source": source, "box": edges(box), "class_id": int(class_id), "class_name": class_names[class_id],
+            "score": float(score), "detection_score": None if detection_score is None else float(detection_score),
+            "panel": list(panel), "roi": edges(parts.roi), "parts": edges(parts.bins),
+            "regular_parts": edges(parts.regular)}
 
 
 def stats_csv(summary: dict, paper: dict) -> str:
