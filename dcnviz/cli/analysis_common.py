@@ -125,6 +125,11 @@ def geometry(layer):
     return LayerGeometry(layer.kernel_size, layer.dilation, layer.padding, layer.stride, layer.deformable_groups)
 
 
+def points_per_unit(geometries) -> int:
+    """How many composed sampling points a unit has: the product of the layers' tap counts (9**L for 3x3)."""
+    return int(np.prod([g.kernel_size[0] * g.kernel_size[1] for g in geometries]))
+
+
 def sample_images() -> list[Path]:
     """The bundled sample images (``samples/synth_*.jpg``)."""
     from dcnviz.models.loading import bundled_dir

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import click
 
-from dcnviz.cli.analysis_common import (analysis_options, geometry, load, predict_units, reporter, resolve,
-                                        sample_images, stack, titles, unit_options, unit_points, usage_error)
+from dcnviz.cli.analysis_common import (analysis_options, geometry, load, points_per_unit, predict_units, reporter,
+                                        resolve, sample_images, stack, titles, unit_options, unit_points,
+                                        usage_error)
 from dcnviz.errors import ImageError
 
 KINDS = ("background", "small", "large")
@@ -58,7 +59,8 @@ def offsets(images, layer, levels, at, annotation, conf, group, round_, model, w
     names = [short_name(l) for l in layers]
     say = reporter(quiet)
     stride = layers[-1].feature_stride
-    footer = (f"{spec.name}, {' > '.join(names)}: {9 ** len(layers)} points per unit; hollow: outside a feature map"
+    footer = (f"{spec.name}, {' > '.join(names)}: {points_per_unit(geoms)} points per unit; "
+              "hollow: outside a feature map"
               + ("; groups " + ", ".join(f"{g} {c}" for g, c in zip(range(groups), GROUP_COLOR_NAMES))
                  if group == "all" and groups > 1 else ""))
     failed = 0

@@ -13,8 +13,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from dcnviz.cli.analysis_common import (analysis_options, geometry, load, meta_model, predict_units, reporter,
-                                        resolve, stack, titles, unit_options, unit_points, usage_error)
+from dcnviz.cli.analysis_common import (analysis_options, geometry, load, meta_model, points_per_unit, predict_units,
+                                        reporter, resolve, stack, titles, unit_options, unit_points, usage_error)
 from dcnviz.cli.common import resolve_model
 
 KINDS = ("large", "background")
@@ -88,7 +88,7 @@ def receptive_field(image, plain, layer, levels, at, annotation, conf, group, ro
         panels = [draw_sampling_points(picture, xy, f.valid, u.xy) for row in rows
                   for u, f, xy in zip(units, found[row], xys[row])]
         labels = [f"{rows[row][0]}: {t}" for row in rows for t in titles(units)]
-        footer = f"{' > '.join(names)}: {9 ** len(layers)} points per unit; top: plain convs, bottom: deformable"
+        footer = f"{' > '.join(names)}: {points_per_unit(geoms)} points per unit; top: plain convs, bottom: deformable"
         figure, origins = montage(panels, labels, columns=len(units), footer=footer)
         png = out_dir / f"{image.stem}_{names[0]}.png"
         write_image_atomic(png, figure)
