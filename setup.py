@@ -89,10 +89,11 @@ setup(
     description="Run and look inside Deformable ConvNets (v1): exact ops, official models, analysis figures",
     packages=find_packages(include=["dcnviz", "dcnviz.*"]),
     package_data={"dcnviz": ["*.json", "**/*.json"]},
-    # The bundled models live in the top-level weights/ (the repository layout); a wheel puts them under
-    # <prefix>/share/dcnviz/weights, where dcnviz.models.loading.bundled_weights_dir looks.
-    data_files=[("share/dcnviz/weights", [os.path.relpath(p, HERE) for p in
-                                          sorted(glob.glob(os.path.join(HERE, "weights", "*.safetensors")))])],
+    # The bundled models and sample images live in the top-level weights/ and samples/ (the repository
+    # layout); a wheel puts them under <prefix>/share/dcnviz/, where dcnviz.models.loading.bundled_dir looks.
+    data_files=[(f"share/dcnviz/{folder}", [os.path.relpath(p, HERE) for p in
+                                            sorted(glob.glob(os.path.join(HERE, folder, pattern)))])
+                for folder, pattern in (("weights", "*.safetensors"), ("samples", "synth_*.jpg"))],
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

@@ -45,7 +45,8 @@ def test_rfcn_forward_and_predict(variant):
     assert det.boxes[:, [0, 2]].max() <= 95 / 1.2 + 1e-4 and det.boxes[:, [1, 3]].max() <= 63 / 1.2 + 1e-4
     assert det.boxes.min() >= 0 and set(det.labels.tolist()) <= {1, 2, 3}
     assert np.all(np.diff(det.scores) <= 0) and det.class_names == tiny_models.DET_CLASSES
-    expected = {layer.offset for layer in model.deformable_layers} | ({"rois", "rfcn_cls_offset"} if dpsroi else set())
+    head = {"rois", "rfcn_cls_offset", "cls_prob"} if dpsroi else set()
+    expected = {layer.offset for layer in model.deformable_layers} | head
     assert set(det.captured) == expected
     if dpsroi:
         assert det.captured["rfcn_cls_offset"].shape == (det.captured["rois"].shape[0], 2 * c, parts, parts)

@@ -32,13 +32,19 @@ medium 96²..224² with both exact values included, large > 224²; background ou
 positions only inside difficult boxes are left out. Statistics stream per layer x group x bucket
 (count, mean, M2; ddof=0 std) with a histogram; groups pooled (each (position, group) one filter) or
 per group. :data:`TABLE2_CONFIG` states all of this as a dict, :data:`PAPER_TABLE2` holds the paper's values.
+
+Units (:mod:`~dcnviz.analysis.units`): activation units at given pixels, or picked on the background, a
+small and a large object of a set of boxes. RoI parts (:func:`roi_parts`): the bins of deformable PS RoI
+pooling where the operator puts them, in image pixels (paper Fig. 7).
 """
 from dcnviz.analysis.buckets import (BACKGROUND, BUCKETS, EXCLUDED, LARGE, LARGE_MIN_AREA, MEDIUM, SMALL,
                                      SMALL_MAX_AREA, assign_buckets, box_areas, size_bucket)
 from dcnviz.analysis.coords import feature_to_image, image_to_cell
 from dcnviz.analysis.dilation import effective_dilation
+from dcnviz.analysis.parts import RoIParts, roi_parts
 from dcnviz.analysis.sampling import LayerGeometry, SamplingLocations, sampling_locations
 from dcnviz.analysis.table2 import PAPER_TABLE2, TABLE2_CONFIG, DilationStats
+from dcnviz.analysis.units import Unit, pick_units, segment_boxes, units_at
 
 __all__ = [
     "effective_dilation", "sampling_locations", "LayerGeometry", "SamplingLocations",
@@ -46,4 +52,5 @@ __all__ = [
     "assign_buckets", "box_areas", "size_bucket", "BUCKETS", "SMALL", "MEDIUM", "LARGE", "BACKGROUND",
     "EXCLUDED", "SMALL_MAX_AREA", "LARGE_MIN_AREA",
     "DilationStats", "PAPER_TABLE2", "TABLE2_CONFIG",
+    "Unit", "pick_units", "units_at", "segment_boxes", "RoIParts", "roi_parts",
 ]

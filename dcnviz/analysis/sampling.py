@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dcnviz.analysis._common import as_float64, pair, split_offset, tap_grid
+from dcnviz.analysis.coords import feature_to_image
 
 __all__ = ["LayerGeometry", "SamplingLocations", "sampling_locations"]
 
@@ -53,10 +54,12 @@ class LayerGeometry:
 
     @classmethod
     def from_module(cls, module) -> "LayerGeometry":
-        """From a deformable conv module with ``weight`` (F, C/groups, kh, kw) and ``stride``, ``padding``,
-        ``dilation``, ``deformable_groups`` attributes (``dcnviz.ops.DeformConv2d``)."""
+        """From a conv module with ``weight`` (F, C/groups, kh, kw) and ``stride``, ``padding``, ``dilation``
+        attributes: ``dcnviz.ops.DeformConv2d`` (with its ``deformable_groups``) or an ordinary
+        ``nn.Conv2d``, whose fixed grid is that of a deformable conv with zero offsets and one group."""
         kh, kw = (int(s) for s in module.weight.shape[-2:])
-        return cls((kh, kw), module.dilation, module.padding, module.stride, module.deformable_groups)
+        return cls((kh, kw), module.dilation, module.padding, module.stride,
+                   getattr(module, "deformable_groups", 1))
 
     def output_size(self, input_size: tuple[int, int]) -> tuple[int, int]:
         """Output (Ho, Wo) for an input map (H, W), by the op's size formula."""
@@ -82,6 +85,11 @@ class SamplingLocations:
     valid: np.ndarray
     map_size: tuple[int, int]
     group: int | str
+
+    def image_xy(self, scale: float, stride: float) -> np.ndarray:
+        """The points in original-image pixels as (x, y) pairs (shape of ``points``), for a bottom input
+        map of feature stride ``stride`` and an image resized by ``scale`` (:func:`feature_to_image`)."""
+        return feature_to_image(self.points, scale, stride)[..., ::-1]
 
 
 def _inside(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -75,31 +75,44 @@ def source_options(f: Callable) -> Callable:
     return click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")(f)
 
 
+def run_options(command: str, model_help: str) -> list[Callable[[Callable], Callable]]:
+    """The options every command that runs a model shares: --model, --weights, --device, --out
+    (default ``runs/<command>``), --exist-ok, --quiet."""
+    return [
+        click.option("-m", "--model", metavar="NAME", help=model_help),
+        click.option("-w", "--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Weights file (.safetensors) to use instead of the model's default."),
+        click.option("-d", "--device", default="auto", metavar="auto|cpu|cuda[:N]", show_default=True,
+                     callback=_check_device,
+                     help="auto, cpu, cuda or cuda:N; auto uses the first GPU if there is one."),
+        click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+                     default=Path("runs", command), show_default=True,
+                     help="Output folder; if it exists, OUT2, OUT3, … is used instead."),
+        click.option("--exist-ok", is_flag=True,
+                     help="Write into OUT even if it exists (same-name files are replaced)."),
+        click.option("-q", "--quiet", is_flag=True, help="Print errors only."),
+    ]
+
+
 def model_options(task: str) -> Callable[[Callable], Callable]:
     """Options of a command that runs a ``task`` ("detection"/"segmentation") model over images:
     --model, --weights, --device, --out, --exist-ok, --quiet, --json, --debug."""
     command = TASK_COMMANDS[task]
+    options = run_options(command, f"Registered model name (see 'dcnviz models'); default: the bundled "
+                                   f"{task} model.") + [
+        click.option("--json", "json_out", is_flag=True,
+                     help="Print one JSON object per image on stdout (JSON Lines; schema in "
+                          f"dcnviz/schemas/{'detections' if task == 'detection' else task}.schema.json)."),
+        debug_option,
+    ]
 
+    return apply_options(options)
+
+
+def apply_options(options: list[Callable[[Callable], Callable]]) -> Callable[[Callable], Callable]:
+    """One decorator applying click ``options`` in the order given (first = first in --help)."""
     def decorate(f: Callable) -> Callable:
-        for option in reversed([
-            click.option("-m", "--model", metavar="NAME",
-                         help=f"Registered model name (see 'dcnviz models'); default: the bundled "
-                              f"{task} model."),
-            click.option("-w", "--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                         help="Weights file (.safetensors) to use instead of the model's default."),
-            click.option("-d", "--device", default="auto", metavar="auto|cpu|cuda[:N]", show_default=True, callback=_check_device,
-                         help="auto, cpu, cuda or cuda:N; auto uses the first GPU if there is one."),
-            click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-                         default=Path("runs", command), show_default=True,
-                         help="Output folder; if it exists, OUT2, OUT3, … is used instead."),
-            click.option("--exist-ok", is_flag=True,
-                         help="Write into OUT even if it exists (same-name files are replaced)."),
-            click.option("-q", "--quiet", is_flag=True, help="Print errors only."),
-            click.option("--json", "json_out", is_flag=True,
-                         help="Print one JSON object per image on stdout (JSON Lines; schema in "
-                              f"dcnviz/schemas/{'detections' if task == 'detection' else task}.schema.json)."),
-            debug_option,
-        ]):
+        for option in reversed(options):
             f = option(f)
         return f
 
@@ -141,13 +154,15 @@ def select_device(spec: str = "auto", warn: Callable[[str], None] | None = None)
                       f"({found}); use --device cuda:0 … cuda:{count - 1} or --device cpu")
 
 
-def resolve_model(name: str | None, task: str):
-    """The registry's ``ModelSpec`` for ``--model name``, or the first bundled ``task`` model when
-    ``name`` is None. An unknown name (with the closest names) or a model of another task is a
-    usage error of ``--model``."""
+def resolve_model(name: str | None, task: str | None, default: str | None = None):
+    """The registry's ``ModelSpec`` for ``--model name``; when ``name`` is None, ``default`` or else the
+    first bundled ``task`` model. An unknown name (with the closest names) or a model of another task
+    (``task`` None accepts any) is a usage error of ``--model``."""
     importlib.import_module("dcnviz.models")  # importing the package registers the models
     from dcnviz.models.registry import get_spec, list_models
 
+    if name is None and default is not None:
+        return get_spec(default)
     if name is None:
         bundled = [n for n in list_models() if get_spec(n).bundled and get_spec(n).task == task]
         if not bundled:
@@ -158,7 +173,7 @@ def resolve_model(name: str | None, task: str):
         spec = get_spec(name)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="'--model'") from None
-    if spec.task != task:
+    if task is not None and spec.task != task:
         other = TASK_COMMANDS.get(spec.task)
         hint = f"; use 'dcnviz {other}'" if other else ""
         raise click.BadParameter(f"{name!r} is a {spec.task} model, not a {task} model{hint}",

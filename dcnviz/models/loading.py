@@ -26,15 +26,19 @@ def default_weights_path(name: str) -> str:
     return os.path.join(weights_home(), f"{name}.safetensors")
 
 
-def bundled_weights_dir() -> str:
-    """Folder of the bundled ``.safetensors`` files: ``weights/`` beside the package in a source tree or an
-    editable install, else ``<prefix>/share/dcnviz/weights`` where a wheel install puts them (setup.py's
-    ``data_files``)."""
-    source_tree = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                               "weights")
+def bundled_dir(name: str) -> str:
+    """A folder of files shipped with dcnviz (``weights``, ``samples``): the top-level ``<name>/`` beside
+    the package in a source tree or an editable install, else ``<prefix>/share/dcnviz/<name>`` where a
+    wheel install puts it (setup.py's ``data_files``)."""
+    source_tree = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), name)
     if os.path.isdir(source_tree):
         return source_tree
-    return os.path.join(sys.prefix, "share", "dcnviz", "weights")
+    return os.path.join(sys.prefix, "share", "dcnviz", name)
+
+
+def bundled_weights_dir() -> str:
+    """Folder of the bundled ``.safetensors`` files (:func:`bundled_dir`)."""
+    return bundled_dir("weights")
 
 
 def _spec(name: str):

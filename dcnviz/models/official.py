@@ -53,15 +53,16 @@ def _deeplab(dcn):
     return factory
 
 
-def _register(name, factory, task, dataset, classes, palette, scales, test, description):
+def _register(name, factory, task, dataset, classes, palette, scales, test, description, twin=""):
     register_model(ModelSpec(name=name, factory=factory, task=task, dataset=dataset, classes=classes,
                              palette=palette, scales=scales, weights=f"{name}-0000.params", bundled=False,
-                             test=test, description=description))
+                             test=test, description=description, twin=twin))
 
 
 _register("rfcn_dcn_coco", _rfcn((4, 2), COCO_CLASSES, 7, True, _COCO_TEST), "detection", "coco", COCO_CLASSES,
           COCO_PALETTE, (600, 1000), _COCO_TEST,
-          "Deformable R-FCN, ResNet-v1-101: deformable res5 (4 groups) and deformable 7x7 PS RoI pooling")
+          "Deformable R-FCN, ResNet-v1-101: deformable res5 (4 groups) and deformable 7x7 PS RoI pooling",
+          twin="rfcn_coco")
 _register("rfcn_coco", _rfcn(None, COCO_CLASSES, 7, False, _COCO_TEST), "detection", "coco", COCO_CLASSES,
           COCO_PALETTE, (600, 1000), _COCO_TEST, "R-FCN, ResNet-v1-101, dilated res5, 7x7 PS RoI pooling")
 _register("deform_conv", _rfcn((1, 1), VOC_CLASSES, 7, False, _VOC_TEST), "detection", "voc", VOC_CLASSES,
@@ -71,6 +72,7 @@ _register("deform_psroi", _rfcn(None, VOC_CLASSES, 3, True, _VOC_TEST), "detecti
           VOC_PALETTE, (600, 1000), _VOC_TEST,
           "R-FCN demo model with dilated res5 and deformable 3x3 PS RoI pooling")
 _register("deeplab_dcn_cityscapes", _deeplab((1, 1)), "segmentation", "cityscapes", CITYSCAPES_CLASSES,
-          CITYSCAPES_PALETTE, (1024, 2048), _SEG_TEST, "Deformable DeepLab, ResNet-v1-101, deformable res5 (1 group)")
+          CITYSCAPES_PALETTE, (1024, 2048), _SEG_TEST, "Deformable DeepLab, ResNet-v1-101, deformable res5 (1 group)",
+          twin="deeplab_cityscapes")
 _register("deeplab_cityscapes", _deeplab(None), "segmentation", "cityscapes", CITYSCAPES_CLASSES,
           CITYSCAPES_PALETTE, (1024, 2048), _SEG_TEST, "DeepLab, ResNet-v1-101, dilated res5")

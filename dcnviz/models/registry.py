@@ -15,7 +15,9 @@ class ModelSpec:
     ``task`` is "detection" or "segmentation"; ``classes`` includes the background class where the
     model has one (index 0 for R-FCN); ``palette`` gives an RGB colour per class; ``scales`` are the
     test-time (short side, max long side) in pixels; ``weights`` is the official MXNet file name
-    (official models) or the bundled ``.safetensors`` file in ``weights/`` (dcnviz's own models).
+    (official models) or the bundled ``.safetensors`` file in ``weights/`` (dcnviz's own models); ``twin``
+    names the registered model that is the same network without its deformable convs, if there is one
+    (``dcnviz receptive-field`` compares the two).
     """
 
     name: str
@@ -29,6 +31,7 @@ class ModelSpec:
     bundled: bool = False
     test: dict = field(default_factory=dict)
     description: str = ""
+    twin: str = ""
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

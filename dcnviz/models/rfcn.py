@@ -179,7 +179,8 @@ class RFCN(nn.Module):
         as the official demos do); ``score_thresh`` overrides the test threshold (1e-3; the demo uses 0.7).
         Returns :class:`~dcnviz.structures.Detections` in original pixels; ``captured`` holds the
         ``res5*_branch2b_offset`` maps (1, 2*DG*9, h, w) and, with deformable PS RoI pooling, ``rois``
-        (R, 5, input pixels) and ``rfcn_cls_offset`` (R, 2C, P, P; normalised, x first), all on the CPU.
+        (R, 5, input pixels), ``rfcn_cls_offset`` (R, 2C, P, P; normalised, x first) and the RoIs' class
+        probabilities ``cls_prob`` (R, C, before box regression and NMS), all on the CPU.
         """
         device = next(self.parameters()).device
         data, prep = self.preprocess(image)
@@ -197,6 +198,6 @@ class RFCN(nn.Module):
                                            prep.input_size, prep.scale, cfg)
         keys = [layer.offset for layer in self.deformable_layers]
         if self.head.geometry.deformable:
-            keys += ["rois", "rfcn_cls_offset"]
+            keys += ["rois", "rfcn_cls_offset", "cls_prob"]
         captured = {k: out[k].cpu() for k in keys}
         return Detections(det_boxes, scores, labels, self.classes, prep, captured)

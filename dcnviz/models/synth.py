@@ -78,17 +78,18 @@ def _deeplab(dcn: bool):
     return factory
 
 
-def _register(name: str, factory, task: str, test: dict, description: str) -> None:
+def _register(name: str, factory, task: str, test: dict, description: str, twin: str = "") -> None:
     register_model(ModelSpec(name=name, factory=factory, task=task, dataset="synth", classes=SYNTH_CLASSES,
                              palette=SYNTH_PALETTE, scales=SCALES, weights=f"{name}.safetensors", bundled=True,
-                             test=test, description=description))
+                             test=test, description=description, twin=twin))
 
 
 _register("rfcn_dcn_synth", _rfcn(True), "detection", DET_TEST,
-          "small Deformable R-FCN trained on dcnviz synth: deformable res5 (1 group), deformable 7x7 PS RoI pooling")
+          "small Deformable R-FCN trained on dcnviz synth: deformable res5 (1 group), deformable 7x7 PS RoI pooling",
+          twin="rfcn_synth")
 _register("rfcn_synth", _rfcn(False), "detection", DET_TEST,
           "plain twin of rfcn_dcn_synth: dilated res5, 7x7 PS RoI pooling")
 _register("deeplab_dcn_synth", _deeplab(True), "segmentation", SEG_TEST,
-          "small Deformable DeepLab trained on dcnviz synth: deformable res5 (1 group)")
+          "small Deformable DeepLab trained on dcnviz synth: deformable res5 (1 group)", twin="deeplab_synth")
 _register("deeplab_synth", _deeplab(False), "segmentation", SEG_TEST,
           "plain twin of deeplab_dcn_synth: dilated res5")

@@ -17,7 +17,7 @@ import numpy as np
 from dcnviz.structures import Detections, Segmentation
 
 RGB = tuple[int, int, int]
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
+FONT = cv2.FONT_HERSHEY_SIMPLEX
 # Classes left untinted by ``overlay_segmentation`` unless told otherwise (compared lower-case).
 BACKGROUND_NAMES = ("background", "__background__")
 
@@ -41,25 +41,33 @@ def draw_detections(image_bgr: np.ndarray, dets: Detections,
     scores are drawn last, so they stay on top where boxes overlap. A label sits above its box, or
     inside it at the top edge of the image, and is shifted left to stay within the image.
     """
-    out = _check_image(image_bgr).copy()
+    out = check_image(image_bgr).copy()
     h, w = out.shape[:2]
     colors = _bgr_table(palette, len(dets.class_names))
-    lw, font_scale, thickness = _style(h, w)
+    lw = style(h, w)[0]
     for k in np.argsort(np.asarray(dets.scores), kind="stable"):
         x1, y1, x2, y2 = (int(round(float(v))) for v in dets.boxes[k])
         label = int(dets.labels[k])
         color = colors[label]
         cv2.rectangle(out, (x1, y1), (x2, y2), color, lw)  # axis-aligned: crisp, no AA
-        text = f"{dets.class_names[label]} {float(dets.scores[k]):.2f}"
-        (tw, th), base = cv2.getTextSize(text, _FONT, font_scale, thickness)
-        pad = max(lw // 2, 1)
-        box_h = th + base + 2 * pad
-        top = y1 - box_h if y1 - box_h >= 0 else max(y1, 0)
-        left = min(max(x1, 0), max(w - tw - 2 * pad, 0))
-        cv2.rectangle(out, (left, top), (left + tw + 2 * pad, top + box_h), color, cv2.FILLED)
-        cv2.putText(out, text, (left + pad, top + pad + th), _FONT, font_scale, _text_color(color),
-                    thickness, cv2.LINE_AA)
+        draw_label(out, x1, y1, f"{dets.class_names[label]} {float(dets.scores[k]):.2f}", color)
     return out
+
+
+def draw_label(out: np.ndarray, x1: int, y1: int, text: str, color: tuple[int, int, int]) -> None:
+    """``text`` in a filled ``color`` (BGR) box on ``out`` (in place) for a box whose top-left corner is
+    (x1, y1): above the box, or inside it at the top edge of the image, shifted left to stay within
+    the image."""
+    h, w = out.shape[:2]
+    lw, font_scale, thickness = style(h, w)
+    (tw, th), base = cv2.getTextSize(text, FONT, font_scale, thickness)
+    pad = max(lw // 2, 1)
+    box_h = th + base + 2 * pad
+    top = y1 - box_h if y1 - box_h >= 0 else max(y1, 0)
+    left = min(max(x1, 0), max(w - tw - 2 * pad, 0))
+    cv2.rectangle(out, (left, top), (left + tw + 2 * pad, top + box_h), color, cv2.FILLED)
+    cv2.putText(out, text, (left + pad, top + pad + th), FONT, font_scale, text_color(color), thickness,
+                cv2.LINE_AA)
 
 
 def overlay_segmentation(image_bgr: np.ndarray, seg: Segmentation, alpha: float = 0.5,
@@ -72,7 +80,7 @@ def overlay_segmentation(image_bgr: np.ndarray, seg: Segmentation, alpha: float 
     colour. The legend, top left, lists the classes present (not skipped) by decreasing area with
     their share of the image; rows that do not fit become "+k more".
     """
-    out = _check_image(image_bgr).copy()
+    out = check_image(image_bgr).copy()
     labels = np.asarray(seg.labels)
     if labels.shape != out.shape[:2]:
         raise ValueError(f"label map is {labels.shape[1]}x{labels.shape[0]} but the image is "
@@ -98,8 +106,8 @@ def _draw_legend(out: np.ndarray, rows: list[tuple[str, tuple[int, int, int]]]) 
     if not rows:
         return
     h, w = out.shape[:2]
-    lw, font_scale, thickness = _style(h, w)
-    (_, th), base = cv2.getTextSize("Hg", _FONT, font_scale, thickness)
+    lw, font_scale, thickness = style(h, w)
+    (_, th), base = cv2.getTextSize("Hg", FONT, font_scale, thickness)
     pad = max(lw, 2)
     row_h = th + base + pad
     fit = (h - 3 * pad) // row_h
@@ -108,7 +116,7 @@ def _draw_legend(out: np.ndarray, rows: list[tuple[str, tuple[int, int, int]]]) 
     if len(rows) > fit:
         rows = rows[: fit - 1] + [(f"+{len(rows) - fit + 1} more", None)]
     swatch = th
-    text_w = max(cv2.getTextSize(t, _FONT, font_scale, thickness)[0][0] for t, _ in rows)
+    text_w = max(cv2.getTextSize(t, FONT, font_scale, thickness)[0][0] for t, _ in rows)
     x1 = min(pad + 2 * pad + swatch + text_w + pad, w - 1)
     y1 = min(pad + len(rows) * row_h + pad, h - 1)
     region = out[pad:y1, pad:x1]
@@ -117,11 +125,11 @@ def _draw_legend(out: np.ndarray, rows: list[tuple[str, tuple[int, int, int]]]) 
         top = 2 * pad + i * row_h
         if color is not None:
             cv2.rectangle(out, (2 * pad, top), (2 * pad + swatch, top + swatch), color, cv2.FILLED)
-        cv2.putText(out, text, (3 * pad + swatch, top + th), _FONT, font_scale, (255, 255, 255),
+        cv2.putText(out, text, (3 * pad + swatch, top + th), FONT, font_scale, (255, 255, 255),
                     thickness, cv2.LINE_AA)
 
 
-def _style(h: int, w: int) -> tuple[int, float, int]:
+def style(h: int, w: int) -> tuple[int, float, int]:
     """(line width, font scale, text thickness) for an image of h x w pixels."""
     lw = max(round((h + w) / 2 * 0.003), 2)
     return lw, lw / 3, max(lw - 1, 1)
@@ -135,13 +143,13 @@ def _bgr_table(palette: Sequence[RGB] | None, n: int) -> list[tuple[int, int, in
             for i in range(n)]
 
 
-def _text_color(bgr: tuple[int, int, int]) -> tuple[int, int, int]:
+def text_color(bgr: tuple[int, int, int]) -> tuple[int, int, int]:
     """Black or white, whichever reads better on ``bgr`` (ITU-R BT.601 luma)."""
     b, g, r = bgr
     return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
 
 
-def _check_image(image: np.ndarray) -> np.ndarray:
+def check_image(image: np.ndarray) -> np.ndarray:
     if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
             and image.shape[2] == 3):
         raise ValueError("expected a (H, W, 3) uint8 BGR image, got "

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["deform_psroi_pool", "psroi_pool"]
+__all__ = ["deform_bin_starts", "deform_psroi_pool", "psroi_pool"]
 
 
 def _round_half_away(v: torch.Tensor) -> torch.Tensor:
@@ -49,6 +49,43 @@ def _position_channels(output_dim: int, group_size: int, pooled_size: int, devic
     return (ctop[:, None, None] * group_size + g[None, :, None]) * group_size + g[None, None, :]
 
 
+def deform_bin_starts(rois, offset, offset_class, *, batch_size, spatial_scale, pooled_size, part_size,
+                      trans_std, dtype=None):
+    """Where deformable PS RoI pooling puts its bins: the one statement of the placement rule, shared by
+    :func:`deform_psroi_pool` and the ``dcnviz rois`` figure.
+
+    Args:
+        rois: (R, 5) ``[batch_index, x1, y1, x2, y2]`` in input-image pixels, corners inclusive.
+        offset: (R, 2*T, part_size, part_size) normalised offsets (channel 2t = dx, 2t + 1 = dy of offset
+            class t), or None (no_trans).
+        offset_class: (K,) long, the offset class read by each of K outputs (ignored without offsets).
+        batch_size: N, the input's batch size (RoIs with another index are invalid).
+
+    Returns ``(batch, roi_valid, wstart, hstart, bin_w, bin_h)``: per-RoI long batch index and bool
+    validity (R,); the top-left corner (x, y) of every bin, (R, K, P, P) each, and the bin width and
+    height (R,), in feature-map pixels (centre of pixel (y, x) at integer (y, x)). The RoI is rounded
+    half away from zero, scaled by ``spatial_scale`` and shifted by -0.5; bin (ph, pw) reads the offset
+    of part cell ``floor(ph / P * part_size)`` (likewise pw) and moves by ``offset * trans_std * roi_size``.
+    """
+    dtype = rois.dtype if dtype is None else dtype
+    device = rois.device
+    P = pooled_size
+    batch, roi_valid, x_start, y_start, roi_w, roi_h = _roi_frame(rois, batch_size, spatial_scale, 0.5)
+    bins = torch.arange(P, device=device, dtype=dtype)
+    part = (bins / P * part_size).floor().long().clamp(max=part_size - 1)
+    if offset is None:
+        tx = ty = torch.zeros((rois.shape[0], len(offset_class), P, P), dtype=dtype, device=device)
+    else:
+        cell = offset[:, :, part[:, None], part[None, :]]  # (R, 2*classes, P, P)
+        tx = cell[:, 2 * offset_class] * trans_std
+        ty = cell[:, 2 * offset_class + 1] * trans_std
+    bin_w, bin_h = roi_w / P, roi_h / P
+    col = lambda v: v[:, None, None, None]  # noqa: E731  (per-RoI value against (k, p, q))
+    wstart = bins[None, None, None, :] * col(bin_w) + col(x_start) + tx * col(roi_w)
+    hstart = bins[None, None, :, None] * col(bin_h) + col(y_start) + ty * col(roi_h)
+    return batch, roi_valid, wstart, hstart, bin_w, bin_h
+
+
 def deform_psroi_pool(input, rois, offset=None, *, spatial_scale, output_dim, group_size, pooled_size,
                       part_size=None, sample_per_part=4, trans_std=0.0):
     """Reference of :func:`dcnviz.ops.deform_psroi_pool` (same arguments, shapes and semantics).
@@ -60,25 +97,15 @@ def deform_psroi_pool(input, rois, offset=None, *, spatial_scale, output_dim, gr
     P, S = pooled_size, sample_per_part
     part_size = pooled_size if part_size is None else part_size
     dtype, device = input.dtype, input.device
-    batch, roi_valid, x_start, y_start, roi_w, roi_h = _roi_frame(rois, n_img, spatial_scale, 0.5)
-
-    # Offsets (dx, dy) of each output bin, normalised by the RoI size: part cell (part_h, part_w) of
-    # offset class ctop // channels_each_class.
-    bins = torch.arange(P, device=device, dtype=dtype)
-    part = (bins / P * part_size).floor().long().clamp(max=part_size - 1)
-    if offset is None:
-        tx = ty = torch.zeros((rois.shape[0], output_dim, P, P), dtype=dtype, device=device)
-    else:
-        cls = torch.arange(output_dim, device=device) // (output_dim // (offset.shape[1] // 2))
-        cell = offset[:, :, part[:, None], part[None, :]]  # (R, 2*classes, P, P)
-        tx = cell[:, 2 * cls] * trans_std
-        ty = cell[:, 2 * cls + 1] * trans_std
+    # output channel ctop reads offset class ctop // channels_each_class
+    classes = 1 if offset is None else offset.shape[1] // 2
+    offset_class = torch.arange(output_dim, device=device) // (output_dim // classes)
+    batch, roi_valid, wstart, hstart, bin_w, bin_h = deform_bin_starts(
+        rois, offset, offset_class, batch_size=n_img, spatial_scale=spatial_scale, pooled_size=P,
+        part_size=part_size, trans_std=trans_std, dtype=dtype)
+    col = lambda v: v[:, None, None, None]  # noqa: E731  (per-RoI value against (k, p, q))
 
     # Sample positions (R, output_dim, P, P, S, S): S*S points from each bin's top-left corner.
-    bin_w, bin_h = roi_w / P, roi_h / P
-    col = lambda v: v[:, None, None, None]  # noqa: E731  (per-RoI value against (k, p, q))
-    wstart = bins[None, None, None, :] * col(bin_w) + col(x_start) + tx * col(roi_w)
-    hstart = bins[None, None, :, None] * col(bin_h) + col(y_start) + ty * col(roi_h)
     steps = torch.arange(S, device=device, dtype=dtype)
     w = wstart[..., None, None] + steps[None, :] * (bin_w / S)[:, None, None, None, None, None]
     h = hstart[..., None, None] + steps[:, None] * (bin_h / S)[:, None, None, None, None, None]
