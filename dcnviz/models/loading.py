@@ -48,18 +48,30 @@ def _spec(name: str):
         raise UserError(str(exc)) from None
 
 
-def _default_weights(spec) -> str:
+def expected_weights_path(spec) -> str:
+    """Where ``load_model`` looks for a registered model's weights when none are given: the bundled file
+    in :func:`bundled_weights_dir` for dcnviz's own models, :func:`default_weights_path` (where
+    ``dcnviz convert`` writes) for the official ones. The file may not exist."""
     if spec.bundled:
         return os.path.join(bundled_weights_dir(), spec.weights)
-    path = default_weights_path(spec.name)
-    if not os.path.isfile(path):
-        from dcnviz.models.official import DOWNLOAD
+    return default_weights_path(spec.name)
 
+
+def _default_weights(spec) -> str:
+    path = expected_weights_path(spec)
+    if os.path.isfile(path):
+        return path
+    if spec.bundled:
+        # A source tree without the trained files (e.g. a checkout made before they were committed).
         raise WeightsError(
-            f"the official weights of {spec.name} are not bundled with dcnviz: download {spec.weights} from "
-            f"{DOWNLOAD}, then pass that file as the weights (weights=FILE, or --weights FILE) or convert it "
-            f"once with `dcnviz convert {spec.weights} -o {path}` (the folder is $DCNVIZ_HOME, default ~/.cache/dcnviz)")
-    return path
+            f"the bundled weights of {spec.name} are missing: {path} does not exist; see weights/README.md in the "
+            f"dcnviz repository for how to get or retrain them, or pass a weights file (weights=FILE, or --weights FILE)")
+    from dcnviz.models.official import DOWNLOAD
+
+    raise WeightsError(
+        f"the official weights of {spec.name} are not bundled with dcnviz: download {spec.weights} from "
+        f"{DOWNLOAD}, then pass that file as the weights (weights=FILE, or --weights FILE) or convert it "
+        f"once with `dcnviz convert {spec.weights} -o {path}` (the folder is $DCNVIZ_HOME, default ~/.cache/dcnviz)")
 
 
 def load_model(name_or_path: str | os.PathLike, weights: str | os.PathLike | None = None,
