@@ -19,21 +19,12 @@ from dcnviz.models import load_model
 
 import params_writer
 import tiny_models
+from random_weights import official_arrays
 
 
 @pytest.fixture
 def tiny(monkeypatch):
     tiny_models.register(monkeypatch)
-
-
-def official_arrays(model: torch.nn.Module, test_keys: bool = False) -> dict[str, np.ndarray]:
-    arrays = {names.torch_to_official(k): v.numpy().copy() for k, v in model.state_dict().items()}
-    if test_keys:  # as rfcn/core/callback.py writes them: BBOX_STDS folded in
-        stds = np.repeat(np.tile([0.1, 0.1, 0.2, 0.2], 2), arrays["arg:rfcn_bbox_bias"].shape[0] // 8)
-        arrays["arg:rfcn_bbox_weight_test"] = (arrays["arg:rfcn_bbox_weight"] * stds[:, None, None, None]).astype(
-            np.float32)
-        arrays["arg:rfcn_bbox_bias_test"] = (arrays["arg:rfcn_bbox_bias"] * stds).astype(np.float32)
-    return arrays
 
 
 def write_params(path, arrays, version="v2"):
