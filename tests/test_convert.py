@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import pickle
+import stat
 
 import numpy as np
 import pytest
@@ -103,7 +104,12 @@ def test_file_of_another_model(tiny, tmp_path):
     with pytest.raises(UserError, match="matches none of the official models"):
         read_weights(src)  # no model given: only official models are recognised from keys
     out = tmp_path / "seg.safetensors"
+    code, text = run_cli(src, "-m", "tiny_rfcn_dcn", "-o", out)
+    assert code == 1 and text.count("\n") == 1 and "does not fit model tiny_rfcn_dcn: " in text
+    assert not out.exists()
     assert run_cli(src, "-m", "tiny_deeplab", "-o", out)[0] == 0
+    code, text = run_cli(out, "-o", tmp_path / "again.safetensors")
+    assert code == 1 and text.count("\n") == 1 and "is a .safetensors file, not an MXNet .params file" in text
     with pytest.raises(UserError, match="holds weights of model tiny_deeplab, not tiny_rfcn_dcn"):
         load_model("tiny_rfcn_dcn", weights=str(out))
 
@@ -125,6 +131,14 @@ def test_never_overwrites_without_force(tiny, tmp_path):
     assert run_cli(src, "-m", "tiny_deeplab", "-o", out, "--force")[0] == 0
     assert load_model(str(out)).classes == tiny_models.SEG_CLASSES
     assert sorted(os.listdir(tmp_path)) == ["d.params", "d.safetensors"]
+
+
+def test_output_gets_the_usual_file_mode(tiny, tmp_path):
+    src = write_params(tmp_path / "d.params", official_arrays(tiny_models.deeplab(True)))
+    assert run_cli(src, "-m", "tiny_deeplab", "-o", tmp_path / "d.safetensors")[0] == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "d.safetensors").stat().st_mode) == 0o666 & ~mask
 
 
 def test_default_output_is_where_load_model_looks(tiny, tmp_path, monkeypatch):
@@ -159,8 +173,8 @@ def test_truncated_file_gives_one_line(tiny, tmp_path):
 
 def test_bad_cli_arguments(tiny, tmp_path):
     src = write_params(tmp_path / "d.params", official_arrays(tiny_models.deeplab(True)))
-    code, text = run_cli(src, "-m", "no_such_model")
-    assert code == 1 and "unknown model 'no_such_model'" in text
+    code, text = run_cli(src, "-m", "tiny_deeplb")  # a usage error, like detect's --model
+    assert code == 2 and "unknown model 'tiny_deeplb'; did you mean tiny_deeplab" in text
     code, text = run_cli(src, "-m", "tiny_deeplab", "-o", tmp_path / "missing" / "o.safetensors")
     assert code == 1 and "does not exist" in text
     code, text = run_cli(tmp_path / "nope.params")

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import click
 
-from dcnviz.cli.common import debug_option
+from dcnviz.cli.common import debug_option, resolve_model
+
+
+def _check_model(ctx, param, value: str | None) -> str | None:
+    return None if value is None else resolve_model(value, None).name
 
 
 @click.command("convert")
 @click.argument("params", type=click.Path(dir_okay=False))
-@click.option("--model", "-m", default=None, metavar="NAME",
+@click.option("--model", "-m", default=None, metavar="NAME", callback=_check_model,
               help="Model the file belongs to (default: recognised from its keys).")
 @click.option("--output", "-o", default=None, type=click.Path(dir_okay=False),
               help="Output .safetensors file (default: $DCNVIZ_HOME/<model>.safetensors, "

@@ -192,10 +192,11 @@ def write_safetensors(state: dict, out: str, meta: dict[str, str], force: bool =
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(out) + ".", suffix=".part", dir=folder)
     os.close(fd)
     try:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=meta)
+        # after writing: save_file replaces the file, and mkstemp's and safetensors' files are 0600
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=meta)
         if force:
             os.replace(tmp, out)
         else:
