@@ -151,6 +151,15 @@ def test_default_output_is_where_load_model_looks(tiny, tmp_path, monkeypatch):
     assert torch.equal(load_model("tiny_deeplab").head.score.bias, tiny_models.deeplab(True, seed=5).head.score.bias)
 
 
+def test_default_output_folder_that_cannot_be_made(tiny, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("DCNVIZ_HOME", str(tmp_path / "file" / "home"))
+    src = write_params(tmp_path / "d.params", official_arrays(tiny_models.deeplab(True)))
+    code, text = run_cli(src, "-m", "tiny_deeplab")
+    assert code == 1 and text.count("\n") == 1
+    assert f"cannot create the weights folder {tmp_path}/file/home ($DCNVIZ_HOME): Not a directory" in text
+
+
 @pytest.mark.parametrize("content, match", [
     (pickle.dumps({"state_dict": {"w": 1}}), "pickle"),
     (np.random.RandomState(0).bytes(3000), "not an MXNet .params file"),

@@ -234,7 +234,11 @@ def convert_file(source: str | os.PathLike, out: str | os.PathLike | None = None
     model, state, bbox_keys = state_dict_from_params(pf, model, source)
     if out is None:
         out = default_weights_path(model)
-        os.makedirs(os.path.dirname(out), exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the weights folder {os.path.dirname(out)} ($DCNVIZ_HOME): "
+                              f"{exc.strerror or exc}") from None
     meta = metadata(model, get_spec(model).classes, source,
                     {"bbox_keys": bbox_keys, "source_encodings": _counts(pf.encodings),
                      "source_dtypes": _counts(pf.dtypes)})
