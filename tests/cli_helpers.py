@@ -13,11 +13,22 @@ ROOT = Path(__file__).resolve().parents[1]
 FAKE_CLI = Path(__file__).resolve().with_name("fake_models.py")
 
 
-def run_cli(args, cwd: Path, fake: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+# ``python -c`` program: the real CLI with dcnviz's bundled-weights folder replaced by argv[1]
+_OTHER_BUNDLED_DIR = ("import sys; import dcnviz.models.loading as loading; folder = sys.argv.pop(1); "
+                      "loading.bundled_weights_dir = lambda: folder; from dcnviz.cli import main; "
+                      "main(sys.argv[1:], prog_name='dcnviz')")
+
+
+def run_cli(args, cwd: Path, fake: bool = True, env: dict | None = None,
+            bundled_dir: Path | None = None) -> subprocess.CompletedProcess:
     """``dcnviz ARGS`` in ``cwd`` as a subprocess: through ``tests/fake_models.py`` (fake models
-    registered, ``dcnviz.load_model`` replaced) or, with ``fake=False``, ``python -m dcnviz``."""
+    registered, ``dcnviz.load_model`` replaced) or, with ``fake=False``, ``python -m dcnviz``; with
+    ``bundled_dir`` (implies the real CLI), the bundled weights are looked for in that folder instead."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    entry = [str(FAKE_CLI)] if fake else ["-m", "dcnviz"]
+    if bundled_dir is not None:
+        entry = ["-c", _OTHER_BUNDLED_DIR, str(bundled_dir)]
+    else:
+        entry = [str(FAKE_CLI)] if fake else ["-m", "dcnviz"]
     return subprocess.run([sys.executable, *entry, *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=300)
 
@@ -48,3 +59,15 @@ def validate_jsonl(text: str, schema_name: str) -> list[dict]:
     for record in records:
         validator.validate(record)
     return records
+
+
+def coco_ground_truth(records: list[dict], categories):
+    """A pycocotools ``COCO`` object that knows only the images of ``records`` (detection records) and
+    the category ids ``categories``: enough to load a results file into with ``loadRes``."""
+    from pycocotools.coco import COCO
+
+    gt = COCO()
+    gt.dataset = {"images": [{"id": r["image_id"], "width": r["width"], "height": r["height"]} for r in records],
+                  "annotations": [], "categories": [{"id": c, "name": str(c)} for c in categories]}
+    gt.createIndex()
+    return gt

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_helpers import assert_one_line_error, leftover_temp_files, run_cli
+from cli_helpers import assert_one_line_error, leftover_temp_files, run_cli, validate_jsonl
 from dcnviz.errors import DatasetError, ImageError, OutputError
 from dcnviz.io import images as images_mod
 from dcnviz.io.images import (find_images, read_image, write_bytes_atomic, write_image_atomic,
@@ -19,6 +19,7 @@ from dcnviz.io.images import (find_images, read_image, write_bytes_atomic, write
 from dcnviz.io.outputs import check_not_inputs, increment_dir, output_names, run_dir
 from imagefiles import (gradient_rgb, save, write_bomb_png, write_corrupt_png, write_exif_rotated_jpeg,
                         write_text_as_jpeg, write_truncated_jpeg)
+from tests.random_weights import write_random_safetensors
 
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
 needs_non_root = pytest.mark.skipif(ROOT_USER, reason="file permissions do not restrict root")
@@ -309,26 +310,59 @@ class TestBadInputsCLI:
         proc = run_cli(["detect", "empty", "--model", "fake-det"], cwd=tmp_path)
         assert_one_line_error(proc, 1, "folder 'empty' contains no images")
 
-    def test_folder_run_skips_bad_files(self, tmp_path):
+    @pytest.mark.parametrize("command, model", [("detect", "fake-det"), ("segment", "fake-seg")])
+    def test_folder_run_skips_bad_files(self, tmp_path, command, model):
         data = tmp_path / "data"
         data.mkdir()
         save(data / "good1.jpg", gradient_rgb())
         save(data / "good2.png", gradient_rgb()[..., 0])
         (data / "empty.jpg").write_bytes(b"")
+        write_text_as_jpeg(data / "text.jpg")
         write_truncated_jpeg(data / "trunc.jpg")
+        write_corrupt_png(data / "corrupt.png")
         write_bomb_png(data / "bomb.png")
-        proc = run_cli(["detect", "data", "--model", "fake-det", "--device", "cpu"], cwd=tmp_path)
+        proc = run_cli([command, "data", "--model", model, "--device", "cpu"], cwd=tmp_path)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
         errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
-        assert len(errors) == 4, proc.stderr
-        for bad in ["bomb.png", "empty.jpg", "trunc.jpg"]:
+        assert len(errors) == 6, proc.stderr
+        for bad in ["bomb.png", "corrupt.png", "empty.jpg", "text.jpg", "trunc.jpg"]:
             assert sum(f"'data/{bad}'" in e and e.endswith("; skipped") for e in errors) == 1
-        assert errors[-1] == "Error: 3 of 5 images could not be read and were skipped"
-        out = tmp_path / "runs" / "detect"
+        assert errors[-1] == "Error: 5 of 7 images could not be read and were skipped"
+        out = tmp_path / "runs" / command
         assert sorted(p.name for p in (out / "preds").iterdir()) == ["good1.json", "good2.json"]
         assert sorted(p.name for p in (out / "vis").iterdir()) == ["good1.jpg", "good2.png"]
-        assert "Results saved to runs/detect" in proc.stderr
+        assert f"Results saved to runs/{command}" in proc.stderr
         assert leftover_temp_files(tmp_path) == []
+
+    def test_image_modes_and_exif_are_converted(self, tmp_path):
+        """Grey, palette, RGBA, 16-bit and EXIF-rotated inputs reach the model as the upright RGB image:
+        with no detections kept (--conf 1) the annotated PNG is exactly the converted input."""
+        data = tmp_path / "data"
+        data.mkdir()
+        rgb = gradient_rgb()
+        grey = rgb[..., 0]
+        alpha = np.full(grey.shape, 255, np.uint8)
+        alpha[:, :8] = 0  # a transparent stripe
+        palette = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+        palette.save(data / "palette.png")
+        save(data / "grey.png", grey)
+        save(data / "rgba.png", np.dstack([rgb, alpha]))
+        save(data / "grey16.png", grey.astype(np.uint16) * 257)
+        exif = Image.Exif()
+        exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+        save(data / "exif.png", rgb, exif=exif.tobytes())
+        composited = rgb.copy()
+        composited[:, :8] = images_mod.ALPHA_BACKGROUND
+        expected = {"palette": np.asarray(palette.convert("RGB")), "grey": np.dstack([grey] * 3),
+                    "rgba": composited, "grey16": np.dstack([grey] * 3), "exif": np.rot90(rgb, k=-1)}
+        proc = run_cli(["detect", "data", "--model", "fake-det", "-d", "cpu", "--conf", "1", "--json"], cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        records = {Path(r["image"]).stem: r for r in validate_jsonl(proc.stdout, "detections")}
+        assert sorted(records) == sorted(expected)
+        for name, rgb_expected in expected.items():
+            record = records[name]
+            assert (record["height"], record["width"]) == rgb_expected.shape[:2] and record["detections"] == []
+            np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / record["vis"])), rgb_expected)
 
     def test_unknown_model_suggests_names(self, tmp_path):
         save(tmp_path / "a.jpg", gradient_rgb())
@@ -342,6 +376,34 @@ class TestBadInputsCLI:
                        cwd=tmp_path)
         assert_one_line_error(proc, 1, "weights file 'w.safetensors' is for model 'fake-seg'")
         assert not (tmp_path / "runs" / "detect").exists()
+
+    @pytest.mark.parametrize("write, fragment", [
+        (lambda p: write_random_safetensors("deeplab_dcn_synth", p),
+         "holds weights of model deeplab_dcn_synth, not rfcn_dcn_synth"),
+        (lambda p: write_random_safetensors("rfcn_synth", p, model_name="rfcn_dcn_synth"),
+         "does not fit model rfcn_dcn_synth: 10 missing (backbone.res5a.branch2b_offset.bias, "),
+        (lambda p: save(p, gradient_rgb(), format="PNG"),
+         "neither an MXNet .params file nor a readable .safetensors file"),
+    ], ids=["other-model", "other-architecture", "not-weights"])
+    def test_weights_that_do_not_fit_the_model(self, tmp_path, write, fragment):
+        """The real loader: a weights file of another model is refused before any image is processed."""
+        save(tmp_path / "a.jpg", gradient_rgb())
+        write(tmp_path / "w.safetensors")
+        proc = run_cli(["detect", "a.jpg", "-m", "rfcn_dcn_synth", "-w", "w.safetensors", "-d", "cpu"], cwd=tmp_path,
+                       fake=False)
+        assert_one_line_error(proc, 1, "w.safetensors", fragment)
+        assert not (tmp_path / "runs" / "detect").exists()
+
+    @pytest.mark.parametrize("command, model", [("detect", "rfcn_dcn_synth"), ("segment", "deeplab_dcn_synth")])
+    def test_missing_bundled_weights_say_how_to_get_them(self, tmp_path, command, model):
+        save(tmp_path / "a.jpg", gradient_rgb())
+        empty = tmp_path / "weights"
+        empty.mkdir()
+        proc = run_cli([command, "a.jpg", "-d", "cpu"], cwd=tmp_path, bundled_dir=empty)
+        assert_one_line_error(proc, 1, f"the bundled weights of {model} are missing: "
+                                       f"{empty}/{model}.safetensors does not exist", "weights/README.md",
+                              "--weights FILE")
+        assert not (tmp_path / "runs" / command).exists()
 
     def test_cuda_without_gpu(self, tmp_path):
         save(tmp_path / "a.jpg", gradient_rgb())
@@ -366,6 +428,16 @@ class TestBadInputsCLI:
                        cwd=tmp_path)
         assert_one_line_error(proc, 1, "output folder 'ro' is not writable")
 
+    @pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs Linux sysfs")
+    def test_output_folder_nobody_may_create(self, tmp_path):
+        """sysfs refuses new folders even to root, so this runs for every user (the test above cannot
+        restrict root)."""
+        save(tmp_path / "a.jpg", gradient_rgb())
+        proc = run_cli(["detect", "a.jpg", "--model", "fake-det", "-d", "cpu", "--out", "/sys/dcnviz-test-run"],
+                       cwd=tmp_path)
+        assert_one_line_error(proc, 1, "cannot create output folder '/sys/dcnviz-test-run': ")
+        assert not os.path.exists("/sys/dcnviz-test-run")
+
     def test_out_holding_inputs_is_refused(self, tmp_path):
         data = tmp_path / "data"
         data.mkdir()
@@ -389,5 +461,5 @@ class TestBadInputsCLI:
         proc = run_cli(["detect", "missing.jpg"], cwd=tmp_path, fake=False)
         assert_one_line_error(proc, 1, "no such file or folder: 'missing.jpg'")
         save(tmp_path / "a.jpg", gradient_rgb())
-        proc = run_cli(["detect", "a.jpg", "--model", "no-such-model"], cwd=tmp_path, fake=False)
-        assert_one_line_error(proc, 2, "unknown model 'no-such-model'")
+        proc = run_cli(["detect", "a.jpg", "--model", "rfcn_dcn_sytnh"], cwd=tmp_path, fake=False)
+        assert_one_line_error(proc, 2, "unknown model 'rfcn_dcn_sytnh'; did you mean rfcn_dcn_synth")

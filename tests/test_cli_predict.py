@@ -12,11 +12,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
-from pycocotools.coco import COCO
 
 import dcnviz
 import fake_models
-from cli_helpers import leftover_temp_files, validate_jsonl
+from cli_helpers import coco_ground_truth, leftover_temp_files, validate_jsonl
 from dcnviz.cli import main
 from dcnviz.cli import predict as predict_mod
 from dcnviz.cli.common import resolve_model, select_device
@@ -45,15 +44,6 @@ def detector(image):
 
 def segmenter(image):
     return fake_models.FakeModel("fake-seg").predict(image)
-
-
-def coco_ground_truth(records, categories):
-    """A COCO object knowing only the images (and categories) of ``records``, to load results into."""
-    gt = COCO()
-    gt.dataset = {"images": [{"id": r["image_id"], "width": r["width"], "height": r["height"]} for r in records],
-                  "annotations": [], "categories": [{"id": c, "name": str(c)} for c in categories]}
-    gt.createIndex()
-    return gt
 
 
 class TestRunPredictions:
