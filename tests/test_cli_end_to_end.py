@@ -3,7 +3,8 @@ weights, so no trained file is needed: both bundled architectures from ``.safete
 official ``rfcn_dcn_coco`` from an official-format ``.params`` file converted by ``dcnviz convert``.
 
 The bundled runs are compared with the library's own prediction in this process (one thread on both
-sides, so the numbers are the same to the bit); the official run, a ResNet-101 at 600 px, is checked
+sides, so the numbers are the same to the bit), also when ``--weights`` is an official-format file
+converted in memory; the official run, a ResNet-101 at 600 px, is checked
 for its files, schema and COCO output only.
 """
 from __future__ import annotations
@@ -39,20 +40,25 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def bundled_weights(tmp_path_factory):
+    """The same random weights of each bundled architecture as .safetensors and in the official format."""
     folder = tmp_path_factory.mktemp("weights")
-    return {name: write_random_safetensors(name, folder / f"{name}.safetensors", seed=1)
-            for name in ("rfcn_dcn_synth", "deeplab_dcn_synth")}
+    files = {}
+    for name in ("rfcn_dcn_synth", "deeplab_dcn_synth"):
+        files[name, "safetensors"] = write_random_safetensors(name, folder / f"{name}.safetensors", seed=1)
+        files[name, "params"] = write_random_params(name, folder / f"{name}.params", seed=1)
+    return files
 
 
-def test_detect_with_the_bundled_architecture(tmp_path, bundled_weights):
-    weights = bundled_weights["rfcn_dcn_synth"]
+@pytest.mark.parametrize("fmt", ["safetensors", "params"])
+def test_detect_with_the_bundled_architecture(tmp_path, bundled_weights, fmt):
+    weights = bundled_weights["rfcn_dcn_synth", fmt]
     images = [SAMPLES / "synth_mixed.jpg", SAMPLES / "photo_chelsea.jpg"]
     proc = run_cli(["detect", *images, "--model", "rfcn_dcn_synth", "--weights", weights, "--device", "cpu",
                     "--conf", "0", "--json", "--save-coco", "--out", "out"], cwd=tmp_path, fake=False, env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr
     records = validate_jsonl(proc.stdout, "detections")
     assert [r["image"] for r in records] == sorted(map(str, images))  # inputs are processed in name order
-    model = load_model("rfcn_dcn_synth", weights=weights)
+    model = load_model("rfcn_dcn_synth", weights=bundled_weights["rfcn_dcn_synth", "safetensors"])
     with one_thread():
         for path, record in zip(sorted(images), records, strict=True):
             dets = filter_detections(model.predict(read_image(path)), conf=0, max_det=100)
@@ -71,7 +77,7 @@ def test_detect_with_the_bundled_architecture(tmp_path, bundled_weights):
 
 
 def test_segment_with_the_bundled_architecture(tmp_path, bundled_weights):
-    weights = bundled_weights["deeplab_dcn_synth"]
+    weights = bundled_weights["deeplab_dcn_synth", "safetensors"]
     image = SAMPLES / "synth_rings.jpg"
     proc = run_cli(["segment", image, "--model", "deeplab_dcn_synth", "--weights", weights, "--device", "cpu",
                     "--json"], cwd=tmp_path, fake=False, env=ONE_THREAD)

@@ -81,7 +81,8 @@ def run_options(command: str, model_help: str) -> list[Callable[[Callable], Call
     return [
         click.option("-m", "--model", metavar="NAME", help=model_help),
         click.option("-w", "--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                     help="Weights file (.safetensors) to use instead of the model's default."),
+                     help="Weights to use instead of the model's own: a .safetensors file (dcnviz convert, "
+                          "dcnviz train) or an official MXNet .params file (converted in memory)."),
         click.option("-d", "--device", default="auto", metavar="auto|cpu|cuda[:N]", show_default=True,
                      callback=_check_device,
                      help="auto, cpu, cuda or cuda:N; auto uses the first GPU if there is one."),
