@@ -163,7 +163,7 @@ def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet
     \b
     Examples:
       dcnviz detect samples/
-      dcnviz detect 'photos/**/*.jpg' --conf 0.7 --classes person,car --json > results.jsonl
+      dcnviz detect 'photos/**/*.jpg' -m rfcn_dcn_coco --conf 0.7 --classes person,car --json > results.jsonl
     """
     images = find_images(sources, recursive)
     spec = resolve_model(model, "detection")
