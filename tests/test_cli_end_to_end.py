@@ -22,7 +22,7 @@ from dcnviz.cli.predict import filter_detections
 from dcnviz.io.images import read_image
 from dcnviz.io.results_json import COCO_CATEGORY_IDS, detection_record, segmentation_record
 from dcnviz.models import load_model
-from tests.random_weights import write_random_params, write_random_safetensors
+from random_weights import write_random_params, write_random_safetensors
 
 SAMPLES = ROOT / "samples"
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

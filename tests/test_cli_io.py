@@ -19,7 +19,7 @@ from dcnviz.io.images import (find_images, read_image, write_bytes_atomic, write
 from dcnviz.io.outputs import check_not_inputs, increment_dir, output_names, run_dir
 from imagefiles import (gradient_rgb, save, write_bomb_png, write_corrupt_png, write_exif_rotated_jpeg,
                         write_text_as_jpeg, write_truncated_jpeg)
-from tests.random_weights import write_random_safetensors
+from random_weights import write_random_safetensors
 
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
 needs_non_root = pytest.mark.skipif(ROOT_USER, reason="file permissions do not restrict root")
