@@ -14,19 +14,19 @@ from pathlib import Path
 import torch
 
 from dcnviz.convert.weights import write_safetensors
-from dcnviz.models import get_spec
+
+import random_weights
 
 
 def random_model(name: str, seed: int = 0, offsets: dict | str | None = None,
                  part_offset: tuple[float, float] | None = None) -> torch.nn.Module:
-    """``name``'s network with PyTorch's default initialisation under ``seed``.
+    """``name``'s network with PyTorch's default initialisation under ``seed`` (:func:`random_weights.random_model`).
 
     ``offsets``: None keeps the random offset convs (offsets of about a cell); "zero" makes every offset
     zero; a dict {block name ("res5a"): 18-vector} makes that block's offsets this constant vector
     (weights zero, bias = vector; blocks not named get zero offsets). ``part_offset`` (dx, dy) makes the
     classification branch's PS RoI offsets that constant for every class and part (before trans_std)."""
-    torch.manual_seed(seed)
-    model = get_spec(name).factory().eval()
+    model = random_weights.random_model(name, seed)
     with torch.no_grad():
         if part_offset is not None:
             conv = model.head.rfcn_cls_offset_t
