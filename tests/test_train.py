@@ -20,7 +20,7 @@ from dcnviz.models.registry import ModelSpec, register_model
 from dcnviz.structures import Detections, Prep, Segmentation
 from dcnviz.train import TrainConfig, loop, train
 from dcnviz.train.losses import ohem_keep, rpn_losses, smooth_l1
-from dcnviz.train.model import calibrate_batchnorm, export_state, init_weights, is_offset_param, thaw_batchnorm
+from dcnviz.train.model import export_state, init_weights, is_offset_param, thaw_batchnorm
 from dcnviz.train.targets import (AnchorTargetConfig, ProposalTargetConfig, anchor_targets, encode, overlaps,
                                   proposal_targets)
 
@@ -159,7 +159,7 @@ def data(tmp_path_factory):
 
 
 def _config(model, data, **kw):
-    base = dict(iterations=6, lr=0.01, warmup=2, steps=(4,), checkpoint_every=3, log_every=1, seed=1)
+    base = dict(iterations=6, lr=0.002, warmup=2, steps=(4,), checkpoint_every=3, log_every=1, seed=1)
     return TrainConfig(model, data, **{**base, **kw})
 
 
@@ -172,7 +172,7 @@ def _records(path):
 def test_training_loss_falls(model, data, tmp_path):
     torch.set_num_threads(1)
     out = str(tmp_path / "w.safetensors")
-    train(_config(model, data, iterations=30, steps=(25,), lr=0.02, checkpoint_every=30, log_every=10), out,
+    train(_config(model, data, iterations=30, steps=(25,), lr=0.004, checkpoint_every=30, log_every=10), out,
           progress=False)
     losses = [r["loss"] for r in _records(out + ".log.jsonl") if "loss" in r]
     assert len(losses) == 3 and losses[-1] < 0.8 * losses[0]
@@ -207,7 +207,7 @@ def test_interrupted_run_resumes_to_the_same_weights(data, tmp_path, monkeypatch
         f.write('{"iteration": 5, "lo')  # a record torn by the interruption
     monkeypatch.setattr(loop, "detection_losses", original)
     with pytest.raises(UserError, match="lr"):  # another run's checkpoint is refused
-        train(_config(model, data, lr=0.02), resumed, progress=False)
+        train(_config(model, data, lr=0.004), resumed, progress=False)
     train(_config(model, data), resumed, progress=False)
 
     from safetensors.torch import load_file
@@ -236,18 +236,56 @@ def test_export_folds_box_stds():
     assert set(state) == set(_tiny("detection", False)().state_dict())
 
 
-def test_calibrated_batchnorm_is_the_mean_of_per_image_statistics():
-    model = thaw_batchnorm(_tiny("segmentation", True)())
-    init_weights(model, 0)
-    images = [torch.randn(1, 3, 64, 96) * 50 for _ in range(2)]
-    calibrate_batchnorm(model, images)
-    bn = model.backbone.bn_conv1
-    assert not bn.training
-    feats = [model.backbone.conv1(x).detach() for x in images]
-    mean = torch.stack([f.mean(dim=(0, 2, 3)) for f in feats]).mean(0)
-    var = torch.stack([f.var(dim=(0, 2, 3), unbiased=True) for f in feats]).mean(0)
-    torch.testing.assert_close(bn.running_mean, mean, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(bn.running_var, var, rtol=1e-4, atol=1e-3)
+@pytest.mark.parametrize("task", ["detection", "segmentation"])
+def test_batch_losses_are_the_mean_of_the_images_losses(task, data):
+    """Same-size images (no padding), BatchNorm at fixed statistics: a batch of two gives the mean of the
+    two images' losses, i.e. RoIs keep their image's batch index and OHEM picks per image."""
+    from dcnviz.data.loader import VOCDetSeg, collate
+    from dcnviz.train.steps import detection_losses, segmentation_losses
+
+    torch.manual_seed(0)
+    model = thaw_batchnorm(_tiny(task, True)())
+    init_weights(model, 3)
+    with torch.no_grad():  # offsets and scores away from zero, so every path carries signal
+        for name, p in model.named_parameters():
+            if p.dim() == 4 and p.abs().max() == 0 and p.requires_grad:
+                p.normal_(0, 0.01)
+    ds = VOCDetSeg(data, "train", SYNTH_CLASSES, segmentation=task == "segmentation", short_side=64, max_size=96)
+    items = [ds[k] for k in range(len(ds))]
+    shape = items[0][0].shape
+    items = [it for it in items if it[0].shape == shape][:2]
+    assert len(items) == 2
+    if task == "detection":
+        step = lambda x, t, rng: detection_losses(model, x, t, rng)  # noqa: E731
+    else:
+        step = lambda x, t, rng: segmentation_losses(model, x, t)  # noqa: E731
+    with torch.no_grad():
+        batch = step(*collate(items), np.random.default_rng(5))
+        rng = np.random.default_rng(5)  # one generator through both images, in batch order
+        single = [step(*collate([it]), rng) for it in items]
+    for key, value in batch.items():
+        if task == "detection":
+            expected = (single[0][key] + single[1][key]) / 2
+        else:  # pixel-weighted: the batch averages over all labelled pixels
+            counts = [int((it[1]["segmentation"] != 255).sum()) for it in items]
+            expected = (single[0][key] * counts[0] + single[1][key] * counts[1]) / sum(counts)
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_epoch_batches_cover_every_image_once_in_single_orientation_batches():
+    portrait = np.array([False] * 11 + [True] * 6)
+    sizes = set()
+    for epoch in range(3):
+        batches = loop.epoch_batches(7, epoch, portrait, 4)
+        flat = np.concatenate(batches)
+        assert sorted(flat.tolist()) == list(range(17))
+        assert all(len(set(portrait[b].tolist())) == 1 and 1 <= len(b) <= 4 for b in batches)
+        sizes.add(len(batches))
+    assert sizes == {3 + 2}  # ceil(11/4) landscape + ceil(6/4) portrait batches every epoch
+    assert [b.tolist() for b in loop.epoch_batches(7, 0, portrait, 4)] == [b.tolist() for b in
+                                                                           loop.epoch_batches(7, 0, portrait, 4)]
+    assert [b.tolist() for b in loop.epoch_batches(7, 0, portrait, 4)] != [b.tolist() for b in
+                                                                           loop.epoch_batches(7, 1, portrait, 4)]
 
 
 # ------------------------------------------------------------------------------------------ eval

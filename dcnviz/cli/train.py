@@ -23,14 +23,19 @@ def _steps(ctx, param, value):
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
               help="Final .safetensors weights; the checkpoint (OUT.ckpt.*) and log (OUT.log.jsonl) go beside it.")
 @click.option("--split", default="train", show_default=True, help="Split to train on.")
-@click.option("--iterations", default=6000, show_default=True, help="Training steps (one image each).")
-@click.option("--lr", default=0.01, show_default=True, help="Base learning rate (SGD, momentum 0.9).")
+@click.option("--iterations", default=2000, show_default=True, help="Training steps (one batch each).")
+@click.option("--batch-size", default=8, show_default=True, help="Images per step (one orientation per batch).")
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True,
+              help="AdamW (betas --momentum, 0.999) or SGD with momentum.")
+@click.option("--lr", default=0.002, show_default=True, help="Base learning rate.")
+@click.option("--momentum", default=0.9, show_default=True, help="SGD momentum or AdamW beta1.")
 @click.option("--steps", callback=_steps, default=None,
               help="Comma-separated iterations where the rate drops by --gamma  [default: 3/4 of --iterations]")
 @click.option("--gamma", default=0.1, show_default=True, help="Learning-rate factor at each step.")
-@click.option("--warmup", default=200, show_default=True, help="Iterations of linear warm-up from 0.1 x lr.")
-@click.option("--weight-decay", default=5e-4, show_default=True, help="Weight decay of conv weights.")
-@click.option("--offset-lr-mult", default=1.0, show_default=True, help="Learning-rate multiplier of offset layers.")
+@click.option("--warmup", default=100, show_default=True, help="Iterations of linear warm-up from 0.1 x lr.")
+@click.option("--weight-decay", default=1e-4, show_default=True, help="Weight decay of conv weights.")
+@click.option("--offset-lr-mult", default=0.1, show_default=True,
+              help="Learning-rate multiplier of the offset layers (deformable models).")
 @click.option("--ohem/--no-ohem", default=True, show_default=True,
               help="R-FCN: keep the 128 hardest RoIs (official) instead of sampling 128 with 25 % foreground.")
 @click.option("--seed", default=0, show_default=True, help="Seed of initialisation, image order, flips, sampling.")
@@ -41,7 +46,7 @@ def _steps(ctx, param, value):
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
 @click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def train(model, data, out, split, iterations, lr, steps, gamma, warmup, weight_decay, offset_lr_mult, ohem, seed,
+def train(model, data, out, split, iterations, batch_size, optimizer, lr, momentum, steps, gamma, warmup, weight_decay, offset_lr_mult, ohem, seed,
           checkpoint_every, log_every, device, threads, force, progress):
     """Train MODEL (e.g. rfcn_dcn_synth) from scratch on --data and write --out.
 
@@ -59,7 +64,8 @@ def train(model, data, out, split, iterations, lr, steps, gamma, warmup, weight_
     dev = select_device(device, warn=lambda line: click.echo(line, err=True))
     if steps is None:
         steps = (round(0.75 * iterations),)
-    cfg = TrainConfig(model=model, data=os.path.abspath(data), split=split, iterations=iterations, lr=lr, steps=steps,
+    cfg = TrainConfig(model=model, data=os.path.abspath(data), split=split, iterations=iterations,
+                      batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum, steps=steps,
                       gamma=gamma, warmup=warmup, weight_decay=weight_decay, offset_lr_mult=offset_lr_mult,
                       ohem=ohem, seed=seed, checkpoint_every=checkpoint_every, log_every=log_every)
     try:

@@ -3,10 +3,15 @@
 Each scene is a VOC-sized image (500x375 or 375x500) holding 1-11 objects of the classes in
 :data:`dcnviz.data.classes.SYNTH_CLASSES`, with box sizes from about 16 px to most of the image, sampled
 per object from the three buckets of the paper's Table 2 (small < 96², medium, large > 224² px box
-area). The class of an object is carried by its outline only: every object, distractor and background
-region draws its fill from the same texture distribution, objects are bent, elastically warped,
-rotated and stretched (:mod:`dcnviz.data.shapes`), and the background holds textured regions, clutter
-strokes and straight-edged distractor shapes (not in the class list), some of which occlude objects.
+area). The class of an object is carried by its outline only: objects are bent, elastically warped,
+rotated and stretched (:mod:`dcnviz.data.shapes`), and every object and every straight-edged distractor
+shape (not in the class list; some occlude objects) draws its fill from the same patterned textures
+(stripes, checks, blotches, dots). The background is muted — flat, gradient or blotchy fills whose
+two colours lie at most ``background_contrast`` apart, in a few large straight-edged regions — and
+crossed by clutter strokes. So "thing or background" can be seen locally, as in photographs, while
+"which thing" needs the whole outline: the geometric variation deformable convolution is for.
+(A first version drew the background from the object textures too; the small models could then not
+tell objects from background at all: ``weights/README.md``.)
 
 Labels follow VOC: a box is the extent of the object's visible pixels; ``truncated`` when part of it
 lies outside the image, ``occluded`` when something covers part of it, ``difficult`` when less than
@@ -44,8 +49,10 @@ class SceneConfig:
     elastic: float = 0.15
     bend: float = 0.8
     aspect: float = 0.7
-    clutter: tuple[int, int] = (5, 25)
-    distractors: tuple[int, int] = (2, 7)
+    regions: tuple[int, int] = (0, 3)
+    clutter: tuple[int, int] = (0, 8)
+    distractors: tuple[int, int] = (1, 5)
+    background_contrast: float = 60.0
     min_visible: float = 0.2  # a placement that leaves any object less visible than this is retried
     difficult_visible: float = 0.4
     difficult_pixels: int = 150
@@ -63,13 +70,25 @@ class Scene:
     annotation: Annotation
 
 
-def texture(rng, h: int, w: int) -> np.ndarray:
-    """(h, w, 3) float32 fill in 0..255: flat, gradient, stripes, checks, blotches or dots, two random colours."""
-    c1, c2 = rng.uniform(0, 255, (2, 3)).astype(np.float32)
+OBJECT_TEXTURES = (2, 3, 4, 5)  # stripes, checks, blotches, dots
+BACKGROUND_TEXTURES = (0, 1, 4)  # flat, gradient, blotches
+
+
+def texture(rng, h: int, w: int, kinds=OBJECT_TEXTURES, contrast: float | None = None) -> np.ndarray:
+    """(h, w, 3) float32 fill in 0..255 of one of ``kinds`` (0 flat, 1 gradient, 2 stripes, 3 checks,
+    4 blotches, 5 dots) between two random colours: at most ``contrast`` apart per channel, or, when
+    ``contrast`` is None, at least 60 apart on average (a visible pattern)."""
+    c1 = rng.uniform(0, 255, 3).astype(np.float32)
+    if contrast is None:
+        c2 = rng.uniform(0, 255, 3).astype(np.float32)
+        if np.abs(c2 - c1).mean() < 60:
+            c2 = 255 - c1
+    else:
+        c2 = np.clip(c1 + rng.uniform(-contrast, contrast, 3), 0, 255).astype(np.float32)
     theta = rng.uniform(0, np.pi)
     y, x = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
     u, v = x * np.cos(theta) + y * np.sin(theta), -x * np.sin(theta) + y * np.cos(theta)
-    kind = rng.integers(6)
+    kind = kinds[int(rng.integers(len(kinds)))]
     if kind == 0:
         t = np.zeros((h, w), np.float32)
     elif kind == 1:
@@ -92,9 +111,9 @@ def texture(rng, h: int, w: int) -> np.ndarray:
 class _Canvas:
     """The image being painted plus the map of which object owns each pixel (0 = background)."""
 
-    def __init__(self, rng, h: int, w: int):
-        self.rng, self.h, self.w = rng, h, w
-        self.image = texture(rng, h, w)
+    def __init__(self, rng, h: int, w: int, background_contrast: float):
+        self.rng, self.h, self.w, self.background_contrast = rng, h, w, background_contrast
+        self.image = texture(rng, h, w, BACKGROUND_TEXTURES, background_contrast)
         self.owner = np.zeros((h, w), np.uint8)
 
     def window(self, shape: shapes.Shape):
@@ -106,13 +125,14 @@ class _Canvas:
         mask = full[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
         return mask, (cx0, cy0), int(full.sum())
 
-    def paint(self, mask: np.ndarray, origin, owner: int, shade: bool) -> None:
+    def paint(self, mask: np.ndarray, origin, owner: int, shade: bool, background: bool = False) -> None:
         """Composite a fresh texture through ``mask`` (soft 1-px edge), with contrast against what is under it."""
         (x, y), (h, w) = origin, mask.shape
         if h == 0 or w == 0 or not mask.any():
             return
         region = self.image[y:y + h, x:x + w]
-        fill = texture(self.rng, h, w)
+        fill = (texture(self.rng, h, w, BACKGROUND_TEXTURES, self.background_contrast) if background
+                else texture(self.rng, h, w))
         inside = mask.astype(bool)
         # Keep the object's mean colour apart from what it covers, or its outline (its class) vanishes.
         if np.abs(fill[inside].mean(0) - region[inside].mean(0)).mean() < 35:
@@ -159,7 +179,7 @@ def _regions(canvas: _Canvas, rng, n: int) -> None:
         if x1 >= x0 and y1 >= y0:
             mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
             cv2.fillPoly(mask, [hull - (x0, y0)], 1)
-            canvas.paint(mask, (int(x0), int(y0)), 0, shade=False)
+            canvas.paint(mask, (int(x0), int(y0)), 0, shade=False, background=True)
 
 
 def _place(canvas: _Canvas, rng, shape: shapes.Shape) -> shapes.Shape:
@@ -208,8 +228,8 @@ def _plan(rng, cfg: SceneConfig) -> list[float]:
 def render_scene(rng, image_id: str, cfg: SceneConfig = SceneConfig()) -> Scene:
     """Draw one scene from ``rng`` (a ``numpy.random.Generator``)."""
     w, h = (500, 375) if rng.random() < 0.7 else (375, 500)
-    canvas, objs = _Canvas(rng, h, w), _Objects()
-    _regions(canvas, rng, int(rng.integers(1, 5)))
+    canvas, objs = _Canvas(rng, h, w, cfg.background_contrast), _Objects()
+    _regions(canvas, rng, int(rng.integers(*cfg.regions)))
     _clutter(canvas, rng, int(rng.integers(*cfg.clutter)))
     for _ in range(int(rng.integers(*cfg.distractors))):
         _paint_distractor(canvas, rng, cfg, objs, (12, 160))

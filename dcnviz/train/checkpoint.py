@@ -1,4 +1,4 @@
-"""Training checkpoints: model, optimizer momentum and iteration in one ``.safetensors`` file, plus a small
+"""Training checkpoints: model, optimizer state and iteration in one ``.safetensors`` file, plus a small
 JSON with the same settings for people to read. Both are written atomically (temporary file in the same
 folder, then ``os.replace``), tensors first, so an interruption at any moment leaves a complete
 checkpoint of either the previous or the new iteration. Nothing is pickled.
@@ -43,9 +43,9 @@ def save(out: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ite
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for group in optimizer.param_groups:
         for p in group["params"]:
-            buf = optimizer.state.get(p, {}).get("momentum_buffer")
-            if buf is not None:
-                tensors[f"momentum/{names[id(p)]}"] = buf.detach().cpu().contiguous()
+            for key, value in optimizer.state.get(p, {}).items():  # SGD momentum, AdamW moments and step
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optimizer/{names[id(p)]}/{key}"] = value.detach().cpu().contiguous()
     meta = {"iteration": str(iteration), "info": json.dumps(info, sort_keys=True)}
     tensor_path, json_path = paths(out)
     _atomic(tensor_path, lambda tmp: save_file(tensors, tmp, metadata=meta))
@@ -90,6 +90,8 @@ def load(out: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, inf
     model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
     params = dict(model.named_parameters())
     for key, v in tensors.items():
-        if key.startswith("momentum/"):
-            optimizer.state[params[key[len("momentum/"):]]]["momentum_buffer"] = v.to(device)
+        if key.startswith("optimizer/"):
+            name, state_key = key[len("optimizer/"):].rsplit("/", 1)
+            # AdamW keeps its step count on the CPU
+            optimizer.state[params[name]][state_key] = v if state_key == "step" else v.to(device)
     return iteration

@@ -1,12 +1,14 @@
 """Seeded, resumable training of a registered model on a VOC-layout folder (``dcnviz train``).
 
-One image per step (as the official recipes, one per GPU), SGD with momentum, a linear warm-up, then the
-learning rate multiplied by ``gamma`` at each of ``steps``; offset layers at ``offset_lr_mult`` times the
-rate. Step ``i`` (0-based) reads image ``order_e[i % n]`` of the split, where epoch ``e = i // n`` and
-``order_e`` is a permutation drawn from (seed, e); its flip comes from (seed, e, index) (see
-:class:`dcnviz.data.loader.VOCDetSeg`) and its anchor and RoI sampling from (seed, i). Training is thus a
-function of its settings, so an interrupted run resumed from its checkpoint ends with the same weights
-as an uninterrupted one (same device and thread count; CPU kernels are deterministic).
+Each step trains on a batch of ``batch_size`` images of one orientation (landscape or portrait, so little
+of a batch is padding), with BatchNorm using the batch's statistics (see :mod:`dcnviz.train.model`);
+AdamW (or SGD with momentum) with a linear warm-up, then the learning rate multiplied by ``gamma`` at
+each of ``steps``; offset layers at ``offset_lr_mult`` times the rate. The batches of epoch ``e`` come
+from a permutation drawn from (seed, e) (:func:`epoch_batches`); an image's flip comes from (seed, e,
+index) (see :class:`dcnviz.data.loader.VOCDetSeg`) and the anchor and RoI sampling of step ``i`` from
+(seed, i). Training is thus a function of its settings, so an interrupted run resumed from its
+checkpoint ends with the same weights as an uninterrupted one (same device and thread count; CPU
+kernels are deterministic).
 
 Files of a run writing ``out``: the checkpoint (see :mod:`dcnviz.train.checkpoint`), replaced every
 ``checkpoint_every`` steps and at the end; a log of JSON lines ``<out>.log.jsonl`` (a ``start`` record per
@@ -28,7 +30,7 @@ import torch
 
 from dcnviz.errors import UserError
 from dcnviz.train import checkpoint
-from dcnviz.train.model import calibrate_batchnorm, export_state, init_weights, param_groups, thaw_batchnorm
+from dcnviz.train.model import export_state, init_weights, param_groups, thaw_batchnorm
 from dcnviz.train.steps import DetectionTrainConfig, detection_losses, segmentation_losses
 
 
@@ -38,22 +40,26 @@ class TrainConfig:
 
     ``steps`` are iteration indices where the rate is multiplied by ``gamma``; the rate of step ``i`` is
     ``lr * gamma**(#steps <= i)``, times ``warmup_factor + (1 - warmup_factor) * i / warmup`` while
-    ``i < warmup``. ``weight_decay`` applies to conv weights only. ``ohem`` only matters for detection
-    models. BatchNorm statistics are calibrated on the first images of the first epoch, then fixed
-    (see :mod:`dcnviz.train.model`)."""
+    ``i < warmup``. ``optimizer`` is ``adamw`` (``momentum`` is its beta1) or ``sgd``; ``weight_decay``
+    applies to conv weights only. ``offset_lr_mult`` scales the rate of the offset layers: AdamW moves
+    every weight at about the learning rate whatever its gradient, and at the base rate the offset convs
+    drifted to offsets of 4-7 cells (up to 38) on the 19x25 res5 maps within 800 steps, largest on the
+    background. ``ohem`` only matters for detection models."""
 
     model: str
     data: str
     split: str = "train"
-    iterations: int = 6000
-    lr: float = 0.01
+    iterations: int = 2000
+    batch_size: int = 8
+    optimizer: str = "adamw"
+    lr: float = 0.002
     momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup: int = 200
+    weight_decay: float = 1e-4
+    warmup: int = 100
     warmup_factor: float = 0.1
-    steps: tuple[int, ...] = (4500,)
+    steps: tuple[int, ...] = (1500,)
     gamma: float = 0.1
-    offset_lr_mult: float = 1.0
+    offset_lr_mult: float = 0.1
     ohem: bool = True
     seed: int = 0
     checkpoint_every: int = 200
@@ -66,12 +72,14 @@ class TrainConfig:
         return lr
 
 
-CALIBRATION_IMAGES = 64
+OPTIMIZERS = ("adamw", "sgd")
 
 
 def check_config(cfg: TrainConfig) -> None:
     """Refuse settings that cannot train, naming the option."""
-    for name in ("iterations", "checkpoint_every", "log_every"):
+    if cfg.optimizer not in OPTIMIZERS:
+        raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
+    for name in ("iterations", "batch_size", "checkpoint_every", "log_every"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     for name in ("lr", "offset_lr_mult", "momentum", "weight_decay", "warmup", "gamma", "seed"):
@@ -82,14 +90,26 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(f"--warmup-factor must be in (0, 1], got {cfg.warmup_factor}")
 
 
-def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The image order of one epoch (a permutation of 0..n-1)."""
-    return np.random.default_rng([seed, epoch, 0x0D, 0x5EED]).permutation(n)
+def epoch_batches(seed: int, epoch: int, portrait: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """The batches of one epoch: every image once, in batches of ``batch_size`` images of one orientation
+    (``portrait`` (n,) bool; the last batch of each orientation may be smaller), in random order.
+    Their number does not depend on the epoch."""
+    rng = np.random.default_rng([seed, epoch, 0x0D, 0x5EED])
+    order = rng.permutation(len(portrait))
+    batches = [group[k:k + batch_size] for group in (order[~portrait[order]], order[portrait[order]])
+               for k in range(0, len(group), batch_size)]
+    return [batches[k] for k in rng.permutation(len(batches))]
 
 
 def step_rng(seed: int, iteration: int) -> np.random.Generator:
     """The generator of the anchor and RoI sampling of one step."""
     return np.random.default_rng([seed, iteration, 0x0D, 0x7A1])
+
+
+def _optimizer(cfg: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
 
 
 def _dataset(cfg: TrainConfig, spec):
@@ -134,6 +154,7 @@ def train(cfg: TrainConfig, out: str, device: str = "cpu", progress: bool = True
     stops being finite (the last checkpoint stays)."""
     from tqdm import tqdm
 
+    from dcnviz.data.loader import collate
     from dcnviz.models import get_spec
 
     check_config(cfg)
@@ -150,42 +171,44 @@ def train(cfg: TrainConfig, out: str, device: str = "cpu", progress: bool = True
     n = len(dataset)
     if n == 0:
         raise UserError(f"split {cfg.split!r} of {cfg.data} is empty")
+    sizes = [dataset.voc.annotation(i) for i in dataset.ids]
+    portrait = np.array([a.height > a.width for a in sizes])
     info = {"config": asdict(cfg), "images": n, "ids_crc32": zlib.crc32("\n".join(dataset.ids).encode())}
     info["config"]["steps"] = list(cfg.steps)
 
     model = spec.factory()
     init_weights(model, cfg.seed)
-    model = thaw_batchnorm(model).to(device)  # BatchNorm stays in eval mode: fixed statistics
-    groups = param_groups(model, cfg.weight_decay, cfg.offset_lr_mult)
-    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    model = thaw_batchnorm(model).to(device).train()  # BatchNorm normalises with batch statistics
+    optimizer = _optimizer(cfg, param_groups(model, cfg.weight_decay, cfg.offset_lr_mult))
     log_path = out + ".log.jsonl"
     start = checkpoint.load(out, model, optimizer, info) or 0
-    if start == 0:
-        calibrate_batchnorm(model, (dataset[int(k)][0][None].to(device)
-                                    for k in epoch_order(cfg.seed, 0, n)[:CALIBRATION_IMAGES]))
     _trim_log(log_path, start)
     _log(log_path, {"event": "start", "iteration": start, "device": str(device), "threads": torch.get_num_threads(),
                     "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **info})
     det_cfg = DetectionTrainConfig(ohem=cfg.ohem)
+    per_epoch = len(epoch_batches(cfg.seed, 0, portrait, cfg.batch_size))
     sums: dict[str, float] = {}
-    count, tick, record, saved = 0, time.perf_counter(), {}, start
+    count, tick, record, saved, batches = 0, time.perf_counter(), {}, start, (None, [])
     bar = tqdm(total=cfg.iterations, initial=start, disable=not progress, unit="it", dynamic_ncols=True)
     for i in range(start, cfg.iterations):
-        epoch, position = divmod(i, n)
-        dataset.set_epoch(epoch)
-        data, target = dataset[int(epoch_order(cfg.seed, epoch, n)[position])]
-        data = data[None].to(device)
+        epoch, position = divmod(i, per_epoch)
+        if batches[0] != epoch:
+            batches = (epoch, epoch_batches(cfg.seed, epoch, portrait, cfg.batch_size))
+            dataset.set_epoch(epoch)
+        data, targets = collate([dataset[int(k)] for k in batches[1][position]])
+        data = data.to(device)
         lr = cfg.learning_rate(i)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
         if spec.task == "detection":
-            losses = detection_losses(model, data, target, step_rng(cfg.seed, i), det_cfg)
+            losses = detection_losses(model, data, targets, step_rng(cfg.seed, i), det_cfg)
         else:
-            losses = segmentation_losses(model, data, target)
+            losses = segmentation_losses(model, data, targets)
         total = sum(losses.values())
         if not torch.isfinite(total):
-            raise FloatingPointError(f"the loss is {total.item()} at iteration {i} (image {target['image_id']}, "
-                                     f"flipped {target['flipped']}); the checkpoint of iteration {saved} stays")
+            raise FloatingPointError(f"the loss is {total.item()} at iteration {i} (images "
+                                     f"{', '.join(t['image_id'] for t in targets)}); the checkpoint of iteration "
+                                     f"{saved} stays")
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()

@@ -2,14 +2,12 @@
 parameter groups, and the exported state dict with the box-regression stds folded in.
 
 The official models start from ImageNet weights and keep BatchNorm frozen. dcnviz's small models are
-trained from scratch with one image per step. Their BatchNorm layers become ``nn.BatchNorm2d``; before
-the first step their statistics are set to an average over training images (:func:`calibrate_batchnorm`)
-and then stay fixed while gamma and beta train, so the network trains exactly as it runs at test time
-and is exported as the models' frozen BatchNorm (same keys: weight, bias, running_mean, running_var).
-Training with per-image batch statistics instead was tried: with one image per step the network comes
-to depend on per-image normalisation, and with any fixed statistics it scored far worse (0.17 instead of
-0.87 mAP@0.5 on its own ten training images after 500 steps). Everything else is the model's own
-structure.
+trained from scratch, so their BatchNorm layers become ``nn.BatchNorm2d`` and train as usual: batch
+statistics in the forward pass, running averages (momentum 0.1) kept for inference, exported as the
+models' frozen BatchNorm (same keys: weight, bias, running_mean, running_var). This needs several
+images per step: with one image per step and fixed statistics (the official recipe's BatchNorm
+without ImageNet statistics) the small models did not learn beyond the class prior in thousands of
+steps (``weights/README.md``). Everything else is the model's own structure.
 """
 from __future__ import annotations
 
@@ -56,8 +54,8 @@ def init_weights(model: nn.Module, seed: int) -> None:
 
 def thaw_batchnorm(model: nn.Module) -> nn.Module:
     """Replace every :class:`FrozenBatchNorm2d` by an ``nn.BatchNorm2d`` (trainable gamma and beta) holding
-    the same values, in eval mode: it normalises with its running statistics. Returns the model, changed
-    in place."""
+    the same values, in eval mode (``model.train()`` switches it to batch statistics). Returns the model,
+    changed in place."""
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, FrozenBatchNorm2d):
@@ -67,22 +65,6 @@ def thaw_batchnorm(model: nn.Module) -> nn.Module:
                         getattr(bn, key).copy_(getattr(child, key))
                 setattr(parent, child_name, bn.to(child.weight.device))
     return model
-
-
-def calibrate_batchnorm(model: nn.Module, inputs) -> None:
-    """Set the running statistics of every ``nn.BatchNorm2d`` of the trunk to their plain average over
-    ``inputs`` (an iterable of (1, 3, H, W) network inputs), each image normalised by its own statistics
-    on the way up; the layers are left in eval mode (normalising with these statistics)."""
-    layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    for m in layers:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-        m.train()
-    with torch.no_grad():
-        for data in inputs:
-            model.backbone(data)
-    for m in layers:
-        m.eval()
 
 
 def param_groups(model: nn.Module, weight_decay: float, offset_lr_mult: float) -> list[dict]:

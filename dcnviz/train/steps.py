@@ -30,47 +30,67 @@ class DetectionTrainConfig:
     anchors: AnchorTargetConfig = field(default_factory=AnchorTargetConfig)
 
 
-def detection_losses(model, data: torch.Tensor, target: dict, rng: np.random.Generator,
+def detection_losses(model, data: torch.Tensor, targets: list[dict], rng: np.random.Generator,
                      cfg: DetectionTrainConfig = DetectionTrainConfig()) -> dict[str, torch.Tensor]:
-    """Losses ``rpn_cls``, ``rpn_box``, ``rcnn_cls``, ``rcnn_box`` of one image.
+    """Losses ``rpn_cls``, ``rpn_box``, ``rcnn_cls``, ``rcnn_box`` of a batch, each the mean over its images.
 
-    ``data`` (1, 3, H, W) network input; ``target`` as :class:`dcnviz.data.loader.VOCDetSeg` gives it:
-    ``boxes`` (N, 4) input pixels, ``labels`` (N,), ``difficult`` (N,)."""
+    ``data`` (B, 3, H, W) network inputs, zero-padded at the bottom and right
+    (:func:`dcnviz.data.loader.collate`); ``targets`` as :class:`dcnviz.data.loader.VOCDetSeg` gives them:
+    ``boxes`` (N, 4) input pixels, ``labels`` (N,), ``difficult`` (N,), ``prep`` (its ``input_size`` is
+    the image's own size inside the padding, where anchors and proposals are clipped)."""
     device = data.device
-    keep = ~target["difficult"].numpy().astype(bool)
-    gt_boxes = target["boxes"].numpy().astype(np.float64)[keep]
-    gt_labels = target["labels"].numpy()[keep]
-    input_hw = tuple(data.shape[-2:])
-
+    t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
     res4, res5 = model.backbone(data)
     score, prob, deltas = model.rpn(res4)
-    labels, targets, weights = anchor_targets(model.anchors, tuple(score.shape[-2:]), gt_boxes, input_hw, rng,
-                                              cfg.anchors)
-    t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
-    rpn_cls, rpn_box = rpn_losses(score, deltas, t(labels), t(targets), t(weights), cfg.anchors.batch_size)
-
-    proposals, _ = propose(prob.detach().float().cpu().numpy(), deltas.detach().float().cpu().numpy(),
-                           model.anchors, input_hw, 1.0, model.proposal_cfg)
+    prob_np, deltas_np = prob.detach().float().cpu().numpy(), deltas.detach().float().cpu().numpy()
     sampling = ProposalTargetConfig(batch_rois=None if cfg.ohem else cfg.batch_rois)
-    rois, roi_labels, roi_targets, roi_weights = (t(a) for a in proposal_targets(proposals, gt_boxes, gt_labels,
-                                                                                  rng, sampling))
-    rois = rois.to(data.dtype)
+    losses: dict[str, list[torch.Tensor]] = {"rpn_cls": [], "rpn_box": []}
+    per_image = []
+    for b, target in enumerate(targets):
+        keep = ~target["difficult"].numpy().astype(bool)
+        gt_boxes = target["boxes"].numpy().astype(np.float64)[keep]
+        gt_labels = target["labels"].numpy()[keep]
+        input_hw = tuple(target["prep"].input_size)
+        labels, box_targets, weights = anchor_targets(model.anchors, tuple(score.shape[-2:]), gt_boxes, input_hw,
+                                                      rng, cfg.anchors)
+        cls, box = rpn_losses(score[b:b + 1], deltas[b:b + 1], t(labels), t(box_targets), t(weights),
+                              cfg.anchors.batch_size)
+        losses["rpn_cls"].append(cls)
+        losses["rpn_box"].append(box)
+        # the official proposal op has no gradient: proposals come from the detached RPN outputs
+        proposals, _ = propose(prob_np[b:b + 1], deltas_np[b:b + 1], model.anchors, input_hw, 1.0,
+                               model.proposal_cfg)
+        rois, *roi_targets = proposal_targets(proposals, gt_boxes, gt_labels, rng, sampling)
+        rois[:, 0] = b
+        per_image.append([t(rois).to(data.dtype), *(t(a) for a in roi_targets)])
     if cfg.ohem:
+        # score every RoI without gradient, then pool only the batch_rois hardest of each image again
         with torch.no_grad():
             scored: dict = {}
-            model.head(res5, rois, scored)
-            hard = ohem_keep(scored["cls_score"], scored["bbox_pred"], roi_labels, roi_targets, roi_weights,
-                             cfg.batch_rois)
-        rois, roi_labels, roi_targets, roi_weights = rois[hard], roi_labels[hard], roi_targets[hard], roi_weights[hard]
+            model.head(res5, torch.cat([p[0] for p in per_image]), scored)
+        start = 0
+        for p in per_image:
+            end = start + len(p[0])
+            hard = ohem_keep(scored["cls_score"][start:end], scored["bbox_pred"][start:end], *p[1:], cfg.batch_rois)
+            p[:] = [a[hard] for a in p]
+            start = end
     out: dict = {}
-    model.head(res5, rois, out)
-    rcnn_cls, rcnn_box = rfcn_losses(out["cls_score"], out["bbox_pred"], roi_labels, roi_targets, roi_weights,
-                                     cfg.batch_rois)
-    return dict(rpn_cls=rpn_cls, rpn_box=rpn_box, rcnn_cls=rcnn_cls, rcnn_box=rcnn_box)
+    model.head(res5, torch.cat([p[0] for p in per_image]), out)
+    losses.update(rcnn_cls=[], rcnn_box=[])
+    start = 0
+    for _, roi_labels, roi_targets, roi_weights in per_image:
+        end = start + len(roi_labels)
+        cls, box = rfcn_losses(out["cls_score"][start:end], out["bbox_pred"][start:end], roi_labels, roi_targets,
+                               roi_weights, cfg.batch_rois)
+        losses["rcnn_cls"].append(cls)
+        losses["rcnn_box"].append(box)
+        start = end
+    return {k: torch.stack(v).mean() for k, v in losses.items()}
 
 
-def segmentation_losses(model, data: torch.Tensor, target: dict) -> dict[str, torch.Tensor]:
-    """Loss ``seg`` of one image: cross-entropy of ``croped_score`` against ``target["segmentation"]``
-    (H, W) at the input size, 255 ignored."""
+def segmentation_losses(model, data: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
+    """Loss ``seg`` of a batch: cross-entropy of ``croped_score`` against the ``segmentation`` (H, W) label
+    maps (padded with 255 by :func:`dcnviz.data.loader.collate`), averaged over the labelled pixels."""
     out = model.forward_official(data)
-    return dict(seg=segmentation_loss(out["croped_score"], target["segmentation"][None].to(data.device)))
+    labels = torch.stack([t["segmentation"] for t in targets]).to(data.device)
+    return dict(seg=segmentation_loss(out["croped_score"], labels))
