@@ -58,7 +58,7 @@ def test_table(tmp_path):
     cells = [re.split(r"\s{2,}", line) for line in lines[1:1 + len(ALL)]]  # columns: 2+ spaces apart
     rows = {c[0]: c[1:] for c in cells}
     assert list(rows) == ALL
-    assert rows["rfcn_dcn_synth"] == ["detection", "synth", "6", "5.6M", "bundled, 3.0 MiB",
+    assert rows["rfcn_dcn_synth"] == ["detection", "synth", "6", "2.8M", "bundled, 3.0 MiB",
                                       f"{bundled}/rfcn_dcn_synth.safetensors"]
     assert rows["rfcn_synth"][4:] == ["bundled, MISSING", f"{bundled}/rfcn_synth.safetensors"]
     assert rows["rfcn_dcn_coco"] == ["detection", "coco", "81", "63.2M", "official, not converted",
