@@ -171,8 +171,7 @@ def train(cfg: TrainConfig, out: str, device: str = "cpu", progress: bool = True
     n = len(dataset)
     if n == 0:
         raise UserError(f"split {cfg.split!r} of {cfg.data} is empty")
-    sizes = [dataset.voc.annotation(i) for i in dataset.ids]
-    portrait = np.array([a.height > a.width for a in sizes])
+    portrait = np.array([a.height > a.width for a in map(dataset.voc.annotation, dataset.ids)])
     info = {"config": asdict(cfg), "images": n, "ids_crc32": zlib.crc32("\n".join(dataset.ids).encode())}
     info["config"]["steps"] = list(cfg.steps)
 
