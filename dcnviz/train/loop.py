@@ -187,14 +187,13 @@ def train(cfg: TrainConfig, out: str, device: str = "cpu", progress: bool = True
     det_cfg = DetectionTrainConfig(ohem=cfg.ohem)
     per_epoch = len(epoch_batches(cfg.seed, 0, portrait, cfg.batch_size))
     sums: dict[str, float] = {}
-    count, tick, record, saved, batches = 0, time.perf_counter(), {}, start, (None, [])
+    count, tick, record, saved = 0, time.perf_counter(), {}, start
     bar = tqdm(total=cfg.iterations, initial=start, disable=not progress, unit="it", dynamic_ncols=True)
     for i in range(start, cfg.iterations):
         epoch, position = divmod(i, per_epoch)
-        if batches[0] != epoch:
-            batches = (epoch, epoch_batches(cfg.seed, epoch, portrait, cfg.batch_size))
-            dataset.set_epoch(epoch)
-        data, targets = collate([dataset[int(k)] for k in batches[1][position]])
+        dataset.set_epoch(epoch)
+        batch = epoch_batches(cfg.seed, epoch, portrait, cfg.batch_size)[position]  # a permutation: cheap
+        data, targets = collate([dataset[int(k)] for k in batch])
         data = data.to(device)
         lr = cfg.learning_rate(i)
         for group in optimizer.param_groups:

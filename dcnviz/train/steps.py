@@ -68,23 +68,20 @@ def detection_losses(model, data: torch.Tensor, targets: list[dict], rng: np.ran
         with torch.no_grad():
             scored: dict = {}
             model.head(res5, torch.cat([p[0] for p in per_image]), scored)
-        start = 0
-        for p in per_image:
-            end = start + len(p[0])
-            hard = ohem_keep(scored["cls_score"][start:end], scored["bbox_pred"][start:end], *p[1:], cfg.batch_rois)
+        sizes = [len(p[0]) for p in per_image]
+        for p, cls_score, bbox_pred in zip(per_image, scored["cls_score"].split(sizes),
+                                           scored["bbox_pred"].split(sizes)):
+            hard = ohem_keep(cls_score, bbox_pred, *p[1:], cfg.batch_rois)
             p[:] = [a[hard] for a in p]
-            start = end
     out: dict = {}
     model.head(res5, torch.cat([p[0] for p in per_image]), out)
     losses.update(rcnn_cls=[], rcnn_box=[])
-    start = 0
-    for _, roi_labels, roi_targets, roi_weights in per_image:
-        end = start + len(roi_labels)
-        cls, box = rfcn_losses(out["cls_score"][start:end], out["bbox_pred"][start:end], roi_labels, roi_targets,
-                               roi_weights, cfg.batch_rois)
+    sizes = [len(p[0]) for p in per_image]
+    for (_, *roi_targets), cls_score, bbox_pred in zip(per_image, out["cls_score"].split(sizes),
+                                                       out["bbox_pred"].split(sizes)):
+        cls, box = rfcn_losses(cls_score, bbox_pred, *roi_targets, cfg.batch_rois)
         losses["rcnn_cls"].append(cls)
         losses["rcnn_box"].append(box)
-        start = end
     return {k: torch.stack(v).mean() for k, v in losses.items()}
 
 
