@@ -1,8 +1,9 @@
 """``dcnviz bench model NAME``: wall time of a full network forward at the model's official test size.
 
 Attached to ``dcnviz bench`` in :mod:`dcnviz.cli.bench`. The network gets random weights (the
-time does not depend on their values): R-FCN models run ``forward_official`` end to end (backbone, RPN,
-proposals, head on up to 300 RoIs); DeepLab models up to the cropped scores.
+time does not depend on their values), prepared for inference as ``load_model`` returns it (BatchNorms
+folded, convs as in MXNet's CPU executor): R-FCN models run ``forward_official`` end to end (backbone,
+RPN, proposals, head on up to 300 RoIs); DeepLab models up to the cropped scores.
 """
 from __future__ import annotations
 
@@ -32,12 +33,13 @@ def time_forward(name: str, device: str = "cpu", size: tuple[int, int] | None = 
     import torch
 
     from dcnviz.models import get_spec
+    from dcnviz.models.mxnet_cpu import mxnet_cpu_inference
 
     spec = get_spec(name)
     h, w = size or spec.scales
     torch.manual_seed(seed)
     dev = torch.device(device)
-    net = spec.factory().eval().to(dev)
+    net = mxnet_cpu_inference(spec.factory().eval()).to(dev)
     data = (torch.randn(1, 3, h, w) * 60).to(dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     times, rois = [], None

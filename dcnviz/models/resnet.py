@@ -8,7 +8,8 @@ with the width and depth as parameters so that smaller models can reuse the same
 - the last stage (res5) runs at stride 1 with dilation 2 (pad 2) in every branch2b, so the output
   stride stays 16; with ``deformable`` set, its three branch2b convs are deformable, each fed by an
   ordinary offset conv ``branch2b_offset`` (3x3, with bias) on the branch2a output;
-- every conv has no bias; BatchNorm uses the stored statistics with eps 1e-5 (frozen, not folded).
+- every conv has no bias; BatchNorm uses the stored statistics with eps 1e-5 (frozen); for inference
+  :mod:`dcnviz.models.mxnet_cpu` folds it into the convs as MXNet's CPU executor does.
 
 Module names are the official layer names (``res4b22.branch2c``, ``res4b22.bn2c``), see
 :mod:`dcnviz.convert.names`.

@@ -1,0 +1,75 @@
+"""Inference with the arithmetic of MXNet's CPU executor, which ran the official test on a CPU.
+
+MXNet 1.9 (MKLDNN backend) does not execute a ResNet layer by layer as written: its subgraph pass folds
+every frozen BatchNorm into the preceding convolution (``UpdateConvWeightBias``) and runs the convolutions
+through oneDNN. :func:`mxnet_cpu_inference` does the same to a dcnviz model: it is mathematically the same
+network, but float32 now rounds (nearly) as in MXNet. Measured on the MXNet references of
+``tests/test_models_official.py`` (random well-scaled weights, res4 activations up to ~30): the stem and
+res2 come out bitwise equal, and ``rpn_cls_prob`` differs by at most 5.6e-5, where the model as written
+differs by up to 1.8e-4 in float32 and 1.35e-4 even in float64 (i.e. MXNet's own float32 rounding). From
+res3 on the two still round differently: MXNet's oneDNN keeps its own blocked layouts and picks its
+kernels by them, which PyTorch cannot request. The oneDNN channels-last convolutions are also PyTorch's
+fastest CPU path.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dcnviz.models.resnet import FrozenBatchNorm2d, ResNetV1
+
+
+class OneDNNConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` (same parameters and state dict) that runs float32 CPU inputs through oneDNN on
+    channels-last tensors, whatever the thread count and shape (``F.conv2d`` picks its CPU algorithm by
+    those); its output is channels-last. Other dtypes and devices go through ``F.conv2d``."""
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d) -> OneDNNConv2d:
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                  conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
+        new.weight, new.bias = conv.weight, conv.bias
+        return new.train(conv.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and self.padding_mode == "zeros"
+                and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+            cl = torch.channels_last
+            return torch.mkldnn_convolution(x.contiguous(memory_format=cl), self.weight.contiguous(memory_format=cl),
+                                            self.bias, self.padding, self.stride, self.dilation, self.groups)
+        return super().forward(x)
+
+
+def fold_batchnorm(backbone: ResNetV1) -> ResNetV1:
+    """Fold every ordinary conv -> :class:`FrozenBatchNorm2d` pair into the conv, in place, with MXNet's
+    arithmetic: per output channel ``alpha = gamma / sqrt(var + eps)`` in double precision, rounded once to
+    the weight dtype, then ``w' = w * alpha`` and ``b' = beta - alpha * mean`` in that dtype; the BatchNorm
+    becomes an identity. The deformable branch2b convs keep theirs: MXNet runs ``DeformableConvolution``
+    outside that pass. Afterwards the state dict no longer has the official keys."""
+    pairs = [(backbone, "conv1", "bn_conv1")]
+    for names in backbone.stages:
+        for name in names:
+            block = getattr(backbone, name)
+            pairs += [(block, conv, bn) for conv, bn in (("branch1", "bn1"), ("branch2a", "bn2a"),
+                                                         ("branch2b", "bn2b"), ("branch2c", "bn2c"))
+                      if isinstance(getattr(block, conv, None), nn.Conv2d)
+                      and isinstance(getattr(block, bn), FrozenBatchNorm2d)]
+    with torch.no_grad():
+        for parent, conv_name, bn_name in pairs:
+            conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+            alpha = (bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)).to(conv.weight.dtype)
+            conv.weight.mul_(alpha[:, None, None, None])
+            conv.bias = nn.Parameter(bn.bias - alpha * bn.running_mean, requires_grad=conv.weight.requires_grad)
+            setattr(parent, bn_name, nn.Identity())
+    return backbone
+
+
+def mxnet_cpu_inference(model: nn.Module) -> nn.Module:
+    """Fold the BatchNorms of ``model.backbone`` (:func:`fold_batchnorm`) and turn every ``nn.Conv2d`` of the
+    model into a :class:`OneDNNConv2d`, in place. Returns the model."""
+    fold_batchnorm(model.backbone)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Conv2d:
+                setattr(parent, name, OneDNNConv2d.from_conv(child))
+    return model

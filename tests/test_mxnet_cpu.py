@@ -1,0 +1,95 @@
+"""mxnet_cpu_inference: the same network, with the arithmetic of MXNet's CPU executor."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tiny_models
+from dcnviz.models.mxnet_cpu import OneDNNConv2d, fold_batchnorm, mxnet_cpu_inference
+from dcnviz.models.resnet import FrozenBatchNorm2d
+
+
+@pytest.mark.parametrize("variant", sorted(tiny_models.RFCN_VARIANTS))
+def test_folding_keeps_the_network(variant):
+    """In float64 the folded and unfolded models agree to rounding, blob by blob."""
+    model = tiny_models.rfcn(variant, seed=3).double()
+    folded = copy.deepcopy(model)
+    fold_batchnorm(folded.backbone)
+    data = torch.randn(1, 3, *tiny_models.SCALES, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rois = torch.tensor([[0, 4.0, 6.0, 40.0, 50.0], [0, 20.0, 3.0, 90.0, 60.0]], dtype=torch.float64)
+    with torch.inference_mode():
+        want = model.forward_official(data, rois, features=True)
+        got = folded.forward_official(data, rois, features=True)
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-10, atol=1e-10, msg=key)
+
+
+def test_folded_weights_are_computed_like_mxnet():
+    """alpha = gamma / sqrt(var + eps) in double, rounded once to float32; w' = w * alpha, b' = beta -
+    alpha * mean in float32 (MXNet's UpdateConvWeightBias); written out here in numpy."""
+    model = tiny_models.rfcn("rfcn", seed=4)
+    block = model.backbone.res3a
+    w = block.branch2a.weight.detach().numpy().copy()
+    bn = {k: getattr(block.bn2a, k).numpy().copy() for k in ("weight", "bias", "running_mean", "running_var")}
+    fold_batchnorm(model.backbone)
+    alpha = (bn["weight"].astype(np.float64) / np.sqrt(bn["running_var"].astype(np.float64) + 1e-5)).astype(np.float32)
+    np.testing.assert_array_equal(block.branch2a.weight.detach().numpy(), w * alpha[:, None, None, None])
+    np.testing.assert_array_equal(block.branch2a.bias.detach().numpy(), bn["bias"] - alpha * bn["running_mean"])
+
+
+def test_deformable_convs_keep_their_batchnorm():
+    """MXNet folds only ordinary convolutions; DeformableConvolution keeps a separate BatchNorm."""
+    backbone = fold_batchnorm(tiny_models.rfcn("rfcn_dcn").backbone)
+    frozen = [name for name, m in backbone.named_modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert frozen == [f"{name}.bn2b" for name in backbone.stages[-1]]
+    assert isinstance(backbone.bn_conv1, nn.Identity) and backbone.conv1.bias is not None
+    assert all(isinstance(getattr(backbone, n).bn2b, nn.Identity) for n in backbone.stages[0])
+
+
+@pytest.mark.parametrize("variant", ["rfcn_dcn", "deform_psroi"])
+def test_prepared_model_computes_the_same_in_float32(variant):
+    """Folded BatchNorms and oneDNN convs: the float32 blobs agree with the model as written to rounding."""
+    model = tiny_models.rfcn(variant, seed=5)
+    prepared = mxnet_cpu_inference(copy.deepcopy(model))
+    assert not any(type(m) is nn.Conv2d for m in prepared.modules())
+    before, after = model.state_dict().keys(), prepared.state_dict().keys()
+    folded = [n for n, m in model.backbone.named_modules() if type(m) is nn.Conv2d and m.bias is None]
+    assert after - before == {f"backbone.{n}.bias" for n in folded}
+    kept_bn = len([m for m in prepared.modules() if isinstance(m, FrozenBatchNorm2d)])
+    assert kept_bn == len(model.deformable_layers)
+    assert len(before - after) == 4 * len(folded)
+    data = torch.randn(1, 3, *tiny_models.SCALES, generator=torch.Generator().manual_seed(1))
+    rois = torch.tensor([[0, 4.0, 6.0, 40.0, 50.0], [0, 20.0, 3.0, 90.0, 60.0]])
+    with torch.inference_mode():
+        want = model.forward_official(data, rois, features=True)
+        got = prepared.forward_official(data, rois, features=True)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("stride, padding, dilation, groups, bias", [
+    (1, 0, 1, 1, False), (2, 0, 1, 1, True), (1, 1, 1, 1, True), (1, 2, 2, 1, False), (2, 3, 1, 1, False),
+    (1, 1, 1, 4, True)])
+def test_onednn_conv_is_a_conv(stride, padding, dilation, groups, bias):
+    """Values and gradients of ``F.conv2d`` in float32; float64 takes ``F.conv2d`` itself."""
+    g = torch.Generator().manual_seed(stride * 7 + padding)
+    conv = nn.Conv2d(8, 12, 3 if padding else 1, stride, padding, dilation, groups, bias)
+    fast = OneDNNConv2d.from_conv(conv)
+    assert fast.weight is conv.weight and fast.bias is conv.bias
+    x = torch.randn(2, 8, 23, 17, generator=g, requires_grad=True)
+    want, got = conv(x), fast(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    grads_want = torch.autograd.grad(want.square().sum(), [x, conv.weight])
+    grads_got = torch.autograd.grad(got.square().sum(), [x, conv.weight])
+    for a, b in zip(grads_got, grads_want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    conv64 = copy.deepcopy(conv).double()
+    x64 = x.detach().double()
+    assert torch.equal(OneDNNConv2d.from_conv(conv64)(x64), F.conv2d(x64, conv64.weight, conv64.bias, stride, padding,
+                                                                     dilation, groups))
