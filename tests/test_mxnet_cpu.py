@@ -69,8 +69,10 @@ def test_prepared_model_computes_the_same_in_float32(variant):
     with torch.inference_mode():
         want = model.forward_official(data, rois, features=True)
         got = prepared.forward_official(data, rois, features=True)
+        again = mxnet_cpu_inference(prepared).forward_official(data, rois, features=True)  # a no-op
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5, msg=key)
+        assert torch.equal(again[key], got[key]), key
 
 
 @pytest.mark.parametrize("stride, padding, dilation, groups, bias", [

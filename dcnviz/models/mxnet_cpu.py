@@ -45,15 +45,16 @@ def fold_batchnorm(backbone: ResNetV1) -> ResNetV1:
     arithmetic: per output channel ``alpha = gamma / sqrt(var + eps)`` in double precision, rounded once to
     the weight dtype, then ``w' = w * alpha`` and ``b' = beta - alpha * mean`` in that dtype; the BatchNorm
     becomes an identity. The deformable branch2b convs keep theirs: MXNet runs ``DeformableConvolution``
-    outside that pass. Afterwards the state dict no longer has the official keys."""
-    pairs = [(backbone, "conv1", "bn_conv1")]
-    for names in backbone.stages:
-        for name in names:
-            block = getattr(backbone, name)
-            pairs += [(block, conv, bn) for conv, bn in (("branch1", "bn1"), ("branch2a", "bn2a"),
-                                                         ("branch2b", "bn2b"), ("branch2c", "bn2c"))
-                      if isinstance(getattr(block, conv, None), nn.Conv2d)
-                      and isinstance(getattr(block, bn), FrozenBatchNorm2d)]
+    outside that pass. Afterwards the state dict no longer has the official keys; folding again changes
+    nothing."""
+    blocks = [getattr(backbone, name) for names in backbone.stages for name in names]
+    candidates = [(backbone, "conv1", "bn_conv1")] + [
+        (block, conv, bn) for block in blocks
+        for conv, bn in (("branch1", "bn1"), ("branch2a", "bn2a"), ("branch2b", "bn2b"), ("branch2c", "bn2c"))]
+    # a deformable conv is not an nn.Conv2d, and a BatchNorm folded before is an Identity by now
+    pairs = [(parent, conv, bn) for parent, conv, bn in candidates
+             if isinstance(getattr(parent, conv, None), nn.Conv2d)
+             and isinstance(getattr(parent, bn, None), FrozenBatchNorm2d)]
     with torch.no_grad():
         for parent, conv_name, bn_name in pairs:
             conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
