@@ -1,4 +1,5 @@
-"""Look inside deformable layers: pure functions on captured offset maps (numpy/torch, no model code).
+"""Look inside deformable layers: pure functions on captured offset maps (numpy/torch, no model code), and
+:func:`inspect`, which runs a model once on an image and gathers them into an :class:`Inspection`.
 
 Data flows one way: a model's forward captures offset maps -> this package -> rendering / JSON / tables.
 

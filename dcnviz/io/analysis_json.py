@@ -97,6 +97,13 @@ def rois_record(path, inspection, model: str, figure, rois, panels) -> dict:
     return record
 
 
+def stats_record(summary: dict, config: dict, paper: dict) -> dict:
+    """``dcnviz dilation-stats``'s stats.json: the Table 2 ``summary`` ({layer: {bucket: {mean, std, n}}}),
+    every rule and setting (``config``) and the paper's values ({layer: {bucket: (mean, std)}}) beside it."""
+    return {"layers": summary, "config": config,
+            "paper": {layer: {b: {"mean": m, "std": sd} for b, (m, sd) in cells.items()} for layer, cells in paper.items()}}
+
+
 def stats_csv(summary: dict, paper: dict) -> str:
     """Long-format CSV of a Table 2 summary ({layer: {bucket: {mean, std, n}}}) with the paper's values
     beside it (empty where the paper has no such layer)."""
