@@ -192,6 +192,7 @@ class Inspection:
 
     @property
     def image_size(self) -> tuple[int, int]:
+        """(H, W) of the original image."""
         return tuple(self.image.shape[:2])
 
     def unit_at(self, x: float, y: float, layer: str | None = None) -> Unit:
