@@ -196,6 +196,14 @@ class TestDeformConv2d:
         args = op_args(x, offset, weight, b, **kw)
         torch.library.opcheck(torch.ops.dcnviz._deform_conv2d_backward.default, (dy, *args[:3], *args[4:]))
 
+    def test_opcheck_backward_op_channels_last(self):
+        """The fake backward gives the real one's (contiguous) strides for channels-last input, weight and
+        offset, so that compiled graphs allocate what the kernel returns."""
+        (x, offset, weight, b, dy), kw = random_case(*RANDOM_SHAPES[2], dtype=torch.float32)
+        x, offset, weight = (t.contiguous(memory_format=torch.channels_last) for t in (x, offset, weight))
+        args = op_args(x, offset, weight, b, **kw)
+        torch.library.opcheck(torch.ops.dcnviz._deform_conv2d_backward.default, (dy, *args[:3], *args[4:]))
+
     @pytest.mark.parametrize("impl", sorted(IMPLS))
     @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), 1e30, -1e30])
     def test_nonfinite_and_huge_offsets(self, impl, bad):

@@ -127,6 +127,15 @@ class TestDeformPSRoIPool:
                 kwargs["sample_per_part"], kwargs["trans_std"])
         torch.library.opcheck(torch.ops.dcnviz.deform_psroi_pool.default, args)
 
+    def test_opcheck_backward_op_channels_last(self):
+        """The fake backward gives the real one's contiguous strides for a channels-last input."""
+        x, rois, offset, kwargs = random_case(rois=3, height=7, width=8)
+        x = x.contiguous(memory_format=torch.channels_last)
+        offset = offset.contiguous(memory_format=torch.channels_last)
+        dy = torch.randn(rois.shape[0], kwargs["output_dim"], kwargs["pooled_size"], kwargs["pooled_size"], dtype=x.dtype)
+        torch.library.opcheck(torch.ops.dcnviz._deform_psroi_pool_backward.default,
+                              (dy, x, rois, offset, *kwargs.values()))
+
     def test_noncontiguous(self):
         x, rois, offset, kwargs = random_case(num_classes=2, output_dim=4)
         x_nc = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)

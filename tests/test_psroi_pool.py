@@ -80,6 +80,13 @@ class TestPSRoIPool:
         x, rois, kwargs = random_case(rois=3, height=7, width=8)
         torch.library.opcheck(torch.ops.dcnviz.psroi_pool.default, (x.requires_grad_(), rois, *kwargs.values()))
 
+    def test_opcheck_backward_op_channels_last(self):
+        """The fake backward gives the real one's contiguous strides for a channels-last input."""
+        x, rois, kwargs = random_case(rois=3, height=7, width=8)
+        x = x.contiguous(memory_format=torch.channels_last)
+        dy = torch.randn(rois.shape[0], kwargs["output_dim"], kwargs["pooled_size"], kwargs["pooled_size"], dtype=x.dtype)
+        torch.library.opcheck(torch.ops.dcnviz._psroi_pool_backward.default, (dy, x, rois, *kwargs.values()))
+
     def test_noncontiguous(self):
         x, rois, kwargs = random_case()
         x_nc = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
