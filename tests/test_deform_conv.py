@@ -390,6 +390,18 @@ class TestDeformConv2dCUDA:
             err = (got.float() - want).abs().max().item()
             assert err <= bound * want.abs().max().item() + 1e-3, f"{name}: max error {err}"
 
+    def test_deterministic_mode_refuses_backward(self):
+        """The backward's atomics are reported to torch.use_deterministic_algorithms; the forward is exact."""
+        args, kw = random_case(*RANDOM_SHAPES[0], dtype=torch.float32, device="cuda")
+        x = args[0].detach().requires_grad_()
+        torch.use_deterministic_algorithms(True)
+        try:
+            y = deform_conv2d(x, *args[1:4], **kw)
+            with pytest.raises(RuntimeError, match="deform_conv2d_backward_cuda"):
+                y.sum().backward()
+        finally:
+            torch.use_deterministic_algorithms(False)
+
     def test_autocast_keeps_float32(self):
         args, kw = random_case(*RANDOM_SHAPES[0], dtype=torch.float32, device="cuda")
         expected = deform_conv2d(*args[:4], **kw)

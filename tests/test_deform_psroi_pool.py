@@ -310,6 +310,18 @@ class TestDeformPSRoIPoolCUDA:
             if want is not None:
                 torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5)
 
+    def test_deterministic_mode_refuses_backward(self):
+        """The backward's atomics are reported to torch.use_deterministic_algorithms."""
+        x, rois, offset, kwargs = random_case(rois=4)
+        x = x.cuda().requires_grad_()
+        torch.use_deterministic_algorithms(True)
+        try:
+            y = deform_psroi_pool(x, rois.cuda(), offset.cuda(), **kwargs)
+            with pytest.raises(RuntimeError, match="deform_psroi_pool_backward_cuda"):
+                y.sum().backward()
+        finally:
+            torch.use_deterministic_algorithms(False)
+
     @pytest.mark.parametrize("with_offset", [True, False])
     def test_matches_cpu(self, with_offset):
         x, rois, offset, kwargs = random_case(rois=16, num_classes=2, output_dim=4, offset=with_offset)

@@ -212,6 +212,18 @@ class TestPSRoIPoolCUDA:
         for want, got in zip(cpu, gpu):
             torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5)
 
+    def test_deterministic_mode_refuses_backward(self):
+        """The backward's atomics are reported to torch.use_deterministic_algorithms."""
+        x, rois, kwargs = random_case(rois=4)
+        x = x.cuda().requires_grad_()
+        torch.use_deterministic_algorithms(True)
+        try:
+            y = psroi_pool(x, rois.cuda(), **kwargs)
+            with pytest.raises(RuntimeError, match="psroi_pool_backward_cuda"):
+                y.sum().backward()
+        finally:
+            torch.use_deterministic_algorithms(False)
+
     def test_matches_cpu(self):
         x, rois, kwargs = random_case(rois=16)
         cpu = forward_backward(psroi_pool, x, rois, kwargs)
