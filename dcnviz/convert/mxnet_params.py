@@ -72,10 +72,13 @@ class _Stream:
     def left(self) -> int:
         return self.size - self.pos
 
-    def read(self, n: int, what: str) -> bytearray:
+    def need(self, n: int, what: str) -> None:
         if n > self.left():
             raise WeightsError(f"{self.path}: truncated or corrupt MXNet .params file: {what} needs {n} bytes at "
                                f"offset {self.pos}, only {self.left()} left")
+
+    def read(self, n: int, what: str) -> bytearray:
+        self.need(n, what)
         buf = bytearray(n)
         got = self.f.readinto(buf)
         if got != n:  # the file shrank while we read it
@@ -140,9 +143,11 @@ def _array(s: _Stream, index: int, elements_left: int) -> tuple[np.ndarray, str]
     count = 1
     for d in shape:
         count *= d
+    data_what = f"{what} data {shape} {dtype.name}"
+    s.need(count * dtype.itemsize, data_what)
     if count > elements_left:
         s.fail(f"{what} {shape} holds more values than the model has ({elements_left} left)")
-    data = s.read(count * dtype.itemsize, f"{what} data {shape} {dtype.name}")
+    data = s.read(count * dtype.itemsize, data_what)
     return np.frombuffer(data, dtype=dtype).reshape(shape), encoding
 
 
