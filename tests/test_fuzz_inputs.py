@@ -29,7 +29,7 @@ from dcnviz.errors import ImageError, UserError
 from dcnviz.io.images import read_image
 from limits import run_limited
 
-EXAMPLES = int(os.environ.get("DCNVIZ_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("DCNVIZ_FUZZ_EXAMPLES", "100"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 PARAMS = (Path(__file__).parent / "fixtures" / "params" / "v2.params").read_bytes()

@@ -5,7 +5,7 @@ a finite output of the right shape equal to the pure-torch reference (float64), 
 ValueError/RuntimeError; it never crashes or hangs.
 
 The examples are derandomized (the same on every run) and their number is ``DCNVIZ_FUZZ_EXAMPLES``
-(default 60 per test), so CI time stays fixed.
+(default 100 per test), so CI time stays fixed.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from dcnviz.ops import deform_conv2d, deform_psroi_pool, psroi_pool
 from dcnviz.ops import reference
 
-EXAMPLES = int(os.environ.get("DCNVIZ_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("DCNVIZ_FUZZ_EXAMPLES", "100"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 SPECIAL = [float("nan"), float("inf"), -float("inf"), 1e30, -1e30]
