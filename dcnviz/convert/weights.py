@@ -190,10 +190,10 @@ def params_limits(model: str | None, expected: Mapping | None = None) -> dict[st
     """Bounds for :func:`~dcnviz.convert.mxnet_params.read_params` (``max_arrays``, ``max_elements``):
     the key and parameter counts of ``model`` (``*_test`` box keys may come in addition to the plain
     ones) when known, else those of the largest official model."""
-    if model is not None and (expected is not None or model in names.official_specs()):
-        candidates = [{**k, **o} for k, o in [expected_keys(model, expected)]]
-    else:
-        candidates = [{**names.official_specs()[m], **names.official_optional()[m]} for m in names.official_specs()]
+    known = model is not None and (expected is not None or model in names.official_specs())
+    candidates = [model] if known else list(names.official_specs())
+    candidates = [{**required, **optional} for required, optional in
+                  (expected_keys(m, expected if m == model else None) for m in candidates)]
     return {"max_arrays": max(len(keys) for keys in candidates),
             "max_elements": max(sum(_numel(s) for s in keys.values()) for keys in candidates)}
 
