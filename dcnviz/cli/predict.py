@@ -121,17 +121,34 @@ def run_predictions(task: str, images: Sequence[Path], predictor: Callable[[np.n
     return RunSummary(out_dir, processed, failed)
 
 
+def output_files(task: str, path: Path, name: Path) -> dict[str, Path]:
+    """The files one image's results go to, relative to the run folder, by subfolder."""
+    files = {"vis": Path("vis") / name.with_name(name.name + _vis_suffix(path)),
+             "preds": Path("preds") / name.with_name(name.name + ".json")}
+    if task == "segmentation":
+        files["masks"] = Path("masks") / name.with_name(name.name + ".png")
+    return files
+
+
+def planned_outputs(task: str, images: Sequence[Path], save_coco: bool = False) -> list[Path]:
+    """Every file a run over ``images`` may write, relative to the run folder (checked against the
+    inputs before anything is written)."""
+    names = output_names(images)
+    planned = [rel for path in images for rel in output_files(task, path, names[path]).values()]
+    return planned + ([Path(COCO_FILE)] if save_coco else [])
+
+
 def _save(task: str, result, image: np.ndarray, path: Path, out_dir: Path, name: Path, image_id: int,
           opts: RunOptions) -> tuple[dict, str]:
     """Write one image's picture, JSON (and mask); return its record and log summary."""
-    vis = out_dir / "vis" / name.with_name(name.name + _vis_suffix(path))
-    json_path = out_dir / "preds" / name.with_name(name.name + ".json")
+    files = {key: out_dir / rel for key, rel in output_files(task, path, name).items()}
+    vis, json_path = files["vis"], files["preds"]
     if task == "detection":
         write_image_atomic(vis, draw_detections(image, result, opts.palette))
         record = detection_record(result, image=path, image_id=image_id, model=opts.model, vis=vis)
         summary = _detections_summary(result)
     else:
-        mask = out_dir / "masks" / name.with_name(name.name + ".png")
+        mask = files["masks"]
         write_png_palette_atomic(mask, result.labels, result.palette)
         write_image_atomic(vis, overlay_segmentation(image, result, alpha=opts.alpha))
         record = segmentation_record(result, image=path, model=opts.model, vis=vis, mask=mask)
@@ -202,7 +219,8 @@ def _run(ctx: click.Context, task: str, images: Sequence[Path], spec, weights: P
          out: Path, exist_ok: bool, opts: RunOptions, make_predictor: Callable) -> None:
     """Choose the device, create the output folder, load the model, run; exit 1 if images failed."""
     dev = select_device(device, warn=None if opts.quiet else lambda line: click.echo(line, err=True))
-    with run_dir(out, exist_ok, SUBDIRS[task], images) as out_dir:
+    planned = planned_outputs(task, images, opts.save_coco)
+    with run_dir(out, exist_ok, SUBDIRS[task], images, planned) as out_dir:
         net = dcnviz.load_model(spec.name, weights, dev)
         if not opts.quiet:
             n = len(images)
