@@ -74,6 +74,8 @@ def dilation_stats(dataset, split, limit, compare_paper, workers, resume, save_e
     from dcnviz.io.analysis_json import stats_csv
     from dcnviz.io.images import write_bytes_atomic, write_json_atomic
     from dcnviz.models.capture import short_name
+    from dcnviz.runner import default_workers
+    from dcnviz.runner.partial import discard
     from dcnviz.viz.plots import dilation_histogram
 
     spec, meta = resolve(model)
@@ -84,7 +86,8 @@ def dilation_stats(dataset, split, limit, compare_paper, workers, resume, save_e
         net = dcnviz.load_model(spec.name, weights, ctx.device)
         say(f"{spec.name} on {ctx.device}{f' x {ctx.world} processes' if ctx.world > 1 else ''}: {dataset}, "
             f"split {split}")
-        run = run_stats(net, dataset, split, limit, ctx=ctx, workers=workers, out_dir=out_dir, resume=resume,
+        run = run_stats(net, dataset, split, limit, ctx=ctx, workers=default_workers() if workers is None else workers,
+                        out_dir=out_dir, resume=resume,
                         save_every=save_every, quiet=quiet,
                         config={"model": spec.name, "weights": os.fspath(weights) if weights else "default"})
         if run is None:  # not rank 0: rank 0 merges and writes
@@ -105,8 +108,7 @@ def dilation_stats(dataset, split, limit, compare_paper, workers, resume, save_e
             title = f"{layer}: {spec.name}, {run.stats.images} images of {split}"
             write_bytes_atomic(out_dir / f"hist_{layer}.png",
                                dilation_histogram(run.stats.edges, counts, BUCKETS, title, nominal[layer]))
-        if run.partial is not None:
-            run.partial.remove()
+        discard(out_dir)
     finish_processes(ctx)
 
     click.echo(f"Effective dilation, {spec.name} on {dataset} ({split}, {run.stats.images} images): "

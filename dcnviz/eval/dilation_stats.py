@@ -32,16 +32,13 @@ _HIST = "hist/"
 @dataclass
 class DilationRun:
     """What :func:`dilation_stats` found: the statistics (layers top first), the ids it used, and
-    ``skipped`` as (id, one-line reason) pairs; ``images_run`` and ``seconds``: this run's own work;
-    ``partial``: its partial state, to :meth:`~dcnviz.runner.PartialState.remove` once the final files are
-    written (until then a crash can still be resumed)."""
+    ``skipped`` as (id, one-line reason) pairs; ``images_run`` and ``seconds``: this run's own work."""
 
     stats: DilationStats
     ids: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     images_run: int = 0
     seconds: float = 0.0
-    partial: PartialState | None = None
 
 
 class DilationJob:
@@ -97,7 +94,8 @@ def dilation_stats(model, data, split: str = "test", limit: int | None = None, *
 
     ``ctx``, ``workers``, ``resume``, ``save_every``: see :func:`dcnviz.runner.run` (default: one process, no
     workers); with ``out_dir`` the partial state is kept in ``out_dir/partial``, for a run defined by
-    ``config`` (the options that change the result) with this model, dataset, split and images;
+    ``config`` (the options that change the result) with this model, dataset, split and images (the caller
+    removes it with :func:`~dcnviz.runner.partial.discard` once its final files are written);
     ``quiet=False`` shows the progress. Broken entries are reported
     on stderr and listed in ``skipped``. Returns None on ranks other than 0. Raises
     :class:`~dcnviz.errors.UserError` when the folder or split cannot be used, or when no image could be used."""
@@ -121,4 +119,4 @@ def dilation_stats(model, data, split: str = "test", limit: int | None = None, *
     if stats.images == 0:
         raise UserError(f"none of the {len(ids)} images of split {split!r} could be used; first problem: "
                         f"{skipped[0][1]}")
-    return DilationRun(stats, ids, skipped, outcome.images, outcome.seconds, state)
+    return DilationRun(stats, ids, skipped, outcome.images, outcome.seconds)

@@ -79,8 +79,11 @@ class PartialState:
                  "totals": {k: np.asarray(v).tolist() for k, v in totals.items()}}
         write_json_atomic(self.folder / f"part-a{self.attempt:03d}-r{rank:05d}-{seq:06d}.json", chunk, expand=0)
 
-    def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def discard(out_dir: str | Path) -> None:
+    """Remove ``out_dir/partial`` once the run's final files are written (until then it can be resumed)."""
+    shutil.rmtree(Path(out_dir) / FOLDER, ignore_errors=True)
 
 
 def model_digest(model) -> str:
