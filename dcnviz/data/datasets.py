@@ -8,7 +8,8 @@ Each layout is read exactly as distributed; the folder given is recognised by wh
   ``ImageSets/Segmentation/<split>.txt`` and the ``SegmentationClass/<id>.png`` palette PNGs (255 void).
 - **COCO** (the folder holding ``annotations/instances_<split>.json`` and the images in ``<split>/`` or
   ``images/<split>/``, e.g. split ``val2017``): ``bbox`` ``[x, y, w, h]`` becomes the 0-based inclusive
-  ``[x, y, x + w - 1, y + h - 1]`` clipped to the image, as the official MSRA COCO loader does; boxes of
+  ``[x1, y1, x1 + w - 1, y1 + h - 1]`` with x1, y1 = x, y clipped at 0 and x2, y2 clipped to the image,
+  exactly as the official MSRA COCO loader does; boxes of
   zero area are dropped (as there); ``iscrowd`` objects are marked ``difficult``, so AP ignores them and
   ``dilation-stats`` leaves filters inside them only out, like VOC's difficult boxes. The size buckets of
   ``dilation-stats`` use these boxes' areas ((x2-x1+1)*(y2-y1+1) = w*h), not the annotations' ``area``

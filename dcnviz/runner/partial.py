@@ -58,7 +58,7 @@ class PartialState:
             old = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise UserError(f"cannot resume from {path}: {e}") from None
-        for key in sorted(set(old) | set(self.manifest)):
+        for key in [*self.manifest, *(k for k in old if k not in self.manifest)]:  # the user's options first
             if old.get(key) != self.manifest.get(key):
                 raise UserError(f"cannot resume {self.folder.parent}: it was started with {key} = "
                                 f"{_short(old.get(key))}, this run has {_short(self.manifest.get(key))}")
