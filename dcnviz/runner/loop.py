@@ -11,6 +11,7 @@ whatever the number of processes or interruptions, so every way of running gives
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -62,11 +63,12 @@ class Outcome:
                        self.images, self.seconds)
 
 
-def default_workers() -> int:
-    """DataLoader workers per process: one CPU core of this process's share is left to the model's own
-    threads, at most 8 (decoding and resizing rarely need more to keep a GPU busy)."""
+def default_workers(processes: int | None = None) -> int:
+    """DataLoader workers per process when ``processes`` (default: torchrun's ``LOCAL_WORLD_SIZE``, else 1)
+    share this machine: one CPU core of each process's share is left to the model's own threads, at most
+    8 workers (decoding and resizing rarely need more to keep a GPU busy)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    share = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    share = cores // max(1, processes or int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return max(0, min(8, share - 1))
 
 
@@ -89,12 +91,19 @@ def _identity(item):
     return item
 
 
-def _init_worker(_):
-    # a worker decodes one image at a time; the model's process keeps the cores' threads
+@contextlib.contextmanager
+def _opencv_sequential():
+    """OpenCV without its thread pool while the workers are forked. A forked child inherits the pool's
+    state but not its threads, and OpenCV then deadlocks there (even in ``cv2.setNumThreads``); the
+    workers (one image each; torch gives them one thread too) resize sequentially."""
     import cv2
 
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(0)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
 
 
 def run(job: Job, count: int, ctx: Dist, *, workers: int = 0, state: PartialState | None = None,
@@ -123,16 +132,18 @@ def run(job: Job, count: int, ctx: Dist, *, workers: int = 0, state: PartialStat
     steps = len(distributed.shard(todo, Dist(0, ctx.world)))  # rank 0 has the most
     progress = Progress(count, len(finished), enabled=ctx.main and not quiet, desc=desc)
     loader = DataLoader(_Items(job, mine), batch_size=None, num_workers=workers, collate_fn=_identity,
-                        pin_memory=ctx.device.type == "cuda", worker_init_fn=_init_worker if workers else None,
-                        prefetch_factor=4 if workers else None)
+                        pin_memory=ctx.device.type == "cuda", prefetch_factor=4 if workers else None)
     mine_out = Outcome()  # everything this process did
     chunk = Outcome()     # since its last chunk
-    seq, start, items = 0, time.monotonic(), iter(loader)
+    seq, start = 0, time.monotonic()
+    with _opencv_sequential() if workers else contextlib.nullcontext():
+        items = iter(loader)  # forks the workers
+    index = None
     try:
         for s in range(steps):
             if s < len(mine):
+                index = mine[s]
                 item = next(items)
-                index = item["index"]
                 if "error" in item:
                     chunk.errors[index] = item["error"]
                     line = f"{ctx.tag}Error: {item['error']}; skipped"
@@ -141,13 +152,7 @@ def run(job: Job, count: int, ctx: Dist, *, workers: int = 0, state: PartialStat
                     else:
                         print(line, file=sys.stderr, flush=True)
                 else:
-                    try:
-                        record, totals = job.step(item)
-                    except Exception as e:
-                        if ctx.world > 1:
-                            print(f"{ctx.tag}Error at image {job.name(index)}: {type(e).__name__}: {e}",
-                                  file=sys.stderr, flush=True)
-                        raise
+                    record, totals = job.step(item)
                     chunk.add({index: record}, {}, totals)
             if (s + 1) % save_every == 0 or s == steps - 1:
                 if state is not None and (chunk.records or chunk.errors):
@@ -156,6 +161,11 @@ def run(job: Job, count: int, ctx: Dist, *, workers: int = 0, state: PartialStat
                 mine_out.add(chunk.records, chunk.errors, chunk.totals)
                 chunk = Outcome()
                 progress.update(len(finished) + distributed.all_sum(len(mine_out.records) + len(mine_out.errors), ctx))
+    except Exception as e:
+        if ctx.world > 1:  # which process failed, on which image (torchrun then stops the others)
+            where = "" if index is None else f" at image {job.name(index)}"
+            print(f"{ctx.tag}Error{where}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        raise
     finally:
         progress.close()
     mine_out.images, mine_out.seconds = len(mine), time.monotonic() - start
