@@ -87,9 +87,8 @@ def dilation_stats(dataset, split, limit, compare_paper, workers, resume, save_e
         say(f"{spec.name} on {ctx.device}{f' x {ctx.world} processes' if ctx.world > 1 else ''}: {dataset}, "
             f"split {split}")
         run = run_stats(net, dataset, split, limit, ctx=ctx, workers=default_workers() if workers is None else workers,
-                        out_dir=out_dir, resume=resume,
-                        save_every=save_every, quiet=quiet,
-                        config={"model": spec.name, "weights": os.fspath(weights) if weights else "default"})
+                        out_dir=out_dir, resume=resume, save_every=save_every, quiet=quiet,
+                        config={"model": spec.name})
         if run is None:  # not rank 0: rank 0 merges and writes
             finish_processes(ctx)
             return

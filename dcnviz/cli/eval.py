@@ -45,7 +45,7 @@ def eval_(model, data, split, weights, device, as_json, out, workers, resume, sa
         out_dir = None if out is None else run_folder(stack, out, False, resume, ctx)
         net = load_model(model, weights=weights, device=ctx.device)
         scores = evaluate(net, data, split, ctx=ctx, workers=default_workers() if workers is None else workers,
-                          out_dir=out_dir, config={"model": model, "weights": weights}, resume=resume,
+                          out_dir=out_dir, config={"model": model}, resume=resume,
                           save_every=save_every, quiet=as_json)
         if scores is not None and out_dir is not None:
             write_json_atomic(out_dir / "scores.json", {"model": model, "split": split, **scores}, expand=2)

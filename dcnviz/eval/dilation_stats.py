@@ -107,7 +107,7 @@ def dilation_stats(model, data, split: str = "test", limit: int | None = None, *
         raise UserError(f"split {split!r} of {data} lists no images")
     state = None
     if out_dir is not None:
-        state = PartialState(out_dir, {"command": "dilation-stats", **(config or {}), "model_sha256": model_digest(model),
+        state = PartialState(out_dir, {"command": "dilation-stats", **(config or {}), "weights_sha256": model_digest(model),
                                        "dataset": str(Path(data).resolve()), "layout": dataset.layout, "split": split,
                                        "limit": limit, "images": len(ids), "ids_sha256": ids_digest(ids)})
     outcome = run(DilationJob(model, dataset, ids), len(ids), ctx or Dist(), workers=workers, state=state,

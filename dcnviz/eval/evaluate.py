@@ -87,7 +87,7 @@ def evaluate(model, data, split: str = "test", *, ctx: Dist | None = None, worke
         raise UserError(f"split {split!r} of {data} lists no images")
     state = None
     if out_dir is not None:
-        state = PartialState(out_dir, {"command": "eval", **(config or {}), "model_sha256": model_digest(model),
+        state = PartialState(out_dir, {"command": "eval", **(config or {}), "weights_sha256": model_digest(model),
                                        "dataset": str(Path(data).resolve()), "layout": dataset.layout,
                                        "split": split, "images": len(ids), "ids_sha256": ids_digest(ids)})
     outcome = run(PredictJob(model, dataset), len(ids), ctx or Dist(), workers=workers, state=state,

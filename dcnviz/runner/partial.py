@@ -2,7 +2,7 @@
 
 Layout (``OUT/partial/``)::
 
-    run.json                         what the run computes: command, model, SHA-256 of its weights,
+    run.json                         what the run computes: command, model, SHA-256 of its weights (state dict),
                                      dataset, split, image count and ids, every option that changes a result
     part-a<attempt>-r<rank>-<seq>.json   one chunk: the per-image records and error lines of the images a
                                      process finished since its previous chunk, and its additive totals
