@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dcnviz.errors import UserError
