@@ -205,3 +205,48 @@ def parse_classes(values: Sequence[str], class_names: Sequence[str]) -> set[int]
             raise click.BadParameter(f"unknown class {item!r}; {hint}", param_hint="'--classes'")
         ids.add(i)
     return ids
+
+
+# ------------------------------------------------------------------------------ dataset-scale runs
+def dataset_run_options(f: Callable) -> Callable:
+    """--workers, --resume, --save-every: options of a command that runs over a whole dataset
+    (see :mod:`dcnviz.runner`)."""
+    options = [
+        click.option("--workers", type=click.IntRange(min=0), metavar="N",
+                     help="DataLoader processes that read and preprocess images (per process under torchrun); "
+                          "default: the CPU cores of this process less one, at most 8; 0 reads in this process."),
+        click.option("--resume", is_flag=True,
+                     help="Continue the interrupted run in OUT (the same model, weights, data and options)."),
+        click.option("--save-every", type=click.IntRange(min=1), default=10, show_default=True, metavar="N",
+                     help="Save the partial state (for --resume) and update the progress every N images of "
+                          "each process."),
+    ]
+    return apply_options(options)(f)
+
+
+def start_processes(device: str, quiet: bool):
+    """This process's :class:`dcnviz.runner.Dist` (joining torchrun's process group when launched by it)
+    on the device chosen by ``--device``."""
+    from dcnviz.runner import distributed
+
+    return distributed.init(device, select_device, None if quiet else lambda line: click.echo(line, err=True))
+
+
+def finish_processes(ctx) -> None:
+    from dcnviz.runner import distributed
+
+    distributed.finish(ctx)
+
+
+def run_folder(stack: contextlib.ExitStack, out: Path, exist_ok: bool, resume: bool, ctx) -> Path:
+    """The output folder of a dataset run, the same on every process: with ``resume`` OUT itself (which
+    must hold the interrupted run), else a fresh folder made by rank 0 (:func:`dcnviz.io.outputs.run_dir`,
+    entered on ``stack``)."""
+    from dcnviz.io.outputs import run_dir
+    from dcnviz.runner.distributed import on_main
+
+    if resume:
+        if not Path(out).is_dir():
+            raise UserError(f"nothing to resume: output folder {out} does not exist")
+        return Path(out)
+    return on_main(lambda: stack.enter_context(run_dir(out, exist_ok, (), [])), ctx)

@@ -15,7 +15,7 @@ from torch import nn
 from dcnviz.models.resnet import DeformableLayer
 from dcnviz.structures import Prep
 
-__all__ = ["short_name", "layer_stack", "capture_offsets", "twin_convs"]
+__all__ = ["short_name", "layer_stack", "capture_offsets", "input_offsets", "twin_convs"]
 
 _SUFFIX = "_branch2b"
 
@@ -45,11 +45,17 @@ def capture_offsets(model: nn.Module, image) -> tuple[dict[str, torch.Tensor], P
     post-processing): ``{layer.offset: (1, 2*G*kh*kw, Ho, Wo) float32 CPU tensor}`` and the image's
     :class:`~dcnviz.structures.Prep`. ``image`` is a path or a BGR uint8 array, preprocessed as
     ``predict`` does; the maps equal those ``predict`` captures."""
-    device = next(model.parameters()).device
     data, prep = model.preprocess(image)
+    return input_offsets(model, data), prep
+
+
+@torch.inference_mode()
+def input_offsets(model: nn.Module, data: torch.Tensor) -> dict[str, torch.Tensor]:
+    """:func:`capture_offsets` of an input already preprocessed by ``model.preprocess`` (e.g. in DataLoader
+    workers); ``data`` is moved to the model's device (non-blocking from pinned memory)."""
     taps: dict[str, torch.Tensor] = {}
-    model.backbone(data.to(device), taps)
-    return {layer.offset: taps[layer.offset].float().cpu() for layer in model.deformable_layers}, prep
+    model.backbone(data.to(next(model.parameters()).device, non_blocking=True), taps)
+    return {layer.offset: taps[layer.offset].float().cpu() for layer in model.deformable_layers}
 
 
 def twin_convs(plain: nn.Module, layers: list[DeformableLayer]) -> list[nn.Conv2d]:

@@ -184,8 +184,17 @@ class RFCN(nn.Module):
         ``keep_features`` it also holds ``features``, the head's input (res5 output, on the model's device),
         so that :meth:`pool_rois` can pool other RoIs later without running the backbone again.
         """
-        device = next(self.parameters()).device
         data, prep = self.preprocess(image)
+        return self.predict_input(data, prep, boxes, score_thresh, keep_features)
+
+    @torch.inference_mode()
+    def predict_input(self, data: torch.Tensor, prep: Prep, boxes=None, score_thresh: float | None = None,
+                      keep_features: bool = False) -> Detections:
+        """:meth:`predict` on an input already preprocessed (``data`` and ``prep`` from :meth:`preprocess`,
+        e.g. by DataLoader workers); ``data`` is moved to the model's device (non-blocking from pinned
+        memory)."""
+        device = next(self.parameters()).device
+        data = data.to(device, non_blocking=True)
         rois = None
         if boxes is not None:
             b = np.asarray(boxes, dtype=np.float64)
@@ -193,7 +202,7 @@ class RFCN(nn.Module):
                 raise UserError(f"boxes must be finite [x1, y1, x2, y2] rows of shape (K, 4), got shape {b.shape}")
             rois = np.hstack([np.zeros((len(b), 1)), np.round(b * prep.scale)]).astype(np.float32)
             rois = torch.from_numpy(rois)
-        out = self.forward_official(data.to(device), rois, features=keep_features)
+        out = self.forward_official(data, rois, features=keep_features)
         cfg = self.detection_cfg if score_thresh is None else replace(self.detection_cfg, score_thresh=score_thresh)
         numpy = {k: out[k].float().cpu().numpy() for k in ("rois", "cls_prob", "bbox_pred")}
         det_boxes, scores, labels = detect(numpy["rois"], numpy["cls_prob"], numpy["bbox_pred"],
