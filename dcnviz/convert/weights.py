@@ -188,10 +188,11 @@ def metadata(model: str, classes, source: str, extra: dict) -> dict[str, str]:
 
 def params_limits(model: str | None, expected: Mapping | None = None) -> dict[str, int]:
     """Bounds for :func:`~dcnviz.convert.mxnet_params.read_params` (``max_arrays``, ``max_elements``):
-    the key and parameter counts of ``model`` (``*_test`` box keys may come in addition to the plain
-    ones) when known, else those of the largest official model."""
+    the largest key and parameter counts (``*_test`` box keys may come in addition to the plain ones)
+    of ``model`` and of every official model. Not ``model``'s alone: a real file of another official
+    model must still be read, so that the error can say which model it belongs to."""
     known = model is not None and (expected is not None or model in names.official_specs())
-    candidates = [model] if known else list(names.official_specs())
+    candidates = list(names.official_specs()) + ([model] if known and model not in names.official_specs() else [])
     candidates = [{**required, **optional} for required, optional in
                   (expected_keys(m, expected if m == model else None) for m in candidates)]
     return {"max_arrays": max(len(keys) for keys in candidates),
