@@ -1,6 +1,6 @@
 """One image reader and one preprocessing for every path (issue 17, defect 2): a photo with EXIF
 orientation 1-8 gives the same detections through ``dcnviz detect``, ``model.predict(path)`` and
-``evaluate`` (which is what ``dcnviz eval`` runs); training reads it the same way."""
+``dcnviz eval``'s per-image job; training reads it the same way."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,7 +14,8 @@ import dcnviz
 from cli_helpers import run_cli, validate_jsonl
 from dcnviz.data.loader import VOCDetSeg
 from dcnviz.data.voc import Annotation, VOCObject, annotation_xml
-from dcnviz.eval.evaluate import evaluate
+from dcnviz.data.datasets import open_split
+from dcnviz.eval.evaluate import PredictJob
 from dcnviz.models.preprocess import preprocess
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "synth_mixed.jpg"
@@ -45,15 +46,15 @@ def exif_voc(tmp_path_factory) -> Path:
     return root
 
 
-class _Recorder:
-    """The model as ``evaluate`` sees it, remembering what ``predict`` returned per path."""
-
-    def __init__(self, model):
-        self.model, self.classes, self.task, self.seen = model, model.classes, model.task, {}
-
-    def predict(self, image):
-        self.seen[Path(image).stem] = dets = self.model.predict(image)
-        return dets
+def _eval_detections(model, root: Path) -> dict:
+    """What ``dcnviz eval`` computes per image: its job's load (read + preprocess) and step (predict)."""
+    split = open_split(root, "test", "detection")
+    job = PredictJob(model, split)
+    results = {}
+    for index, image_id in enumerate(split.ids):
+        record, _ = job.step(job.load(index))
+        results[image_id] = record
+    return results
 
 
 def test_exif_orientations_give_the_same_detections_everywhere(exif_voc, tmp_path):
@@ -63,18 +64,18 @@ def test_exif_orientations_give_the_same_detections_everywhere(exif_voc, tmp_pat
     assert proc.returncode == 0, proc.stderr
     cli = {Path(r["image"]).stem: r for r in validate_jsonl(proc.stdout, "detections")}
     model = dcnviz.load_model("rfcn_dcn_synth")
-    recorder = _Recorder(model)
-    evaluate(recorder, exif_voc, "test")
+    evaluated_all = _eval_detections(model, exif_voc)
     upright_h, upright_w = np.asarray(Image.open(SAMPLE)).shape[:2]
     for path in images:
-        record, dets, evaluated = cli[path.stem], model.predict(str(path)), recorder.seen[path.stem]
+        record, dets, evaluated = cli[path.stem], model.predict(str(path)), evaluated_all[path.stem]
         assert (record["height"], record["width"]) == (upright_h, upright_w) == tuple(dets.prep.image_size)
-        assert len(record["detections"]) == len(dets) == len(evaluated) > 0, path.name
+        assert len(record["detections"]) == len(dets) == len(evaluated["scores"]) > 0, path.name
         np.testing.assert_allclose([d["box"] for d in record["detections"]], dets.boxes, atol=0.006)
         np.testing.assert_allclose([d["score"] for d in record["detections"]], dets.scores, atol=6e-6)
         assert [d["class_id"] for d in record["detections"]] == list(dets.labels)
-        np.testing.assert_array_equal(evaluated.boxes, dets.boxes)
-        np.testing.assert_array_equal(evaluated.scores, dets.scores)
+        np.testing.assert_array_equal(np.asarray(evaluated["boxes"], np.float32).reshape(-1, 4), dets.boxes)
+        np.testing.assert_array_equal(np.asarray(evaluated["scores"], np.float32), dets.scores)
+        assert evaluated["labels"] == list(dets.labels)
 
 
 def test_training_reads_the_image_as_inference_does(exif_voc):
