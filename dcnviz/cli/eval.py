@@ -1,51 +1,108 @@
-"""``dcnviz eval``: detection AP or segmentation mIoU of a model on a split (see dcnviz/eval/evaluate.py)."""
+"""``dcnviz eval``: detection AP or segmentation mIoU of a model on a split (see dcnviz/eval/evaluate.py).
+
+Output (``OUT`` = runs/eval, runs/eval2, …)::
+
+    OUT/scores.json   the scores: the same object --json prints (see :func:`scores_record`)
+"""
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
-from dcnviz.cli.common import _check_device, select_device
+from dcnviz.cli.common import (apply_options, data_option, debug_option, deprecated, json_option, progress,
+                               resolve_model, run_options, select_device, split_option)
+
+# Four decimals: an AP or IoU over a test split is not known better than that.
+DIGITS = 4
 
 
 @click.command("eval")
-@click.argument("model")
-@click.option("--data", required=True, type=click.Path(file_okay=False), help="VOC-layout folder.")
-@click.option("--split", default="test", show_default=True, help="Split to evaluate.")
-@click.option("--weights", default=None, type=click.Path(dir_okay=False),
-              help="Weights file to use instead of the model's own.")
-@click.option("--device", default="auto", show_default=True, callback=_check_device, metavar="auto|cpu|cuda[:N]",
-              help="auto uses the first GPU if there is one.")
-@click.option("--json", "as_json", is_flag=True, help="Print the scores as one JSON object.")
-def eval_(model, data, split, weights, device, as_json):
-    """Score MODEL (a registered name or a weights file) on SPLIT of --data.
+@click.argument("model_arg", required=False, metavar="[MODEL]")
+@apply_options([data_option(), split_option()]
+               + run_options("eval", "Registered model name, or a weights file whose model is recognised "
+                                     "(see 'dcnviz models'); default: the bundled detection model.")
+               + [json_option("Print the scores as one JSON object on stdout (the same as OUT/scores.json)."),
+                  debug_option])
+def eval_(model_arg, data, split, model, weights, device, out, exist_ok, quiet, json_out):
+    """Score a model (-m NAME or a weights file) on --split of --data.
 
     Detection: VOC2010+ area AP at IoU > 0.5 and > 0.7 per class, difficult boxes ignored, and their
-    means (mAP50, mAP70). Segmentation: IoU per class and mIoU, pixels labelled 255 ignored."""
-    from tqdm import tqdm
+    means (mAP50, mAP70). Segmentation: IoU per class and mIoU, pixels labelled 255 ignored. Writes
+    OUT/scores.json. The positional MODEL of earlier releases still works (deprecated).
 
+    \b
+    Examples:
+      dcnviz eval --data synth/ -m rfcn_dcn_synth
+      dcnviz eval --data synth/ -w my_model.safetensors --json
+    """
     from dcnviz.eval.evaluate import evaluate
+    from dcnviz.io.images import write_json_atomic
+    from dcnviz.io.outputs import run_dir
     from dcnviz.models import load_model
 
-    dev = select_device(device, warn=None if as_json else lambda line: click.echo(line, err=True))
-    net = load_model(model, weights=weights, device=dev)
-    with tqdm(unit="img", disable=True if as_json else None, leave=False) as bar:
-        scores = evaluate(net, data, split, progress=bar.update)
-    if as_json:
-        click.echo(json.dumps({"model": model, "split": split, **scores}))
-    elif scores["task"] == "detection":
-        click.echo(f"{model} on {split} ({scores['images']} images), {scores['metric']}, difficult ignored")
-        click.echo(f"{'class':<16}{'AP@0.5':>9}{'AP@0.7':>9}")
-        for name in scores["AP50"]:
-            a50, a70 = scores["AP50"][name], scores["AP70"][name]
-            click.echo(f"{name:<16}{_fmt(a50):>9}{_fmt(a70):>9}")
-        click.echo(f"{'mean':<16}{_fmt(scores['mAP50']):>9}{_fmt(scores['mAP70']):>9}")
+    if model_arg is not None:
+        if model is not None:
+            raise click.UsageError("give the model once: -m NAME (the positional MODEL is deprecated)")
+        deprecated(f"'dcnviz eval {model_arg}'", f"'dcnviz eval -m {model_arg}'")
+        model = model_arg
+    if model is None and weights is None:
+        model = resolve_model(None, "detection").name
+    elif model is not None and not os.path.isfile(model):
+        model = resolve_model(model, None).name  # an unknown name is a usage error with suggestions
+    dev = select_device(device)
+    with run_dir(out, exist_ok, (), []) as out_dir:
+        net = load_model(model if model is not None else weights, weights=weights if model else None, device=dev)
+        with progress(None, "img", quiet=quiet or json_out) as bar:
+            scores = evaluate(net, data, split, progress=bar.update)
+        record = scores_record(scores, model, weights, data, split)
+        write_json_atomic(out_dir / "scores.json", record, expand=2)
+    if json_out:
+        click.echo(json.dumps(record))
     else:
-        click.echo(f"{model} on {split} ({scores['images']} images), IoU per class, 255 ignored")
-        for name, iou in zip(scores["classes"], scores["IoU"]):
-            click.echo(f"{name:<16}{iou:>9.4f}")
-        click.echo(f"{'mIoU':<16}{scores['mIoU']:>9.4f}")
+        for line in table(record):
+            click.echo(line)
+    if not quiet:
+        click.echo(f"Results saved to {out_dir}", err=True)
+
+
+def scores_record(scores: dict, model: str | None, weights, data, split: str) -> dict:
+    """The JSON of ``dcnviz eval``, one shape for both tasks: ``{"model" (name, or the weights file the
+    model was recognised from; None), "weights", "data", "split",
+    "task", "images", "metric", "mean": {name: value}, "per_class": [{"class": name, <metric>: value,
+    …}]}``, values rounded to :data:`DIGITS` (None for a class without ground truth), paths relative to
+    the working directory."""
+    from dcnviz.io.results_json import json_path
+
+    def r(x):
+        return None if x is None else round(float(x), DIGITS)
+
+    if scores["task"] == "detection":
+        mean = {"mAP50": r(scores["mAP50"]), "mAP70": r(scores["mAP70"])}
+        per_class = [{"class": name, "AP50": r(scores["AP50"][name]), "AP70": r(scores["AP70"][name])}
+                     for name in scores["AP50"]]
+        metric = f"{scores['metric']}, difficult ignored"
+    else:
+        mean = {"mIoU": r(scores["mIoU"])}
+        per_class = [{"class": name, "IoU": r(iou)} for name, iou in zip(scores["classes"], scores["IoU"])]
+        metric = "IoU per class, label 255 ignored"
+    return {"model": model, "weights": json_path(weights), "data": json_path(data), "split": split,
+            "task": scores["task"], "images": scores["images"], "metric": metric, "mean": mean,
+            "per_class": per_class}
+
+
+def table(record: dict) -> list[str]:
+    """The scores as a text table: a row per class, then the means."""
+    names = list(record["mean"])
+    columns = [k for k in record["per_class"][0] if k != "class"] if record["per_class"] else []
+    lines = [f"{record['model']} on {record['split']} ({record['images']} images), {record['metric']}",
+             f"{'class':<16}" + "".join(f"{c:>9}" for c in columns)]
+    for row in record["per_class"]:
+        lines.append(f"{row['class']:<16}" + "".join(f"{_fmt(row[c]):>9}" for c in columns))
+    lines.append(f"{'mean':<16}" + "".join(f"{_fmt(record['mean'][n]):>9}" for n in names))
+    return lines
 
 
 def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
+    return "n/a" if x is None else f"{x:.{DIGITS}f}"

@@ -41,8 +41,6 @@ from dcnviz.viz.draw import BACKGROUND_NAMES, draw_detections, overlay_segmentat
 
 SUBDIRS = {"detection": ("vis", "preds"), "segmentation": ("vis", "preds", "masks")}
 COCO_FILE = "preds.coco.json"
-# Runs of at least this many images show a progress bar even when stderr is not a terminal.
-MANY_IMAGES = 100
 DEFAULT_CONF = 0.5
 
 
@@ -281,18 +279,16 @@ def _segmentation_summary(seg: Segmentation, top: int = 4) -> str:
 
 class _Log:
     """Where a run's messages go: log lines and errors to stderr (errors even with --quiet),
-    ``--json`` records to stdout, and a tqdm bar on stderr when it helps (see ``MANY_IMAGES``)."""
+    ``--json`` records to stdout, and a tqdm bar on stderr when stderr is a terminal. Off a terminal (a
+    log file, a pipe) the one line per image is the progress: a bar there is only carriage-return noise."""
 
     def __init__(self, total: int, opts: RunOptions):
         self.quiet, self.emit_json = opts.quiet, opts.json
-        tty = sys.stderr.isatty()
-        show = not opts.quiet and not opts.json and total > 1 and (tty or total >= MANY_IMAGES)
         self.bar = None
-        if show:
+        if not opts.quiet and not opts.json and total > 1 and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="img", file=sys.stderr, leave=False,
-                            mininterval=0.1 if tty else 30.0)
+            self.bar = tqdm(total=total, unit="img", file=sys.stderr, leave=False)
 
     def info(self, line: str) -> None:
         if not self.quiet:

@@ -214,8 +214,10 @@ def write_safetensors(state: dict, out: str, meta: dict[str, str], force: bool =
 
 
 def convert_file(source: str | os.PathLike, out: str | os.PathLike | None = None, model: str | None = None,
-                 force: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Convert an official ``.params`` file to ``.safetensors`` (default ``$DCNVIZ_HOME/<model>.safetensors``).
+                 force: bool = False, progress: Callable[[int, int], None] | None = None,
+                 folder: str | os.PathLike | None = None) -> dict:
+    """Convert an official ``.params`` file to ``.safetensors``: the file ``out``, else
+    ``<folder>/<model>.safetensors`` (default folder ``$DCNVIZ_HOME``, where ``load_model`` looks).
 
     Returns a summary dict (model, output, counts, encodings, dtypes, box keys, sha256 of the source)."""
     from dcnviz.models import default_weights_path, get_spec
@@ -233,11 +235,12 @@ def convert_file(source: str | os.PathLike, out: str | os.PathLike | None = None
     pf = read_params(source, progress)
     model, state, bbox_keys = state_dict_from_params(pf, model, source)
     if out is None:
-        out = default_weights_path(model)
+        out = default_weights_path(model) if folder is None else os.path.join(folder, f"{model}.safetensors")
         try:
             os.makedirs(os.path.dirname(out), exist_ok=True)
         except OSError as exc:
-            raise OutputError(f"cannot create the weights folder {os.path.dirname(out)} ($DCNVIZ_HOME): "
+            where = " ($DCNVIZ_HOME)" if folder is None else ""
+            raise OutputError(f"cannot create the weights folder {os.path.dirname(out)}{where}: "
                               f"{exc.strerror or exc}") from None
     meta = metadata(model, get_spec(model).classes, source,
                     {"bbox_keys": bbox_keys, "source_encodings": _counts(pf.encodings),

@@ -45,8 +45,8 @@ def detection_record(dets: Detections, *, image: str | os.PathLike, image_id: in
          "class_id": int(label), "class_name": _class_name(dets.class_names, label)}
         for box, score, label in zip(np.asarray(dets.boxes).reshape(-1, 4), dets.scores, dets.labels)
     ]
-    return {"task": "detection", "image": str(image), "image_id": int(image_id), "width": int(w),
-            "height": int(h), "model": model, "vis": _path(vis), "detections": items}
+    return {"task": "detection", "image": json_path(image), "image_id": int(image_id), "width": int(w),
+            "height": int(h), "model": model, "vis": json_path(vis), "detections": items}
 
 
 def segmentation_record(seg: Segmentation, *, image: str | os.PathLike, model: str,
@@ -61,13 +61,13 @@ def segmentation_record(seg: Segmentation, *, image: str | os.PathLike, model: s
          "fraction": round(float(counts[c]) / (h * w), 6)}
         for c in np.flatnonzero(counts)
     ]
-    return {"task": "segmentation", "image": str(image), "width": int(w), "height": int(h),
-            "model": model, "vis": _path(vis), "mask": _path(mask), "classes": classes}
+    return {"task": "segmentation", "image": json_path(image), "width": int(w), "height": int(h),
+            "model": model, "vis": json_path(vis), "mask": json_path(mask), "classes": classes}
 
 
 def error_record(image: str | os.PathLike, message: str) -> dict:
     """The ``--json`` line for an image that could not be processed."""
-    return {"image": str(image), "error": message}
+    return {"image": json_path(image), "error": message}
 
 
 def class_histogram(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -124,5 +124,13 @@ def _class_name(names: Sequence[str], label) -> str:
     return names[int(label)]
 
 
-def _path(p: str | os.PathLike | None) -> str | None:
-    return None if p is None else Path(p).as_posix()
+def json_path(p: str | os.PathLike | None) -> str | None:
+    """A path as every dcnviz JSON file writes it: relative to the working directory, with "/" (absolute
+    only where no relative path exists, e.g. another drive)."""
+    if p is None:
+        return None
+    try:
+        return Path(os.path.relpath(p)).as_posix()
+    except ValueError:
+        return Path(os.path.abspath(p)).as_posix()
+

@@ -66,12 +66,10 @@ def _default_weights(spec) -> str:
         raise WeightsError(
             f"the bundled weights of {spec.name} are missing: {path} does not exist; see weights/README.md in the "
             f"dcnviz repository for how to get or retrain them, or pass a weights file (weights=FILE, or --weights FILE)")
-    from dcnviz.models.official import DOWNLOAD
-
+    # Two short lines: what is missing, then the command that fixes it ('dcnviz models' gives the links).
     raise WeightsError(
-        f"the official weights of {spec.name} are not bundled with dcnviz: download {spec.weights} from "
-        f"{DOWNLOAD}, then pass that file as the weights (weights=FILE, or --weights FILE) or convert it "
-        f"once with `dcnviz convert {spec.weights} -o {path}` (the folder is $DCNVIZ_HOME, default ~/.cache/dcnviz)")
+        f"{spec.name}: the official weights are not bundled; download {spec.weights} (links: dcnviz models)\n"
+        f"then run: dcnviz convert {spec.weights}   (or pass the file with --weights / weights=FILE)")
 
 
 def load_model(name_or_path: str | os.PathLike, weights: str | os.PathLike | None = None,
