@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import click
 import jsonschema
@@ -140,6 +141,14 @@ class TestRunPredictions:
         run_predictions("detection", images, detector, tmp_path / "o2", RunOptions(model="m", json=True))
         assert "0/2 [" not in capsys.readouterr().err
 
+    def test_a_synthetic_model_warns_once_on_photos(self, tmp_path, images, capsys):
+        opts = RunOptions(model="synthetic", trained_sizes=((30, 40),))
+        run_predictions("detection", images, detector, tmp_path / "o1", opts)  # a.jpg is 40x30, b.png is not
+        warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("Warning:")]
+        assert len(warnings) == 1 and "b.png" in warnings[0] and "synthetic" in warnings[0]
+        run_predictions("detection", images[:1], detector, tmp_path / "o2", opts)
+        assert "Warning" not in capsys.readouterr().err
+
     def test_wrong_result_type_or_size_is_a_bug(self, tmp_path, images):
         with pytest.raises(TypeError, match="returned Segmentation, not Detections"):
             run_predictions("detection", images, segmenter, tmp_path / "o", RunOptions(model="m"))
@@ -270,10 +279,43 @@ class TestCommands:
         assert "Results saved to runs/detect" in result.stderr
 
     def test_segment_json(self, cli, tmp_path):
-        result = cli("segment", "data/b.png", "-m", "fake-seg", "-d", "cpu", "--json", "--alpha", "0.3")
+        result = cli("segment", "data/b.png", "-m", "fake-seg", "-d", "cpu", "--json", "--overlay-alpha", "0.3")
         assert result.exit_code == 0, result.output
         (record,) = validate_jsonl(result.stdout, "segmentation")
         assert record["mask"] == "runs/segment/masks/b.png" and (tmp_path / record["mask"]).is_file()
+        assert "Deprecated" not in result.stderr
+
+    def test_segment_side_by_side_and_the_old_alpha(self, cli, tmp_path):
+        result = cli("segment", "data/b.png", "-m", "fake-seg", "-d", "cpu", "--side-by-side", "--alpha", "0.3")
+        assert result.exit_code == 0, result.output
+        assert [ln for ln in result.stderr.splitlines() if ln.startswith("Deprecated:")] == [
+            "Deprecated: '--alpha 0.3' still works for this release; use '--overlay-alpha 0.3'"]
+        assert Image.open(tmp_path / "runs" / "segment" / "vis" / "b.png").size == (3 * 24 + 2 * 4, 20)
+
+    def test_detect_yolo_labels(self, cli, tmp_path, monkeypatch):
+        loaded = []
+        monkeypatch.setattr(dcnviz, "load_model", lambda *a: loaded.append(fake_models.load_model(*a)) or loaded[-1])
+        result = cli("detect", "data", "-m", "fake-det", "-d", "cpu", "--save-txt", "--save-conf", "--json",
+                     "--imgsz", "320", "--line-width", "3", "--hide-conf")
+        assert result.exit_code == 0, result.output
+        for record in validate_jsonl(result.stdout, "detections"):
+            name = Path(record["image"]).stem
+            rows = [ln.split() for ln in (tmp_path / "runs" / "detect" / "labels" / f"{name}.txt").read_text().splitlines()]
+            assert len(rows) == len(record["detections"])
+            w, h = record["width"], record["height"]
+            for row, det in zip(rows, record["detections"]):
+                x1, y1, x2, y2 = det["box"]
+                # class ids count the object classes (background left out), boxes cover x1 .. x2 + 1
+                assert int(row[0]) == det["class_id"] - 1
+                np.testing.assert_allclose([float(v) for v in row[1:]],
+                                           [(x1 + x2 + 1) / 2 / w, (y1 + y2 + 1) / 2 / h, (x2 - x1 + 1) / w,
+                                            (y2 - y1 + 1) / h, det["score"]], atol=2e-5)
+        assert loaded[0].scales == (320, 533)  # --imgsz: the short side, the long-side limit scaled with it
+        assert cli("detect", "data", "-m", "fake-det", "--save-conf").exit_code == 2
+
+    def test_imgsz_scales_the_short_side(self):
+        assert predict_mod.test_scales((600, 1000), 800) == (800, 1333)
+        assert predict_mod.test_scales((1024, 2048), 512) == (512, 1024)
 
     def test_never_overwrites_and_exist_ok_reuses(self, cli, tmp_path):
         assert cli("detect", "data", "-m", "fake-det", "-d", "cpu", "-q").exit_code == 0

@@ -124,6 +124,22 @@ def _class_name(names: Sequence[str], label) -> str:
     return names[int(label)]
 
 
+def yolo_lines(dets: Detections, with_conf: bool = False) -> str:
+    """The detections as a YOLO label file: one line per box, ``class x_centre y_centre width height``
+    (``score`` appended with ``with_conf``), coordinates normalised by the image size. The class index
+    counts the object classes from 0, as YOLO's names list does: the network label minus one when class 0
+    is the background (R-FCN), else the label. Boxes are inclusive corners, so a box covers x1 .. x2 + 1."""
+    h, w = dets.prep.image_size
+    offset = 1 if dets.class_names and dets.class_names[0].lower() in ("__background__", "background") else 0
+    lines = []
+    for (x1, y1, x2, y2), score, label in zip(np.asarray(dets.boxes, np.float64).reshape(-1, 4), dets.scores,
+                                              dets.labels):
+        values = [(x1 + x2 + 1) / 2 / w, (y1 + y2 + 1) / 2 / h, (x2 - x1 + 1) / w, (y2 - y1 + 1) / h]
+        line = f"{int(label) - offset} " + " ".join(f"{v:.6f}" for v in values)
+        lines.append(line + (f" {float(score):.5f}" if with_conf else ""))
+    return "".join(f"{line}\n" for line in lines)
+
+
 def json_path(p: str | os.PathLike | None) -> str | None:
     """A path as every dcnviz JSON file writes it: relative to the working directory, with "/" (absolute
     only where no relative path exists, e.g. another drive)."""
