@@ -313,6 +313,27 @@ class TestCommands:
         assert loaded[0].scales == (320, 533)  # --imgsz: the short side, the long-side limit scaled with it
         assert cli("detect", "data", "-m", "fake-det", "--save-conf").exit_code == 2
 
+    def test_video_frame_by_frame(self, cli, tmp_path):
+        import cv2
+
+        writer = cv2.VideoWriter(str(tmp_path / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 7, (48, 32))
+        for k in range(4):
+            writer.write(np.full((32, 48, 3), 40 * k, np.uint8))
+        writer.release()
+        (tmp_path / "broken.mp4").write_bytes(b"not a video")
+        result = cli("detect", "clip.mp4", "broken.mp4", "-m", "fake-det", "-d", "cpu", "--json", "--save-txt")
+        assert result.exit_code == 1  # the broken video is reported and skipped
+        assert [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")] == [
+            "Error: cannot read image 'broken.mp4': not a video OpenCV can read; skipped"]
+        records = validate_jsonl(result.stdout, "detections")
+        assert [r["frame"] for r in records] == [0, 1, 2, 3] and records[0]["vis"] == "runs/detect/vis/clip.mp4"
+        saved = (tmp_path / "runs" / "detect" / "preds" / "clip.jsonl").read_text().splitlines()
+        assert [json.loads(line) for line in saved] == records
+        assert (tmp_path / "runs" / "detect" / "labels" / "clip_3.txt").is_file()
+        video = cv2.VideoCapture(str(tmp_path / "runs" / "detect" / "vis" / "clip.mp4"))
+        assert video.get(cv2.CAP_PROP_FPS) == 7 and video.get(cv2.CAP_PROP_FRAME_COUNT) == 4  # same frame rate
+        assert not list((tmp_path / "runs" / "detect" / "vis").glob(".*"))  # no temporary file left
+
     def test_imgsz_scales_the_short_side(self):
         assert predict_mod.test_scales((600, 1000), 800) == (800, 1333)
         assert predict_mod.test_scales((1024, 2048), 512) == (512, 1024)

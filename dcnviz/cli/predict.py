@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import difflib
+import itertools
 import json
 import sys
 import time
@@ -145,9 +146,8 @@ def _save(task: str, result, image: np.ndarray, path: Path, out_dir: Path, name:
     """Write one image's picture, JSON (and mask); return its record and log summary."""
     vis = out_dir / "vis" / name.with_name(name.name + _vis_suffix(path))
     json_path = out_dir / "preds" / name.with_name(name.name + ".json")
+    write_image_atomic(vis, _draw(task, result, image, opts))
     if task == "detection":
-        write_image_atomic(vis, draw_detections(image, result, opts.palette, line_width=opts.line_width,
-                                                labels=not opts.hide_labels, conf=not opts.hide_conf))
         if opts.save_txt:
             labels = out_dir / "labels" / name.with_name(name.name + ".txt")
             write_bytes_atomic(labels, yolo_lines(result, opts.save_conf).encode())
@@ -156,12 +156,60 @@ def _save(task: str, result, image: np.ndarray, path: Path, out_dir: Path, name:
     else:
         mask = out_dir / "masks" / name.with_name(name.name + ".png")
         write_png_palette_atomic(mask, result.labels, result.palette)
-        draw = side_by_side if opts.side_by_side else overlay_segmentation
-        write_image_atomic(vis, draw(image, result, alpha=opts.alpha))
         record = segmentation_record(result, image=path, model=opts.model, vis=vis, mask=mask)
         summary = _segmentation_summary(result)
     write_json_atomic(json_path, record)
     return record, summary
+
+
+def _draw(task: str, result, image: np.ndarray, opts: RunOptions) -> np.ndarray:
+    if task == "detection":
+        return draw_detections(image, result, opts.palette, line_width=opts.line_width,
+                               labels=not opts.hide_labels, conf=not opts.hide_conf)
+    draw = side_by_side if opts.side_by_side else overlay_segmentation
+    return draw(image, result, alpha=opts.alpha)
+
+
+def run_video(task: str, video: Path, predictor: Callable[[np.ndarray], object], out_dir: Path, name: Path,
+              opts: RunOptions) -> int:
+    """Run ``predictor`` on every frame of ``video``; write OUT/vis/NAME.mp4 (the drawn frames, same frame
+    rate), OUT/preds/NAME.jsonl (one record per frame, with its 0-based ``frame`` number) and with
+    ``save_txt`` OUT/labels/NAME_<frame>.txt. Returns the number of frames. Raises
+    :class:`~dcnviz.errors.ImageError` for a file OpenCV cannot read (nothing is left written)."""
+    from dcnviz.io.video import VideoReader, video_writer
+
+    reader = VideoReader(video)
+    vis = out_dir / "vis" / name.with_name(name.name + ".mp4")
+    log = _Log(reader.frames, opts, unit="frame")
+    records, start = [], time.perf_counter()
+    try:
+        frames = iter(reader)
+        first = next(frames)
+        h, w = first.shape[:2]
+        with video_writer(vis, reader.fps, (w, h)) as writer:
+            for k, frame in enumerate(itertools.chain([first], frames)):
+                result = predictor(frame)
+                _check_result(task, result, frame)
+                writer.write(_draw(task, result, frame, opts))
+                if task == "detection":
+                    record = detection_record(result, image=video, image_id=k, model=opts.model, vis=vis)
+                    if opts.save_txt:
+                        labels = out_dir / "labels" / name.with_name(f"{name.name}_{k}.txt")
+                        write_bytes_atomic(labels, yolo_lines(result, opts.save_conf).encode())
+                else:
+                    record = segmentation_record(result, image=video, model=opts.model, vis=vis, mask=None)
+                record["frame"] = k
+                records.append(record)
+                log.json(record)
+                log.advance()
+    finally:
+        log.close()
+    write_bytes_atomic(out_dir / "preds" / name.with_name(name.name + ".jsonl"),
+                       "".join(json.dumps(r, allow_nan=False) + "\n" for r in records).encode())
+    seconds = time.perf_counter() - start
+    log.info(f"{video}: {len(records)} frames of {w}x{h} at {reader.fps:g} fps, "
+             f"{1000 * seconds / len(records):.1f} ms per frame -> {vis}")
+    return len(records)
 
 
 @click.command()
@@ -196,7 +244,7 @@ def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet
       dcnviz detect samples/
       dcnviz detect 'photos/**/*.jpg' -m rfcn_dcn_coco --conf 0.7 --classes person,car --json > results.jsonl
     """
-    images = find_images(sources, recursive)
+    images, videos = split_sources(sources, recursive)
     spec = resolve_model(model, "detection")
     keep = parse_classes(classes, spec.classes)
     if save_conf and not save_txt:
@@ -206,7 +254,7 @@ def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet
                       json=json_out, save_coco=save_coco, save_txt=save_txt, save_conf=save_conf,
                       line_width=line_width, hide_labels=hide_labels, hide_conf=hide_conf,
                       trained_sizes=_trained_sizes(spec))
-    _run(ctx, "detection", images, spec, weights, device, out, exist_ok, opts,
+    _run(ctx, "detection", images, videos, spec, weights, device, out, exist_ok, opts,
          lambda net: lambda image: filter_detections(net.predict(image), conf, keep, max_det), imgsz)
 
 
@@ -235,26 +283,51 @@ def segment(ctx, sources, recursive, model, weights, device, out, exist_ok, quie
     if old_alpha is not None:
         deprecated(f"'--alpha {old_alpha:g}'", f"'--overlay-alpha {old_alpha:g}'")
         overlay_alpha = old_alpha
-    images = find_images(sources, recursive)
+    images, videos = split_sources(sources, recursive)
     spec = resolve_model(model, "segmentation")
     opts = RunOptions(model=spec.name, alpha=overlay_alpha, quiet=quiet, json=json_out, side_by_side=side_by_side,
                       trained_sizes=_trained_sizes(spec))
-    _run(ctx, "segmentation", images, spec, weights, device, out, exist_ok, opts, lambda net: net.predict, imgsz)
+    _run(ctx, "segmentation", images, videos, spec, weights, device, out, exist_ok, opts, lambda net: net.predict,
+         imgsz)
 
 
-def _run(ctx: click.Context, task: str, images: Sequence[Path], spec, weights: Path | None, device: str,
-         out: Path, exist_ok: bool, opts: RunOptions, make_predictor: Callable, imgsz: int | None = None) -> None:
-    """Choose the device, create the output folder, load the model, run; exit 1 if images failed."""
+def split_sources(sources: Sequence[str], recursive: bool) -> tuple[list[Path], list[Path]]:
+    """(images, videos) of SOURCE...: video files named explicitly (:data:`dcnviz.io.video.VIDEO_SUFFIXES`)
+    are run frame by frame; everything else goes through :func:`find_images` (a folder of frames is a
+    folder of images)."""
+    from dcnviz.io.video import is_video
+
+    videos = [Path(s) for s in sources if is_video(s)]
+    rest = [s for s in sources if not is_video(s)]
+    return (find_images(rest, recursive) if rest else []), videos
+
+
+def _run(ctx: click.Context, task: str, images: Sequence[Path], videos: Sequence[Path], spec, weights: Path | None,
+         device: str, out: Path, exist_ok: bool, opts: RunOptions, make_predictor: Callable,
+         imgsz: int | None = None) -> None:
+    """Choose the device, create the output folder, load the model, run; exit 1 if inputs failed."""
     dev = select_device(device)
-    with run_dir(out, exist_ok, SUBDIRS[task], images) as out_dir:
+    failed = 0
+    with run_dir(out, exist_ok, SUBDIRS[task], [*images, *videos]) as out_dir:
         net = dcnviz.load_model(spec.name, weights, dev)
         if imgsz is not None:
             net.scales = test_scales(net.scales, imgsz)
         if not opts.quiet:
-            n = len(images)
-            click.echo(f"{spec.name} on {dev}: {n} image{'s' * (n > 1)}", err=True)
-        summary = run_predictions(task, images, make_predictor(net), out_dir, opts)
-    if summary.failed:
+            what = [f"{n} {kind}{'s' * (n > 1)}" for n, kind in ((len(images), "image"), (len(videos), "video")) if n]
+            click.echo(f"{spec.name} on {dev}: {', '.join(what)}", err=True)
+        predictor = make_predictor(net)
+        if images:
+            failed += len(run_predictions(task, images, predictor, out_dir, opts).failed)
+        names = output_names(videos)
+        for video in videos:
+            try:
+                run_video(task, video, predictor, out_dir, names[video], opts)
+            except ImageError as e:
+                failed += 1
+                click.echo(f"Error: {e}" + ("; skipped" if len(images) + len(videos) > 1 else ""), err=True)
+        if videos and not images and not opts.quiet:  # run_predictions says it for images
+            click.echo(f"Results saved to {out_dir}", err=True)
+    if failed:
         ctx.exit(1)
 
 
@@ -342,13 +415,13 @@ class _Log:
     ``--json`` records to stdout, and a tqdm bar on stderr when stderr is a terminal. Off a terminal (a
     log file, a pipe) the one line per image is the progress: a bar there is only carriage-return noise."""
 
-    def __init__(self, total: int, opts: RunOptions):
+    def __init__(self, total: int, opts: RunOptions, unit: str = "img"):
         self.quiet, self.emit_json = opts.quiet, opts.json
         self.bar = None
         if not opts.quiet and not opts.json and total > 1 and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="img", file=sys.stderr, leave=False)
+            self.bar = tqdm(total=total, unit=unit, file=sys.stderr, leave=False)
 
     def info(self, line: str) -> None:
         if not self.quiet:
