@@ -230,6 +230,22 @@ class TestDrawing:
             assert len(runs) >= 2 or size[1] >= 500  # a line that does not fit wraps
 
 
+    def test_vector_figures(self):
+        """--format svg|pdf: the photo embedded once per panel, every point a vector marker, text as text."""
+        from dcnviz.viz.vector import Panel, vector_figure
+
+        image = np.full((60, 80, 3), 90, np.uint8)
+        xy = np.array([[10.5, 20.0], [30.0, 40.0], [70.0, 5.0]])
+        panels = [Panel(image, "small object", xy, np.array([True, True, False]), (40.0, 30.0), box=(30, 20, 50, 40)),
+                  Panel(image, "ring 0.94", roi=(5, 5, 60, 50), bins=np.array([[[10, 10, 20, 20]]]),
+                        regular=np.array([[[5, 5, 15, 15]]]), label="ring 0.94")]
+        svg = vector_figure(panels, "svg", footer="a footer").decode()
+        assert svg.count("<image") == 2 and svg.count("<use") >= 3  # a marker per point
+        assert ">small object</text>" in svg and ">a footer</text>" in svg
+        assert vector_figure(panels, "pdf").startswith(b"%PDF")
+        with pytest.raises(ValueError, match="svg or pdf"):
+            vector_figure(panels, "png")
+
     def test_histogram_png(self):
         edges = np.linspace(0, 8, 33)
         counts = np.zeros((4, 33), np.int64)
