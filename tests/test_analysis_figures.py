@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tiny_models
-from dcnviz.analysis.parts import roi_parts
+from dcnviz.analysis.parts import pool_offsets, roi_parts
 from dcnviz.analysis.units import pick_units, segment_boxes, units_at
 from dcnviz.models.capture import capture_offsets, layer_stack, short_name, twin_convs
 from dcnviz.ops import deform_psroi_pool
@@ -91,6 +91,16 @@ class TestRoIParts:
         np.testing.assert_allclose(parts.roi, [100, 66, 344, 242], atol=1e-9)
         np.testing.assert_allclose(parts.regular[0, 0, :2], [100, 66], atol=1e-9)
         np.testing.assert_allclose(parts.regular[-1, -1, 2:], [344, 242], atol=1e-9)
+
+    def test_pool_offsets_to_the_papers_3x3(self):
+        offset = np.arange(2 * 7 * 7, dtype=np.float64).reshape(2, 7, 7)
+        pooled = pool_offsets(offset, 3)
+        # windows rows/columns 0-2, 2-4, 4-6 (floor(7i/3) .. ceil(7(i+1)/3) - 1): overlapping by one
+        assert pooled.shape == (2, 3, 3)
+        assert pooled[0, 0, 0] == offset[0, 0:3, 0:3].mean() and pooled[1, 1, 2] == offset[1, 2:5, 4:7].mean()
+        np.testing.assert_array_equal(pool_offsets(offset, 7), offset)
+        with pytest.raises(ValueError, match="parts"):
+            pool_offsets(offset, 8)
 
     def test_bad_arguments(self):
         kwargs = dict(scale=1.0, spatial_scale=1 / 16, pooled_size=3, part_size=3, trans_std=0.1)
