@@ -334,6 +334,13 @@ class TestCommands:
         assert video.get(cv2.CAP_PROP_FPS) == 7 and video.get(cv2.CAP_PROP_FRAME_COUNT) == 4  # same frame rate
         assert not list((tmp_path / "runs" / "detect" / "vis").glob(".*"))  # no temporary file left
 
+    def test_quiet_by_default_on_a_cpu_machine(self, cli, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        result = cli("detect", "data", "-m", "fake-det")  # --device auto
+        assert result.exit_code == 0, result.output
+        assert "CUDA" not in result.stderr and "\r" not in result.stderr  # no device line, no bar frames
+        assert result.stderr.splitlines()[0] == "fake-det on cpu: 2 images"
+
     def test_imgsz_scales_the_short_side(self):
         assert predict_mod.test_scales((600, 1000), 800) == (800, 1333)
         assert predict_mod.test_scales((1024, 2048), 512) == (512, 1024)

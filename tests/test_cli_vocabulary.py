@@ -12,20 +12,26 @@ from click.testing import CliRunner
 
 from dcnviz.cli import common, main
 
+
+def _declared(decorator) -> click.Option:
+    """The click.Option a factory's decorator declares."""
+    (option,) = decorator(lambda: None).__click_params__
+    return option
+
+
+def _long(option: click.Option) -> str:
+    return max(option.opts, key=len)
+
+
 # Option (its long name) -> the factory's declaration.
-SHARED = {
-    "--model": common.model_option(),
-    "--weights": common.weights_option(),
-    "--device": common.device_option(),
-    "--out": common.out_option("runs/x"),
-    "--exist-ok": common.exist_ok_option(),
-    "--quiet": common.quiet_option(),
-    "--json": common.json_option("x"),
-    "--data": common.data_option(),
-    "--split": common.split_option(),
-}
+SHARED = {_long(o): o for o in map(_declared, [
+    common.model_option(), common.weights_option(), common.device_option(), common.out_option("runs/x"),
+    common.exist_ok_option(), common.quiet_option(), common.json_option("x"), common.data_option(),
+    common.split_option(), *common.figure_options()])}
 RUN = {"--model", "--weights", "--device", "--out", "--exist-ok", "--quiet", "--json"}
 DATASET = {"--data", "--split"}
+# Offered by the commands that draw figures; checked for their meaning wherever they appear.
+FIGURES = {"--style", "--marker-alpha", "--format"}
 
 # Commands that offer less than RUN, with what they offer and why (a command not listed needs all of RUN).
 LESS = {
@@ -61,15 +67,6 @@ def _commands():
 COMMANDS = dict(_commands())
 
 
-def _declared(factory) -> click.Option:
-    (option,) = factory(lambda: None).__click_params__
-    return option
-
-
-def _long(option: click.Option) -> str:
-    return max(option.opts, key=len)
-
-
 def _shape(option: click.Option) -> tuple:
     """What makes an option mean the same: its flags, whether it takes a value, of which kind, how many."""
     return (sorted(option.opts), option.is_flag, option.multiple, option.nargs, type(option.type).__name__,
@@ -88,12 +85,12 @@ def test_shared_options_mean_the_same_everywhere(name):
     options = {_long(p): p for p in command.params if isinstance(p, click.Option) and not p.hidden}
     offered = set(options) & set(SHARED) - PENDING.get(name, set())
     for long in offered:
-        want, have = _declared(SHARED[long]), options[long]
+        want, have = SHARED[long], options[long]
         assert _shape(have) == _shape(want), (name, long)
         assert ", ".join(sorted(want.opts, key=len)) in help_text, (name, long)  # e.g. "-m, --model"
     expected, _ = LESS.get(name, (RUN | (DATASET if name in WITH_DATASET else set()), ""))
     expected = expected - PENDING.get(name, set())
-    assert offered == expected, (name, sorted(expected - offered), sorted(offered - expected))
+    assert offered - FIGURES == expected, (name, sorted(expected - offered), sorted(offered - FIGURES - expected))
     if "--split" in options:
         default = SPLIT_DEFAULT.get(name, common.DEFAULT_SPLIT)
         assert options["--split"].default == default

@@ -150,6 +150,22 @@ def split_option(default: str = DEFAULT_SPLIT, help: str = "Split: the ids in Im
     return click.option("--split", default=default, show_default=True, metavar="NAME", help=help)
 
 
+def figure_options() -> list[Callable[[Callable], Callable]]:
+    """How a command's figures look and what they are saved as: ``--style default|paper`` (markers with a
+    dark outline, sized by the image, or the official visualizer's look), ``--marker-alpha X`` (opacity of
+    the points and parts) and ``--format png|svg|pdf`` (svg/pdf: vector graphics for papers; see
+    :mod:`dcnviz.viz.sampling` and :mod:`dcnviz.viz.vector`)."""
+    return [
+        click.option("--style", type=click.Choice(["default", "paper"]), default="default", show_default=True,
+                     help="default: markers with a dark outline that stay visible on any background, the unit a "
+                          "larger green diamond; paper: the official visualizer's plain red and green squares."),
+        click.option("--marker-alpha", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+                     metavar="X", help="Opacity of the sampling points and RoI parts (the unit stays opaque)."),
+        click.option("--format", "fmt", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True,
+                     help="Figure file format; svg and pdf are vector graphics (the photo embedded)."),
+    ]
+
+
 def run_options(command: str, model_help: str) -> list[Callable[[Callable], Callable]]:
     """The options every command that runs a model shares: --model, --weights, --device, --out
     (default ``runs/<command>``), --exist-ok, --quiet."""
