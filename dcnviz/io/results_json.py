@@ -141,12 +141,14 @@ def yolo_lines(dets: Detections, with_conf: bool = False) -> str:
 
 
 def json_path(p: str | os.PathLike | None) -> str | None:
-    """A path as every dcnviz JSON file writes it: relative to the working directory, with "/" (absolute
-    only where no relative path exists, e.g. another drive)."""
+    """A path as every dcnviz JSON file writes it, with "/": relative to the working directory when it is
+    inside it (``runs/detect/vis/a.jpg``, however it was given), else absolute (never ``../../..``)."""
     if p is None:
         return None
+    absolute, cwd = os.path.abspath(p), os.getcwd()
     try:
-        return Path(os.path.relpath(p)).as_posix()
-    except ValueError:
-        return Path(os.path.abspath(p)).as_posix()
+        inside = os.path.commonpath([absolute, cwd]) == cwd
+    except ValueError:  # another drive
+        inside = False
+    return Path(os.path.relpath(absolute, cwd) if inside else absolute).as_posix()
 
