@@ -240,6 +240,24 @@ class TestDrawing:
             assert len(runs) >= 2 or size[1] >= 500  # a line that does not fit wraps
 
 
+    def test_titles_use_the_table2_size_classes(self):
+        from dcnviz.analysis.units import Unit
+        from dcnviz.viz.sampling import roi_label, unit_title
+
+        # picked as the "small" unit (the smallest box found), but 100x150 px is Table 2's medium class
+        small = Unit("small", (5, 5), (60.0, 80.0), (10.0, 5.0, 109.0, 154.0), "medium")
+        assert unit_title(small, "ring 0.91") == "medium object: ring 0.91, 100x150 px"
+        assert unit_title(Unit("background", (1, 1), (30.0, 30.0))) == "background at (30, 30)"
+        assert unit_title(Unit("at", (1, 1), (30.0, 30.0))) == "unit at cell centre (30.0, 30.0)"
+
+        class Roi:
+            class_name, probability = "ring", 0.61
+            detection_score = 0.94
+
+        assert roi_label(Roi()) == "ring 0.94"  # a detection: its own score
+        Roi.detection_score = None
+        assert roi_label(Roi()) == "ring p=0.61"  # a --box: the head's probability, marked
+
     def test_vector_figures(self):
         """--format svg|pdf: the photo embedded once per panel, every point a vector marker, text as text."""
         from dcnviz.viz.vector import Panel, vector_figure

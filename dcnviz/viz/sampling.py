@@ -89,10 +89,12 @@ def _markers(out: np.ndarray, xy: np.ndarray, half: int, color: BGR, filled: boo
     h, w = out.shape[:2]
     for x, y in xy:
         cx, cy = pixel(x, y, h, w)
-        if round_:  # radii in quarter pixels (shift 2), the fill's antialiased edge takes half of the 2 px outline
+        if round_:  # radii in quarter pixels (shift 2)
             r = 4 * half + (8 if outline and filled else 0)
             thickness = cv2.FILLED if filled else (3 if outline else 1)
-            cv2.circle(out, (4 * cx, 4 * cy), r, color, thickness, cv2.LINE_AA, shift=2)
+            # outlines antialiased; fills crisp, so every pixel of a marker is exactly its group's colour
+            line = cv2.LINE_AA if outline else cv2.LINE_8
+            cv2.circle(out, (4 * cx, 4 * cy), r, color, thickness, line, shift=2)
         else:
             r = half + (1 if outline and filled else 0)
             thickness = cv2.FILLED if filled else (3 if outline else 1)
@@ -164,26 +166,40 @@ def draw_sampling_points(image_bgr: np.ndarray, xy, valid, unit_xy: tuple[float,
     return out
 
 
-def draw_unit_samples(image_bgr: np.ndarray, samples) -> np.ndarray:
-    """:func:`draw_sampling_points` of a :class:`dcnviz.analysis.UnitSamples` (its points and its unit)."""
-    return draw_sampling_points(image_bgr, samples.xy, samples.locations.valid, samples.unit.xy)
+def draw_unit_samples(image_bgr: np.ndarray, samples, look: Style = STYLES["default"]) -> np.ndarray:
+    """:func:`draw_sampling_points` of a :class:`dcnviz.analysis.UnitSamples`: its points, its unit, and the
+    object box the unit was chosen on (if any) outlined."""
+    return draw_sampling_points(image_bgr, samples.xy, samples.locations.valid, samples.unit.xy,
+                                box=samples.unit.box, look=look)
 
 
-def unit_title(unit) -> str:
-    """A panel title for a :class:`dcnviz.analysis.Unit`: its kind, its object's size, its position."""
-    kind = {"at": "unit", "small": "small object", "large": "large object"}.get(unit.kind, unit.kind)
-    size = "" if unit.box is None else f" {unit.box[2] - unit.box[0] + 1:.0f}x{unit.box[3] - unit.box[1] + 1:.0f}"
-    return f"{kind}{size} at ({unit.xy[0]:.0f}, {unit.xy[1]:.0f})"
+def unit_title(unit, what: str | None = None) -> str:
+    """A panel title for a :class:`dcnviz.analysis.Unit`: on an object, its Table 2 size class (``bucket``:
+    small < 96² px, medium, large > 224² by box area), ``what`` it is (e.g. "ring 0.91") and its box size
+    (the unit's position is in the JSON); else background or, for ``--at``, the centre of the cell the
+    position snapped to."""
+    x, y = unit.xy
+    if unit.box is not None:
+        w, h = unit.box[2] - unit.box[0] + 1, unit.box[3] - unit.box[1] + 1
+        return f"{unit.bucket} object: {what + ', ' if what else ''}{w:.0f}x{h:.0f} px"
+    if unit.kind == "at":
+        return f"unit at cell centre ({x:.1f}, {y:.1f})" + (f" on {what}" if what else "")
+    return f"{unit.kind} at ({x:.0f}, {y:.0f})"
 
 
 def roi_label(roi) -> str:
-    """The label of a :class:`dcnviz.analysis.PooledRoI`: its class and the head's probability for it."""
-    return f"{roi.class_name} {roi.probability:.2f}"
+    """The label of a :class:`dcnviz.analysis.PooledRoI`: its class and the detection's own score, or for a
+    given box the head's probability for the class on it, marked "p"."""
+    if roi.detection_score is not None:
+        return f"{roi.class_name} {roi.detection_score:.2f}"
+    return f"{roi.class_name} p={roi.probability:.2f}"
 
 
-def draw_pooled_roi(image_bgr: np.ndarray, roi) -> np.ndarray:
-    """:func:`draw_roi_parts` of a :class:`dcnviz.analysis.PooledRoI`, labelled with :func:`roi_label`."""
-    return draw_roi_parts(image_bgr, roi.parts.roi, roi.parts.bins, roi_label(roi))
+def draw_pooled_roi(image_bgr: np.ndarray, roi, parts=None, look: Style = STYLES["default"]) -> np.ndarray:
+    """:func:`draw_roi_parts` of a :class:`dcnviz.analysis.PooledRoI` (or of other ``parts`` of it, e.g. the
+    3x3 view), labelled with :func:`roi_label`, the unmoved bins drawn faintly."""
+    parts = roi.parts if parts is None else parts
+    return draw_roi_parts(image_bgr, parts.roi, parts.bins, roi_label(roi), regular=parts.regular, look=look)
 
 
 def _rect_pixels(rect, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
