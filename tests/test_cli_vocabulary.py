@@ -43,9 +43,6 @@ LESS = {
     "bench ops": ({"--device", "--json"}, "times the operators on random tensors"),
     "bench model": ({"--model", "--device", "--json"}, "times random weights"),
 }
-# Gaps being closed on this branch once the analysis commands' refactor (#12) lands; emptied then.
-PENDING = {"offsets": {"--json"}, "rois": {"--json"}, "receptive-field": {"--json"},
-           "dilation-stats": {"--json", "--data", "--split"}}
 # Commands that read a dataset (besides RUN).
 WITH_DATASET = {"eval", "dilation-stats", "train", "synth"}
 # --split defaults to common.DEFAULT_SPLIT except here (the help says why).
@@ -83,13 +80,12 @@ def test_shared_options_mean_the_same_everywhere(name):
     command = COMMANDS[name]
     help_text = CliRunner().invoke(main, [*name.split(), "--help"], terminal_width=200).output
     options = {_long(p): p for p in command.params if isinstance(p, click.Option) and not p.hidden}
-    offered = set(options) & set(SHARED) - PENDING.get(name, set())
+    offered = set(options) & set(SHARED)
     for long in offered:
         want, have = SHARED[long], options[long]
         assert _shape(have) == _shape(want), (name, long)
         assert ", ".join(sorted(want.opts, key=len)) in help_text, (name, long)  # e.g. "-m, --model"
     expected, _ = LESS.get(name, (RUN | (DATASET if name in WITH_DATASET else set()), ""))
-    expected = expected - PENDING.get(name, set())
     assert offered - FIGURES == expected, (name, sorted(expected - offered), sorted(offered - FIGURES - expected))
     if "--split" in options:
         default = SPLIT_DEFAULT.get(name, common.DEFAULT_SPLIT)
