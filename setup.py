@@ -12,6 +12,7 @@ GPUs, plus sm_70 (V100) with a toolkit older than CUDA 13, which dropped Volta;
 import glob
 import os
 import shutil
+import sys
 
 from setuptools import find_packages, setup
 
@@ -75,6 +76,7 @@ def _cuda_library_includes():
 
 
 def _extension():
+    """The extension and, in words, what it compiles."""
     rel = lambda pattern: sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     cxx = ["-O3", "-std=c++20"]
@@ -83,11 +85,14 @@ def _extension():
         cxx += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
         link += ["-fsanitize=address"]
     if not _want_cuda():
-        return CppExtension("dcnviz._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
+        what = "the C++ CPU kernels (no CUDA: DCNVIZ_CUDA=0, or no CUDA torch/nvcc)"
+        return CppExtension("dcnviz._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link), what
     import torch
 
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = _default_archs()
+    what = (f"the C++ CPU and CUDA kernels for {os.environ.get('TORCH_CUDA_ARCH_LIST', 'the visible GPUs')} "
+             "(DCNVIZ_CUDA=0 skips CUDA)")
     after = _cuda_library_includes()
     return CUDAExtension(
         "dcnviz._C",
@@ -98,7 +103,17 @@ def _extension():
             "cxx": cxx + [f"-idirafter{d}" for d in after],
             "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr"] + [f"-Xcompiler=-idirafter{d}" for d in after],
         },
-    )
+    ), what
+
+
+_EXTENSION, _WHAT = _extension()
+
+
+class _BuildExtension(BuildExtension.with_options(use_ninja=True)):
+    def build_extensions(self):
+        # One line, so a user waiting on the build knows what it does and that it is not stuck.
+        print(f"dcnviz: compiling {_WHAT}; this takes a few minutes", file=sys.stderr, flush=True)
+        super().build_extensions()
 
 
 setup(
@@ -125,7 +140,7 @@ setup(
         "tqdm",
     ],
     extras_require={"test": ["pytest", "expecttest", "jsonschema", "pycocotools", "hypothesis"]},
-    ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    ext_modules=[_EXTENSION],
+    cmdclass={"build_ext": _BuildExtension},
     entry_points={"console_scripts": ["dcnviz=dcnviz.cli:main"]},
 )

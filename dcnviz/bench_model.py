@@ -14,6 +14,8 @@ import time
 
 import click
 
+from dcnviz.cli.common import device_option, json_option, model_option
+
 
 def _size(ctx, param, value):
     if value is None:
@@ -57,31 +59,37 @@ def time_forward(name: str, device: str = "cpu", size: tuple[int, int] | None = 
 
 
 @click.command("model")
-@click.argument("name")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.argument("name_arg", required=False, metavar="[NAME]")
+@model_option("Registered model to time (see 'dcnviz models').")
+@device_option("cpu")
 @click.option("--size", callback=_size, default=None, metavar="HxW",
               help="Input size (default: the model's official test size, e.g. 600x1000 or 1024x2048).")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Timed runs after one warm-up; the median is reported.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch (default: torch's own choice).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a line of text.")
-def model(name, device, size, repeats, threads, as_json):
-    """Time one full forward of model NAME (random weights) at its official test size."""
+@json_option("Print JSON instead of a line of text.")
+def model(name_arg, model, device, size, repeats, threads, json_out):
+    """Time one full forward of a model (-m NAME; random weights) at its official test size.
+
+    The positional NAME of earlier releases still works (deprecated)."""
     import torch
 
-    from dcnviz.models import get_spec
+    from dcnviz.cli.common import deprecated, resolve_model, select_device
 
-    try:
-        get_spec(name)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="'NAME'") from None
-    if device == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("CUDA is not available on this machine", param_hint="'--device'")
+    if name_arg is not None:
+        if model is not None:
+            raise click.UsageError("give the model once: -m NAME (the positional NAME is deprecated)")
+        deprecated(f"'dcnviz bench model {name_arg}'", f"'dcnviz bench model -m {name_arg}'")
+        model = name_arg
+    if model is None:
+        raise click.UsageError("Missing option '-m' / '--model'.")
+    name = resolve_model(model, None).name
+    dev = str(select_device(device))
     if threads is not None:
         torch.set_num_threads(threads)
-    r = time_forward(name, device, size, repeats)
-    if as_json:
+    r = time_forward(name, dev, size, repeats)
+    if json_out:
         click.echo(json.dumps(r, indent=2))
         return
     rois = f", {r['rois']} RoIs" if r["rois"] is not None else ""

@@ -47,6 +47,7 @@ def fake_segmentation(image: np.ndarray) -> Segmentation:
 class FakeModel:
     def __init__(self, name: str):
         self.name = name
+        self.scales = (600, 1000)  # the test (short, long) sizes; --imgsz changes them
 
     def predict(self, image: np.ndarray):
         if os.environ.get("DCNVIZ_FAKE_CRASH"):  # lets a test see how a bug inside a model is reported

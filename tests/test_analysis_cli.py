@@ -104,7 +104,7 @@ class TestOffsets:
             xy, found = expected_points(synth_result, unit["cell"], ["res5c", "res5b", "res5a"], "all")
             points = np.asarray(unit["points"])
             assert points.shape == (1, 729, 2)
-            np.testing.assert_array_equal(points, xy)
+            np.testing.assert_array_equal(points, np.round(xy, 2))  # written to a hundredth of a pixel
             assert unit["valid"] == found.valid.tolist() and unit["inside"] == found.inside.tolist()
             assert not np.allclose(points[0], points[0].round())  # the random offsets moved them off the grid
             assert pixel_at(figure, unit["panel"], unit["xy"]) == GREEN
@@ -169,13 +169,22 @@ class TestOffsets:
             (u.kind, list(u.cell)) for u in expected]
         assert all(np.shape(u["points"]) == (1, 9, 2) for u in record["units"])
 
+    def test_at_says_where_it_snapped_and_titles_say_the_size_class(self, tmp_path, synth_weights):
+        proc = cli(["offsets", SAMPLE, "--weights", synth_weights, "--at", "255,172", "--levels", "1", "-o",
+                    tmp_path / "out"], tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        # (255, 172) px is in cell (8, 12) (20 px a cell at scale 0.8), centred at (250, 170)
+        assert "--at 255,172 is in cell (8, 12) of res5c; the unit is its centre (250.0, 170.0)" in proc.stderr
+        svg_free = sorted(p.suffix for p in (tmp_path / "out").iterdir())
+        assert svg_free == [".json", ".png"]
+
     def test_round_reads_offsets_at_the_nearest_cell(self, tmp_path, synth_weights, synth_result):
         proc = cli(["offsets", SAMPLE, "--weights", synth_weights, "--at", "250,170", "--round", "--group", "0",
                     "-o", tmp_path / "out"], tmp_path)
         record = record_of(proc, tmp_path / "out" / "synth_mixed_res5c.json")
         assert (record["group"], record["interpolation"]) == (0, "nearest cell")
         xy, _ = expected_points(synth_result, (8, 12), ["res5c", "res5b", "res5a"], 0, round=True)
-        np.testing.assert_array_equal(record["units"][0]["points"], xy)
+        np.testing.assert_array_equal(record["units"][0]["points"], np.round(xy, 2))
 
 
 class TestReceptiveField:
@@ -194,7 +203,7 @@ class TestReceptiveField:
                     for a0 in range(3) for b0 in range(3) for a1 in range(3) for b1 in range(3)]
             np.testing.assert_array_equal(unit["plain"]["points"], [grid])
             xy, _ = expected_points(synth_result, unit["cell"], ["res5c", "res5b"], "all")
-            np.testing.assert_array_equal(unit["deformable"]["points"], xy)
+            np.testing.assert_array_equal(unit["deformable"]["points"], np.round(xy, 2))
             for row in ("plain", "deformable"):
                 assert pixel_at(figure, unit[row]["panel"], unit["xy"]) == GREEN
                 points = np.asarray(unit[row]["points"])[0]
@@ -228,8 +237,8 @@ class TestRois:
         for ph in range(7):
             for pw in range(7):
                 assert regular[ph, pw] == pytest.approx([100 + pw * step, 50 + ph * step, 100 + (pw + 1) * step,
-                                                         50 + (ph + 1) * step], abs=1e-9)
-        np.testing.assert_allclose(parts - regular, np.broadcast_to([10, -5, 10, -5], parts.shape), atol=1e-9)
+                                                         50 + (ph + 1) * step], abs=0.005)  # written to 0.01 px
+        np.testing.assert_allclose(parts - regular, np.broadcast_to([10, -5, 10, -5], parts.shape), atol=0.011)
         figure = cv2.imread(str(tmp_path / "out" / "synth_mixed.png"))
         centre = parts[3, 3]
         assert pixel_at(figure, roi["panel"], centre[:2]) == RED
@@ -242,6 +251,33 @@ class TestRois:
         assert len(rois) == 2 and [r["source"] for r in rois] == ["detection", "detection"]
         assert rois[0]["detection_score"] >= rois[1]["detection_score"]
         assert all(np.shape(r["parts"]) == (7, 7, 4) for r in rois)
+
+    def test_three_by_three_view_json_vector_and_many_inputs(self, tmp_path, synth_weights, synth_result):
+        """--parts 3 beside the 7x7 parts; the label is the detection's own score; --json prints the record;
+        --format svg adds a vector copy; a missing input among several is reported and skipped (exit 1)."""
+        proc = cli(["rois", SAMPLE, tmp_path / "nope.jpg", "--weights", synth_weights, "--top", "1", "--conf", "0",
+                    "--parts", "3", "--format", "svg", "--json", "-o", tmp_path / "out"], tmp_path)
+        assert proc.returncode == 1
+        assert [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")] == [
+            f"Error: cannot read image '{tmp_path / 'nope.jpg'}': no such file; skipped"]
+        out = tmp_path / "out"
+        files = sorted(p.name for p in out.rglob("*") if p.is_file())
+        assert files == ["synth_mixed.json", "synth_mixed.png", "synth_mixed.svg"]
+        record = json.loads((out / "synth_mixed.json").read_text())
+        assert [json.loads(line) for line in proc.stdout.splitlines()] == [record]
+        (roi,) = record["rois"]
+        assert roi["detection_score"] == round(float(synth_result.scores[0]), 4)
+        coarse = roi["coarse"]
+        assert coarse["size"] == 3 and np.shape(coarse["parts"]) == (3, 3, 4)
+        # the unmoved 3x3 view tiles the same RoI as the 7x7 parts
+        assert coarse["regular_parts"][0][0][:2] == roi["regular_parts"][0][0][:2]
+        assert coarse["regular_parts"][2][2][2:] == roi["regular_parts"][6][6][2:]
+        svg = (out / "synth_mixed.svg").read_text()
+        label = f"{roi['class_name']} {synth_result.scores[0]:.2f}"
+        assert svg.count(f">{label}: 7x7 parts (detection 1)</text>") == 1
+        assert svg.count(f">{label}: 3x3 view of the 7x7 offsets</text>") == 1
+        figure = cv2.imread(str(out / "synth_mixed.png"))
+        assert figure.shape[1] > 2 * 500  # two panels side by side
 
 
 def voc_xml(width, height, objects) -> str:
@@ -290,7 +326,7 @@ def voc_fixture(tmp_path):
 class TestDilationStats:
     def test_hand_computed_table_and_broken_entries(self, tmp_path, voc_fixture):
         weights = write_weights(SYNTH, tmp_path / "w.safetensors", offsets={"res5b": OUTWARD, "res5a": RIGHT})
-        proc = cli(["dilation-stats", voc_fixture, "--weights", weights, "--compare-paper", "-o", tmp_path / "out"],
+        proc = cli(["dilation-stats", "--data", voc_fixture, "--weights", weights, "--compare-paper", "-o", tmp_path / "out"],
                    tmp_path, subprocess=True)
         assert proc.returncode == 1, proc.stderr  # broken entries were skipped
         errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
@@ -323,11 +359,25 @@ class TestDilationStats:
                                     "±", "0.00", "(N=308)", "2.00", "±", "0.00", "(N=476)"]
         assert lines[3].split()[:4] == ["paper", "5.3", "±", "3.3"]
         assert lines[6].split()[:5] == ["res5a", "2.25", "±", "0.00", "(N=32)"]
-        assert any("skipped: 3 of 5 images (000003, 000004, 000005)" in ln for ln in lines)
+        assert "skipped: 3 of 5 images (000003, 000004, 000005)" in proc.stderr
+        assert lines[-1].startswith("Rules: ") and "--explain" in lines[-1]  # one line; --explain lists them
+
+    def test_explain_json_and_the_old_positional_dataset(self, tmp_path, voc_fixture):
+        weights = write_weights(SYNTH, tmp_path / "w.safetensors", offsets="zero")
+        proc = cli(["dilation-stats", voc_fixture, "--weights", weights, "--limit", "1", "--explain"], tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert [ln for ln in proc.stderr.splitlines() if ln.startswith("Deprecated:")] == [
+            f"Deprecated: 'dcnviz dilation-stats {voc_fixture}' still works for this release; use "
+            f"'dcnviz dilation-stats --data {voc_fixture}'"]
+        rules = proc.stdout.split("Rules:\n")[1].splitlines()
+        assert len(rules) > 10 and all(ln.startswith("  ") for ln in rules)
+        proc = cli(["dilation-stats", "--data", voc_fixture, "--weights", weights, "--limit", "1", "--json", "-o",
+                    tmp_path / "j"], tmp_path)
+        assert json.loads(proc.stdout) == json.loads((tmp_path / "j" / "stats.json").read_text())
 
     def test_limit_and_a_clean_split(self, tmp_path, voc_fixture):
         weights = write_weights(SYNTH, tmp_path / "w.safetensors", offsets="zero")
-        proc = cli(["dilation-stats", voc_fixture, "--weights", weights, "--limit", "1"], tmp_path)
+        proc = cli(["dilation-stats", "--data", voc_fixture, "--weights", weights, "--limit", "1"], tmp_path)
         stats = record_of(proc, tmp_path / "runs" / "dilation-stats" / "stats.json")
         assert stats["config"]["images"] == 1 and stats["config"]["limit"] == 1
         for cells in stats["layers"].values():  # zero offsets: every filter has exactly its dilation
@@ -350,7 +400,7 @@ class TestErrors:
         (["receptive-field", "img.jpg", "--model", "deform_conv"], ["'--model'", "no registered plain twin"]),
         (["receptive-field", "img.jpg", "--plain", "rfcn_dcn_synth"], ["'--plain'", "not a plain twin",
                                                                        "DeformConv2d"]),
-        (["dilation-stats", "data", "--model", "deeplab_synth"], ["has no deformable conv layers"]),
+        (["dilation-stats", "--data", "data", "--model", "deeplab_synth"], ["has no deformable conv layers"]),
     ])
     def test_usage_errors_exit_2_before_loading_weights(self, tmp_path, args, fragments):
         assert_one_line_error(cli(args, tmp_path), 2, *fragments)
@@ -362,7 +412,7 @@ class TestErrors:
         assert list((tmp_path / "runs").iterdir()) == []  # the output folder it had made is gone
 
     def test_missing_inputs_exit_1(self, tmp_path, synth_weights):
-        assert_one_line_error(cli(["dilation-stats", tmp_path / "nope", "--weights", synth_weights], tmp_path), 1,
+        assert_one_line_error(cli(["dilation-stats", "--data", tmp_path / "nope", "--weights", synth_weights], tmp_path), 1,
                               "dataset folder", "does not exist")
         assert_one_line_error(cli(["rois", tmp_path / "nope.jpg", "--weights", synth_weights], tmp_path), 1,
                               "nope.jpg", "no such file")

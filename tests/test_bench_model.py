@@ -16,7 +16,7 @@ def tiny(monkeypatch):
 
 @pytest.mark.parametrize("name", ["tiny_rfcn_dcn", "tiny_deeplab"])
 def test_bench_model_json(tiny, name):
-    result = CliRunner().invoke(bench_model, [name, "--repeats", "2", "--json"])
+    result = CliRunner().invoke(bench_model, ["-m", name, "--repeats", "2", "--json"])
     assert result.exit_code == 0, result.output
     r = json.loads(result.output)
     assert r["model"] == name and r["input"] == list(tiny_models.SCALES) and len(r["runs_s"]) == 2
@@ -24,15 +24,16 @@ def test_bench_model_json(tiny, name):
 
 
 def test_bench_model_text_and_size(tiny):
-    result = CliRunner().invoke(bench_model, ["tiny_rfcn_dcn", "--size", "48x80", "--repeats", "1"])
+    result = CliRunner().invoke(bench_model, ["-m", "tiny_rfcn_dcn", "--size", "48x80", "--repeats", "1"])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("tiny_rfcn_dcn: ") and "input 48x80" in result.output
 
 
 @pytest.mark.parametrize("args, match", [
-    (["nope"], "unknown model 'nope'"),
-    (["tiny_deeplab", "--size", "600"], "HEIGHTxWIDTH"),
-    (["tiny_deeplab", "--size", "8x8"], "at least 32"),
+    (["-m", "nope"], "unknown model 'nope'"),
+    (["-m", "tiny_deeplab", "--size", "600"], "HEIGHTxWIDTH"),
+    (["-m", "tiny_deeplab", "--size", "8x8"], "at least 32"),
+    (["nope"], "unknown model 'nope'"),  # the deprecated positional NAME
 ])
 def test_bench_model_bad_arguments(tiny, args, match):
     result = CliRunner().invoke(bench_model, args)

@@ -142,7 +142,11 @@ class TestFindImages:
 
     def test_missing_path(self, tree):
         with pytest.raises(DatasetError, match="no such file or folder: '.*nope.jpg'"):
-            find_images([tree / "b.jpg", tree / "nope.jpg"])
+            find_images([tree / "nope.jpg"])
+        # among several inputs it is listed, for the run to report and skip like an unreadable image
+        assert find_images([tree / "b.jpg", tree / "nope.jpg"])[-1] == tree / "nope.jpg"
+        with pytest.raises(ImageError, match="nope.jpg"):
+            read_image(tree / "nope.jpg")
 
     def test_folder_without_images_hints_recursive(self, tree):
         (tree / "empty").mkdir()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import click
 import jsonschema
@@ -130,12 +131,24 @@ class TestRunPredictions:
         assert validate_jsonl(captured.out, "detections")[0]["detections"] == []
         assert ": 40x30, no detections, " in captured.err
 
-    def test_progress_bar_only_when_wanted(self, tmp_path, images, capsys, monkeypatch):
-        monkeypatch.setattr(predict_mod, "MANY_IMAGES", 2)
+    def test_progress_bar_only_on_a_terminal(self, tmp_path, images, capsys, monkeypatch):
+        run_predictions("detection", images, detector, tmp_path / "o0", RunOptions(model="m"))
+        err = capsys.readouterr().err
+        assert "\r" not in err and "0/2 [" not in err  # not a terminal: plain lines, no bar frames
+        assert "1/2 " in err and "2/2 " in err
+        monkeypatch.setattr(predict_mod.sys.stderr, "isatty", lambda: True, raising=False)
         run_predictions("detection", images, detector, tmp_path / "o1", RunOptions(model="m"))
         assert "0/2 [" in capsys.readouterr().err  # tqdm's first frame
         run_predictions("detection", images, detector, tmp_path / "o2", RunOptions(model="m", json=True))
         assert "0/2 [" not in capsys.readouterr().err
+
+    def test_a_synthetic_model_warns_once_on_photos(self, tmp_path, images, capsys):
+        opts = RunOptions(model="synthetic", trained_sizes=((30, 40),))
+        run_predictions("detection", images, detector, tmp_path / "o1", opts)  # a.jpg is 40x30, b.png is not
+        warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("Warning:")]
+        assert len(warnings) == 1 and "b.png" in warnings[0] and "synthetic" in warnings[0]
+        run_predictions("detection", images[:1], detector, tmp_path / "o2", opts)
+        assert "Warning" not in capsys.readouterr().err
 
     def test_wrong_result_type_or_size_is_a_bug(self, tmp_path, images):
         with pytest.raises(TypeError, match="returned Segmentation, not Detections"):
@@ -202,7 +215,8 @@ class TestSelectDevice:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
         warnings = []
         assert select_device("cpu", warnings.append) == torch.device("cpu") and warnings == []
-        assert select_device("auto", warnings.append) == torch.device("cpu") and len(warnings) == 1
+        # a CPU machine is a normal place to run: no line about CUDA unless CUDA was asked for
+        assert select_device("auto", warnings.append) == torch.device("cpu") and warnings == []
 
     def test_cuda_missing(self, monkeypatch):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -266,10 +280,71 @@ class TestCommands:
         assert "Results saved to runs/detect" in result.stderr
 
     def test_segment_json(self, cli, tmp_path):
-        result = cli("segment", "data/b.png", "-m", "fake-seg", "-d", "cpu", "--json", "--alpha", "0.3")
+        result = cli("segment", "data/b.png", "-m", "fake-seg", "-d", "cpu", "--json", "--overlay-alpha", "0.3")
         assert result.exit_code == 0, result.output
         (record,) = validate_jsonl(result.stdout, "segmentation")
         assert record["mask"] == "runs/segment/masks/b.png" and (tmp_path / record["mask"]).is_file()
+        assert "Deprecated" not in result.stderr
+
+    def test_segment_side_by_side_and_the_old_alpha(self, cli, tmp_path):
+        result = cli("segment", "data/b.png", "-m", "fake-seg", "-d", "cpu", "--side-by-side", "--alpha", "0.3")
+        assert result.exit_code == 0, result.output
+        assert [ln for ln in result.stderr.splitlines() if ln.startswith("Deprecated:")] == [
+            "Deprecated: '--alpha 0.3' still works for this release; use '--overlay-alpha 0.3'"]
+        assert Image.open(tmp_path / "runs" / "segment" / "vis" / "b.png").size == (3 * 24 + 2 * 4, 20)
+
+    def test_detect_yolo_labels(self, cli, tmp_path, monkeypatch):
+        loaded = []
+        monkeypatch.setattr(dcnviz, "load_model", lambda *a: loaded.append(fake_models.load_model(*a)) or loaded[-1])
+        result = cli("detect", "data", "-m", "fake-det", "-d", "cpu", "--save-txt", "--save-conf", "--json",
+                     "--imgsz", "320", "--line-width", "3", "--hide-conf")
+        assert result.exit_code == 0, result.output
+        for record in validate_jsonl(result.stdout, "detections"):
+            name = Path(record["image"]).stem
+            rows = [ln.split() for ln in (tmp_path / "runs" / "detect" / "labels" / f"{name}.txt").read_text().splitlines()]
+            assert len(rows) == len(record["detections"])
+            w, h = record["width"], record["height"]
+            for row, det in zip(rows, record["detections"]):
+                x1, y1, x2, y2 = det["box"]
+                # class ids count the object classes (background left out), boxes cover x1 .. x2 + 1
+                assert int(row[0]) == det["class_id"] - 1
+                np.testing.assert_allclose([float(v) for v in row[1:]],
+                                           [(x1 + x2 + 1) / 2 / w, (y1 + y2 + 1) / 2 / h, (x2 - x1 + 1) / w,
+                                            (y2 - y1 + 1) / h, det["score"]], atol=2e-5)
+        assert loaded[0].scales == (320, 533)  # --imgsz: the short side, the long-side limit scaled with it
+        assert cli("detect", "data", "-m", "fake-det", "--save-conf").exit_code == 2
+
+    def test_video_frame_by_frame(self, cli, tmp_path):
+        import cv2
+
+        writer = cv2.VideoWriter(str(tmp_path / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 7, (48, 32))
+        for k in range(4):
+            writer.write(np.full((32, 48, 3), 40 * k, np.uint8))
+        writer.release()
+        (tmp_path / "broken.mp4").write_bytes(b"not a video")
+        result = cli("detect", "clip.mp4", "broken.mp4", "-m", "fake-det", "-d", "cpu", "--json", "--save-txt")
+        assert result.exit_code == 1  # the broken video is reported and skipped
+        assert [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")] == [
+            "Error: cannot read image 'broken.mp4': not a video OpenCV can read; skipped"]
+        records = validate_jsonl(result.stdout, "detections")
+        assert [r["frame"] for r in records] == [0, 1, 2, 3] and records[0]["vis"] == "runs/detect/vis/clip.mp4"
+        saved = (tmp_path / "runs" / "detect" / "preds" / "clip.jsonl").read_text().splitlines()
+        assert [json.loads(line) for line in saved] == records
+        assert (tmp_path / "runs" / "detect" / "labels" / "clip_3.txt").is_file()
+        video = cv2.VideoCapture(str(tmp_path / "runs" / "detect" / "vis" / "clip.mp4"))
+        assert video.get(cv2.CAP_PROP_FPS) == 7 and video.get(cv2.CAP_PROP_FRAME_COUNT) == 4  # same frame rate
+        assert not list((tmp_path / "runs" / "detect" / "vis").glob(".*"))  # no temporary file left
+
+    def test_quiet_by_default_on_a_cpu_machine(self, cli, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        result = cli("detect", "data", "-m", "fake-det")  # --device auto
+        assert result.exit_code == 0, result.output
+        assert "CUDA" not in result.stderr and "\r" not in result.stderr  # no device line, no bar frames
+        assert result.stderr.splitlines()[0] == "fake-det on cpu: 2 images"
+
+    def test_imgsz_scales_the_short_side(self):
+        assert predict_mod.test_scales((600, 1000), 800) == (800, 1333)
+        assert predict_mod.test_scales((1024, 2048), 512) == (512, 1024)
 
     def test_never_overwrites_and_exist_ok_reuses(self, cli, tmp_path):
         assert cli("detect", "data", "-m", "fake-det", "-d", "cpu", "-q").exit_code == 0

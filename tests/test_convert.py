@@ -49,7 +49,7 @@ def test_convert_and_load(tiny, tmp_path, version):
     model = tiny_models.rfcn("rfcn_dcn", seed=3)
     src = write_params(tmp_path / "tiny.params", official_arrays(model), version)
     out = tmp_path / "tiny.safetensors"
-    code, text = run_cli(src, "--model", "tiny_rfcn_dcn", "-o", out)
+    code, text = run_cli(src, "--model", "tiny_rfcn_dcn", "--output-file", out)
     assert code == 0, text
     assert "tiny_rfcn_dcn" in text and str(out) in text and f"{version} x" in text
     with safe_open(str(out), framework="pt") as f:
@@ -94,7 +94,7 @@ def test_mismatched_keys_are_listed_in_one_message(tiny, tmp_path):
     del arrays["arg:res5a_branch2b_offset_bias"]
     arrays["arg:fc7_weight"] = np.zeros(3, np.float32)
     arrays["arg:conv1_weight"] = np.zeros((1, 3, 7, 7), np.float32)
-    code, text = run_cli(write_params(tmp_path / "bad.params", arrays), "-m", "tiny_rfcn_dcn", "-o",
+    code, text = run_cli(write_params(tmp_path / "bad.params", arrays), "-m", "tiny_rfcn_dcn", "--output-file",
                          tmp_path / "o.safetensors")
     assert code == 1 and text.count("\n") == 1 and text.startswith("Error: ")
     assert "1 missing (arg:res5a_branch2b_offset_bias)" in text
@@ -110,11 +110,11 @@ def test_file_of_another_model(tiny, tmp_path):
     with pytest.raises(UserError, match="matches none of the official models"):
         read(src)  # no model given: only official models are recognised from keys
     out = tmp_path / "seg.safetensors"
-    code, text = run_cli(src, "-m", "tiny_rfcn_dcn", "-o", out)
+    code, text = run_cli(src, "-m", "tiny_rfcn_dcn", "--output-file", out)
     assert code == 1 and text.count("\n") == 1 and "does not fit model tiny_rfcn_dcn: " in text
     assert not out.exists()
-    assert run_cli(src, "-m", "tiny_deeplab", "-o", out)[0] == 0
-    code, text = run_cli(out, "-o", tmp_path / "again.safetensors")
+    assert run_cli(src, "-m", "tiny_deeplab", "--output-file", out)[0] == 0
+    code, text = run_cli(out, "--output-file", tmp_path / "again.safetensors")
     assert code == 1 and text.count("\n") == 1 and "is a .safetensors file, not an MXNet .params file" in text
     with pytest.raises(UserError, match="holds weights of model tiny_deeplab, not tiny_rfcn_dcn"):
         load_model("tiny_rfcn_dcn", weights=str(out))
@@ -131,17 +131,17 @@ def test_never_overwrites_without_force(tiny, tmp_path):
     src = write_params(tmp_path / "d.params", official_arrays(tiny_models.deeplab(True)))
     out = tmp_path / "d.safetensors"
     out.write_bytes(b"keep me")
-    code, text = run_cli(src, "-m", "tiny_deeplab", "-o", out)
+    code, text = run_cli(src, "-m", "tiny_deeplab", "--output-file", out)
     assert code == 1 and "already exists" in text and "--force" in text
     assert out.read_bytes() == b"keep me"
-    assert run_cli(src, "-m", "tiny_deeplab", "-o", out, "--force")[0] == 0
+    assert run_cli(src, "-m", "tiny_deeplab", "--output-file", out, "--force")[0] == 0
     assert load_model(str(out)).classes == tiny_models.SEG_CLASSES
     assert sorted(os.listdir(tmp_path)) == ["d.params", "d.safetensors"]
 
 
 def test_output_gets_the_usual_file_mode(tiny, tmp_path):
     src = write_params(tmp_path / "d.params", official_arrays(tiny_models.deeplab(True)))
-    assert run_cli(src, "-m", "tiny_deeplab", "-o", tmp_path / "d.safetensors")[0] == 0
+    assert run_cli(src, "-m", "tiny_deeplab", "--output-file", tmp_path / "d.safetensors")[0] == 0
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "d.safetensors").stat().st_mode) == 0o666 & ~mask
@@ -155,6 +155,19 @@ def test_default_output_is_where_load_model_looks(tiny, tmp_path, monkeypatch):
     assert code == 0, text
     assert (home / "tiny_deeplab.safetensors").is_file()
     assert torch.equal(load_model("tiny_deeplab").head.score.bias, tiny_models.deeplab(True, seed=5).head.score.bias)
+
+
+def test_out_is_a_folder_and_old_file_forms_still_work(tiny, tmp_path):
+    src = write_params(tmp_path / "d.params", official_arrays(tiny_models.deeplab(True)))
+    code, text = run_cli(src, "-m", "tiny_deeplab", "-o", tmp_path / "folder")
+    assert code == 0 and (tmp_path / "folder" / "tiny_deeplab.safetensors").is_file(), text
+    assert "Deprecated" not in text
+    for option in ("-o", "--output"):  # the forms of the previous release: a file, with one deprecation line
+        out = tmp_path / f"old{option}.safetensors"
+        code, text = run_cli(src, "-m", "tiny_deeplab", option, out)
+        assert code == 0 and out.is_file(), text
+        deprecations = [ln for ln in text.splitlines() if ln.startswith("Deprecated:")]
+        assert len(deprecations) == 1 and "--output-file" in deprecations[0]
 
 
 def test_default_output_folder_that_cannot_be_made(tiny, tmp_path, monkeypatch):
@@ -174,7 +187,7 @@ def test_default_output_folder_that_cannot_be_made(tiny, tmp_path, monkeypatch):
 def test_foreign_files_give_one_line(tmp_path, content, match):
     src = tmp_path / "x.params"
     src.write_bytes(content)
-    code, text = run_cli(src, "-o", tmp_path / "o.safetensors")
+    code, text = run_cli(src, "--output-file", tmp_path / "o.safetensors")
     assert code == 1 and text.count("\n") == 1 and match in text
 
 
@@ -182,7 +195,7 @@ def test_truncated_file_gives_one_line(tiny, tmp_path):
     data = params_writer.encode(official_arrays(tiny_models.deeplab(True)))
     src = tmp_path / "cut.params"
     src.write_bytes(data[: len(data) // 2])
-    code, text = run_cli(src, "-m", "tiny_deeplab", "-o", tmp_path / "o.safetensors")
+    code, text = run_cli(src, "-m", "tiny_deeplab", "--output-file", tmp_path / "o.safetensors")
     assert code == 1 and text.count("\n") == 1 and "truncated" in text
 
 
@@ -190,7 +203,7 @@ def test_bad_cli_arguments(tiny, tmp_path):
     src = write_params(tmp_path / "d.params", official_arrays(tiny_models.deeplab(True)))
     code, text = run_cli(src, "-m", "tiny_deeplb")  # a usage error, like detect's --model
     assert code == 2 and "unknown model 'tiny_deeplb'; did you mean tiny_deeplab" in text
-    code, text = run_cli(src, "-m", "tiny_deeplab", "-o", tmp_path / "missing" / "o.safetensors")
+    code, text = run_cli(src, "-m", "tiny_deeplab", "--output-file", tmp_path / "missing" / "o.safetensors")
     assert code == 1 and "does not exist" in text
     code, text = run_cli(tmp_path / "nope.params")
     assert code == 1 and "no such file" in text

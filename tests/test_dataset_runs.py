@@ -62,7 +62,7 @@ def synth(tmp_path_factory):
 def single(synth, tmp_path_factory):
     """stats.json of one process, no workers: the reference."""
     out = tmp_path_factory.mktemp("single") / "out"
-    finished(dcnviz(["dilation-stats", synth, "-o", out, "--workers", "0"], synth.parent))
+    finished(dcnviz(["dilation-stats", "--data", synth, "-o", out, "--workers", "0"], synth.parent))
     return out
 
 
@@ -78,7 +78,7 @@ def assert_same_stats(a: dict, b: dict):
 
 class TestTorchrun:
     def test_dilation_stats_over_two_processes(self, synth, single, tmp_path):
-        out, err = finished(dcnviz(["dilation-stats", synth, "-o", tmp_path / "out", "--workers", "1"], tmp_path, 2))
+        out, err = finished(dcnviz(["dilation-stats", "--data", synth, "-o", tmp_path / "out", "--workers", "1"], tmp_path, 2))
         two = json.loads((tmp_path / "out" / "stats.json").read_text())
         one = json.loads((single / "stats.json").read_text())
         assert_same_stats(one["layers"], two["layers"])
@@ -91,17 +91,17 @@ class TestTorchrun:
 
     @pytest.mark.parametrize("model", ["rfcn_dcn_synth", "deeplab_dcn_synth"])
     def test_eval_over_two_processes(self, synth, tmp_path, model):
-        args = ["eval", model, "--data", synth, "--json"]
+        args = ["eval", "-m", model, "--data", synth, "--json"]
         one = json.loads(finished(dcnviz(args + ["--workers", "0"], tmp_path))[0])
         two = json.loads(finished(dcnviz(args + ["--workers", "1"], tmp_path, 2))[0])
         assert one == two and one["images"] == IMAGES and one["skipped"] == []
-        assert (one["mAP50"] if "mAP50" in one else one["mIoU"]) > 0
+        assert (one["mean"]["mAP50"] if "mAP50" in one["mean"] else one["mean"]["mIoU"]) > 0
 
 
 class TestResume:
     def test_sigkill_then_resume_gives_the_same_files(self, synth, single, tmp_path):
         out = tmp_path / "out"
-        proc = dcnviz(["dilation-stats", synth, "-o", out, "--workers", "0", "--save-every", "1"], tmp_path)
+        proc = dcnviz(["dilation-stats", "--data", synth, "-o", out, "--workers", "0", "--save-every", "1"], tmp_path)
         deadline = time.monotonic() + 300
         while len(list((out / "partial").glob("part-*.json"))) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -113,15 +113,15 @@ class TestResume:
         assert 2 <= done < IMAGES
 
         for args, fragment in ((["--limit", "3"], "limit"), (["-m", "deeplab_dcn_synth"], "model")):
-            proc = completed(dcnviz(["dilation-stats", synth, "-o", out, "--resume", *args], tmp_path))
+            proc = completed(dcnviz(["dilation-stats", "--data", synth, "-o", out, "--resume", *args], tmp_path))
             assert_one_line_error(proc, 1, f"cannot resume {out}: it was started with {fragment}")
 
-        _, err = finished(dcnviz(["dilation-stats", synth, "-o", out, "--resume", "--workers", "1"], tmp_path))
+        _, err = finished(dcnviz(["dilation-stats", "--data", synth, "-o", out, "--resume", "--workers", "1"], tmp_path))
         assert f"{IMAGES - done} images in" in err  # only the rest was run
         for name in ("stats.json", "stats.csv"):
             assert (out / name).read_bytes() == (single / name).read_bytes(), name
         assert not (out / "partial").exists()
-        proc = completed(dcnviz(["dilation-stats", synth, "-o", out, "--resume"], tmp_path))
+        proc = completed(dcnviz(["dilation-stats", "--data", synth, "-o", out, "--resume"], tmp_path))
         assert_one_line_error(proc, 1, "nothing to resume", "a finished run leaves none")
 
     def test_an_unfinished_run_is_not_overwritten(self, tmp_path):

@@ -51,6 +51,17 @@ class TestDrawDetections:
         out = draw_detections(image, one_box([1, 1, 6, 6], label=2, size=(8, 8)))
         assert tuple(out[4, 1]) == class_colors(4)[2][::-1]
 
+    def test_line_width_hide_labels_and_hide_conf(self):
+        image = np.zeros((100, 120, 3), np.uint8)
+        dets = one_box([20, 40, 80, 90], label=3)
+        wide = draw_detections(image, dets, PALETTE, line_width=6)
+        assert tuple(wide[65, 22]) == (255, 0, 0) and tuple(draw_detections(image, dets, PALETTE)[65, 22]) == (0, 0, 0)
+        bare = draw_detections(image, dets, PALETTE, labels=False)
+        assert not bare[:38].any()  # no label above the box
+        with_score = (draw_detections(image, dets, PALETTE)[:40] != 0).any(axis=(0, 2)).sum()
+        without = (draw_detections(image, dets, PALETTE, conf=False)[:40] != 0).any(axis=(0, 2)).sum()
+        assert 0 < without < with_score  # "cat" is shorter than "cat 0.87"
+
     def test_rejects_non_bgr_image(self):
         with pytest.raises(ValueError, match="expected a \\(H, W, 3\\) uint8 BGR image"):
             draw_detections(np.zeros((10, 10), np.uint8), one_box([1, 1, 5, 5], size=(10, 10)))

@@ -108,11 +108,11 @@ def test_sizes_cover_the_table2_buckets():
 
 def test_cli(tmp_path):
     runner = CliRunner()
-    result = runner.invoke(main, ["synth", str(tmp_path / "ds"), "--images", "2", "--seed", "1", "--split", "val"])
+    result = runner.invoke(main, ["synth", "--data", str(tmp_path / "ds"), "--images", "2", "--seed", "1", "--split", "val"])
     assert result.exit_code == 0, result.output
     assert "wrote 2 scenes (val, seed 1)" in result.output
     assert (tmp_path / "ds" / "ImageSets" / "Main" / "val.txt").read_text() == "val_000000\nval_000001\n"
-    again = runner.invoke(main, ["synth", str(tmp_path / "ds"), "--images", "1", "--split", "val"])
+    again = runner.invoke(main, ["synth", "--data", str(tmp_path / "ds"), "--images", "1", "--split", "val"])
     assert again.exit_code == 1 and "Traceback" not in again.output
     assert again.output.strip().splitlines() == [
         f"Error: split 'val' already exists in {tmp_path / 'ds'} (ImageSets/Main/val.txt); "

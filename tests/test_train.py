@@ -329,16 +329,33 @@ def test_evaluate_on_oracles(data):
 
 def test_cli_train_and_eval(data, tmp_path):
     runner = CliRunner()
-    out = str(tmp_path / "cli.safetensors")
-    res = runner.invoke(cli, ["train", "_test_deeplab_dcn_tiny", "--data", data, "--out", out, "--iterations", "2",
-                              "--threads", "1", "--no-progress"])
+    res = runner.invoke(cli, ["train", "-m", "_test_deeplab_dcn_tiny", "--data", data, "-o", tmp_path / "runs",
+                              "--iterations", "2", "--threads", "1", "--no-progress"])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(cli, ["eval", out, "--data", data, "--split", "test", "--json"])
+    out = tmp_path / "runs" / "_test_deeplab_dcn_tiny.safetensors"
+    assert out.is_file() and Path(f"{out}.log.jsonl").is_file()
+    res = runner.invoke(cli, ["eval", "-w", out, "--data", data, "--split", "test", "--json", "-o", tmp_path / "ev"])
     assert res.exit_code == 0, res.output
-    scores = json.loads(res.output)
-    assert scores["task"] == "segmentation" and len(scores["IoU"]) == 6 and 0 <= scores["mIoU"] <= 1
-    res = runner.invoke(cli, ["train", "rfcn_dcn_synth", "--data", str(tmp_path / "nowhere"),
-                              "--out", str(tmp_path / "other.safetensors")])
+    (line,) = [ln for ln in res.output.splitlines() if ln.startswith("{")]
+    scores = json.loads(line)
+    assert json.loads((tmp_path / "ev" / "scores.json").read_text()) == scores
+    assert scores["task"] == "segmentation" and len(scores["per_class"]) == 6 and 0 <= scores["mean"]["mIoU"] <= 1
+    assert set(scores["per_class"][0]) == {"class", "IoU"}
+    res = runner.invoke(cli, ["train", "-m", "rfcn_dcn_synth", "--data", str(tmp_path / "nowhere"),
+                              "--output-file", str(tmp_path / "other.safetensors")])
     assert res.exit_code == 1 and "Traceback" not in res.output and "nowhere" in res.output
-    res = runner.invoke(cli, ["eval", "no_such_model", "--data", data])
-    assert res.exit_code == 1 and "unknown model" in res.output
+    res = runner.invoke(cli, ["eval", "-m", "no_such_model", "--data", data])
+    assert res.exit_code == 2 and "unknown model" in res.output and "Usage:" not in res.output
+
+
+def test_cli_train_and_eval_old_forms_still_work(data, tmp_path):
+    """The forms of the previous release (positional MODEL, --out FILE) run, each with one deprecation line."""
+    runner = CliRunner()
+    out = tmp_path / "old.safetensors"
+    res = runner.invoke(cli, ["train", "_test_deeplab_dcn_tiny", "--data", data, "--out", str(out), "--iterations",
+                              "1", "--threads", "1", "--no-progress"])
+    assert res.exit_code == 0 and out.is_file(), res.output
+    assert sum(ln.startswith("Deprecated:") for ln in res.output.splitlines()) == 2
+    res = runner.invoke(cli, ["eval", str(out), "--data", data, "-o", tmp_path / "ev", "-q"])
+    assert res.exit_code == 0, res.output
+    assert sum(ln.startswith("Deprecated:") for ln in res.output.splitlines()) == 1

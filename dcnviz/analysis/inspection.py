@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from dcnviz.analysis.dilation import effective_dilation
-from dcnviz.analysis.parts import RoIParts, roi_parts
+from dcnviz.analysis.parts import RoIParts, pool_offsets, roi_parts
 from dcnviz.analysis.sampling import LayerGeometry, SamplingLocations, sampling_locations
 from dcnviz.analysis.units import KINDS, Unit, cell_unit, pick_units, segment_boxes, units_at
 from dcnviz.models.postprocess import DEFAULT_CONF
@@ -104,8 +104,9 @@ class UnitChoice:
 class PooledRoI:
     """One RoI pooled by the head: ``source`` "detection" or "box", the ``box`` asked for (inclusive
     corners, original pixels), the class whose offsets move the parts, the head's probability for it on
-    this RoI (``cls_prob``, before box regression), the detection's score (None for a box) and the
-    ``parts`` (:class:`~dcnviz.analysis.RoIParts`)."""
+    this RoI (``cls_prob``, before box regression), the detection's score (None for a box), the
+    ``parts`` (:class:`~dcnviz.analysis.RoIParts`), and what they were computed from: the RoI row as
+    pooled (network-input pixels) and its part offsets (2C, P, P)."""
 
     source: str
     box: np.ndarray
@@ -114,6 +115,8 @@ class PooledRoI:
     probability: float
     detection_score: float | None
     parts: RoIParts
+    pooled_roi: np.ndarray | None = None
+    offset: np.ndarray | None = None
 
 
 # A RoI pooler: (R, 5) [0, x1, y1, x2, y2] input-pixel RoIs -> the head's blobs, at least ``rois``,
@@ -291,8 +294,18 @@ class Inspection:
                           None if scores is None else float(scores[k]),
                           roi_parts(blobs["rois"][k], blobs["rfcn_cls_offset"][k], int(c), scale=self.prep.scale,
                                     spatial_scale=g.spatial_scale, pooled_size=g.pooled_size,
-                                    part_size=g.part_size, trans_std=g.trans_std))
+                                    part_size=g.part_size, trans_std=g.trans_std),
+                          np.asarray(blobs["rois"][k], np.float64), np.asarray(blobs["rfcn_cls_offset"][k]))
                 for k, c in enumerate(classes)]
+
+    def coarse_parts(self, roi: PooledRoI, parts: int) -> RoIParts:
+        """``roi``'s parts in a ``parts`` x ``parts`` view (the paper's Fig. 7 draws 3x3): its P x P offsets
+        averaged into that grid (:func:`~dcnviz.analysis.parts.pool_offsets`) and placed by the operator's
+        rule as a ``parts`` x ``parts`` pooling would place them. A summary for the eye; the operator pools
+        the P x P parts of ``roi.parts``."""
+        g = self.part_geometry
+        return roi_parts(roi.pooled_roi, pool_offsets(roi.offset, parts), roi.class_id, scale=self.prep.scale,
+                         spatial_scale=g.spatial_scale, pooled_size=parts, part_size=parts, trans_std=g.trans_std)
 
 
 def inspect(model, image) -> Inspection:

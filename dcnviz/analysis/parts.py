@@ -21,7 +21,7 @@ import torch
 from dcnviz.analysis._common import as_float64, positive_number
 from dcnviz.analysis.coords import feature_to_image
 
-__all__ = ["RoIParts", "roi_parts"]
+__all__ = ["RoIParts", "pool_offsets", "roi_parts"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +77,20 @@ def roi_parts(roi, offset, class_index: int, *, scale: float, spatial_scale: flo
     regular = rectangles(None)
     roi_rect = np.concatenate([regular[0, 0, :2], regular[-1, -1, 2:]])
     return RoIParts(roi_rect, rectangles(torch.from_numpy(off)[None]), regular)
+
+
+def pool_offsets(offset, parts: int) -> np.ndarray:
+    """A (2*C, P, P) part-offset array averaged down to (2*C, parts, parts), for the paper's 3x3 view of a
+    7x7 model (Fig. 7 draws 3x3 bins; the official demo model has ``part_size`` 3, the COCO model 7).
+
+    Part (i, j) of the result is the mean of the offsets of parts rows floor(P*i/parts) .. ceil(P*(i+1)/parts)-1
+    and the same columns (adaptive average pooling: windows overlap where ``parts`` does not divide P). The
+    offsets are fractions of the RoI size, so their mean moves a 3x3 bin as the 7x7 bins it covers move on
+    average. This is a summary for the eye: the operator itself pools P x P bins with the P x P offsets.
+    """
+    off = as_float64(offset, "offset")
+    if off.ndim != 3 or off.shape[1] != off.shape[2]:
+        raise ValueError(f"offset must have shape (2*C, P, P), got {tuple(off.shape)}")
+    if not 1 <= parts <= off.shape[1]:
+        raise ValueError(f"parts must be in [1, {off.shape[1]}], got {parts}")
+    return torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(off), parts).numpy()

@@ -7,7 +7,7 @@ import importlib
 import click
 
 from dcnviz import __version__
-from dcnviz.cli.common import debug_option, report_errors
+from dcnviz.cli.common import debug_option, one_line_usage_error, report_errors
 
 # command name -> (module, attribute, one-line help)
 COMMANDS = {
@@ -42,6 +42,13 @@ class LazyGroup(click.Group):
         rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+    def make_context(self, *args, **kwargs):
+        # Errors in the group's own options (``dcnviz --bogus``) come from here, before ``invoke``.
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as e:
+            raise one_line_usage_error(e) from None
 
     def invoke(self, ctx):
         # Every command runs inside here, so this is the one place that keeps tracebacks from users.

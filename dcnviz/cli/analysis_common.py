@@ -9,18 +9,22 @@ from typing import Callable, Sequence
 import click
 import numpy as np
 
-from dcnviz.cli.common import apply_options, debug_option, resolve_model, run_options, select_device
+from dcnviz.cli.common import (apply_options, debug_option, figure_options, json_option, resolve_model, run_options,
+                               select_device)
 from dcnviz.errors import UserError
 
 DEFAULT_MODEL = "rfcn_dcn_synth"
 SAMPLES = "synth_*.jpg"
 
 
-def analysis_options(command: str, needs: str = "deformable conv layers") -> Callable[[Callable], Callable]:
+def analysis_options(command: str, needs: str = "deformable conv layers",
+                     figures: bool = True) -> Callable[[Callable], Callable]:
     """--model (a registered model with ``needs``, default :data:`DEFAULT_MODEL`), --weights, --device,
-    --out runs/<command>, --exist-ok, --quiet, --debug."""
+    --out runs/<command>, --exist-ok, --quiet, --json, with ``figures`` --style, --marker-alpha, --format,
+    and --debug."""
     return apply_options(run_options(command, f"Registered model with {needs}; default: {DEFAULT_MODEL}.")
-                         + [debug_option])
+                         + [json_option("Print each image's JSON record on stdout (JSON Lines), as written to OUT.")]
+                         + (figure_options() if figures else []) + [debug_option])
 
 
 def unit_options(levels_help: str) -> Callable[[Callable], Callable]:
@@ -119,7 +123,7 @@ def load(spec, weights, device: str, quiet: bool):
     """The model with its weights on the chosen device."""
     import dcnviz
 
-    dev = select_device(device, warn=None if quiet else lambda line: click.echo(line, err=True))
+    dev = select_device(device)
     return dcnviz.load_model(spec.name, weights, dev), dev
 
 
@@ -140,9 +144,13 @@ def choose_units(inspection, path, top: str, at, annotation, conf: float, kinds,
     Raises :class:`~dcnviz.errors.UserError` when there is no unit at all."""
     if at:
         try:
-            return [inspection.unit_at(x, y, top) for x, y in at]
+            units = [inspection.unit_at(x, y, top) for x, y in at]
         except ValueError as e:
             raise usage_error("--at", e) from None
+        for (x, y), u in zip(at, units):
+            say(f"{path}: --at {x:g},{y:g} is in cell {u.cell} of {top}; the unit is its centre "
+                f"({u.xy[0]:.1f}, {u.xy[1]:.1f})")
+        return units
     choice = inspection.choose_units(kinds, top, conf, annotation)
     if choice.missing:
         say(f"{path}: no {' or '.join(choice.missing)} unit from {choice.source} ({len(choice.boxes)} boxes); "
@@ -155,3 +163,59 @@ def choose_units(inspection, path, top: str, at, annotation, conf: float, kinds,
 def reporter(quiet: bool) -> Callable[[str], None]:
     """Where progress lines go: stderr, or nowhere with --quiet (errors are printed regardless)."""
     return (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
+
+
+def unit_objects(inspection, units, annotation=None) -> list[str | None]:
+    """What each unit sits on, for its title: the detection whose box it was chosen on ("ring 0.91"), the
+    annotated object's class, or the segmentation class under the unit; None for the background."""
+    from dcnviz.structures import Detections
+
+    names = []
+    ann = None
+    if annotation is not None:
+        from dcnviz.data.voc import parse_annotation
+
+        ann = parse_annotation(annotation)
+    for u in units:
+        name = None
+        if u.kind == "background":
+            pass
+        elif ann is not None and u.box is not None:
+            match = [o.name for o, b in zip(ann.objects, ann.boxes()) if tuple(map(float, b)) == u.box]
+            name = match[0] if match else None
+        elif isinstance(inspection.result, Detections) and u.box is not None:
+            boxes = np.asarray(inspection.result.boxes, np.float64)
+            hit = np.flatnonzero((boxes == np.asarray(u.box)).all(axis=1))
+            if len(hit):
+                k = int(hit[0])
+                name = f"{inspection.result.class_names[int(inspection.result.labels[k])]} " \
+                       f"{float(inspection.result.scores[k]):.2f}"
+        elif hasattr(inspection.result, "labels") and not isinstance(inspection.result, Detections):
+            h, w = inspection.result.labels.shape
+            label = int(inspection.result.labels[min(int(u.xy[1]), h - 1), min(int(u.xy[0]), w - 1)])
+            name = inspection.result.class_names[label] if label < len(inspection.result.class_names) else None
+        names.append(name)
+    return names
+
+
+def save_figure(png: Path, figure, panels, fmt: str, columns: int | None, footer: str | None, look) -> list[Path]:
+    """Write the raster ``figure`` to ``png`` and, for ``fmt`` svg/pdf, the same figure as vector graphics
+    (:func:`dcnviz.viz.vector.vector_figure` of ``panels``) beside it; returns the files written."""
+    from dcnviz.io.images import write_bytes_atomic, write_image_atomic
+
+    write_image_atomic(png, figure)
+    if fmt == "png":
+        return [png]
+    from dcnviz.viz.vector import vector_figure
+
+    vector = png.with_suffix(f".{fmt}")
+    write_bytes_atomic(vector, vector_figure(panels, fmt, columns, footer, look))
+    return [png, vector]
+
+
+def emit_json(record: dict, json_out: bool) -> None:
+    """``--json``: the record as one line on stdout."""
+    if json_out:
+        import json
+
+        click.echo(json.dumps(record, allow_nan=False))

@@ -9,6 +9,7 @@ import click
 
 from dcnviz.bench_dataset import dataset
 from dcnviz.bench_model import model
+from dcnviz.cli.common import device_option, json_option, select_device
 
 
 @click.group()
@@ -21,8 +22,8 @@ bench.add_command(dataset)
 
 
 @bench.command()
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@device_option("cpu")
+@json_option("Print JSON instead of a table.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch (default: torch's own choice).")
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
@@ -30,15 +31,14 @@ bench.add_command(dataset)
 @click.option("--op", "ops", type=click.Choice(["conv", "pool"]), multiple=True,
               help="Only these operators (repeatable): conv = deform_conv2d at res5, pool = "
                    "deform_psroi_pool at the R-FCN head. Default: both. conv2d is always timed.")
-def ops(device, as_json, threads, repeats, ops):
+def ops(device, json_out, threads, repeats, ops):
     """Forward and forward+backward time of the operators at the R-FCN sizes, with torchvision's
     deform_conv2d and a plain conv2d of the same shape for comparison (ratios are to conv2d)."""
     import torch
 
     from dcnviz import bench as lib
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("CUDA is not available on this machine", param_hint="'--device'")
+    device = str(select_device(device))
     if threads is not None:
         torch.set_num_threads(threads)
     try:
@@ -46,7 +46,7 @@ def ops(device, as_json, threads, repeats, ops):
     except (RuntimeError, NotImplementedError) as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise click.ClickException(f"benchmark failed: {textwrap.shorten(first_line, 240)}") from exc
-    if as_json:
+    if json_out:
         click.echo(json.dumps({"device": device, "threads": torch.get_num_threads(), "repeats": repeats,
                                "torch": torch.__version__, "rows": lib.as_dicts(rows)}, indent=2))
     else:

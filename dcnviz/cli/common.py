@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import click
 
-from dcnviz.errors import DeviceError, UserError
+from dcnviz.errors import DeviceError, UserError, WeightsError
 
 DEBUG_KEY = "dcnviz.debug"
 TASK_COMMANDS = {"detection": "detect", "segmentation": "segment"}
@@ -40,6 +40,8 @@ def report_errors(ctx: click.Context):
     """Turn exceptions raised inside a command into click's one-line ``Error: …`` (see module doc)."""
     try:
         yield
+    except click.UsageError as e:
+        raise one_line_usage_error(e) from None
     except (click.ClickException, click.exceptions.Exit, click.Abort):
         raise
     except BrokenPipeError:
@@ -50,10 +52,26 @@ def report_errors(ctx: click.Context):
     except Exception as e:
         if ctx.meta.get(DEBUG_KEY):
             raise
+        if isinstance(e, WeightsError) and len(str(e).splitlines()) == 2:
+            raise click.ClickException(str(e)) from None  # the problem, then the command that fixes it
         if isinstance(e, UserError):
             raise click.ClickException(one_line(e)) from None
         raise click.ClickException(f"{type(e).__name__}: {one_line(e)} (unexpected; run with --debug "
                                    "for the traceback)") from None
+
+
+class OneLineUsageError(click.ClickException):
+    """A usage error shown as ``Error: …`` alone (exit status 2): click's "Usage:" and "Try … --help"
+    lines are left out, since ``--help`` is where the usage is."""
+
+    exit_code = 2
+
+
+def one_line_usage_error(e: click.UsageError) -> click.ClickException:
+    """``e`` as a :class:`OneLineUsageError`, except click's "no arguments, so show the help" case."""
+    if isinstance(e, getattr(click.exceptions, "NoArgsIsHelpError", ())):
+        return e
+    return OneLineUsageError(one_line(click.ClickException(e.format_message())))
 
 
 def one_line(e: BaseException) -> str:
@@ -76,24 +94,84 @@ def source_options(f: Callable) -> Callable:
     return click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")(f)
 
 
+# The shared vocabulary. Every command spells an option the same way and gives it the same meaning;
+# tests/test_cli_vocabulary.py walks every command's --help and checks it against these factories, so a
+# new command gets the shared options by calling them (``run_options`` for a command that runs a model).
+DEFAULT_SPLIT = "test"
+
+
+def model_option(help: str = "Registered model name (see 'dcnviz models').") -> Callable:
+    """``-m/--model NAME``: a registered model (resolved with :func:`resolve_model`)."""
+    return click.option("-m", "--model", metavar="NAME", help=help)
+
+
+def weights_option() -> Callable:
+    """``-w/--weights FILE``: weights instead of the model's own."""
+    return click.option("-w", "--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                        help="Weights to use instead of the model's own: a .safetensors file (dcnviz convert, "
+                             "dcnviz train) or an official MXNet .params file (converted in memory).")
+
+
+def device_option(default: str = "auto") -> Callable:
+    """``-d/--device auto|cpu|cuda[:N]`` (checked here; :func:`select_device` makes the torch device)."""
+    return click.option("-d", "--device", default=default, metavar="auto|cpu|cuda[:N]", show_default=True,
+                        callback=_check_device,
+                        help="auto, cpu, cuda or cuda:N; auto uses the first GPU if there is one.")
+
+
+def out_option(default: str | os.PathLike, help: str | None = None) -> Callable:
+    """``-o/--out DIR``: always a folder (a command that writes one file also takes ``--output-file``)."""
+    return click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+                        default=Path(default), show_default=True,
+                        help=help or "Output folder; if it exists, OUT2, OUT3, … is used instead.")
+
+
+def exist_ok_option(help: str = "Write into OUT even if it exists (same-name files are replaced).") -> Callable:
+    return click.option("--exist-ok", is_flag=True, help=help)
+
+
+def quiet_option() -> Callable:
+    return click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
+
+
+def json_option(help: str) -> Callable:
+    """``--json``: machine-readable results on stdout (the log stays on stderr)."""
+    return click.option("--json", "json_out", is_flag=True, help=help)
+
+
+def data_option(required: bool = True, help: str = "VOC-layout dataset folder (JPEGImages/, Annotations/, "
+                                                    "ImageSets/; dcnviz synth writes one).") -> Callable:
+    """``--data DIR``: a VOC-layout dataset folder."""
+    return click.option("--data", required=required, metavar="DIR",
+                        type=click.Path(file_okay=False, path_type=Path), help=help)
+
+
+def split_option(default: str = DEFAULT_SPLIT, help: str = "Split: the ids in ImageSets/Main/SPLIT.txt.") -> Callable:
+    """``--split NAME``, :data:`DEFAULT_SPLIT` everywhere (a command with another default says why in ``help``)."""
+    return click.option("--split", default=default, show_default=True, metavar="NAME", help=help)
+
+
+def figure_options() -> list[Callable[[Callable], Callable]]:
+    """How a command's figures look and what they are saved as: ``--style default|paper`` (markers with a
+    dark outline, sized by the image, or the official visualizer's look), ``--marker-alpha X`` (opacity of
+    the points and parts) and ``--format png|svg|pdf`` (svg/pdf: vector graphics for papers; see
+    :mod:`dcnviz.viz.sampling` and :mod:`dcnviz.viz.vector`)."""
+    return [
+        click.option("--style", type=click.Choice(["default", "paper"]), default="default", show_default=True,
+                     help="default: markers with a dark outline that stay visible on any background, the unit a "
+                          "larger green diamond; paper: the official visualizer's plain red and green squares."),
+        click.option("--marker-alpha", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+                     metavar="X", help="Opacity of the sampling points and RoI parts (the unit stays opaque)."),
+        click.option("--format", "fmt", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True,
+                     help="Figure file format; svg and pdf are vector graphics (the photo embedded)."),
+    ]
+
+
 def run_options(command: str, model_help: str) -> list[Callable[[Callable], Callable]]:
     """The options every command that runs a model shares: --model, --weights, --device, --out
     (default ``runs/<command>``), --exist-ok, --quiet."""
-    return [
-        click.option("-m", "--model", metavar="NAME", help=model_help),
-        click.option("-w", "--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                     help="Weights to use instead of the model's own: a .safetensors file (dcnviz convert, "
-                          "dcnviz train) or an official MXNet .params file (converted in memory)."),
-        click.option("-d", "--device", default="auto", metavar="auto|cpu|cuda[:N]", show_default=True,
-                     callback=_check_device,
-                     help="auto, cpu, cuda or cuda:N; auto uses the first GPU if there is one."),
-        click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-                     default=Path("runs", command), show_default=True,
-                     help="Output folder; if it exists, OUT2, OUT3, … is used instead."),
-        click.option("--exist-ok", is_flag=True,
-                     help="Write into OUT even if it exists (same-name files are replaced)."),
-        click.option("-q", "--quiet", is_flag=True, help="Print errors only."),
-    ]
+    return [model_option(model_help), weights_option(), device_option(), out_option(Path("runs", command)),
+            exist_ok_option(), quiet_option()]
 
 
 def model_options(task: str) -> Callable[[Callable], Callable]:
@@ -102,13 +180,54 @@ def model_options(task: str) -> Callable[[Callable], Callable]:
     command = TASK_COMMANDS[task]
     options = run_options(command, f"Registered model name (see 'dcnviz models'); default: the bundled "
                                    f"{task} model.") + [
-        click.option("--json", "json_out", is_flag=True,
-                     help="Print one JSON object per image on stdout (JSON Lines; schema in "
-                          f"dcnviz/schemas/{'detections' if task == 'detection' else task}.schema.json)."),
+        json_option("Print one JSON object per image on stdout (JSON Lines; schema in "
+                    f"dcnviz/schemas/{'detections' if task == 'detection' else task}.schema.json)."),
         debug_option,
     ]
 
     return apply_options(options)
+
+
+def deprecated(old: str, new: str) -> None:
+    """One line on stderr: the old form ``old`` still works for this release; ``new`` replaces it."""
+    click.echo(f"Deprecated: {old} still works for this release; use {new}", err=True)
+
+
+def progress(total: int | None, unit: str = "img", quiet: bool = False, every: int | None = None):
+    """A progress reporter with ``update(n=1)`` and ``close()`` (also a context manager): a tqdm bar on a
+    terminal, and otherwise (a log file, a pipe) a plain ``k/N <unit>`` line every ``every`` items
+    (default: about every tenth of ``total``, or 50), never a bar's carriage-return frames."""
+    if quiet:
+        return _PlainProgress(total, unit, every=0)
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit=unit, file=sys.stderr, leave=False)
+    return _PlainProgress(total, unit, every)
+
+
+class _PlainProgress:
+    def __init__(self, total: int | None, unit: str, every: int | None):
+        self.total, self.unit, self.n = total, unit, 0
+        self.every = every if every is not None else max(1, (total or 500) // 10)
+
+    def update(self, n: int = 1) -> None:
+        before, self.n = self.n, self.n + n
+        if self.every and self.n // self.every > before // self.every:
+            of = f"/{self.total}" if self.total else ""
+            click.echo(f"{self.n}{of} {self.unit}", err=True)
+
+    def write(self, line: str, file=None) -> None:
+        click.echo(line, err=True)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def apply_options(options: list[Callable[[Callable], Callable]]) -> Callable[[Callable], Callable]:
@@ -124,7 +243,8 @@ def apply_options(options: list[Callable[[Callable], Callable]]) -> Callable[[Ca
 def select_device(spec: str = "auto", warn: Callable[[str], None] | None = None):
     """The ``torch.device`` for ``spec``: "auto", "cpu", "cuda" or "cuda:N".
 
-    "auto" is ``cuda:0`` when CUDA is usable, else CPU (calling ``warn`` with one line). "cuda" and
+    "auto" is ``cuda:0`` when CUDA is usable, else the CPU, silently: a CPU machine is a normal place
+    to run (``warn`` is accepted for the callers that still pass it and not called). "cuda" and
     "cuda:N" raise :class:`~dcnviz.errors.DeviceError` when CUDA is not usable or N is not a
     visible device, saying what was found: ``torch.cuda.is_available()``, the device count,
     ``CUDA_VISIBLE_DEVICES`` and the CUDA version torch was built with.
@@ -141,8 +261,6 @@ def select_device(spec: str = "auto", warn: Callable[[str], None] | None = None)
     if spec == "auto":
         if available:
             return torch.device("cuda", 0)
-        if warn is not None:
-            warn("No usable CUDA device found; running on the CPU (--device cpu hides this line).")
         return torch.device("cpu")
     index = int(spec.partition(":")[2] or 0)
     if available and index < count:

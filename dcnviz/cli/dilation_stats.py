@@ -10,13 +10,14 @@ Output (``OUT`` = runs/dilation-stats, …)::
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import click
 
-from dcnviz.cli.analysis_common import analysis_options, reporter, resolve
-from dcnviz.cli.common import dataset_run_options, finish_processes, run_folder, start_processes
+from dcnviz.cli.analysis_common import analysis_options, emit_json, reporter, resolve
+from dcnviz.cli.common import (data_option, dataset_run_options, deprecated, finish_processes, run_folder,
+                               split_option, start_processes)
+from dcnviz.io.results_json import json_path
 
 PLUS_MINUS = "\u00b1"
 
@@ -42,31 +43,35 @@ def table(summary: dict, paper: dict | None) -> list[str]:
 
 
 @click.command("dilation-stats")
-@click.argument("dataset", type=click.Path(path_type=Path))
-@click.option("--split", default="test", show_default=True, help="Image set ImageSets/Main/SPLIT.txt.")
+@click.argument("dataset_arg", required=False, type=click.Path(path_type=Path), metavar="[DATASET]")
+@data_option(required=False)
+@split_option()
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Use only the first N images of the split.")
 @click.option("--compare-paper", is_flag=True, help="Print the paper's Table 2 values under each layer.")
+@click.option("--explain", is_flag=True, help="Print every rule used under the table (they are in stats.json always).")
 @dataset_run_options
-@analysis_options("dilation-stats")
-def dilation_stats(dataset, split, limit, compare_paper, workers, resume, save_every, model, weights, device, out,
-                   exist_ok, quiet):
-    """Effective dilation of the deformable filters by object size (paper Table 2) over DATASET, a
+@analysis_options("dilation-stats", figures=False)
+def dilation_stats(dataset_arg, data, split, limit, compare_paper, explain, workers, resume, save_every, model,
+                   weights, device, out, exist_ok, quiet, json_out):
+    """Effective dilation of the deformable filters by object size (paper Table 2) over --data, a
     VOC-layout folder (JPEGImages/, Annotations/*.xml with 1-based boxes, ImageSets/Main/SPLIT.txt).
 
     Each filter (output position of a deformable layer) gets the mean distance between its horizontally
     or vertically adjacent sampling locations, in cells of the layer's input map, and the size bucket of
     the smallest ground-truth box holding its centre: small (< 96² px), medium, large (> 224² px) or
     background; positions inside difficult boxes only are left out. Prints the table (mean ± std and N
-    per cell) with every rule used, and writes OUT/stats.json, OUT/stats.csv and OUT/hist_<layer>.png.
-    Entries whose annotation or image is missing or broken are reported and skipped (exit status 1).
-    DATASET may also be a COCO folder (annotations/instances_SPLIT.json). Under torchrun the images are
-    split over the processes and the statistics merged exactly; --resume continues an interrupted run.
+    per cell; --explain adds every rule used), and writes OUT/stats.json, OUT/stats.csv and
+    OUT/hist_<layer>.png; --json prints stats.json instead of the table. Entries whose annotation or image
+    is missing or broken are reported and skipped (exit status 1). --data may also be a COCO folder
+    (annotations/instances_SPLIT.json). Under torchrun the images are split over the processes and the
+    statistics merged exactly; --resume continues an interrupted run. The positional DATASET of earlier
+    releases still works (deprecated).
 
     \b
     Examples:
-      dcnviz dilation-stats /data/VOCdevkit/VOC2007 --split test --compare-paper
-      dcnviz dilation-stats synth/ --limit 50 --device cuda
-      torchrun --nproc-per-node 4 -m dcnviz dilation-stats VOC2007 -o runs/t2 --device cuda
+      dcnviz dilation-stats --data /data/VOCdevkit/VOC2007 --compare-paper
+      dcnviz dilation-stats --data synth/ --limit 50 --device cuda
+      torchrun --nproc-per-node 4 -m dcnviz dilation-stats --data VOC2007 -o runs/t2 --device cuda
     """
     import dcnviz
     from dcnviz.analysis import BUCKETS, PAPER_TABLE2, TABLE2_CONFIG
@@ -78,6 +83,14 @@ def dilation_stats(dataset, split, limit, compare_paper, workers, resume, save_e
     from dcnviz.runner.partial import discard
     from dcnviz.viz.plots import dilation_histogram
 
+    if dataset_arg is not None:
+        if data is not None:
+            raise click.UsageError("give the dataset once: --data DIR (the positional DATASET is deprecated)")
+        deprecated(f"'dcnviz dilation-stats {dataset_arg}'", f"'dcnviz dilation-stats --data {dataset_arg}'")
+        data = dataset_arg
+    if data is None:
+        raise click.UsageError("Missing option '--data'.")
+    dataset = data
     spec, meta = resolve(model)
     ctx = start_processes(device, quiet)
     say = reporter(quiet or not ctx.main)
@@ -94,11 +107,12 @@ def dilation_stats(dataset, split, limit, compare_paper, workers, resume, save_e
             return
         summary = run.stats.summary("pooled")
         config = {**TABLE2_CONFIG, "group_mode": "pooled", "model": spec.name,
-                  "weights": os.fspath(weights) if weights else "default", "dataset": os.fspath(dataset),
+                  "weights": json_path(weights) if weights else "default", "dataset": json_path(dataset),
                   "split": split, "limit": limit, "images_listed": len(run.ids), "images": run.stats.images,
                   "hist_max": float(run.stats.edges[-1]), "hist_bins": len(run.stats.edges) - 1,
                   "skipped": [{"id": i, "error": e} for i, e in run.skipped]}
-        write_json_atomic(out_dir / "stats.json", stats_record(summary, config, PAPER_TABLE2), expand=3)
+        record = stats_record(summary, config, PAPER_TABLE2)
+        write_json_atomic(out_dir / "stats.json", record, expand=3)
         write_bytes_atomic(out_dir / "stats.csv", stats_csv(summary, PAPER_TABLE2).encode())
         nominal = {short_name(l): l.dilation for l in meta.deformable_layers}
         for layer, counts in run.stats.histograms("pooled").items():
@@ -108,16 +122,23 @@ def dilation_stats(dataset, split, limit, compare_paper, workers, resume, save_e
         discard(out_dir)
     finish_processes(ctx)
 
-    click.echo(f"Effective dilation, {spec.name} on {dataset} ({split}, {run.stats.images} images): "
-               f"mean {PLUS_MINUS} std (N filters)")
-    for line in table(summary, PAPER_TABLE2 if compare_paper else None):
-        click.echo(line)
-    click.echo("Rules:")
-    for key, value in config.items():
-        if key not in ("skipped",):
-            click.echo(f"  {key}: {value}")
+    if json_out:
+        emit_json(record, True)
+    else:
+        click.echo(f"Effective dilation, {spec.name} on {dataset} ({split}, {run.stats.images} images): "
+                   f"mean {PLUS_MINUS} std (N filters)")
+        for line in table(summary, PAPER_TABLE2 if compare_paper else None):
+            click.echo(line)
+        if explain:
+            click.echo("Rules:")
+            for key, value in config.items():
+                if key not in ("skipped",):
+                    click.echo(f"  {key}: {value}")
+        else:
+            click.echo("Rules: Table 2's buckets by the area of the smallest GT box holding a filter's centre, the "
+                       "12 adjacent tap pairs, in cells of the input map (--explain or stats.json: all of them)")
     if run.skipped:
-        click.echo(f"  skipped: {len(run.skipped)} of {len(run.ids)} images ({', '.join(i for i, _ in run.skipped)})")
+        say(f"skipped: {len(run.skipped)} of {len(run.ids)} images ({', '.join(i for i, _ in run.skipped)})")
     if run.images_run:
         say(f"{run.images_run} images in {run.seconds:.1f} s ({run.images_run / max(run.seconds, 1e-9):.2f} img/s"
             f"{f' over {ctx.world} processes' if ctx.world > 1 else ''})")

@@ -12,26 +12,28 @@ from pathlib import Path
 
 import click
 
-from dcnviz.cli.analysis_common import (analysis_options, choose_units, load, reporter, resolve, sample_images, stack,
-                                        unit_options, usage_error)
+from dcnviz.cli.analysis_common import (analysis_options, choose_units, emit_json, load, reporter, resolve,
+                                        sample_images, save_figure, stack, unit_objects, unit_options, usage_error)
 from dcnviz.errors import ImageError
 
 
 @click.command()
 @click.argument("images", nargs=-1, type=click.Path(path_type=Path), metavar="[IMAGE]...")
+@click.option("-r", "--recursive", is_flag=True, help="Also search the subfolders of an IMAGE folder.")
 @unit_options("Deformable layers to go down through, from --layer; default: 3 (or as many as there are).")
 @analysis_options("offsets")
-def offsets(images, layer, levels, at, annotation, conf, group, round_, model, weights, device, out, exist_ok,
-            quiet):
+def offsets(images, recursive, layer, levels, at, annotation, conf, group, round_, model, weights, device, out, exist_ok,
+            quiet, json_out, style, marker_alpha, fmt):
     """Where deformable filters sample: the composed sampling locations of activation units (paper Fig. 6).
 
-    For each IMAGE (default: the bundled samples/synth_*.jpg) it follows --levels deformable layers down
+    For each IMAGE (files, folders, quoted globs; default: the bundled samples/synth_*.jpg) it follows --levels deformable layers down
     from --layer: each unit expands into the 3x3 taps of every layer, each tap moved by its learned
     offset (9**3 = 729 points for 3 levels). Units are given with --at, or picked automatically on the
     background, a small object and a large object of the model's own detections or segmentation (or of
     --annotation). Points are drawn red (hollow where they fall outside a feature map, where the
-    operator reads zero), the unit green. Writes OUT/NAME_<layer>.png and .json (every unit and point in
-    original-image pixels).
+    operator reads zero), the unit as a green diamond, the object it sits on outlined; titles give the
+    object's Table 2 size class. Writes OUT/NAME_<layer>.png (and .svg/.pdf with --format) and .json
+    (every unit and point in original-image pixels).
 
     \b
     Examples:
@@ -41,18 +43,20 @@ def offsets(images, layer, levels, at, annotation, conf, group, round_, model, w
     from dcnviz.analysis import inspect
     from dcnviz.analysis.units import KINDS
     from dcnviz.io.analysis_json import offsets_record
-    from dcnviz.io.images import find_images, read_image, write_image_atomic, write_json_atomic
+    from dcnviz.io.images import find_images, read_image, write_json_atomic
     from dcnviz.io.outputs import output_names, run_dir
-    from dcnviz.viz.sampling import GROUP_COLOR_NAMES, draw_unit_samples, montage, unit_title
+    from dcnviz.viz.sampling import GROUP_COLOR_NAMES, draw_unit_samples, get_style, montage, unit_title
+    from dcnviz.viz.vector import Panel
 
-    images = find_images(images) if images else sample_images()
-    if annotation is not None and len(images) > 1:
-        raise click.BadParameter("an annotation belongs to one image; give one IMAGE", param_hint="'--annotation'")
+    look = get_style(style, marker_alpha)
     spec, meta = resolve(model)
     names = stack(meta, layer, levels, 3)
     groups = meta.deformable_layers[0].deformable_groups
     if isinstance(group, int) and group >= groups:
         raise usage_error("--group", ValueError(f"{group}: {spec.name} has {groups} deformable group(s)"))
+    images = find_images(images, recursive) if images else sample_images()
+    if annotation is not None and len(images) > 1:
+        raise click.BadParameter("an annotation belongs to one image; give one IMAGE", param_hint="'--annotation'")
     say = reporter(quiet)
     failed = 0
     with run_dir(out, exist_ok, (), images) as out_dir:
@@ -73,14 +77,18 @@ def offsets(images, layer, levels, at, annotation, conf, group, round_, model, w
                       "hollow: outside a feature map"
                       + ("; groups " + ", ".join(f"{g} {c}" for g, c in zip(range(groups), GROUP_COLOR_NAMES))
                          if group == "all" and groups > 1 else ""))
-            figure, origins = montage([draw_unit_samples(image, s) for s in samples], [unit_title(u) for u in units],
-                                      footer=footer)
+            titles = [unit_title(u, what) for u, what in zip(units, unit_objects(seen, units, annotation))]
+            figure, origins = montage([draw_unit_samples(image, s, look) for s in samples], titles, footer=footer)
             png = out_dir / stems[path].with_name(f"{stems[path].name}_{names[0]}.png")
-            write_image_atomic(png, figure)
+            panels = [Panel(image, t, s.xy, s.locations.valid, s.unit.xy, box=s.unit.box)
+                      for t, s in zip(titles, samples)]
+            files = save_figure(png, figure, panels, fmt, None, footer, look)
             record = offsets_record(path, seen, spec.name, png, seen.stack(names[0], len(names)), samples, origins,
                                     group, round_)
             write_json_atomic(png.with_suffix(".json"), record, expand=3)
-            say(f"{i}/{len(images)} {path}: {', '.join(u.kind for u in units)} units -> {png}")
+            emit_json(record, json_out)
+            say(f"{i}/{len(images)} {path}: {', '.join(u.kind for u in units)} units -> "
+                f"{', '.join(map(str, files))}")
     if failed < len(images):
         say(f"Results saved to {out_dir}")
     if failed:

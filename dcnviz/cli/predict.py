@@ -11,12 +11,14 @@ Output folder layout (``OUT`` = runs/detect, runs/detect2, …; names mirror the
     OUT/vis/<name>.jpg|.png   annotated image / colour overlay (.jpg for JPEG inputs, else .png)
     OUT/preds/<name>.json     the image's record (dcnviz/schemas/*.schema.json)
     OUT/masks/<name>.png      segment: palette PNG, pixel value = class id
+    OUT/labels/<name>.txt     detect --save-txt: YOLO-format labels
     OUT/preds.coco.json       detect --save-coco: COCO results list for all images
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import json
 import sys
 import time
@@ -28,21 +30,23 @@ import numpy as np
 
 import dcnviz
 
-from dcnviz.cli.common import model_options, parse_classes, resolve_model, select_device, source_options
+from dcnviz.cli.common import deprecated, model_options, parse_classes, resolve_model, select_device, source_options
 from dcnviz.errors import ImageError
-from dcnviz.io.images import find_images, read_image, write_image_atomic, write_json_atomic, \
+from dcnviz.io.images import find_images, read_image, write_bytes_atomic, write_image_atomic, write_json_atomic, \
     write_png_palette_atomic
 from dcnviz.io.outputs import output_names, run_dir
 from dcnviz.io.results_json import class_histogram, coco_category_ids, coco_image_ids, coco_results, \
-    detection_record, error_record, segmentation_record
+    detection_record, error_record, segmentation_record, yolo_lines
 from dcnviz.structures import Detections, Segmentation
 from dcnviz.models.postprocess import DEFAULT_CONF, filter_detections
-from dcnviz.viz.draw import draw_detections, overlay_segmentation
+from dcnviz.viz.draw import draw_detections, overlay_segmentation, side_by_side
 
-SUBDIRS = {"detection": ("vis", "preds"), "segmentation": ("vis", "preds", "masks")}
+SUBDIRS = {"detection": ("vis", "preds", "labels"), "segmentation": ("vis", "preds", "masks")}
 COCO_FILE = "preds.coco.json"
-# Runs of at least this many images show a progress bar even when stderr is not a terminal.
-MANY_IMAGES = 100
+
+imgsz_option = click.option("--imgsz", type=click.IntRange(min=32), metavar="PX",
+                            help="Resize images to this short side (the long-side limit scales with it)  "
+                                 "[default: the model's test size, e.g. 600]")
 
 
 @dataclasses.dataclass
@@ -58,6 +62,15 @@ class RunOptions:
     quiet: bool = False
     json: bool = False
     save_coco: bool = False
+    line_width: int | None = None
+    hide_labels: bool = False
+    hide_conf: bool = False
+    save_txt: bool = False
+    save_conf: bool = False
+    side_by_side: bool = False
+    # (height, width) of the images the model was trained on when that is all it knows (the bundled
+    # synthetic models): an image of another size is most likely a photo, and gets one warning.
+    trained_sizes: Sequence[tuple[int, int]] | None = None
 
 
 @dataclasses.dataclass
@@ -83,6 +96,7 @@ def run_predictions(task: str, images: Sequence[Path], predictor: Callable[[np.n
     names, image_ids = output_names(images), coco_image_ids(images)
     log = _Log(len(images), opts)
     coco, failed, seconds = [], [], np.zeros(3)
+    warned = False
     try:
         for i, path in enumerate(images, 1):
             t0 = time.perf_counter()
@@ -94,6 +108,11 @@ def run_predictions(task: str, images: Sequence[Path], predictor: Callable[[np.n
                 log.json(error_record(path, str(e)))
                 log.advance()
                 continue
+            if opts.trained_sizes and not warned and image.shape[:2] not in opts.trained_sizes:
+                warned = True
+                log.info(f"Warning: {opts.model} was trained on dcnviz's synthetic scenes only (worm, star, ring, "
+                         f"blob, cross); on photos such as {path} it finds little. For photos use an official "
+                         "model (dcnviz models).")
             t1 = time.perf_counter()
             result = predictor(image)
             t2 = time.perf_counter()
@@ -121,40 +140,93 @@ def run_predictions(task: str, images: Sequence[Path], predictor: Callable[[np.n
     return RunSummary(out_dir, processed, failed)
 
 
-def output_files(task: str, path: Path, name: Path) -> dict[str, Path]:
+def output_files(task: str, path: Path, name: Path, save_txt: bool = False) -> dict[str, Path]:
     """The files one image's results go to, relative to the run folder, by subfolder."""
     files = {"vis": Path("vis") / name.with_name(name.name + _vis_suffix(path)),
              "preds": Path("preds") / name.with_name(name.name + ".json")}
     if task == "segmentation":
         files["masks"] = Path("masks") / name.with_name(name.name + ".png")
+    elif save_txt:
+        files["labels"] = Path("labels") / name.with_name(name.name + ".txt")
     return files
 
 
-def planned_outputs(task: str, images: Sequence[Path], save_coco: bool = False) -> list[Path]:
+def planned_outputs(task: str, images: Sequence[Path], save_coco: bool = False, save_txt: bool = False) -> list[Path]:
     """Every file a run over ``images`` may write, relative to the run folder (checked against the
     inputs before anything is written)."""
     names = output_names(images)
-    planned = [rel for path in images for rel in output_files(task, path, names[path]).values()]
+    planned = [rel for path in images for rel in output_files(task, path, names[path], save_txt).values()]
     return planned + ([Path(COCO_FILE)] if save_coco else [])
 
 
 def _save(task: str, result, image: np.ndarray, path: Path, out_dir: Path, name: Path, image_id: int,
           opts: RunOptions) -> tuple[dict, str]:
     """Write one image's picture, JSON (and mask); return its record and log summary."""
-    files = {key: out_dir / rel for key, rel in output_files(task, path, name).items()}
+    files = {key: out_dir / rel for key, rel in output_files(task, path, name, opts.save_txt).items()}
     vis, json_path = files["vis"], files["preds"]
+    write_image_atomic(vis, _draw(task, result, image, opts))
     if task == "detection":
-        write_image_atomic(vis, draw_detections(image, result, opts.palette))
+        if opts.save_txt:
+            write_bytes_atomic(files["labels"], yolo_lines(result, opts.save_conf).encode())
         record = detection_record(result, image=path, image_id=image_id, model=opts.model, vis=vis)
         summary = _detections_summary(result)
     else:
         mask = files["masks"]
         write_png_palette_atomic(mask, result.labels, result.palette)
-        write_image_atomic(vis, overlay_segmentation(image, result, alpha=opts.alpha))
         record = segmentation_record(result, image=path, model=opts.model, vis=vis, mask=mask)
         summary = _segmentation_summary(result)
     write_json_atomic(json_path, record)
     return record, summary
+
+
+def _draw(task: str, result, image: np.ndarray, opts: RunOptions) -> np.ndarray:
+    if task == "detection":
+        return draw_detections(image, result, opts.palette, line_width=opts.line_width,
+                               labels=not opts.hide_labels, conf=not opts.hide_conf)
+    draw = side_by_side if opts.side_by_side else overlay_segmentation
+    return draw(image, result, alpha=opts.alpha)
+
+
+def run_video(task: str, video: Path, predictor: Callable[[np.ndarray], object], out_dir: Path, name: Path,
+              opts: RunOptions) -> int:
+    """Run ``predictor`` on every frame of ``video``; write OUT/vis/NAME.mp4 (the drawn frames, same frame
+    rate), OUT/preds/NAME.jsonl (one record per frame, with its 0-based ``frame`` number) and with
+    ``save_txt`` OUT/labels/NAME_<frame>.txt. Returns the number of frames. Raises
+    :class:`~dcnviz.errors.ImageError` for a file OpenCV cannot read (nothing is left written)."""
+    from dcnviz.io.video import VideoReader, video_writer
+
+    reader = VideoReader(video)
+    vis = out_dir / "vis" / name.with_name(name.name + ".mp4")
+    log = _Log(reader.frames, opts, unit="frame")
+    records, start = [], time.perf_counter()
+    try:
+        frames = iter(reader)
+        first = next(frames)
+        h, w = first.shape[:2]
+        with video_writer(vis, reader.fps, (w, h)) as writer:
+            for k, frame in enumerate(itertools.chain([first], frames)):
+                result = predictor(frame)
+                _check_result(task, result, frame)
+                writer.write(_draw(task, result, frame, opts))
+                if task == "detection":
+                    record = detection_record(result, image=video, image_id=k, model=opts.model, vis=vis)
+                    if opts.save_txt:
+                        labels = out_dir / "labels" / name.with_name(f"{name.name}_{k}.txt")
+                        write_bytes_atomic(labels, yolo_lines(result, opts.save_conf).encode())
+                else:
+                    record = segmentation_record(result, image=video, model=opts.model, vis=vis, mask=None)
+                record["frame"] = k
+                records.append(record)
+                log.json(record)
+                log.advance()
+    finally:
+        log.close()
+    write_bytes_atomic(out_dir / "preds" / name.with_name(name.name + ".jsonl"),
+                       "".join(json.dumps(r, allow_nan=False) + "\n" for r in records).encode())
+    seconds = time.perf_counter() - start
+    log.info(f"{video}: {len(records)} frames of {w}x{h} at {reader.fps:g} fps, "
+             f"{1000 * seconds / len(records):.1f} ms per frame -> {vis}")
+    return len(records)
 
 
 @click.command()
@@ -167,9 +239,17 @@ def _save(task: str, result, image: np.ndarray, path: Path, out_dir: Path, name:
 @click.option("--max-det", type=click.IntRange(min=1), default=100, show_default=True,
               help="Keep at most this many detections per image (the highest scores).")
 @click.option("--save-coco", is_flag=True, help=f"Also write OUT/{COCO_FILE}, a COCO results list.")
+@click.option("--save-txt", is_flag=True, help="Also write OUT/labels/NAME.txt, YOLO-format labels "
+                                                "(class x_centre y_centre width height, normalised).")
+@click.option("--save-conf", is_flag=True, help="With --save-txt: add the score as a sixth column.")
+@imgsz_option
+@click.option("--line-width", type=click.IntRange(min=1), metavar="PX",
+              help="Box line width in pixels  [default: follows the image size]")
+@click.option("--hide-labels", is_flag=True, help="Draw boxes without class and score.")
+@click.option("--hide-conf", is_flag=True, help="Draw the class without the score.")
 @click.pass_context
 def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet, json_out, conf,
-           classes, max_det, save_coco):
+           classes, max_det, save_coco, save_txt, save_conf, imgsz, line_width, hide_labels, hide_conf):
     """Detect objects in images: SOURCE is an image, a folder or a quoted glob ('photos/*.jpg').
 
     For each image it writes OUT/vis/NAME (boxes with class and score) and OUT/preds/NAME.json
@@ -181,23 +261,31 @@ def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet
       dcnviz detect samples/
       dcnviz detect 'photos/**/*.jpg' -m rfcn_dcn_coco --conf 0.7 --classes person,car --json > results.jsonl
     """
-    images = find_images(sources, recursive)
+    images, videos = split_sources(sources, recursive)
     spec = resolve_model(model, "detection")
     keep = parse_classes(classes, spec.classes)
+    if save_conf and not save_txt:
+        raise click.BadParameter("goes with --save-txt", param_hint="'--save-conf'")
     opts = RunOptions(model=spec.name, palette=spec.palette,
                       category_ids=coco_category_ids(spec.classes, spec.dataset), quiet=quiet,
-                      json=json_out, save_coco=save_coco)
-    _run(ctx, "detection", images, spec, weights, device, out, exist_ok, opts,
-         lambda net: lambda image: filter_detections(net.predict(image), conf, keep, max_det))
+                      json=json_out, save_coco=save_coco, save_txt=save_txt, save_conf=save_conf,
+                      line_width=line_width, hide_labels=hide_labels, hide_conf=hide_conf,
+                      trained_sizes=_trained_sizes(spec))
+    _run(ctx, "detection", images, videos, spec, weights, device, out, exist_ok, opts,
+         lambda net: lambda image: filter_detections(net.predict(image), conf, keep, max_det), imgsz)
 
 
 @click.command()
 @source_options
 @model_options("segmentation")
-@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+@click.option("--overlay-alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="Opacity of the class colours in the overlay.")
+@click.option("--alpha", "old_alpha", type=click.FloatRange(0, 1), hidden=True, help="Deprecated: --overlay-alpha.")
+@click.option("--side-by-side", is_flag=True, help="Save image | colour mask | overlay side by side in OUT/vis.")
+@imgsz_option
 @click.pass_context
-def segment(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet, json_out, alpha):
+def segment(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet, json_out, overlay_alpha,
+            old_alpha, side_by_side, imgsz):
     """Label every pixel of images: SOURCE is an image, a folder or a quoted glob ('photos/*.jpg').
 
     For each image it writes OUT/vis/NAME (colour overlay with a legend), OUT/masks/NAME.png (the
@@ -207,27 +295,71 @@ def segment(ctx, sources, recursive, model, weights, device, out, exist_ok, quie
     \b
     Examples:
       dcnviz segment samples/
-      dcnviz segment street.png --device cpu --alpha 0.6
+      dcnviz segment street.png --device cpu --overlay-alpha 0.6 --side-by-side
     """
-    images = find_images(sources, recursive)
+    if old_alpha is not None:
+        deprecated(f"'--alpha {old_alpha:g}'", f"'--overlay-alpha {old_alpha:g}'")
+        overlay_alpha = old_alpha
+    images, videos = split_sources(sources, recursive)
     spec = resolve_model(model, "segmentation")
-    opts = RunOptions(model=spec.name, alpha=alpha, quiet=quiet, json=json_out)
-    _run(ctx, "segmentation", images, spec, weights, device, out, exist_ok, opts, lambda net: net.predict)
+    opts = RunOptions(model=spec.name, alpha=overlay_alpha, quiet=quiet, json=json_out, side_by_side=side_by_side,
+                      trained_sizes=_trained_sizes(spec))
+    _run(ctx, "segmentation", images, videos, spec, weights, device, out, exist_ok, opts, lambda net: net.predict,
+         imgsz)
 
 
-def _run(ctx: click.Context, task: str, images: Sequence[Path], spec, weights: Path | None, device: str,
-         out: Path, exist_ok: bool, opts: RunOptions, make_predictor: Callable) -> None:
-    """Choose the device, create the output folder, load the model, run; exit 1 if images failed."""
-    dev = select_device(device, warn=None if opts.quiet else lambda line: click.echo(line, err=True))
-    planned = planned_outputs(task, images, opts.save_coco)
-    with run_dir(out, exist_ok, SUBDIRS[task], images, planned) as out_dir:
+def split_sources(sources: Sequence[str], recursive: bool) -> tuple[list[Path], list[Path]]:
+    """(images, videos) of SOURCE...: video files named explicitly (:data:`dcnviz.io.video.VIDEO_SUFFIXES`)
+    are run frame by frame; everything else goes through :func:`find_images` (a folder of frames is a
+    folder of images)."""
+    from dcnviz.io.video import is_video
+
+    videos = [Path(s) for s in sources if is_video(s)]
+    rest = [s for s in sources if not is_video(s)]
+    return (find_images(rest, recursive) if rest else []), videos
+
+
+def _run(ctx: click.Context, task: str, images: Sequence[Path], videos: Sequence[Path], spec, weights: Path | None,
+         device: str, out: Path, exist_ok: bool, opts: RunOptions, make_predictor: Callable,
+         imgsz: int | None = None) -> None:
+    """Choose the device, create the output folder, load the model, run; exit 1 if inputs failed."""
+    dev = select_device(device)
+    failed = 0
+    planned = planned_outputs(task, images, opts.save_coco, opts.save_txt)
+    with run_dir(out, exist_ok, SUBDIRS[task], [*images, *videos], planned) as out_dir:
         net = dcnviz.load_model(spec.name, weights, dev)
+        if imgsz is not None:
+            net.scales = test_scales(net.scales, imgsz)
         if not opts.quiet:
-            n = len(images)
-            click.echo(f"{spec.name} on {dev}: {n} image{'s' * (n > 1)}", err=True)
-        summary = run_predictions(task, images, make_predictor(net), out_dir, opts)
-    if summary.failed:
+            what = [f"{n} {kind}{'s' * (n > 1)}" for n, kind in ((len(images), "image"), (len(videos), "video")) if n]
+            click.echo(f"{spec.name} on {dev}: {', '.join(what)}", err=True)
+        predictor = make_predictor(net)
+        if images:
+            failed += len(run_predictions(task, images, predictor, out_dir, opts).failed)
+        names = output_names(videos)
+        for video in videos:
+            try:
+                run_video(task, video, predictor, out_dir, names[video], opts)
+            except ImageError as e:
+                failed += 1
+                click.echo(f"Error: {e}" + ("; skipped" if len(images) + len(videos) > 1 else ""), err=True)
+        if videos and not images and not opts.quiet:  # run_predictions says it for images
+            click.echo(f"Results saved to {out_dir}", err=True)
+    if failed:
         ctx.exit(1)
+
+
+def test_scales(scales: tuple[int, int], short: int) -> tuple[int, int]:
+    """A model's test (short, long) sizes with the short side set to ``short`` and the long-side limit
+    scaled with it (the official 600/1000 becomes 800/1333 for --imgsz 800)."""
+    return short, round(short * scales[1] / scales[0])
+
+
+def _trained_sizes(spec) -> tuple[tuple[int, int], ...] | None:
+    """The scene sizes of a model trained only on dcnviz's synthetic scenes (None for any other)."""
+    from dcnviz.data.synth import SCENE_SIZES
+
+    return SCENE_SIZES if spec.dataset == "synth" else None
 
 
 def _check_result(task: str, result, image: np.ndarray) -> None:
@@ -264,18 +396,16 @@ def _segmentation_summary(seg: Segmentation, top: int = 4) -> str:
 
 class _Log:
     """Where a run's messages go: log lines and errors to stderr (errors even with --quiet),
-    ``--json`` records to stdout, and a tqdm bar on stderr when it helps (see ``MANY_IMAGES``)."""
+    ``--json`` records to stdout, and a tqdm bar on stderr when stderr is a terminal. Off a terminal (a
+    log file, a pipe) the one line per image is the progress: a bar there is only carriage-return noise."""
 
-    def __init__(self, total: int, opts: RunOptions):
+    def __init__(self, total: int, opts: RunOptions, unit: str = "img"):
         self.quiet, self.emit_json = opts.quiet, opts.json
-        tty = sys.stderr.isatty()
-        show = not opts.quiet and not opts.json and total > 1 and (tty or total >= MANY_IMAGES)
         self.bar = None
-        if show:
+        if not opts.quiet and not opts.json and total > 1 and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="img", file=sys.stderr, leave=False,
-                            mininterval=0.1 if tty else 30.0)
+            self.bar = tqdm(total=total, unit=unit, file=sys.stderr, leave=False)
 
     def info(self, line: str) -> None:
         if not self.quiet:

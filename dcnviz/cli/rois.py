@@ -2,8 +2,9 @@
 
 Output (``OUT`` = runs/rois, …)::
 
-    OUT/NAME.png    one panel per RoI: the RoI in yellow with class and score, its k x k moved parts in red
-    OUT/NAME.json   per RoI: the box, the RoI as pooled, class, score and every part in image pixels
+    OUT/NAME.png    one panel per RoI (and its --parts K view): the RoI in yellow with class and score, its
+                    k x k moved parts in red over the unmoved ones
+    OUT/NAME.json   per RoI: the box, the RoI as pooled, class, scores and every part in image pixels
 """
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import click
 
-from dcnviz.cli.analysis_common import DEFAULT_MODEL, analysis_options, load, meta_model, parse_box, reporter
+from dcnviz.cli.analysis_common import (DEFAULT_MODEL, analysis_options, emit_json, load, meta_model, parse_box,
+                                        reporter, save_figure)
 from dcnviz.cli.common import parse_classes, resolve_model
-from dcnviz.errors import UserError
+from dcnviz.errors import ImageError
 from dcnviz.models.postprocess import DEFAULT_CONF
 
 DEFAULT_TOP = 3
@@ -37,71 +39,117 @@ def _resolve(model: str | None):
 
 
 @click.command()
-@click.argument("image", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="IMAGE...")
 @click.option("--top", type=click.IntRange(min=1), metavar="K",
               help=f"Show the K best detections (default {DEFAULT_TOP} when no --box is given).")
 @click.option("--box", multiple=True, metavar="X1,Y1,X2,Y2", callback=parse_box,
-              help="Show this RoI instead, in image pixels with inclusive corners (repeatable).")
+              help="Show this RoI instead, in image pixels with inclusive corners (repeatable; one IMAGE).")
 @click.option("--class", "class_", metavar="C",
               help="Class (name or id) whose offsets move the parts; with --top: only its detections; "
                    "default: the detected class, or the best-scoring class of each --box.")
 @click.option("--conf", type=click.FloatRange(0, 1), default=DEFAULT_CONF, show_default=True,
               help="With --top: detections with at least this score.")
+@click.option("--parts", "coarse", type=click.IntRange(min=1), metavar="K",
+              help="Also show each RoI in a K x K view beside the model's own parts (the paper's Fig. 7 uses 3): "
+                   "its offsets averaged over K x K windows of the parts.")
+@click.option("-r", "--recursive", is_flag=True, help="Also search the subfolders of an IMAGE folder.")
 @analysis_options("rois", "deformable PS RoI pooling")
-def rois(image, top, box, class_, conf, model, weights, device, out, exist_ok, quiet):
+def rois(images, top, box, class_, conf, coarse, recursive, model, weights, device, out, exist_ok, quiet, json_out,
+         style, marker_alpha, fmt):
     """Where deformable PS RoI pooling looks (paper Fig. 7): each RoI's k x k parts moved by the offsets of
     the classification branch for its class, exactly as the operator places them (RoI rounded, scaled
-    to the feature map and shifted by -0.5; each part moved by offset x trans_std x RoI size).
+    to the feature map and shifted by -0.5; each part moved by offset x trans_std x RoI size), the
+    unmoved parts drawn faintly beneath.
 
-    The RoIs are the model's best detections (--top) or given boxes (--box); either way the head pools
-    those boxes as its RoIs, so the parts are those it pools for that very box.
-    The label shows the class and the head's probability for it on that RoI. Writes OUT/NAME.png and
-    OUT/NAME.json.
+    IMAGE is an image file, a folder or a quoted glob, or several. The RoIs are the model's best
+    detections (--top) or given boxes (--box); either way the head pools those boxes as its RoIs, so the
+    parts are those it pools for that very box. A detection is labelled with its class and its own score;
+    a --box with its class and the head's probability for it on that box ("p="). Writes OUT/NAME.png (and
+    .svg/.pdf with --format) and OUT/NAME.json.
 
     \b
     Examples:
-      dcnviz rois samples/synth_stars.jpg --top 2
+      dcnviz rois samples/synth_stars.jpg --top 2 --parts 3
       dcnviz rois photo.jpg --model rfcn_dcn_coco --weights rfcn_dcn_coco.safetensors --box 40,60,300,280 --class dog
     """
     from dcnviz.analysis import inspect
     from dcnviz.io.analysis_json import rois_record
-    from dcnviz.io.images import read_image, write_image_atomic, write_json_atomic
-    from dcnviz.io.outputs import run_dir
+    from dcnviz.io.images import find_images, read_image, write_json_atomic
+    from dcnviz.io.outputs import output_names, run_dir
     from dcnviz.models.postprocess import select_detections
-    from dcnviz.viz.sampling import draw_pooled_roi, montage, roi_label
+    from dcnviz.viz.sampling import draw_pooled_roi, get_style, montage, roi_label
+    from dcnviz.viz.vector import Panel
 
     if top is not None and box:
         raise click.UsageError("give either --top or --box, not both")
+    look = get_style(style, marker_alpha)
     spec, parts = _resolve(model)
+    if coarse is not None and coarse >= parts.pooled_size:
+        raise click.BadParameter(f"{coarse}: {spec.name} pools {parts.pooled_size}x{parts.pooled_size} parts; "
+                                 "give a smaller K", param_hint="'--parts'")
     try:
         wanted = parse_classes((class_,), spec.classes) if class_ else None
     except click.BadParameter as e:
         raise click.BadParameter(e.message, param_hint="'--class'") from None
     if wanted is not None and len(wanted) > 1:
         raise click.BadParameter(f"{class_!r}: give one class", param_hint="'--class'")
+    images = find_images(images, recursive)  # after the checks of the options, which need no file
+    if box and len(images) > 1:
+        raise click.BadParameter("boxes belong to one image; give one IMAGE", param_hint="'--box'")
     say = reporter(quiet)
-    with run_dir(out, exist_ok, (), [image]) as out_dir:
+    failed = 0
+    p = parts.pooled_size
+    with run_dir(out, exist_ok, (), images) as out_dir:
         net, dev = load(spec, weights, device, quiet)
-        picture = read_image(image)
-        h, w = picture.shape[:2]
-        for x1, y1, x2, y2 in box:
-            if x1 < 0 or y1 < 0 or x2 > w - 1 or y2 > h - 1:
-                raise click.BadParameter(f"{x1:g},{y1:g},{x2:g},{y2:g} is not inside the {w}x{h} image",
-                                         param_hint="'--box'")
-        seen = inspect(net, picture)
-        if box:
-            found = seen.box_rois(box, next(iter(wanted)) if wanted else None)
-        else:
-            chosen = select_detections(seen.result, conf, wanted, top or DEFAULT_TOP)
-            if not len(chosen):
-                raise UserError(f"{image}: no detections with score >= {conf:g}"
-                                f"{' of class ' + class_ if class_ else ''}; lower --conf or give --box")
-            found = seen.detection_rois(chosen)
-        footer = (f"{spec.name}: RoI as pooled (yellow), its {parts.pooled_size}x{parts.pooled_size} parts moved "
-                  f"by the class's offsets x trans_std {parts.trans_std:g} (red)")
-        figure, origins = montage([draw_pooled_roi(picture, r) for r in found],
-                                  [f"{r.source} {k + 1}" for k, r in enumerate(found)], footer=footer)
-        png = out_dir / f"{image.stem}.png"
-        write_image_atomic(png, figure)
-        write_json_atomic(png.with_suffix(".json"), rois_record(image, seen, spec.name, png, found, origins), expand=3)
-        say(f"{image}: {len(found)} RoI{'s' * (len(found) > 1)} ({', '.join(roi_label(r) for r in found)}) -> {png}")
+        say(f"{spec.name} on {dev}: {len(images)} image{'s' * (len(images) > 1)}")
+        stems = output_names(images)
+        for i, image in enumerate(images, 1):
+            try:
+                picture = read_image(image)
+            except ImageError as e:
+                failed += 1
+                click.echo(f"Error: {e}" + ("; skipped" if len(images) > 1 else ""), err=True)
+                continue
+            h, w = picture.shape[:2]
+            for x1, y1, x2, y2 in box:
+                if x1 < 0 or y1 < 0 or x2 > w - 1 or y2 > h - 1:
+                    raise click.BadParameter(f"{x1:g},{y1:g},{x2:g},{y2:g} is not inside the {w}x{h} image",
+                                             param_hint="'--box'")
+            seen = inspect(net, picture)
+            if box:
+                found = seen.box_rois(box, next(iter(wanted)) if wanted else None)
+            else:
+                chosen = select_detections(seen.result, conf, wanted, top or DEFAULT_TOP)
+                if not len(chosen):
+                    failed += 1
+                    click.echo(f"Error: {image}: no detections with score >= {conf:g}"
+                               f"{' of class ' + class_ if class_ else ''}; lower --conf or give --box"
+                               + ("; skipped" if len(images) > 1 else ""), err=True)
+                    continue
+                found = seen.detection_rois(chosen)
+            views = [[(r.parts, f"{roi_label(r)}: {p}x{p} parts ({r.source} {k + 1})")] for k, r in enumerate(found)]
+            coarse_parts = None
+            if coarse is not None:
+                coarse_parts = [seen.coarse_parts(r, coarse) for r in found]
+                for view, r, c in zip(views, found, coarse_parts):
+                    view.append((c, f"{roi_label(r)}: {coarse}x{coarse} view of the {p}x{p} offsets"))
+            footer = (f"{spec.name}: RoI as pooled (yellow), its parts moved by the class's offsets x trans_std "
+                      f"{parts.trans_std:g} (red), unmoved parts faint")
+            panels = [draw_pooled_roi(picture, r, part, look) for r, view in zip(found, views) for part, _ in view]
+            titles = [title for view in views for _, title in view]
+            columns = 2 if coarse is not None else None
+            figure, origins = montage(panels, titles, columns=columns, footer=footer)
+            png = out_dir / stems[image].with_name(f"{stems[image].name}.png")
+            vector = [Panel(picture, title, roi=part.roi, bins=part.bins, regular=part.regular, label=roi_label(r))
+                      for r, view in zip(found, views) for part, title in view]
+            files = save_figure(png, figure, vector, fmt, columns, footer, look)
+            step = len(views[0])
+            record = rois_record(image, seen, spec.name, png, found, origins[::step], coarse, coarse_parts)
+            write_json_atomic(png.with_suffix(".json"), record, expand=3)
+            emit_json(record, json_out)
+            say(f"{i}/{len(images)} {image}: {len(found)} RoI{'s' * (len(found) > 1)} "
+                f"({', '.join(roi_label(r) for r in found)}) -> {', '.join(map(str, files))}")
+    if failed < len(images):
+        say(f"Results saved to {out_dir}")
+    if failed:
+        raise click.exceptions.Exit(1)

@@ -1,11 +1,16 @@
 """``dcnviz train``: train one of dcnviz's own models on a VOC-layout folder (see dcnviz/train/loop.py)."""
 from __future__ import annotations
 
+import json
 import os
+import sys
+from pathlib import Path
 
 import click
 
-from dcnviz.cli.common import _check_device, select_device
+from dcnviz.cli.common import (data_option, debug_option, deprecated, device_option, json_option,
+                               model_option, out_option, quiet_option, resolve_model, select_device, split_option)
+from dcnviz.io.results_json import json_path
 
 
 def _steps(ctx, param, value):
@@ -18,11 +23,15 @@ def _steps(ctx, param, value):
 
 
 @click.command("train")
-@click.argument("model")
-@click.option("--data", required=True, type=click.Path(file_okay=False), help="VOC-layout folder (dcnviz synth).")
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
-              help="Final .safetensors weights; the checkpoint (OUT.ckpt.*) and log (OUT.log.jsonl) go beside it.")
-@click.option("--split", default="train", show_default=True, help="Split to train on.")
+@click.argument("model_arg", required=False, metavar="[MODEL]")
+@model_option("Model to train (one of dcnviz's own, e.g. rfcn_dcn_synth; see 'dcnviz models').")
+@data_option()
+@split_option("train", "Split to train on: the ids in ImageSets/Main/SPLIT.txt. Unlike the other commands "
+                       "(default test) this defaults to train: a model is fitted on its training split.")
+@out_option(Path("runs", "train"), "Output folder: MODEL.safetensors, its checkpoint (.ckpt.*) and log "
+                                   "(.log.jsonl) go here. Not numbered: the same command resumes the run in it.")
+@click.option("--output-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Write the weights to FILE instead of OUT/MODEL.safetensors (checkpoint and log beside it).")
 @click.option("--iterations", default=2000, show_default=True, help="Training steps (one batch each).")
 @click.option("--batch-size", default=8, show_default=True, help="Images per step (one orientation per batch).")
 @click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default="adamw", show_default=True,
@@ -41,38 +50,71 @@ def _steps(ctx, param, value):
 @click.option("--seed", default=0, show_default=True, help="Seed of initialisation, image order, flips, sampling.")
 @click.option("--checkpoint-every", default=200, show_default=True, help="Checkpoint interval in iterations.")
 @click.option("--log-every", default=20, show_default=True, help="Log interval in iterations.")
-@click.option("--device", default="cpu", show_default=True, callback=_check_device, metavar="cpu|cuda[:N]|auto",
-              help="Where to train; results are reproducible on the same device and thread count.")
+@device_option()
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
-@click.option("--force", is_flag=True, help="Overwrite an existing OUT.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def train(model, data, out, split, iterations, batch_size, optimizer, lr, momentum, steps, gamma, warmup, weight_decay, offset_lr_mult, ohem, seed,
-          checkpoint_every, log_every, device, threads, force, progress):
-    """Train MODEL (e.g. rfcn_dcn_synth) from scratch on --data and write --out.
+@quiet_option()
+@json_option("Print the last log record (iteration, losses, learning rate) as one JSON object on stdout.")
+@click.option("--force", is_flag=True, help="Replace finished weights already at the output file.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar (on a terminal only).")
+@debug_option
+def train(model_arg, model, data, split, out, output_file, iterations, batch_size, optimizer, lr, momentum,
+          steps, gamma, warmup, weight_decay, offset_lr_mult, ohem, seed, checkpoint_every, log_every, device,
+          threads, quiet, json_out, force, progress):
+    """Train a model (-m NAME, e.g. rfcn_dcn_synth) from scratch on --data; writes OUT/NAME.safetensors.
 
-    Seeded: the same command gives the same weights on the same machine. Resumable: rerun the same
-    command after an interruption and it continues from the last checkpoint."""
+    Seeded: the same command gives the same weights on the same machine (device and thread count).
+    Resumable: rerun the same command after an interruption and it continues from the last checkpoint.
+    The forms of earlier releases (positional MODEL, --out FILE.safetensors) still work (deprecated).
+
+    \b
+    Example:
+      dcnviz train -m rfcn_dcn_synth --data synth/ --iterations 4000
+    """
     import torch
 
     from dcnviz.train import TrainConfig
     from dcnviz.train import train as run
 
+    if model_arg is not None:
+        if model is not None:
+            raise click.UsageError("give the model once: -m NAME (the positional MODEL is deprecated)")
+        deprecated(f"'dcnviz train {model_arg}'", f"'dcnviz train -m {model_arg}'")
+        model = model_arg
+    if model is None:
+        raise click.UsageError("Missing option '-m' / '--model'.")
+    model = resolve_model(model, None).name
+    if out.suffix == ".safetensors":  # the old --out FILE
+        if output_file is not None:
+            raise click.UsageError("give either --output-file FILE or -o DIR")
+        deprecated(f"'--out {out}' (a file)", f"'--output-file {out}' (-o is a folder now)")
+        output_file, out = out, None
+    if output_file is None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise click.ClickException(f"cannot create output folder '{out}': {exc.strerror}") from None
+        output_file = out / f"{model}.safetensors"
     if threads is not None:
         if threads < 1:
             raise click.BadParameter(f"must be at least 1, got {threads}", param_hint="'--threads'")
         torch.set_num_threads(threads)
-    dev = select_device(device, warn=lambda line: click.echo(line, err=True))
+    dev = select_device(device)
     if steps is None:
         steps = (round(0.75 * iterations),)
     cfg = TrainConfig(model=model, data=os.path.abspath(data), split=split, iterations=iterations,
                       batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum, steps=steps,
                       gamma=gamma, warmup=warmup, weight_decay=weight_decay, offset_lr_mult=offset_lr_mult,
                       ohem=ohem, seed=seed, checkpoint_every=checkpoint_every, log_every=log_every)
+    bar = progress and not quiet and not json_out and sys.stderr.isatty()
     try:
-        record = run(cfg, out, device=dev, progress=progress, force=force)
+        record = run(cfg, os.fspath(output_file), device=dev, progress=bar, force=force)
     except FloatingPointError as exc:  # the run diverged: say so in one line, the checkpoint stays
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(f"cannot write {exc.filename or out}: {exc.strerror}") from None
-    loss = f", last loss {record['loss']:.4f}" if "loss" in record else ""
-    click.echo(f"wrote {out} ({model}, {iterations} iterations{loss}); log {out}.log.jsonl")
+        raise click.ClickException(f"cannot write {exc.filename or output_file}: {exc.strerror}") from None
+    if json_out:
+        click.echo(json.dumps({"weights": json_path(output_file), "model": model, **record}))
+    elif not quiet:
+        loss = f", last loss {record['loss']:.4f}" if "loss" in record else ""
+        click.echo(f"wrote {output_file} ({model}, {iterations} iterations{loss}); log {output_file}.log.jsonl")

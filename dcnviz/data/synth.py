@@ -41,6 +41,9 @@ from dcnviz.io.images import write_png_palette_atomic
 
 BUCKETS = {"small": (16, 90), "medium": (100, 215), "large": (235, 390)}  # sqrt of box area, px
 
+# (height, width) of a scene: landscape (70 %) or portrait, VOC-sized.
+SCENE_SIZES = ((375, 500), (500, 375))
+
 
 @dataclass(frozen=True)
 class SceneConfig:
@@ -229,7 +232,7 @@ def _plan(rng, cfg: SceneConfig) -> list[float]:
 
 def render_scene(rng, image_id: str, cfg: SceneConfig = SceneConfig()) -> Scene:
     """Draw one scene from ``rng`` (a ``numpy.random.Generator``)."""
-    w, h = (500, 375) if rng.random() < 0.7 else (375, 500)
+    h, w = SCENE_SIZES[0] if rng.random() < 0.7 else SCENE_SIZES[1]
     canvas, objs = _Canvas(rng, h, w, cfg.background_contrast), _Objects()
     _regions(canvas, rng, int(rng.integers(*cfg.regions)))
     _clutter(canvas, rng, int(rng.integers(*cfg.clutter)))

@@ -3,6 +3,9 @@
 
 Coordinates in every record are original-image pixels, continuous, pixel k covering [k, k+1), written
 (x, y); feature cells are written (i, j) = (row, column). :data:`COORDINATES` says so in each file.
+Numbers are rounded to what the data supports: positions to :data:`PIXEL_DIGITS` decimals (a hundredth of
+a pixel, finer than float32 offsets carry at stride 16), probabilities and statistics to
+:data:`VALUE_DIGITS`; paths are relative to the working directory (:func:`dcnviz.io.results_json.json_path`).
 """
 from __future__ import annotations
 
@@ -12,6 +15,10 @@ import os
 
 import numpy as np
 
+from dcnviz.io.results_json import json_path
+
+PIXEL_DIGITS = 2
+VALUE_DIGITS = 4
 COORDINATES = ("points and units: (x, y) in original-image pixels, pixel k covers [k, k+1); feature cell (i, j) "
                "of a map of stride s has its centre at ((j + 0.5) * s / scale, (i + 0.5) * s / scale); "
                "rectangles: [x1, y1, x2, y2] continuous edges; boxes: [x1, y1, x2, y2] 0-based inclusive corners")
@@ -21,8 +28,17 @@ def image_record(path: str | os.PathLike, inspection, model: str, figure: str | 
     """What every figure record starts with: the image, its size and resize factor, the model, the figure
     (of a :class:`dcnviz.analysis.Inspection`)."""
     h, w = inspection.image_size
-    return {"image": os.fspath(path), "width": int(w), "height": int(h), "scale": float(inspection.prep.scale),
-            "model": model, "figure": os.fspath(figure), "coordinates": COORDINATES}
+    return {"image": json_path(path), "width": int(w), "height": int(h), "scale": float(inspection.prep.scale),
+            "model": model, "figure": json_path(figure), "coordinates": COORDINATES}
+
+
+def _px(values) -> list | float:
+    """Image positions rounded to :data:`PIXEL_DIGITS` (a list for arrays)."""
+    return np.round(np.asarray(values, np.float64), PIXEL_DIGITS).tolist()
+
+
+def _value(x: float | None) -> float | None:
+    return None if x is None else round(float(x), VALUE_DIGITS)
 
 
 def layer_record(layer) -> dict:
@@ -35,15 +51,15 @@ def layer_record(layer) -> dict:
 
 def unit_record(unit) -> dict:
     """An activation unit (:class:`dcnviz.analysis.Unit`)."""
-    return {"kind": unit.kind, "cell": list(unit.cell), "xy": list(unit.xy),
-            "box": None if unit.box is None else list(unit.box), "bucket": unit.bucket}
+    return {"kind": unit.kind, "cell": list(unit.cell), "xy": _px(unit.xy),
+            "box": None if unit.box is None else _px(unit.box), "bucket": unit.bucket}
 
 
 def points_record(samples, panel: tuple[int, int]) -> dict:
     """Composed sampling points of one unit (:class:`dcnviz.analysis.UnitSamples`), and where the panel
     showing them starts in the figure (``panel`` (left, top): image position (x, y) is figure pixel
     (left + floor(x), top + floor(y)))."""
-    return {"panel": list(panel), "points": samples.xy.tolist(), "inside": samples.locations.inside.tolist(),
+    return {"panel": list(panel), "points": _px(samples.xy), "inside": samples.locations.inside.tolist(),
             "valid": samples.locations.valid.tolist()}
 
 
@@ -76,30 +92,38 @@ def receptive_field_record(path, inspection, model: str, figure, plain_model: st
 
 def roi_record(roi, panel: tuple[int, int]) -> dict:
     """One RoI of ``dcnviz rois`` (:class:`dcnviz.analysis.PooledRoI`): the ``box`` asked for (a detection
-    or ``--box``; inclusive corners), the class whose offsets move the parts, the head's probability for
-    it on this RoI, the RoI as pooled and its moved and regular parts (continuous edges), and where its
-    panel starts in the figure."""
-    def edges(rects) -> list:
-        return np.asarray(rects, np.float64).tolist()
+    or ``--box``; inclusive corners), the class whose offsets move the parts, the detection's own score
+    (None for a ``--box``) and the RoI head's probability for the class on this very box
+    (``head_probability``, before box regression), the RoI as pooled and its moved and regular parts
+    (continuous edges), and where its panel starts in the figure."""
+    return {"source": roi.source, "box": _px(roi.box), "class_id": roi.class_id, "class_name": roi.class_name,
+            "detection_score": _value(roi.detection_score), "head_probability": _value(roi.probability),
+            "panel": list(panel), "roi": _px(roi.parts.roi), "parts": _px(roi.parts.bins),
+            "regular_parts": _px(roi.parts.regular)}
 
-    return {"source": roi.source, "box": edges(roi.box), "class_id": roi.class_id, "class_name": roi.class_name,
-            "score": roi.probability, "detection_score": roi.detection_score, "panel": list(panel),
-            "roi": edges(roi.parts.roi), "parts": edges(roi.parts.bins), "regular_parts": edges(roi.parts.regular)}
 
-
-def rois_record(path, inspection, model: str, figure, rois, panels) -> dict:
-    """``dcnviz rois``: the operator's parameters and every :class:`dcnviz.analysis.PooledRoI` with its panel."""
+def rois_record(path, inspection, model: str, figure, rois, panels, coarse: int | None = None,
+                coarse_parts=None) -> dict:
+    """``dcnviz rois``: the operator's parameters and every :class:`dcnviz.analysis.PooledRoI` with its panel;
+    with ``coarse`` (``--parts K``), each RoI's K x K view (``coarse_parts``, :class:`dcnviz.analysis.RoIParts`)."""
     g = inspection.part_geometry
     record = image_record(path, inspection, model, figure)
+    records = [roi_record(r, p) for r, p in zip(rois, panels)]
+    if coarse is not None:
+        for rec, c in zip(records, coarse_parts):
+            rec["coarse"] = {"size": coarse, "rule": f"the {g.part_size}x{g.part_size} offsets averaged over "
+                                                      f"{coarse}x{coarse} adaptive windows",
+                             "parts": _px(c.bins), "regular_parts": _px(c.regular)}
     record.update(pooled_size=g.pooled_size, part_size=g.part_size, trans_std=g.trans_std,
-                  spatial_scale=g.spatial_scale, branch="classification",
-                  rois=[roi_record(r, p) for r, p in zip(rois, panels)])
+                  spatial_scale=g.spatial_scale, branch="classification", rois=records)
     return record
 
 
 def stats_record(summary: dict, config: dict, paper: dict) -> dict:
     """``dcnviz dilation-stats``'s stats.json: the Table 2 ``summary`` ({layer: {bucket: {mean, std, n}}}),
     every rule and setting (``config``) and the paper's values ({layer: {bucket: (mean, std)}}) beside it."""
+    summary = {layer: {b: {k: (_value(v) if k in ("mean", "std") else v) for k, v in cell.items()}
+                       for b, cell in buckets.items()} for layer, buckets in summary.items()}
     return {"layers": summary, "config": config,
             "paper": {layer: {b: {"mean": m, "std": sd} for b, (m, sd) in cells.items()} for layer, cells in paper.items()}}
 

@@ -131,11 +131,18 @@ def find_images(sources: Iterable[str | os.PathLike], recursive: bool = False) -
     form the user gave (``~`` expanded); duplicates (the same file reached twice) are dropped.
 
     Raises :class:`~dcnviz.errors.DatasetError` for a missing path, a folder without images, a
-    glob matching no images, or an explicit file with another suffix.
+    glob matching no images, or an explicit file with another suffix. A missing file named among
+    several sources is listed instead, so that the run reports and skips it as it does an unreadable
+    image (:func:`read_image` names it) and goes on with the others.
     """
+    sources = [str(s) for s in sources]
     found: dict[str, Path] = {}
     for source in sources:
-        for path in _expand(str(source), recursive):
+        text = os.path.expanduser(source)
+        if len(sources) > 1 and not os.path.lexists(text) and not _GLOB_CHARS & set(text):
+            found.setdefault(os.path.realpath(text), Path(text))
+            continue
+        for path in _expand(source, recursive):
             found.setdefault(os.path.realpath(path), path)
     if not found:
         raise DatasetError("no image sources given")

@@ -120,10 +120,12 @@ def output_names(images: Sequence[Path]) -> dict[Path, Path]:
     Names are the image paths relative to the deepest folder holding all of them, without the
     suffix: a flat folder gives ``cat``, ``dog``; a recursive run mirrors its subfolders
     (``a/cat``, ``b/cat``). Two images that differ only in suffix keep it (``cat_jpg``, ``cat_png``).
+    A missing file among the inputs (to be reported and skipped) does not change the others' names.
     """
     if not images:
         return {}
-    parents = [os.path.dirname(os.path.abspath(p)) for p in images]
+    existing = [p for p in images if os.path.exists(p)] or images
+    parents = [os.path.dirname(os.path.abspath(p)) for p in existing]
     root = os.path.commonpath(parents)
     rel = {p: Path(os.path.relpath(os.path.abspath(p), root)) for p in images}
     counts = collections.Counter(r.with_suffix("") for r in rel.values())

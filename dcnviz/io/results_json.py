@@ -45,8 +45,8 @@ def detection_record(dets: Detections, *, image: str | os.PathLike, image_id: in
          "class_id": int(label), "class_name": _class_name(dets.class_names, label)}
         for box, score, label in zip(np.asarray(dets.boxes).reshape(-1, 4), dets.scores, dets.labels)
     ]
-    return {"task": "detection", "image": str(image), "image_id": int(image_id), "width": int(w),
-            "height": int(h), "model": model, "vis": _path(vis), "detections": items}
+    return {"task": "detection", "image": json_path(image), "image_id": int(image_id), "width": int(w),
+            "height": int(h), "model": model, "vis": json_path(vis), "detections": items}
 
 
 def segmentation_record(seg: Segmentation, *, image: str | os.PathLike, model: str,
@@ -61,13 +61,13 @@ def segmentation_record(seg: Segmentation, *, image: str | os.PathLike, model: s
          "fraction": round(float(counts[c]) / (h * w), 6)}
         for c in np.flatnonzero(counts)
     ]
-    return {"task": "segmentation", "image": str(image), "width": int(w), "height": int(h),
-            "model": model, "vis": _path(vis), "mask": _path(mask), "classes": classes}
+    return {"task": "segmentation", "image": json_path(image), "width": int(w), "height": int(h),
+            "model": model, "vis": json_path(vis), "mask": json_path(mask), "classes": classes}
 
 
 def error_record(image: str | os.PathLike, message: str) -> dict:
     """The ``--json`` line for an image that could not be processed."""
-    return {"image": str(image), "error": message}
+    return {"image": json_path(image), "error": message}
 
 
 def class_histogram(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -124,5 +124,31 @@ def _class_name(names: Sequence[str], label) -> str:
     return names[int(label)]
 
 
-def _path(p: str | os.PathLike | None) -> str | None:
-    return None if p is None else Path(p).as_posix()
+def yolo_lines(dets: Detections, with_conf: bool = False) -> str:
+    """The detections as a YOLO label file: one line per box, ``class x_centre y_centre width height``
+    (``score`` appended with ``with_conf``), coordinates normalised by the image size. The class index
+    counts the object classes from 0, as YOLO's names list does: the network label minus one when class 0
+    is the background (R-FCN), else the label. Boxes are inclusive corners, so a box covers x1 .. x2 + 1."""
+    h, w = dets.prep.image_size
+    offset = 1 if dets.class_names and dets.class_names[0].lower() in ("__background__", "background") else 0
+    lines = []
+    for (x1, y1, x2, y2), score, label in zip(np.asarray(dets.boxes, np.float64).reshape(-1, 4), dets.scores,
+                                              dets.labels):
+        values = [(x1 + x2 + 1) / 2 / w, (y1 + y2 + 1) / 2 / h, (x2 - x1 + 1) / w, (y2 - y1 + 1) / h]
+        line = f"{int(label) - offset} " + " ".join(f"{v:.6f}" for v in values)
+        lines.append(line + (f" {float(score):.5f}" if with_conf else ""))
+    return "".join(f"{line}\n" for line in lines)
+
+
+def json_path(p: str | os.PathLike | None) -> str | None:
+    """A path as every dcnviz JSON file writes it, with "/": relative to the working directory when it is
+    inside it (``runs/detect/vis/a.jpg``, however it was given), else absolute (never ``../../..``)."""
+    if p is None:
+        return None
+    absolute, cwd = os.path.abspath(p), os.getcwd()
+    try:
+        inside = os.path.commonpath([absolute, cwd]) == cwd
+    except ValueError:  # another drive
+        inside = False
+    return Path(os.path.relpath(absolute, cwd) if inside else absolute).as_posix()
+

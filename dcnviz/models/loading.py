@@ -68,12 +68,10 @@ def _default_weights(spec) -> str:
         raise WeightsError(
             f"the bundled weights of {spec.name} are missing: {path} does not exist; see weights/README.md in the "
             f"dcnviz repository for how to get or retrain them, or pass a weights file (weights=FILE, or --weights FILE)")
-    from dcnviz.models.official import DOWNLOAD
-
+    # Two short lines: what is missing, then the command that fixes it ('dcnviz models' gives the links).
     raise WeightsError(
-        f"the official weights of {spec.name} are not bundled with dcnviz: download {spec.weights} from "
-        f"{DOWNLOAD}, then pass that file as the weights (weights=FILE, or --weights FILE) or convert it "
-        f"once with `dcnviz convert {spec.weights} -o {path}` (the folder is $DCNVIZ_HOME, default ~/.cache/dcnviz)")
+        f"{spec.name}: the official weights are not bundled; download {spec.weights} (links: dcnviz models)\n"
+        f"then run: dcnviz convert {spec.weights}   (or pass the file with --weights / weights=FILE)")
 
 
 def load_model(name_or_path: str | os.PathLike, weights: str | os.PathLike | None = None,
@@ -129,8 +127,9 @@ def expected_state_dict(name: str) -> dict:
 
 
 def convert_file(source: str | os.PathLike, out: str | os.PathLike | None = None, model: str | None = None,
-                 force: bool = False, progress=None) -> dict:
-    """Convert an official ``.params`` file to ``.safetensors`` (default ``$DCNVIZ_HOME/<model>.safetensors``;
+                 force: bool = False, progress=None, folder: str | os.PathLike | None = None) -> dict:
+    """Convert an official ``.params`` file to ``.safetensors``: the file ``out``, else
+    ``<folder>/<model>.safetensors`` (default folder ``$DCNVIZ_HOME``, where ``load_model`` looks;
     ``dcnviz convert``). ``model`` None: recognised from the file's keys among the official models.
 
     Returns the summary of :func:`dcnviz.convert.weights.convert_params`. Raises :class:`UserError`
@@ -145,10 +144,11 @@ def convert_file(source: str | os.PathLike, out: str | os.PathLike | None = None
     pf = read_params(source, progress, **params_limits(model, expected))
     model, state, bbox_keys = state_dict_from_params(pf, model, source, expected)
     if out is None:
-        out = default_weights_path(model)
+        out = default_weights_path(model) if folder is None else os.path.join(folder, f"{model}.safetensors")
         try:
             os.makedirs(os.path.dirname(out), exist_ok=True)
         except OSError as exc:
-            raise OutputError(f"cannot create the weights folder {os.path.dirname(out)} ($DCNVIZ_HOME): "
+            where = " ($DCNVIZ_HOME)" if folder is None else ""
+            raise OutputError(f"cannot create the weights folder {os.path.dirname(out)}{where}: "
                               f"{exc.strerror or exc}") from None
     return convert_params(source, out, pf, model, state, bbox_keys, _spec(model).classes, force)

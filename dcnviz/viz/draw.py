@@ -31,34 +31,39 @@ def class_colors(n: int) -> tuple[RGB, ...]:
     return tuple(colors)
 
 
-def draw_detections(image_bgr: np.ndarray, dets: Detections,
-                    palette: Sequence[RGB] | None = None) -> np.ndarray:
+def draw_detections(image_bgr: np.ndarray, dets: Detections, palette: Sequence[RGB] | None = None, *,
+                    line_width: int | None = None, labels: bool = True, conf: bool = True) -> np.ndarray:
     """Boxes with ``"<class> <score>"`` labels on a copy of ``image_bgr`` (H, W, 3) uint8.
 
     Boxes are ``dets.boxes`` in pixels of this image (inclusive corners, rounded to the nearest
     pixel). ``palette[label]`` is the RGB colour of a class (default ``class_colors``). Higher
     scores are drawn last, so they stay on top where boxes overlap. A label sits above its box, or
     inside it at the top edge of the image, and is shifted left to stay within the image.
+    ``line_width`` (pixels) replaces the width that follows the image size (the label text grows with
+    it); ``labels`` False draws boxes only, ``conf`` False leaves the score out of the label.
     """
     out = check_image(image_bgr).copy()
     h, w = out.shape[:2]
     colors = _bgr_table(palette, len(dets.class_names))
-    lw = style(h, w)[0]
+    lw = line_width or style(h, w)[0]
     for k in np.argsort(np.asarray(dets.scores), kind="stable"):
         x1, y1, x2, y2 = (int(round(float(v))) for v in dets.boxes[k])
         label = int(dets.labels[k])
         color = colors[label]
         cv2.rectangle(out, (x1, y1), (x2, y2), color, lw)  # axis-aligned: crisp, no AA
-        draw_label(out, x1, y1, f"{dets.class_names[label]} {float(dets.scores[k]):.2f}", color)
+        if labels:
+            text = dets.class_names[label] + (f" {float(dets.scores[k]):.2f}" if conf else "")
+            draw_label(out, x1, y1, text, color, line_width)
     return out
 
 
-def draw_label(out: np.ndarray, x1: int, y1: int, text: str, color: tuple[int, int, int]) -> None:
+def draw_label(out: np.ndarray, x1: int, y1: int, text: str, color: tuple[int, int, int],
+               line_width: int | None = None) -> None:
     """``text`` in a filled ``color`` (BGR) box on ``out`` (in place) for a box whose top-left corner is
     (x1, y1): above the box, or inside it at the top edge of the image, shifted left to stay within
-    the image."""
+    the image; its size follows the image (or ``line_width``)."""
     h, w = out.shape[:2]
-    lw, font_scale, thickness = style(h, w)
+    lw, font_scale, thickness = style(h, w) if line_width is None else _style_of(line_width)
     (tw, th), base = cv2.getTextSize(text, FONT, font_scale, thickness)
     pad = max(lw // 2, 1)
     box_h = th + base + 2 * pad
@@ -100,6 +105,20 @@ def overlay_segmentation(image_bgr: np.ndarray, seg: Segmentation, alpha: float 
     return out
 
 
+def side_by_side(image_bgr: np.ndarray, seg: Segmentation, alpha: float = 0.5, gap: int = 4) -> np.ndarray:
+    """Three panels in a row: the image, the label map in the class colours (every class, background
+    included; ids outside the class list black), and :func:`overlay_segmentation` (with its legend)."""
+    image = check_image(image_bgr)
+    labels = np.asarray(seg.labels)
+    table = np.zeros((256, 3), np.uint8)
+    n = len(seg.class_names)
+    table[:n] = np.array(_bgr_table(seg.palette, n), np.uint8)
+    mask = table[np.clip(labels, 0, 255).astype(np.uint8)]
+    overlay = overlay_segmentation(image, seg, alpha=alpha)
+    spacer = np.full((image.shape[0], gap, 3), 255, np.uint8)
+    return np.concatenate([image, spacer, mask, spacer, overlay], axis=1)
+
+
 def _draw_legend(out: np.ndarray, rows: list[tuple[str, tuple[int, int, int]]]) -> None:
     """Rows of (text, BGR swatch colour) in a darkened box at the top left of ``out`` (in place)."""
     if not rows:
@@ -130,8 +149,12 @@ def _draw_legend(out: np.ndarray, rows: list[tuple[str, tuple[int, int, int]]]) 
 
 def style(h: int, w: int) -> tuple[int, float, int]:
     """(line width, font scale, text thickness) for an image of h x w pixels."""
-    lw = max(round((h + w) / 2 * 0.003), 2)
-    return lw, lw / 3, max(lw - 1, 1)
+    return _style_of(max(round((h + w) / 2 * 0.003), 2))
+
+
+def _style_of(lw: int) -> tuple[int, float, int]:
+    """(line width, font scale, text thickness) for line width ``lw``; text never below ~10 px."""
+    return lw, max(lw, 2) / 3, max(lw - 1, 1)
 
 
 def _bgr_table(palette: Sequence[RGB] | None, n: int) -> list[tuple[int, int, int]]:
