@@ -19,9 +19,11 @@ import pytest
 
 from cli_helpers import ROOT, assert_one_line_error
 from dcnviz.analysis import DilationStats
+from dcnviz.data.classes import voc_palette
 from dcnviz.data.datasets import CITYSCAPES_TRAIN_IDS, open_split
 from dcnviz.data.synth import generate
 from dcnviz.data.voc import VOCDataset
+from dcnviz.io.images import write_png_palette_atomic
 from dcnviz.runner import Dist
 from dcnviz.runner.distributed import shard
 from dcnviz.runner.partial import PartialState
@@ -251,8 +253,6 @@ class TestLayouts:
         labels = np.zeros((6, 8), np.uint8)
         labels[2:, 1:] = 1
         labels[0] = 255
-        from dcnviz.data.classes import voc_palette
-        from dcnviz.io.images import write_png_palette_atomic
         write_png_palette_atomic(root / "SegmentationClass" / "2007_000032.png", labels, voc_palette())
         det, seg = open_split(root, "val", "detection"), open_split(root, "val", "segmentation")
         obj = det.annotation("2007_000032").objects[0]
