@@ -1,0 +1,159 @@
+"""``dcnviz effective``: DCNv2's three views of what a node depends on (effective sampling locations,
+effective receptive field, error-bounded saliency region), beside the plain ``offsets`` points.
+
+Output (``OUT`` = runs/effective, runs/effective2, …)::
+
+    OUT/NAME_<layer>.png       one row per node: offsets points | effective sampling locations |
+                               effective receptive field | saliency region
+    OUT/NAME_<layer>.json      every node: its value, per layer its points with weights, the region
+    OUT/NAME_<layer>_erf.npy   float32 (nodes, H, W): the effective receptive fields at the network input size
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+
+from dcnviz.cli.analysis_common import (analysis_options, geometry, load, points_per_unit, predict_units, reporter,
+                                        resolve, stack, titles, unit_options, unit_points, usage_error)
+
+KINDS = ("background", "small", "large")
+
+
+@click.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--detection", "detections", type=click.IntRange(min=0), multiple=True, metavar="K",
+              help="The K-th detection (0 = highest score) as the node: its class score before softmax "
+                   "(repeatable; R-FCN models).")
+@click.option("--channel", type=click.IntRange(min=0), metavar="C",
+              help="Node = this output channel of the layer instead of the sum over channels.")
+@click.option("--bound", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="Relative error bound of the saliency region.")
+@click.option("--cell", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Cell size of the saliency search, in network-input pixels.")
+@unit_options("Deformable layers at or below the node's layer whose sampling points are weighed; default: 3.")
+@analysis_options("effective")
+def effective(image, detections, channel, bound, cell, layer, levels, at, annotation, conf, group, round_, model,
+              weights, device, out, exist_ok, quiet):
+    """DCNv2's effective views of nodes (Zhu et al. 2019, Figs. 1-2).
+
+    A node is the deformable layer --layer's own output at a unit's cell, summed over channels (or
+    --channel C); with --detection K, the K-th detection's class score before softmax. Units are at
+    --at positions, or picked on the background, a small and a large object as in `dcnviz offsets`.
+    For each node, side by side: the plain offsets points (as `dcnviz offsets` draws them); the
+    effective sampling locations of --levels layers (every sampling point shaded by ||d node / d(dy, dx)||,
+    each layer on its own scale; for a detection also its RoI bins); the effective receptive field
+    |d node / d input|; the error-bounded saliency region (smallest region keeping the node within
+    --bound when the rest is the mean pixel). Writes OUT/NAME_<layer>.png, .json and _erf.npy.
+
+    \b
+    Examples:
+      dcnviz effective samples/synth_mixed.jpg
+      dcnviz effective samples/synth_stars.jpg --detection 0 --at 200,150
+    """
+    from dcnviz.analysis.effective import (Node, effective_bin_locations, effective_receptive_field,
+                                           effective_sampling_locations, node_gradients, saliency_region)
+    from dcnviz.io.analysis_json import (effective_points_record, image_record, layer_record, npy_bytes,
+                                         points_record, region_record, unit_record)
+    from dcnviz.io.images import read_image, write_bytes_atomic, write_image_atomic, write_json_atomic
+    from dcnviz.io.outputs import run_dir
+    from dcnviz.models.capture import probe, short_name
+    from dcnviz.viz.effective import (backdrop, draw_heatmap, draw_region, draw_weighted_bins, draw_weighted_points,
+                                      to_image_size)
+    from dcnviz.viz.sampling import draw_roi_parts, draw_sampling_points, montage
+
+    spec, meta = resolve(model)
+    layers = stack(meta, layer, levels, 3)
+    levels = len(layers)
+    if detections and spec.task != "detection":
+        raise usage_error("--detection", ValueError(f"{spec.name} is a {spec.task} model"))
+    top_mid = meta.backbone.get_submodule(f"{short_name(layers[0])}.branch2b").weight.shape[0]
+    if channel is not None and channel >= top_mid:
+        raise usage_error("--channel", ValueError(f"{channel}: {short_name(layers[0])} has {top_mid} channels"))
+    geoms = [geometry(l) for l in layers]
+    names = [short_name(l) for l in layers]
+    say = reporter(quiet)
+    stride = layers[-1].feature_stride
+    with run_dir(out, exist_ok, (), [image]) as out_dir:
+        net, dev = load(spec, weights, device, quiet)
+        picture = read_image(image)
+        kinds = () if detections and not at else KINDS
+        result, units, offs = (predict_units(net, picture, image, layers, at, annotation, conf, kinds, say)
+                               if kinds or at else (net.predict(picture), [], None))
+        prep = result.prep
+        for k in detections:
+            if k >= len(result):
+                raise usage_error("--detection", ValueError(f"{k}: {spec.name} found {len(result)} detections "
+                                                           f"in {image}"))
+        data, _ = net.preprocess(picture)
+        p = probe(net)
+        unit_nodes = [Node(names[0], u.cell, channel) for u in units]
+        det_nodes = [Node(roi=tuple(float(v) for v in np.round(result.boxes[k] * prep.scale)),
+                          class_index=int(result.labels[k])) for k in detections]
+        grads = node_gradients(p, data, unit_nodes, levels) + node_gradients(p, data, det_nodes, levels)
+        found, xys = unit_points(offs, geoms, units, prep, stride, group, round_) if units else ([], [])
+        say(f"{spec.name} on {dev}: {len(grads)} node{'s' * (len(grads) > 1)}, {' > '.join(names)}")
+
+        panels, labels, records, erfs = [], [], [], []
+        for n, g in enumerate(grads):
+            points = effective_sampling_locations(g, prep.scale)
+            erf = effective_receptive_field(g)
+            region = saliency_region(p, data, g.node, erf, bound=bound, cell=cell)
+            erfs.append(erf.astype(np.float32))
+            weighted = backdrop(picture)
+            for level, pts in list(enumerate(points))[::-1]:  # lowest layer first, the node's layer on top
+                weighted = draw_weighted_points(weighted, pts.xy, pts.weight, opacity=pts.mask, large=level == 0 and not g.node.is_detection)
+            if n < len(units):
+                u = units[n]
+                mark = u.xy
+                plain = draw_sampling_points(picture, xys[n], found[n].valid, mark)
+                title = titles([u])[0]
+                record = {**unit_record(u), "channel": channel, **points_record(found[n], xys[n], (0, 0))}
+            else:
+                k = detections[n - len(units)]
+                box = result.boxes[k]
+                mark = None
+                name = result.class_names[int(result.labels[k])]
+                title = f"detection {k}: {name} {result.scores[k]:.2f}"
+                record = {"kind": "detection", "index": k, "box": [float(v) for v in box],
+                          "class_id": int(result.labels[k]), "class_name": name, "score": float(result.scores[k]),
+                          "roi": list(g.node.roi)}
+                if g.roi is not None:
+                    bins = effective_bin_locations(g, prep.scale, p.parts)
+                    plain = draw_roi_parts(picture, bins.roi, bins.bins, name)
+                    weighted = draw_weighted_bins(weighted, bins.bins, bins.weight, bins.roi)
+                    record["bins"] = {"roi": bins.roi.tolist(), "parts": bins.bins.tolist(),
+                                      "weight": bins.weight.tolist()}
+                else:
+                    plain = draw_roi_parts(picture, [box[0], box[1], box[2] + 1, box[3] + 1], np.zeros((0, 4)), name)
+            area = region.image_area(prep.scale)
+            shown = [plain, draw_weighted_points(weighted, [], [], mark),
+                     draw_heatmap(picture, to_image_size(erf, picture.shape[:2]), mark),
+                     draw_region(picture, to_image_size(region.mask, picture.shape[:2], nearest=True) > 0.5, mark)]
+            panels += shown
+            share = area / (picture.shape[0] * picture.shape[1])
+            labels += [f"{title}: offsets", "effective sampling locations", "effective receptive field",
+                       f"saliency region {area:.0f} px2 ({100 * share:.0f}%)"]
+            record.update(value=g.value, layers=[effective_points_record(pts) for pts in points],
+                          region=region_record(region, prep.scale), erf_index=n)
+            records.append(record)
+        footer = (f"{spec.name}, node {names[0]}{'' if channel is None else f' channel {channel}'}, "
+                  f"{' > '.join(names)}; offsets: {points_per_unit(geoms)} points per unit; weights per layer: blue "
+                  f"small, red top 1%; region within {100 * bound:g}%")
+        figure, origins = montage(panels, labels, columns=4, footer=footer)
+        png = out_dir / f"{image.stem}_{names[0]}.png"
+        npy = out_dir / f"{image.stem}_{names[0]}_erf.npy"
+        write_image_atomic(png, figure)
+        write_bytes_atomic(npy, npy_bytes(np.stack(erfs)))
+        for n, record in enumerate(records):
+            record["panels"] = [list(o) for o in origins[4 * n:4 * n + 4]]
+            if "panel" in record:
+                record["panel"] = record["panels"][0]
+        meta_record = image_record(image, picture, prep, spec.name, png)
+        meta_record.update(layers=[layer_record(nm, gm, l.feature_stride) for nm, gm, l in zip(names, geoms, layers)],
+                           input_size=list(prep.input_size), erf=npy.name, group=group,
+                           interpolation="nearest cell" if round_ else "bilinear", nodes=records)
+        write_json_atomic(png.with_suffix(".json"), meta_record, expand=3)
+        say(f"{image}: {len(records)} nodes -> {png}")
+    say(f"Results saved to {out_dir}")
