@@ -40,11 +40,11 @@ import torch
 
 from dcnviz.analysis._common import split_offset, tap_grid
 from dcnviz.analysis.coords import feature_to_image
-from dcnviz.analysis.sampling import LayerGeometry
+from dcnviz.analysis.sampling import LayerGeometry, inside_rule
 
 __all__ = ["Node", "LayerGradient", "RoIGradient", "NodeGradients", "EffectivePoints", "EffectiveBins",
            "SaliencyRegion", "node_gradients", "effective_sampling_locations", "effective_bin_locations",
-           "effective_receptive_field", "saliency_region", "inside_rule"]
+           "effective_receptive_field", "saliency_region", "feature_stride", "layer_geometry"]
 
 
 @dataclass(frozen=True)
@@ -111,12 +111,16 @@ class NodeGradients:
     roi: RoIGradient | None = None
 
 
-def _stride(net_size, map_size) -> float:
+def feature_stride(net_size: tuple[int, int], map_size: tuple[int, int]) -> float:
+    """A map's feature stride inferred from the shapes: the mean of network input size / map size over
+    both axes, rounded to an integer when >= 1 (a 300x400 input and a 19x25 map: 16)."""
     s = (net_size[0] / map_size[0] + net_size[1] / map_size[1]) / 2
     return float(round(s)) if s >= 1 else s
 
 
-def _geometry(call) -> LayerGeometry:
+def layer_geometry(call) -> LayerGeometry:
+    """:class:`LayerGeometry` of a recorded call (:class:`dcnviz.models.hooks.LayerCall`): kernel from the
+    weight, stride/padding/dilation from the module, deformable groups from the offset channels."""
     m = call.module
     return LayerGeometry(call.kernel_size, m.dilation, m.padding, m.stride, call.deformable_groups)
 
@@ -181,7 +185,7 @@ def node_gradients(probe, data: torch.Tensor, nodes: Sequence[Node], levels: int
         grads = [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
         layers = []
         for call, g in zip(chosen, grads[1:1 + len(chosen)]):
-            geom = _geometry(call)
+            geom = layer_geometry(call)
             kh, kw = geom.kernel_size
             G = geom.deformable_groups
             as_np = lambda t: t[0].detach().to("cpu", torch.float64).numpy()  # noqa: E731
@@ -189,7 +193,7 @@ def node_gradients(probe, data: torch.Tensor, nodes: Sequence[Node], levels: int
             field = lambda t: split_offset(as_np(t), call.name, kh, kw, G).reshape(  # noqa: E731
                 (G, kh * kw, 2) + tuple(t.shape[-2:]))
             in_size = tuple(call.input.shape[-2:])
-            layers.append(LayerGradient(call.name, geom, call.boundary, in_size, _stride(net_size, in_size),
+            layers.append(LayerGradient(call.name, geom, call.boundary, in_size, feature_stride(net_size, in_size),
                                         field(call.offset), field(g), mask))
         roi = None
         if roi_offset is not None:
@@ -198,17 +202,6 @@ def node_gradients(probe, data: torch.Tensor, nodes: Sequence[Node], levels: int
         results.append(NodeGradients(node, float(value.detach()), grads[0][0].detach().double().cpu().numpy(),
                                      layers, roi))
     return results
-
-
-def inside_rule(yx: np.ndarray, size: tuple[int, int], boundary: str) -> np.ndarray:
-    """Whether positions (..., 2) (y, x) on an H x W map read a non-zero bilinear value under the layer's
-    boundary rule: "dcnv1" 0 <= y < H, 0 <= x < W; "dcnv2" -1 < y < H, -1 < x < W."""
-    y, x = yx[..., 0], yx[..., 1]
-    if boundary == "dcnv1":
-        return (y >= 0) & (y < size[0]) & (x >= 0) & (x < size[1])
-    if boundary == "dcnv2":
-        return (y > -1) & (y < size[0]) & (x > -1) & (x < size[1])
-    raise ValueError(f"unknown boundary rule {boundary!r}")
 
 
 @dataclass(frozen=True)

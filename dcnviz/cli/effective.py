@@ -1,5 +1,6 @@
 """``dcnviz effective``: DCNv2's three views of what a node depends on (effective sampling locations,
-effective receptive field, error-bounded saliency region), beside the plain ``offsets`` points.
+effective receptive field, error-bounded saliency region), beside the plain ``offsets`` points, for a
+registered model or your own (``--model FILE.py:FUNCTION``).
 
 Output (``OUT`` = runs/effective, runs/effective2, …)::
 
@@ -11,14 +12,63 @@ Output (``OUT`` = runs/effective, runs/effective2, …)::
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import click
 import numpy as np
 
 from dcnviz.cli.analysis_common import (analysis_options, geometry, load, points_per_unit, predict_units, reporter,
                                         resolve, stack, titles, unit_options, unit_points, usage_error)
+from dcnviz.cli.custom_common import custom_units, load_custom_model
+from dcnviz.models.custom import is_custom_spec
 
 KINDS = ("background", "small", "large")
+
+
+def _registered(model, weights, device, quiet, layer, levels, channel, detections, picture, image, at, annotation,
+                conf, group, round_, say) -> SimpleNamespace:
+    """Everything the views need of a registered model: its probe, input, layer stack, units, detections."""
+    from dcnviz.models.capture import probe, short_name
+
+    spec, meta = resolve(model)
+    layers = stack(meta, layer, levels, 3)
+    if detections and spec.task != "detection":
+        raise usage_error("--detection", ValueError(f"{spec.name} is a {spec.task} model"))
+    width = meta.backbone.get_submodule(f"{short_name(layers[0])}.branch2b").weight.shape[0]
+    if channel is not None and channel >= width:
+        raise usage_error("--channel", ValueError(f"{channel}: {short_name(layers[0])} has {width} channels"))
+    net, dev = load(spec, weights, device, quiet)
+    kinds = () if detections and not at else KINDS
+    if kinds or at:
+        result, units, offs = predict_units(net, picture, image, layers, at, annotation, conf, kinds, say)
+    else:
+        result, units, offs = net.predict(picture), [], None
+    for k in detections:
+        if k >= len(result):
+            raise usage_error("--detection", ValueError(f"{k}: {spec.name} found {len(result)} detections in {image}"))
+    geoms = [geometry(l) for l in layers]
+    found, xys = unit_points(offs, geoms, units, result.prep, layers[-1].feature_stride, group, round_) \
+        if units else ([], [])
+    data, _ = net.preprocess(picture)
+    return SimpleNamespace(name=spec.name, device=dev, probe=probe(net), data=data, prep=result.prep, result=result,
+                           names=[short_name(l) for l in layers], geoms=geoms,
+                           strides=[l.feature_stride for l in layers], units=units, found=found, xys=xys,
+                           composed=len(layers))
+
+
+def _custom(model, weights, device, quiet, layer, levels, channel, detections, picture, at, group, round_,
+            say) -> SimpleNamespace:
+    """The same for a ``FILE.py:FUNCTION`` model (no detections; units at --at or the background)."""
+    if detections:
+        raise usage_error("--detection", ValueError(f"{model} has no detection head"))
+    cm, dev = load_custom_model(model, weights, device, quiet)
+    chosen = custom_units(cm, picture, layer, levels, at, group, round_)
+    if channel is not None and channel >= chosen.calls[0].output.shape[1]:
+        raise usage_error("--channel", ValueError(f"{channel}: {chosen.names[0]} has "
+                                                  f"{chosen.calls[0].output.shape[1]} channels"))
+    return SimpleNamespace(name=model, device=dev, probe=cm.probe(chosen.data), data=chosen.data, prep=chosen.prep,
+                           result=None, names=chosen.names, geoms=chosen.geoms, strides=chosen.strides,
+                           units=chosen.units, found=chosen.found, xys=chosen.xys, composed=chosen.composed)
 
 
 @click.command()
@@ -46,11 +96,13 @@ def effective(image, detections, channel, bound, cell, layer, levels, at, annota
     each layer on its own scale; for a detection also its RoI bins); the effective receptive field
     |d node / d input|; the error-bounded saliency region (smallest region keeping the node within
     --bound when the rest is the mean pixel). Writes OUT/NAME_<layer>.png, .json and _erf.npy.
+    --model FILE.py:FUNCTION analyses your own network (see the README).
 
     \b
     Examples:
       dcnviz effective samples/synth_mixed.jpg
       dcnviz effective samples/synth_stars.jpg --detection 0 --at 200,150
+      dcnviz effective photo.jpg --model mynet.py:build --weights mynet.safetensors --at 120,80
     """
     from dcnviz.analysis.effective import (Node, effective_bin_locations, effective_receptive_field,
                                            effective_sampling_locations, node_gradients, saliency_region)
@@ -58,58 +110,48 @@ def effective(image, detections, channel, bound, cell, layer, levels, at, annota
                                          points_record, region_record, unit_record)
     from dcnviz.io.images import read_image, write_bytes_atomic, write_image_atomic, write_json_atomic
     from dcnviz.io.outputs import run_dir
-    from dcnviz.models.capture import probe, short_name
     from dcnviz.viz.effective import (backdrop, draw_heatmap, draw_region, draw_weighted_bins, draw_weighted_points,
                                       to_image_size)
     from dcnviz.viz.sampling import draw_roi_parts, draw_sampling_points, montage
 
-    spec, meta = resolve(model)
-    layers = stack(meta, layer, levels, 3)
-    levels = len(layers)
-    if detections and spec.task != "detection":
-        raise usage_error("--detection", ValueError(f"{spec.name} is a {spec.task} model"))
-    top_mid = meta.backbone.get_submodule(f"{short_name(layers[0])}.branch2b").weight.shape[0]
-    if channel is not None and channel >= top_mid:
-        raise usage_error("--channel", ValueError(f"{channel}: {short_name(layers[0])} has {top_mid} channels"))
-    geoms = [geometry(l) for l in layers]
-    names = [short_name(l) for l in layers]
     say = reporter(quiet)
-    stride = layers[-1].feature_stride
+    custom = is_custom_spec(model)
+    if custom and annotation is not None:
+        raise usage_error("--annotation", ValueError("units on objects need a registered model; use --at"))
     with run_dir(out, exist_ok, (), [image]) as out_dir:
-        net, dev = load(spec, weights, device, quiet)
         picture = read_image(image)
-        kinds = () if detections and not at else KINDS
-        result, units, offs = (predict_units(net, picture, image, layers, at, annotation, conf, kinds, say)
-                               if kinds or at else (net.predict(picture), [], None))
-        prep = result.prep
-        for k in detections:
-            if k >= len(result):
-                raise usage_error("--detection", ValueError(f"{k}: {spec.name} found {len(result)} detections "
-                                                           f"in {image}"))
-        data, _ = net.preprocess(picture)
-        p = probe(net)
-        unit_nodes = [Node(names[0], u.cell, channel) for u in units]
+        if custom:
+            s = _custom(model, weights, device, quiet, layer, levels, channel, detections, picture, at, group,
+                        round_, say)
+        else:
+            s = _registered(model, weights, device, quiet, layer, levels, channel, detections, picture, image, at,
+                            annotation, conf, group, round_, say)
+        prep, result, units = s.prep, s.result, s.units
+        unit_nodes = [Node(s.names[0], u.cell, channel) for u in units]
         det_nodes = [Node(roi=tuple(float(v) for v in np.round(result.boxes[k] * prep.scale)),
                           class_index=int(result.labels[k])) for k in detections]
-        grads = node_gradients(p, data, unit_nodes, levels) + node_gradients(p, data, det_nodes, levels)
-        found, xys = unit_points(offs, geoms, units, prep, stride, group, round_) if units else ([], [])
-        say(f"{spec.name} on {dev}: {len(grads)} node{'s' * (len(grads) > 1)}, {' > '.join(names)}")
+        levels = len(s.names)
+        grads = (node_gradients(s.probe, s.data, unit_nodes, levels)
+                 + node_gradients(s.probe, s.data, det_nodes, levels))
+        say(f"{s.name} on {s.device}: {len(grads)} node{'s' * (len(grads) > 1)}, {' > '.join(s.names)}")
 
         panels, labels, records, erfs = [], [], [], []
         for n, g in enumerate(grads):
             points = effective_sampling_locations(g, prep.scale)
             erf = effective_receptive_field(g)
-            region = saliency_region(p, data, g.node, erf, bound=bound, cell=cell)
+            region = saliency_region(s.probe, s.data, g.node, erf, bound=bound, cell=cell)
             erfs.append(erf.astype(np.float32))
             weighted = backdrop(picture)
             for level, pts in list(enumerate(points))[::-1]:  # lowest layer first, the node's layer on top
-                weighted = draw_weighted_points(weighted, pts.xy, pts.weight, opacity=pts.mask, large=level == 0 and not g.node.is_detection)
+                weighted = draw_weighted_points(weighted, pts.xy, pts.weight, opacity=pts.mask,
+                                                large=level == 0 and not g.node.is_detection)
             if n < len(units):
                 u = units[n]
                 mark = u.xy
-                plain = draw_sampling_points(picture, xys[n], found[n].valid, mark)
+                plain = draw_sampling_points(picture, s.xys[n], s.found[n].valid, mark)
                 title = titles([u])[0]
-                record = {**unit_record(u), "channel": channel, **points_record(found[n], xys[n], (0, 0))}
+                record = {**unit_record(u), "channel": channel, "offsets_levels": s.composed,
+                          **points_record(s.found[n], s.xys[n], (0, 0))}
             else:
                 k = detections[n - len(units)]
                 box = result.boxes[k]
@@ -120,7 +162,7 @@ def effective(image, detections, channel, bound, cell, layer, levels, at, annota
                           "class_id": int(result.labels[k]), "class_name": name, "score": float(result.scores[k]),
                           "roi": list(g.node.roi)}
                 if g.roi is not None:
-                    bins = effective_bin_locations(g, prep.scale, p.parts)
+                    bins = effective_bin_locations(g, prep.scale, s.probe.parts)
                     plain = draw_roi_parts(picture, bins.roi, bins.bins, name)
                     weighted = draw_weighted_bins(weighted, bins.bins, bins.weight, bins.roi)
                     record["bins"] = {"roi": bins.roi.tolist(), "parts": bins.bins.tolist(),
@@ -128,32 +170,31 @@ def effective(image, detections, channel, bound, cell, layer, levels, at, annota
                 else:
                     plain = draw_roi_parts(picture, [box[0], box[1], box[2] + 1, box[3] + 1], np.zeros((0, 4)), name)
             area = region.image_area(prep.scale)
-            shown = [plain, draw_weighted_points(weighted, [], [], mark),
-                     draw_heatmap(picture, to_image_size(erf, picture.shape[:2]), mark),
-                     draw_region(picture, to_image_size(region.mask, picture.shape[:2], nearest=True) > 0.5, mark)]
-            panels += shown
+            panels += [plain, draw_weighted_points(weighted, [], [], mark),
+                       draw_heatmap(picture, to_image_size(erf, picture.shape[:2]), mark),
+                       draw_region(picture, to_image_size(region.mask, picture.shape[:2], nearest=True) > 0.5, mark)]
             share = area / (picture.shape[0] * picture.shape[1])
             labels += [f"{title}: offsets", "effective sampling locations", "effective receptive field",
                        f"saliency region {area:.0f} px2 ({100 * share:.0f}%)"]
             record.update(value=g.value, layers=[effective_points_record(pts) for pts in points],
                           region=region_record(region, prep.scale), erf_index=n)
             records.append(record)
-        footer = (f"{spec.name}, node {names[0]}{'' if channel is None else f' channel {channel}'}, "
-                  f"{' > '.join(names)}; offsets: {points_per_unit(geoms)} points per unit; weights per layer: blue "
-                  f"small, red top 1%; region within {100 * bound:g}%")
+        footer = (f"{s.name}, node {s.names[0]}{'' if channel is None else f' channel {channel}'}, "
+                  f"{' > '.join(s.names)}; offsets: {points_per_unit(s.geoms[:s.composed])} points per unit; "
+                  f"weights per layer: blue small, red top 1%; region within {100 * bound:g}%")
         figure, origins = montage(panels, labels, columns=4, footer=footer)
-        png = out_dir / f"{image.stem}_{names[0]}.png"
-        npy = out_dir / f"{image.stem}_{names[0]}_erf.npy"
+        stem = f"{image.stem}_{s.names[0].replace('.', '_')}"
+        png, npy = out_dir / f"{stem}.png", out_dir / f"{stem}_erf.npy"
         write_image_atomic(png, figure)
         write_bytes_atomic(npy, npy_bytes(np.stack(erfs)))
         for n, record in enumerate(records):
             record["panels"] = [list(o) for o in origins[4 * n:4 * n + 4]]
             if "panel" in record:
                 record["panel"] = record["panels"][0]
-        meta_record = image_record(image, picture, prep, spec.name, png)
-        meta_record.update(layers=[layer_record(nm, gm, l.feature_stride) for nm, gm, l in zip(names, geoms, layers)],
-                           input_size=list(prep.input_size), erf=npy.name, group=group,
-                           interpolation="nearest cell" if round_ else "bilinear", nodes=records)
-        write_json_atomic(png.with_suffix(".json"), meta_record, expand=3)
+        meta = image_record(image, picture, prep, s.name, png)
+        meta.update(layers=[layer_record(nm, gm, st) for nm, gm, st in zip(s.names, s.geoms, s.strides)],
+                    input_size=list(prep.input_size), erf=npy.name, group=group,
+                    interpolation="nearest cell" if round_ else "bilinear", nodes=records)
+        write_json_atomic(png.with_suffix(".json"), meta, expand=3)
         say(f"{image}: {len(records)} nodes -> {png}")
     say(f"Results saved to {out_dir}")
