@@ -256,3 +256,24 @@ def test_saliency_region_known_answer(bound, cells):
     assert not (region.mask & ~block).any()  # only cells of the block are kept
     assert region.response == pytest.approx(9 * 3)
     assert region.evaluations < region.total_cells
+
+
+def test_drawing():
+    from dcnviz.viz.effective import backdrop, draw_heatmap, draw_region, draw_weighted_points, jet
+
+    image = np.full((40, 60, 3), 100, np.uint8)
+    xy = np.array([[10.5, 10.5], [30.2, 20.9], [50.0, 30.0]])
+    out = draw_weighted_points(backdrop(image), xy, [1.0, 0.0, 0.5], opacity=[1.0, 1.0, 0.5])
+    base = backdrop(image)
+    assert tuple(out[10, 10]) == tuple(jet([1.0])[0])  # the strongest point: opaque, top of the scale
+    assert tuple(out[20, 30]) == tuple(base[20, 30])  # zero weight: not drawn
+    assert tuple(out[30, 50]) != tuple(base[30, 50])  # weaker and half transparent: blended
+    assert tuple(out[30, 50]) != tuple(jet([0.5])[0])
+    heat = np.zeros((40, 60))
+    heat[5, 7] = 2.0
+    shown = draw_heatmap(image, heat)
+    assert tuple(shown[5, 7]) != tuple(base[5, 7]) and tuple(shown[30, 40]) == tuple(base[30, 40])
+    mask = np.zeros((40, 60), bool)
+    mask[:10, :10] = True
+    region = draw_region(image, mask)
+    assert (region[:10, :10] == 100).all() and (region[10:, :] == 25).all()
