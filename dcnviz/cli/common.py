@@ -9,12 +9,13 @@ which shows the full traceback instead. This module imports torch only when a de
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import click
 
@@ -180,3 +181,27 @@ def resolve_model(name: str | None, task: str | None, default: str | None = None
         raise click.BadParameter(f"{name!r} is a {spec.task} model, not a {task} model{hint}",
                                  param_hint="'--model'")
     return spec
+
+
+def parse_classes(values: Sequence[str], class_names: Sequence[str]) -> set[int] | None:
+    """Class ids from ``--classes`` values: names or ids, comma-separated, any case; None if no
+    value was given. Background (:data:`dcnviz.data.classes.BACKGROUND_NAMES`) is not selectable.
+    Raises BadParameter."""
+    from dcnviz.data.classes import background_ids
+
+    if not values:
+        return None
+    lookup = {name.lower(): i for i, name in enumerate(class_names)}
+    background = set(background_ids(class_names))
+    selectable = [n for i, n in enumerate(class_names) if i not in background]
+    ids = set()
+    for item in (v.strip() for value in values for v in value.split(",")):
+        if not item:
+            continue
+        i = int(item) if item.isdigit() else lookup.get(item.lower())
+        if i is None or not 0 <= i < len(class_names) or i in background:
+            close = difflib.get_close_matches(item, selectable, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else f"classes: {', '.join(selectable)}"
+            raise click.BadParameter(f"unknown class {item!r}; {hint}", param_hint="'--classes'")
+        ids.add(i)
+    return ids

@@ -66,7 +66,7 @@ def dilation_stats(dataset, split, limit, compare_paper, model, weights, device,
 
     from dcnviz.analysis import BUCKETS, PAPER_TABLE2, TABLE2_CONFIG
     from dcnviz.eval.dilation_stats import dilation_stats as run_stats
-    from dcnviz.io.analysis_json import stats_csv
+    from dcnviz.io.analysis_json import stats_csv, stats_record
     from dcnviz.io.images import write_bytes_atomic, write_json_atomic
     from dcnviz.io.outputs import run_dir
     from dcnviz.models.capture import short_name
@@ -92,9 +92,7 @@ def dilation_stats(dataset, split, limit, compare_paper, model, weights, device,
                   "split": split, "limit": limit, "images_listed": len(run.ids), "images": run.stats.images,
                   "hist_max": float(run.stats.edges[-1]), "hist_bins": len(run.stats.edges) - 1,
                   "skipped": [{"id": i, "error": e} for i, e in run.skipped]}
-        paper = {layer: {b: {"mean": m, "std": sd} for b, (m, sd) in cells.items()}
-                 for layer, cells in PAPER_TABLE2.items()}
-        write_json_atomic(out_dir / "stats.json", {"layers": summary, "config": config, "paper": paper}, expand=3)
+        write_json_atomic(out_dir / "stats.json", stats_record(summary, config, PAPER_TABLE2), expand=3)
         write_bytes_atomic(out_dir / "stats.csv", stats_csv(summary, PAPER_TABLE2).encode())
         nominal = {short_name(l): l.dilation for l in meta.deformable_layers}
         for layer, counts in run.stats.histograms("pooled").items():

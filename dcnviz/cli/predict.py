@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import difflib
 import json
 import sys
 import time
@@ -29,7 +28,7 @@ import numpy as np
 
 import dcnviz
 
-from dcnviz.cli.common import model_options, resolve_model, select_device, source_options
+from dcnviz.cli.common import model_options, parse_classes, resolve_model, select_device, source_options
 from dcnviz.errors import ImageError
 from dcnviz.io.images import find_images, read_image, write_image_atomic, write_json_atomic, \
     write_png_palette_atomic
@@ -37,13 +36,13 @@ from dcnviz.io.outputs import output_names, run_dir
 from dcnviz.io.results_json import class_histogram, coco_category_ids, coco_image_ids, coco_results, \
     detection_record, error_record, segmentation_record
 from dcnviz.structures import Detections, Segmentation
-from dcnviz.viz.draw import BACKGROUND_NAMES, draw_detections, overlay_segmentation
+from dcnviz.models.postprocess import DEFAULT_CONF, filter_detections
+from dcnviz.viz.draw import draw_detections, overlay_segmentation
 
 SUBDIRS = {"detection": ("vis", "preds"), "segmentation": ("vis", "preds", "masks")}
 COCO_FILE = "preds.coco.json"
 # Runs of at least this many images show a progress bar even when stderr is not a terminal.
 MANY_IMAGES = 100
-DEFAULT_CONF = 0.5
 
 
 @dataclasses.dataclass
@@ -211,40 +210,6 @@ def _run(ctx: click.Context, task: str, images: Sequence[Path], spec, weights: P
         summary = run_predictions(task, images, make_predictor(net), out_dir, opts)
     if summary.failed:
         ctx.exit(1)
-
-
-def filter_detections(dets: Detections, conf: float = 0.0, classes: set[int] | None = None,
-                      max_det: int | None = None) -> Detections:
-    """The detections with ``score >= conf`` and (if given) a label in ``classes``, the
-    ``max_det`` highest-scoring of them, sorted by decreasing score."""
-    scores = np.asarray(dets.scores)
-    keep = scores >= conf
-    if classes is not None:
-        keep &= np.isin(np.asarray(dets.labels), sorted(classes))
-    order = np.flatnonzero(keep)
-    order = order[np.argsort(-scores[order], kind="stable")][:max_det]
-    return dataclasses.replace(dets, boxes=np.asarray(dets.boxes)[order].reshape(-1, 4),
-                               scores=scores[order], labels=np.asarray(dets.labels)[order])
-
-
-def parse_classes(values: Sequence[str], class_names: Sequence[str]) -> set[int] | None:
-    """Class ids from ``--classes`` values: names or ids, comma-separated, any case; None if no
-    value was given. Background (id 0 when named so) is not selectable. Raises BadParameter."""
-    if not values:
-        return None
-    lookup = {name.lower(): i for i, name in enumerate(class_names)}
-    selectable = [n for n in class_names if n.lower() not in BACKGROUND_NAMES]
-    ids = set()
-    for item in (v.strip() for value in values for v in value.split(",")):
-        if not item:
-            continue
-        i = int(item) if item.isdigit() else lookup.get(item.lower())
-        if i is None or not 0 <= i < len(class_names) or class_names[i] not in selectable:
-            close = difflib.get_close_matches(item, selectable, n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(close)}?" if close else f"classes: {', '.join(selectable)}"
-            raise click.BadParameter(f"unknown class {item!r}; {hint}", param_hint="'--classes'")
-        ids.add(i)
-    return ids
 
 
 def _check_result(task: str, result, image: np.ndarray) -> None:

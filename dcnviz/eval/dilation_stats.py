@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from dcnviz.analysis import DilationStats, effective_dilation
+from dcnviz.analysis import DilationStats, layer_records
 from dcnviz.data.voc import VOCDataset
 from dcnviz.errors import DatasetError, UserError
 from dcnviz.io.images import read_image
-from dcnviz.models.capture import capture_offsets, short_name
+from dcnviz.models.capture import capture_offsets
 
 
 @dataclass
@@ -39,8 +39,7 @@ def dilation_stats(model, data, split: str = "test", limit: int | None = None,
     ``progress(total)`` is called once per image, with the number of images; ``on_skip(id, reason)`` for
     each broken entry (see the module docstring). Raises :class:`~dcnviz.errors.UserError` when the folder or split cannot be used, or when
     no image could be used."""
-    layers = list(model.deformable_layers)[::-1]  # top first, as the paper's table
-    if not layers:
+    if not model.deformable_layers:
         raise UserError("the model has no deformable conv layers")
     dataset = VOCDataset(data)
     ids = dataset.ids(split)[:limit]
@@ -61,8 +60,8 @@ def dilation_stats(model, data, split: str = "test", limit: int | None = None,
                 on_skip(image_id, str(e))
         else:
             offsets, prep = capture_offsets(model, image)
-            maps = {short_name(l): effective_dilation(offsets[l.offset][0], l.kernel_size, l.dilation,
-                                                      l.deformable_groups) for l in layers}
+            layers = layer_records(model, offsets)[::-1]  # top first, as the paper's table
+            maps = {layer.name: layer.effective_dilation() for layer in layers}
             run.stats.add_image(maps, prep, ann.boxes(), ann.difficult(), stride=layers[0].feature_stride)
         if progress is not None:
             progress(len(ids))

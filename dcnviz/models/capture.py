@@ -32,19 +32,11 @@ def layer_stack(model: nn.Module, top: str | None = None, levels: int | None = N
     ``top`` defaults to the last deformable layer, ``levels`` to ``default_levels`` or as many as there
     are below ``top``. Raises ValueError, naming the layers the model has, for a model without deformable
     layers, an unknown ``top`` or more ``levels`` than there are."""
+    from dcnviz.analysis.inspection import select_layers
+
     layers = list(model.deformable_layers)
-    if not layers:
-        raise ValueError("the model has no deformable conv layers")
-    names = [short_name(layer) for layer in layers]
-    top = names[-1] if top is None else top.removesuffix(_SUFFIX)
-    if top not in names:
-        raise ValueError(f"the model has no deformable layer {top!r}; its deformable layers are {', '.join(names)}")
-    index = names.index(top)
-    levels = min(default_levels, index + 1) if levels is None else levels
-    if not 1 <= levels <= index + 1:
-        raise ValueError(f"{levels} levels from {top} need {levels} deformable layers at or below it; there "
-                         f"{'is' if index == 0 else 'are'} {index + 1} ({', '.join(names[index::-1])})")
-    return layers[index::-1][:levels]
+    top = None if top is None else top.removesuffix(_SUFFIX)
+    return [layers[i] for i in select_layers([short_name(layer) for layer in layers], top, levels, default_levels)]
 
 
 @torch.inference_mode()
