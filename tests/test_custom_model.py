@@ -105,3 +105,31 @@ def test_cli_errors(tmp_path, spec, args, code, fragment):
     proc = cli(["effective", SAMPLE, "--model", spec, *args], tmp_path)
     assert_one_line_error(proc, code, fragment)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))
+
+
+def test_offsets_cli(tmp_path):
+    """offsets through --model: layers by module path, units at --at or the background, points composed
+    through both modulated layers (same map), hollow by the DCNv2 rule; a strided DCNv1 layer alone."""
+    from dcnviz.analysis.custom import inspect_custom
+
+    proc = cli(["offsets", SAMPLE, "--model", f"{HELPERS}:modulated", "--at", "250,180", "--group", "0"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((tmp_path / "runs" / "offsets" / "synth_rings_dcns_1.json").read_text())
+    assert [l["name"] for l in record["layers"]] == ["dcns.1", "dcns.0"]
+    (unit,) = record["units"]
+    assert len(unit["points"]) == 81 and unit["cell"] == [45, 62]  # 180 // 4, 250 // 4
+    seen, _ = inspect_custom(load_custom(f"{HELPERS}:modulated"), read_image(SAMPLE))
+    assert [l.boundary for l in seen.layers] == ["dcnv2", "dcnv2"] and seen.layer("dcns.0").input_size == (94, 125)
+    expected = seen.samples(seen.unit(unit["cell"], "dcns.1"), "dcns.1", 2, group=0)
+    assert np.allclose(unit["points"], expected.xy)
+    assert unit["valid"] == expected.locations.valid.tolist()
+    proc = cli(["offsets", SAMPLE, "--model", f"{HELPERS}:dcnv1", "--out", "dcnv1"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((tmp_path / "dcnv1" / "synth_rings_dcn.json").read_text())
+    assert record["layers"][0]["feature_stride"] == 4.0 and record["layers"][0]["deformable_groups"] == 2
+    assert [u["kind"] for u in record["units"]] == ["background"]
+    assert np.shape(record["units"][0]["points"]) == (2, 9, 2)  # --group all: both groups
+    proc = cli(["offsets", SAMPLE, "--model", f"{HELPERS}:dcnv1", "--levels", "2"], tmp_path)
+    assert_one_line_error(proc, 2, "--levels")
+    proc = cli(["offsets", SAMPLE, "--model", f"{HELPERS}:modulated", "--annotation", HELPERS], tmp_path)
+    assert_one_line_error(proc, 2, "--annotation")

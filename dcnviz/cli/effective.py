@@ -17,58 +17,52 @@ from types import SimpleNamespace
 import click
 import numpy as np
 
-from dcnviz.cli.analysis_common import (analysis_options, geometry, load, points_per_unit, predict_units, reporter,
-                                        resolve, stack, titles, unit_options, unit_points, usage_error)
-from dcnviz.cli.custom_common import custom_units, load_custom_model
+from dcnviz.cli.analysis_common import (analysis_options, choose_units, custom_stack, load, load_custom_model,
+                                        reporter, resolve, stack, unit_options, usage_error)
 from dcnviz.models.custom import is_custom_spec
-
-KINDS = ("background", "small", "large")
 
 
 def _registered(model, weights, device, quiet, layer, levels, channel, detections, picture, image, at, annotation,
-                conf, group, round_, say) -> SimpleNamespace:
-    """Everything the views need of a registered model: its probe, input, layer stack, units, detections."""
-    from dcnviz.models.capture import probe, short_name
+                conf, say) -> SimpleNamespace:
+    """Everything the views need of a registered model: its Inspection, probe, input, stack, units."""
+    from dcnviz.analysis import inspect
+    from dcnviz.analysis.units import KINDS
+    from dcnviz.models.capture import probe
 
     spec, meta = resolve(model)
-    layers = stack(meta, layer, levels, 3)
+    names = stack(meta, layer, levels, 3)
     if detections and spec.task != "detection":
         raise usage_error("--detection", ValueError(f"{spec.name} is a {spec.task} model"))
-    width = meta.backbone.get_submodule(f"{short_name(layers[0])}.branch2b").weight.shape[0]
+    width = meta.backbone.get_submodule(f"{names[0]}.branch2b").weight.shape[0]
     if channel is not None and channel >= width:
-        raise usage_error("--channel", ValueError(f"{channel}: {short_name(layers[0])} has {width} channels"))
+        raise usage_error("--channel", ValueError(f"{channel}: {names[0]} has {width} channels"))
     net, dev = load(spec, weights, device, quiet)
-    kinds = () if detections and not at else KINDS
-    if kinds or at:
-        result, units, offs = predict_units(net, picture, image, layers, at, annotation, conf, kinds, say)
-    else:
-        result, units, offs = net.predict(picture), [], None
+    seen = inspect(net, picture)
     for k in detections:
-        if k >= len(result):
-            raise usage_error("--detection", ValueError(f"{k}: {spec.name} found {len(result)} detections in {image}"))
-    geoms = [geometry(l) for l in layers]
-    found, xys = unit_points(offs, geoms, units, result.prep, layers[-1].feature_stride, group, round_) \
-        if units else ([], [])
+        if k >= len(seen.result):
+            raise usage_error("--detection", ValueError(f"{k}: {spec.name} found {len(seen.result)} detections "
+                                                       f"in {image}"))
+    units = [] if detections and not at else choose_units(seen, image, names[0], at, annotation, conf, KINDS, say)
     data, _ = net.preprocess(picture)
-    return SimpleNamespace(name=spec.name, device=dev, probe=probe(net), data=data, prep=result.prep, result=result,
-                           names=[short_name(l) for l in layers], geoms=geoms,
-                           strides=[l.feature_stride for l in layers], units=units, found=found, xys=xys,
-                           composed=len(layers))
+    return SimpleNamespace(name=spec.name, device=dev, seen=seen, probe=probe(net), data=data, names=names,
+                           composed=len(names), units=units)
 
 
-def _custom(model, weights, device, quiet, layer, levels, channel, detections, picture, at, group, round_,
+def _custom(model, weights, device, quiet, layer, levels, channel, detections, picture, image, at,
             say) -> SimpleNamespace:
-    """The same for a ``FILE.py:FUNCTION`` model (no detections; units at --at or the background)."""
+    """The same for a ``FILE.py:FUNCTION`` model (no detections; units at --at or on the background)."""
+    from dcnviz.analysis.custom import composable_levels
+
     if detections:
         raise usage_error("--detection", ValueError(f"{model} has no detection head"))
     cm, dev = load_custom_model(model, weights, device, quiet)
-    chosen = custom_units(cm, picture, layer, levels, at, group, round_)
-    if channel is not None and channel >= chosen.calls[0].output.shape[1]:
-        raise usage_error("--channel", ValueError(f"{channel}: {chosen.names[0]} has "
-                                                  f"{chosen.calls[0].output.shape[1]} channels"))
-    return SimpleNamespace(name=model, device=dev, probe=cm.probe(chosen.data), data=chosen.data, prep=chosen.prep,
-                           result=None, names=chosen.names, geoms=chosen.geoms, strides=chosen.strides,
-                           units=chosen.units, found=chosen.found, xys=chosen.xys, composed=chosen.composed)
+    seen, data, names = custom_stack(cm, picture, layer, levels, compose=False)
+    width = cm.layers[names[0]].weight.shape[0]
+    if channel is not None and channel >= width:
+        raise usage_error("--channel", ValueError(f"{channel}: {names[0]} has {width} channels"))
+    units = choose_units(seen, image, names[0], at, None, 0.0, ("background",), say)
+    return SimpleNamespace(name=model, device=dev, seen=seen, probe=cm.probe(data), data=data, names=names,
+                           composed=composable_levels(seen, names[0], len(names)), units=units)
 
 
 @click.command()
@@ -112,7 +106,7 @@ def effective(image, detections, channel, bound, cell, layer, levels, at, annota
     from dcnviz.io.outputs import run_dir
     from dcnviz.viz.effective import (backdrop, draw_heatmap, draw_region, draw_weighted_bins, draw_weighted_points,
                                       to_image_size)
-    from dcnviz.viz.sampling import draw_roi_parts, draw_sampling_points, montage
+    from dcnviz.viz.sampling import draw_roi_parts, draw_unit_samples, montage, unit_title
 
     say = reporter(quiet)
     custom = is_custom_spec(model)
@@ -121,12 +115,13 @@ def effective(image, detections, channel, bound, cell, layer, levels, at, annota
     with run_dir(out, exist_ok, (), [image]) as out_dir:
         picture = read_image(image)
         if custom:
-            s = _custom(model, weights, device, quiet, layer, levels, channel, detections, picture, at, group,
-                        round_, say)
+            s = _custom(model, weights, device, quiet, layer, levels, channel, detections, picture, image, at, say)
         else:
             s = _registered(model, weights, device, quiet, layer, levels, channel, detections, picture, image, at,
-                            annotation, conf, group, round_, say)
-        prep, result, units = s.prep, s.result, s.units
+                            annotation, conf, say)
+        seen, units = s.seen, s.units
+        prep, result = seen.prep, seen.result
+        samples = [seen.samples(u, s.names[0], s.composed, group=group, round=round_) for u in units]
         unit_nodes = [Node(s.names[0], u.cell, channel) for u in units]
         det_nodes = [Node(roi=tuple(float(v) for v in np.round(result.boxes[k] * prep.scale)),
                           class_index=int(result.labels[k])) for k in detections]
@@ -148,10 +143,10 @@ def effective(image, detections, channel, bound, cell, layer, levels, at, annota
             if n < len(units):
                 u = units[n]
                 mark = u.xy
-                plain = draw_sampling_points(picture, s.xys[n], s.found[n].valid, mark)
-                title = titles([u])[0]
+                plain = draw_unit_samples(picture, samples[n])
+                title = unit_title(u)
                 record = {**unit_record(u), "channel": channel, "offsets_levels": s.composed,
-                          **points_record(s.found[n], s.xys[n], (0, 0))}
+                          **points_record(samples[n], (0, 0))}
             else:
                 k = detections[n - len(units)]
                 box = result.boxes[k]
@@ -179,9 +174,10 @@ def effective(image, detections, channel, bound, cell, layer, levels, at, annota
             record.update(value=g.value, layers=[effective_points_record(pts) for pts in points],
                           region=region_record(region, prep.scale), erf_index=n)
             records.append(record)
+        points_each = samples[0].xy.shape[-2] if samples else None
         footer = (f"{s.name}, node {s.names[0]}{'' if channel is None else f' channel {channel}'}, "
-                  f"{' > '.join(s.names)}; offsets: {points_per_unit(s.geoms[:s.composed])} points per unit; "
-                  f"weights per layer: blue small, red top 1%; region within {100 * bound:g}%")
+                  f"{' > '.join(s.names)}; " + (f"offsets: {points_each} points per unit; " if samples else "")
+                  + f"weights per layer: blue small, red top 1%; region within {100 * bound:g}%")
         figure, origins = montage(panels, labels, columns=4, footer=footer)
         stem = f"{image.stem}_{s.names[0].replace('.', '_')}"
         png, npy = out_dir / f"{stem}.png", out_dir / f"{stem}_erf.npy"
@@ -191,8 +187,8 @@ def effective(image, detections, channel, bound, cell, layer, levels, at, annota
             record["panels"] = [list(o) for o in origins[4 * n:4 * n + 4]]
             if "panel" in record:
                 record["panel"] = record["panels"][0]
-        meta = image_record(image, picture, prep, s.name, png)
-        meta.update(layers=[layer_record(nm, gm, st) for nm, gm, st in zip(s.names, s.geoms, s.strides)],
+        meta = image_record(image, seen, s.name, png)
+        meta.update(layers=[layer_record(l) for l in seen.stack(s.names[0], len(s.names))],
                     input_size=list(prep.input_size), erf=npy.name, group=group,
                     interpolation="nearest cell" if round_ else "bilinear", nodes=records)
         write_json_atomic(png.with_suffix(".json"), meta, expand=3)

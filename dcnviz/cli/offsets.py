@@ -12,9 +12,19 @@ from pathlib import Path
 
 import click
 
-from dcnviz.cli.analysis_common import (analysis_options, choose_units, load, reporter, resolve, sample_images, stack,
-                                        unit_options, usage_error)
+from dcnviz.cli.analysis_common import (analysis_options, choose_units, custom_stack, load, load_custom_model,
+                                        reporter, resolve, sample_images, stack, unit_options, usage_error)
 from dcnviz.errors import ImageError
+from dcnviz.models.custom import is_custom_spec
+
+
+def check_group(group, groups: list[int], name: str) -> None:
+    """--group against the deformable groups of the stack's layers (all the same for --group all)."""
+    if isinstance(group, int) and group >= min(groups):
+        raise usage_error("--group", ValueError(f"{group}: {name} has {min(groups)} deformable group(s)"))
+    if group == "all" and len(set(groups)) > 1:
+        raise usage_error("--group", ValueError(f"{name}'s layers have different numbers of deformable groups; "
+                                                "use --group mean or a number"))
 
 
 @click.command()
@@ -48,16 +58,25 @@ def offsets(images, layer, levels, at, annotation, conf, group, round_, model, w
     images = find_images(images) if images else sample_images()
     if annotation is not None and len(images) > 1:
         raise click.BadParameter("an annotation belongs to one image; give one IMAGE", param_hint="'--annotation'")
-    spec, meta = resolve(model)
-    names = stack(meta, layer, levels, 3)
-    groups = meta.deformable_layers[0].deformable_groups
-    if isinstance(group, int) and group >= groups:
-        raise usage_error("--group", ValueError(f"{group}: {spec.name} has {groups} deformable group(s)"))
+    custom = is_custom_spec(model)
+    if custom:
+        if annotation is not None:
+            raise usage_error("--annotation", ValueError("units on objects need a registered model; use --at"))
+        name, kinds = model, ("background",)
+    else:
+        spec, meta = resolve(model)
+        names = stack(meta, layer, levels, 3)
+        check_group(group, [l.deformable_groups for l in meta.deformable_layers], spec.name)
+        name, kinds = spec.name, KINDS
     say = reporter(quiet)
     failed = 0
     with run_dir(out, exist_ok, (), images) as out_dir:
-        net, dev = load(spec, weights, device, quiet)
-        say(f"{spec.name} on {dev}: {len(images)} image{'s' * (len(images) > 1)}, {' > '.join(names)}")
+        if custom:
+            cm, dev = load_custom_model(model, weights, device, quiet)
+            say(f"{name} on {dev}: {len(images)} image{'s' * (len(images) > 1)}")
+        else:
+            net, dev = load(spec, weights, device, quiet)
+            say(f"{name} on {dev}: {len(images)} image{'s' * (len(images) > 1)}, {' > '.join(names)}")
         stems = output_names(images)
         for i, path in enumerate(images, 1):
             try:
@@ -66,18 +85,23 @@ def offsets(images, layer, levels, at, annotation, conf, group, round_, model, w
                 failed += 1
                 click.echo(f"Error: {e}" + ("; skipped" if len(images) > 1 else ""), err=True)
                 continue
-            seen = inspect(net, image)
-            units = choose_units(seen, path, names[0], at, annotation, conf, KINDS, say)
+            if custom:
+                seen, _, names = custom_stack(cm, image, layer, levels)
+                check_group(group, [seen.layer(n).geometry.deformable_groups for n in names], name)
+            else:
+                seen = inspect(net, image)
+            groups = seen.layer(names[0]).geometry.deformable_groups
+            units = choose_units(seen, path, names[0], at, annotation, conf, kinds, say)
             samples = [seen.samples(u, names[0], len(names), group=group, round=round_) for u in units]
-            footer = (f"{spec.name}, {' > '.join(names)}: {samples[0].xy.shape[-2]} points per unit; "
+            footer = (f"{name}, {' > '.join(names)}: {samples[0].xy.shape[-2]} points per unit; "
                       "hollow: outside a feature map"
                       + ("; groups " + ", ".join(f"{g} {c}" for g, c in zip(range(groups), GROUP_COLOR_NAMES))
                          if group == "all" and groups > 1 else ""))
             figure, origins = montage([draw_unit_samples(image, s) for s in samples], [unit_title(u) for u in units],
                                       footer=footer)
-            png = out_dir / stems[path].with_name(f"{stems[path].name}_{names[0]}.png")
+            png = out_dir / stems[path].with_name(f"{stems[path].name}_{names[0].replace('.', '_')}.png")
             write_image_atomic(png, figure)
-            record = offsets_record(path, seen, spec.name, png, seen.stack(names[0], len(names)), samples, origins,
+            record = offsets_record(path, seen, name, png, seen.stack(names[0], len(names)), samples, origins,
                                     group, round_)
             write_json_atomic(png.with_suffix(".json"), record, expand=3)
             say(f"{i}/{len(images)} {path}: {', '.join(u.kind for u in units)} units -> {png}")
