@@ -41,7 +41,14 @@ pooling where the operator puts them, in image pixels (paper Fig. 7).
 Inspection (:mod:`~dcnviz.analysis.inspection`): :func:`inspect` runs a model once on an image and returns
 an :class:`Inspection` (prediction, every deformable layer's offsets and geometry as :class:`LayerRecord` s,
 sampling points of any unit, units chosen automatically, RoI parts of any detection or box); every
-analysis command is a view of it.
+analysis command is a view of it. :func:`inspect_custom` (:mod:`~dcnviz.analysis.custom`) builds one for a
+``FILE.py:FUNCTION`` model of your own.
+
+DCNv2's effective views (:mod:`~dcnviz.analysis.effective`): for a :class:`Node` (a deformable layer's
+output at a unit's cell, or a detection's class score before softmax), :func:`node_gradients` (one
+forward with autograd), then :func:`effective_sampling_locations` (every sampling point weighted by
+``||d node / d(dy, dx)||``), :func:`effective_bin_locations`, :func:`effective_receptive_field`
+(``|d node / d input|``) and :func:`saliency_region` (the error-bounded saliency region).
 """
 from dcnviz.analysis.buckets import (BACKGROUND, BUCKETS, EXCLUDED, LARGE, LARGE_MIN_AREA, MEDIUM, SMALL,
                                      SMALL_MAX_AREA, assign_buckets, box_areas, size_bucket)
@@ -53,6 +60,9 @@ from dcnviz.analysis.table2 import PAPER_TABLE2, TABLE2_CONFIG, DilationStats
 from dcnviz.analysis.units import Unit, cell_unit, pick_units, segment_boxes, units_at
 from dcnviz.analysis.inspection import (DEFAULT_LEVELS, Inspection, LayerRecord, PooledRoI, UnitChoice, UnitSamples,
                                         inspect, layer_records, select_layers)
+from dcnviz.analysis.effective import (Node, effective_bin_locations, effective_receptive_field,
+                                       effective_sampling_locations, node_gradients, saliency_region)
+from dcnviz.analysis.custom import composable_levels, inspect_custom
 
 __all__ = [
     "effective_dilation", "sampling_locations", "LayerGeometry", "SamplingLocations",
@@ -63,4 +73,6 @@ __all__ = [
     "Unit", "pick_units", "units_at", "cell_unit", "segment_boxes", "RoIParts", "roi_parts",
     "inspect", "Inspection", "LayerRecord", "UnitSamples", "UnitChoice", "PooledRoI", "layer_records",
     "select_layers", "DEFAULT_LEVELS",
+    "Node", "node_gradients", "effective_sampling_locations", "effective_bin_locations", "effective_receptive_field",
+    "saliency_region", "inspect_custom", "composable_levels",
 ]

@@ -49,12 +49,17 @@ class LayerRecord:
     feature_stride: network-input pixels per cell of its OUTPUT map (the offset map's grid, 16 for res5);
     offset: the offset map (1, 2*G*kh*kw, Ho, Wo) or (2*G*kh*kw, Ho, Wo), torch tensor or numpy array, in
     cells of the layer's input map (layout of :mod:`dcnviz.analysis`).
+    boundary: the layer's boundary rule, "dcnv1" (dcnviz.ops, the official models) or "dcnv2"
+    (torchvision), which decides the points drawn hollow (:func:`~dcnviz.analysis.sampling.inside_rule`).
+    input_size: (H, W) of the layer's input map when known (needed to compose through a strided layer).
     """
 
     name: str
     geometry: LayerGeometry
     feature_stride: int | float
     offset: object
+    boundary: str = "dcnv1"
+    input_size: tuple[int, int] | None = None
 
     @property
     def map_size(self) -> tuple[int, int]:
@@ -220,7 +225,8 @@ class Inspection:
         if not isinstance(unit, Unit):
             unit = self.unit(tuple(int(c) for c in unit), stack[0].name)
         found = sampling_locations([layer.offset for layer in stack], unit.cell, [layer.geometry for layer in stack],
-                                   group=group, round=round)
+                                   group=group, round=round, input_size=stack[-1].input_size,
+                                   boundary=[layer.boundary for layer in stack])
         return UnitSamples(unit, tuple(layer.name for layer in stack), found,
                            found.image_xy(self.prep.scale, stack[-1].input_stride))
 

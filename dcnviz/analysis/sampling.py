@@ -27,7 +27,7 @@ import numpy as np
 from dcnviz.analysis._common import as_float64, pair, split_offset, tap_grid
 from dcnviz.analysis.coords import feature_to_image
 
-__all__ = ["LayerGeometry", "SamplingLocations", "sampling_locations"]
+__all__ = ["LayerGeometry", "SamplingLocations", "sampling_locations", "inside_rule"]
 
 
 @dataclass(frozen=True)
@@ -92,9 +92,16 @@ class SamplingLocations:
         return feature_to_image(self.points, scale, stride)[..., ::-1]
 
 
-def _inside(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def inside_rule(points: np.ndarray, size: tuple[int, int], boundary: str = "dcnv1") -> np.ndarray:
+    """Whether positions (..., 2) (y, x) on an H x W map read a non-zero bilinear value under a layer's
+    boundary rule: "dcnv1" (MXNet, dcnviz.ops) 0 <= y < H, 0 <= x < W; "dcnv2" (torchvision, mmcv)
+    -1 < y < H, -1 < x < W."""
     y, x = points[..., 0], points[..., 1]
-    return (y >= 0) & (y < size[0]) & (x >= 0) & (x < size[1])
+    if boundary == "dcnv1":
+        return (y >= 0) & (y < size[0]) & (x >= 0) & (x < size[1])
+    if boundary == "dcnv2":
+        return (y > -1) & (y < size[0]) & (x > -1) & (x < size[1])
+    raise ValueError(f"boundary must be 'dcnv1' or 'dcnv2', got {boundary!r}")
 
 
 def _read(field: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -153,7 +160,7 @@ def _input_sizes(fields, geoms, input_size) -> list[tuple[int, int]]:
 
 
 def sampling_locations(offsets_top_first, unit, geometry, *, group: int | str = 0, round: bool = False,
-                       input_size: tuple[int, int] | None = None) -> SamplingLocations:
+                       input_size: tuple[int, int] | None = None, boundary="dcnv1") -> SamplingLocations:
     """The (kh*kw)**L sampling locations of one activation unit through L stacked deformable layers
     (9**3 = 729 for the paper's three 3x3 res5 layers).
 
@@ -169,6 +176,8 @@ def sampling_locations(offsets_top_first, unit, geometry, *, group: int | str = 
             instead of bilinear interpolation at the exact position.
         input_size: (H, W) of the bottom layer's input map; derived from its offset map when its
             stride is 1.
+        boundary: the layers' boundary rule for ``inside``/``valid`` (:func:`inside_rule`), one for all
+            layers or one per layer (top first): "dcnv1" (default) or "dcnv2" (torchvision layers).
 
     Map points to image pixels with :func:`dcnviz.analysis.feature_to_image` and the stride of the
     bottom layer's input map.
@@ -205,13 +214,16 @@ def sampling_locations(offsets_top_first, unit, geometry, *, group: int | str = 
         raise ValueError(f"unit must be an integer (y, x) cell of the top layer's {top[0]}x{top[1]} output map, "
                          f"got {unit!r}")
 
+    rules = [boundary] * len(geoms) if isinstance(boundary, str) else list(boundary)
+    if len(rules) != len(geoms):
+        raise ValueError(f"boundary must be one rule or one per offset map ({len(geoms)}), got {boundary!r}")
     results = []
     for variant in variants:
         points = np.asarray([unit], np.float64)
         valid = np.ones(1, bool)
-        for field, geom, size in zip(variant, geoms, sizes):
+        for field, geom, size, rule in zip(variant, geoms, sizes, rules):
             points = _expand(points, field, geom, round)
-            valid = np.repeat(valid, field.shape[0]) & _inside(points, size)
-        results.append((points, _inside(points, sizes[-1]), valid))
+            valid = np.repeat(valid, field.shape[0]) & inside_rule(points, size, rule)
+        results.append((points, inside_rule(points, sizes[-1], rules[-1]), valid))
     points, inside, valid = (np.stack(r) if group == "all" else r[0] for r in zip(*results))
     return SamplingLocations(points, inside, valid, sizes[-1], group)

@@ -16,6 +16,8 @@ COMMANDS = {
     "detect": ("dcnviz.cli.predict", "detect", "Detect objects in images; save annotated images and JSON."),
     "dilation-stats": ("dcnviz.cli.dilation_stats", "dilation_stats",
                        "Effective dilation per layer and object size over a dataset (paper Table 2)."),
+    "effective": ("dcnviz.cli.effective", "effective",
+                  "DCNv2's effective sampling locations, receptive field and saliency region of nodes."),
     "eval": ("dcnviz.cli.eval", "eval_", "Detection AP or segmentation mIoU of a model on a dataset split."),
     "models": ("dcnviz.cli.models", "models", "List the registered models, their size and where their weights are."),
     "offsets": ("dcnviz.cli.offsets", "offsets", "Where deformable filters sample: composed sampling points (Fig. 6)."),

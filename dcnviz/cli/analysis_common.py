@@ -1,6 +1,7 @@
-"""What the analysis commands (offsets, receptive-field, rois, dilation-stats) share: their options, the
-model checks made before any weights are loaded, and turning --at/--annotation/--conf into the units of an
-:class:`dcnviz.analysis.Inspection` (the analysis itself is in :mod:`dcnviz.analysis.inspection`)."""
+"""What the analysis commands (offsets, receptive-field, rois, dilation-stats, effective) share: their options,
+the model checks made before any weights are loaded, turning --at/--annotation/--conf into the units of an
+:class:`dcnviz.analysis.Inspection` (the analysis itself is in :mod:`dcnviz.analysis.inspection`), and a
+``--model FILE.py:FUNCTION`` model (:mod:`dcnviz.models.custom`) loaded and inspected."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -219,3 +220,41 @@ def emit_json(record: dict, json_out: bool) -> None:
         import json
 
         click.echo(json.dumps(record, allow_nan=False))
+
+def load_custom_model(spec: str, weights, device: str, quiet: bool):
+    """(:class:`~dcnviz.models.custom.CustomModel` on the chosen device, the device)."""
+    from dcnviz.models.custom import CustomModelError, load_custom
+
+    if weights is not None and weights.suffix.lower() != ".safetensors":
+        raise usage_error("--weights", ValueError(f"{weights}: a FILE.py:FUNCTION model takes .safetensors "
+                                                  "weights only"))
+    dev = select_device(device, warn=None if quiet else lambda line: click.echo(line, err=True))
+    try:
+        return load_custom(spec, weights, dev), dev
+    except CustomModelError as e:
+        raise usage_error("--model", e) from None
+
+
+def custom_stack(cm, image, layer: str | None, levels: int | None, default_levels: int = 3, compose: bool = True):
+    """Run ``cm`` once on ``image``: (its Inspection, the network input, the stack's layer names top first).
+
+    ``layer`` defaults to the last deformable layer called; ``levels`` to ``default_levels`` or fewer. With
+    ``compose`` (sampling points), only consecutive layers whose maps match can be stacked: the default
+    stops where they stop matching and a larger ``levels`` is a usage error."""
+    from dcnviz.analysis.custom import composable_levels, inspect_custom
+
+    seen, data = inspect_custom(cm, image)
+    names = seen.names
+    top = names[-1] if layer is None else layer
+    if top not in names:
+        raise usage_error("--layer", ValueError(f"{cm.name} has no deformable layer {top!r}; its deformable "
+                                                f"layers are {', '.join(names)}"))
+    below = names.index(top) + 1
+    most = composable_levels(seen, top, below) if compose else below
+    if levels is not None and levels > most:
+        why = "consecutive deformable layers on matching maps" if compose and most < below else \
+            "deformable layers"
+        raise usage_error("--levels", ValueError(f"{levels} levels from {top} need {levels} {why} at or below it; "
+                                                 f"there are {most}"))
+    levels = min(default_levels, most) if levels is None else levels
+    return seen, data, [l.name for l in seen.stack(top, levels)]

@@ -12,9 +12,20 @@ from pathlib import Path
 
 import click
 
-from dcnviz.cli.analysis_common import (analysis_options, choose_units, emit_json, load, reporter, resolve,
-                                        sample_images, save_figure, stack, unit_objects, unit_options, usage_error)
+from dcnviz.cli.analysis_common import (analysis_options, choose_units, custom_stack, emit_json, load,
+                                        load_custom_model, reporter, resolve, sample_images, save_figure, stack,
+                                        unit_objects, unit_options, usage_error)
 from dcnviz.errors import ImageError
+from dcnviz.models.custom import is_custom_spec
+
+
+def check_group(group, groups: list[int], name: str) -> None:
+    """--group against the deformable groups of the stack's layers (all the same for --group all)."""
+    if isinstance(group, int) and group >= min(groups):
+        raise usage_error("--group", ValueError(f"{group}: {name} has {min(groups)} deformable group(s)"))
+    if group == "all" and len(set(groups)) > 1:
+        raise usage_error("--group", ValueError(f"{name}'s layers have different numbers of deformable groups; "
+                                                "use --group mean or a number"))
 
 
 @click.command()
@@ -49,19 +60,28 @@ def offsets(images, recursive, layer, levels, at, annotation, conf, group, round
     from dcnviz.viz.vector import Panel
 
     look = get_style(style, marker_alpha)
-    spec, meta = resolve(model)
-    names = stack(meta, layer, levels, 3)
-    groups = meta.deformable_layers[0].deformable_groups
-    if isinstance(group, int) and group >= groups:
-        raise usage_error("--group", ValueError(f"{group}: {spec.name} has {groups} deformable group(s)"))
     images = find_images(images, recursive) if images else sample_images()
     if annotation is not None and len(images) > 1:
         raise click.BadParameter("an annotation belongs to one image; give one IMAGE", param_hint="'--annotation'")
+    custom = is_custom_spec(model)
+    if custom:
+        if annotation is not None:
+            raise usage_error("--annotation", ValueError("units on objects need a registered model; use --at"))
+        name, kinds = model, ("background",)
+    else:
+        spec, meta = resolve(model)
+        names = stack(meta, layer, levels, 3)
+        check_group(group, [l.deformable_groups for l in meta.deformable_layers], spec.name)
+        name, kinds = spec.name, KINDS
     say = reporter(quiet)
     failed = 0
     with run_dir(out, exist_ok, (), images) as out_dir:
-        net, dev = load(spec, weights, device, quiet)
-        say(f"{spec.name} on {dev}: {len(images)} image{'s' * (len(images) > 1)}, {' > '.join(names)}")
+        if custom:
+            cm, dev = load_custom_model(model, weights, device, quiet)
+            say(f"{name} on {dev}: {len(images)} image{'s' * (len(images) > 1)}")
+        else:
+            net, dev = load(spec, weights, device, quiet)
+            say(f"{name} on {dev}: {len(images)} image{'s' * (len(images) > 1)}, {' > '.join(names)}")
         stems = output_names(images)
         for i, path in enumerate(images, 1):
             try:
@@ -70,20 +90,25 @@ def offsets(images, recursive, layer, levels, at, annotation, conf, group, round
                 failed += 1
                 click.echo(f"Error: {e}" + ("; skipped" if len(images) > 1 else ""), err=True)
                 continue
-            seen = inspect(net, image)
-            units = choose_units(seen, path, names[0], at, annotation, conf, KINDS, say)
+            if custom:
+                seen, _, names = custom_stack(cm, image, layer, levels)
+                check_group(group, [seen.layer(n).geometry.deformable_groups for n in names], name)
+            else:
+                seen = inspect(net, image)
+            groups = seen.layer(names[0]).geometry.deformable_groups
+            units = choose_units(seen, path, names[0], at, annotation, conf, kinds, say)
             samples = [seen.samples(u, names[0], len(names), group=group, round=round_) for u in units]
-            footer = (f"{spec.name}, {' > '.join(names)}: {samples[0].xy.shape[-2]} points per unit; "
+            footer = (f"{name}, {' > '.join(names)}: {samples[0].xy.shape[-2]} points per unit; "
                       "hollow: outside a feature map"
                       + ("; groups " + ", ".join(f"{g} {c}" for g, c in zip(range(groups), GROUP_COLOR_NAMES))
                          if group == "all" and groups > 1 else ""))
             titles = [unit_title(u, what) for u, what in zip(units, unit_objects(seen, units, annotation))]
             figure, origins = montage([draw_unit_samples(image, s, look) for s in samples], titles, footer=footer)
-            png = out_dir / stems[path].with_name(f"{stems[path].name}_{names[0]}.png")
+            png = out_dir / stems[path].with_name(f"{stems[path].name}_{names[0].replace('.', '_')}.png")
             panels = [Panel(image, t, s.xy, s.locations.valid, s.unit.xy, box=s.unit.box)
                       for t, s in zip(titles, samples)]
             files = save_figure(png, figure, panels, fmt, None, footer, look)
-            record = offsets_record(path, seen, spec.name, png, seen.stack(names[0], len(names)), samples, origins,
+            record = offsets_record(path, seen, name, png, seen.stack(names[0], len(names)), samples, origins,
                                     group, round_)
             write_json_atomic(png.with_suffix(".json"), record, expand=3)
             emit_json(record, json_out)

@@ -140,3 +140,30 @@ def stats_csv(summary: dict, paper: dict) -> str:
             writer.writerow([layer, bucket, "" if cell["mean"] is None else repr(cell["mean"]),
                              "" if cell["std"] is None else repr(cell["std"]), cell["n"], *ref])
     return buf.getvalue()
+
+
+def effective_points_record(points) -> dict:
+    """One layer's effective sampling locations (:class:`dcnviz.analysis.effective.EffectivePoints`),
+    column by column: row m is point m (output cell (i, j), tap k = i*kw + j, deformable group, where it
+    samples (x, y), its weight ``||d node / d(dy, dx)||``, whether it is inside the map by the layer's
+    boundary rule, and the modulation mask or null)."""
+    return {"name": points.layer, "boundary": points.boundary, "cells": points.cells.tolist(),
+            "taps": points.taps.tolist(), "groups": points.groups.tolist(), "xy": points.xy.tolist(),
+            "weight": points.weight.tolist(), "inside": points.inside.tolist(),
+            "mask": None if points.mask is None else points.mask.tolist()}
+
+
+def region_record(region, scale: float) -> dict:
+    """An error-bounded saliency region (:class:`dcnviz.analysis.effective.SaliencyRegion`): its area in
+    original-image and network-input pixels, the cells kept and the responses."""
+    return {"area": region.image_area(scale), "area_input_pixels": region.area, "cells": region.cells,
+            "total_cells": region.total_cells, "cell_size": region.cell_size, "bound": region.bound,
+            "response": region.response, "region_response": region.region_response, "error": region.error,
+            "evaluations": region.evaluations}
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` in NumPy's .npy format, for :func:`dcnviz.io.images.write_bytes_atomic`."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()

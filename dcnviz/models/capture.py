@@ -71,3 +71,19 @@ def twin_convs(plain: nn.Module, layers: list[DeformableLayer]) -> list[nn.Conv2
             raise ValueError(f"its {short_name(layer)} is {type(conv).__name__}, not an ordinary convolution")
         convs.append(conv)
     return convs
+
+
+def probe(model: nn.Module):
+    """The :class:`~dcnviz.models.hooks.Probe` of a registered R-FCN or DeepLab model: its deformable convs
+    by the paper's names (``res5c``: the module ``backbone.res5c.branch2b``), the backbone as the forward
+    (unit nodes need nothing above it), the R-FCN head for detection nodes, and the official mean pixel,
+    which the official preprocessing maps to zero."""
+    from dcnviz.models.hooks import Probe
+
+    layers = {short_name(l): model.backbone.get_submodule(f"{short_name(l)}.branch2b")
+              for l in model.deformable_layers}
+    head = parts = None
+    if getattr(model, "task", None) == "detection":
+        head = lambda data, rois: model.forward_official(data, rois)  # noqa: E731
+        parts = model.part_geometry if model.part_geometry.deformable else None
+    return Probe(layers, lambda data: model.backbone(data), head, parts, (0.0, 0.0, 0.0))
