@@ -314,14 +314,20 @@ def test_preprocessing_matches_mxnet_input(folder, name):
     np.testing.assert_array_equal(data.numpy(), ref["data"])
 
 
+def _first_folder_pairs():
+    pairs = _pairs()
+    return [p for p in pairs if p[0] == pairs[0][0]]
+
+
 @needs_mxref
-def test_dcnviz_convert_on_an_official_file(tmp_path):
-    """``dcnviz convert`` on a full-size file (the first reference pair), guessing the model from its keys."""
+@pytest.mark.parametrize("folder, name", _first_folder_pairs(), ids=lambda v: os.path.basename(v))
+def test_dcnviz_convert_on_an_official_file(tmp_path, folder, name):
+    """``dcnviz convert`` on a full-size file of each network (one reference folder), guessing the model
+    from its keys."""
     from click.testing import CliRunner
 
     from dcnviz.cli import main
 
-    folder, name = _pairs()[0]
     params = os.path.join(folder, f"{name}-0000.params")
     out = tmp_path / "w.safetensors"
     result = CliRunner().invoke(main, ["convert", params, "-o", str(out)])

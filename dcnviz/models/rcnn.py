@@ -71,8 +71,9 @@ class FasterRCNN(RFCN):
 
     def __init__(self, backbone: ResNetV1, classes: tuple[str, ...], scales: tuple[int, int] = (600, 1000),
                  anchor_scales=(4, 8, 16, 32), anchor_ratios=(0.5, 1, 2), deformable_roi_pool: bool = False,
+                 head_mid: int = 256, head_fc: int = 1024, rpn_mid: int = 512,
                  proposal: ProposalConfig = ProposalConfig(),
                  detection: DetectionConfig = DetectionConfig(class_agnostic=False)):
-        super().__init__(backbone, classes, scales, anchor_scales, anchor_ratios, proposal=proposal,
+        super().__init__(backbone, classes, scales, anchor_scales, anchor_ratios, rpn_mid=rpn_mid, proposal=proposal,
                          detection=detection,
-                         head=RCNNHead(backbone.out_channels[1], len(classes), deformable_roi_pool))
+                         head=RCNNHead(backbone.out_channels[1], len(classes), deformable_roi_pool, head_mid, head_fc))
