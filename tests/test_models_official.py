@@ -282,6 +282,10 @@ def test_parity_with_mxnet(folder, name):
     with torch.inference_mode():
         out = model.forward_official(data, rois, features=True)
     crossings = border_crossings(model, out, ref)
+    # the errors, for the log (pytest -rP): absolute for probabilities and deltas, else relative to the scale
+    print(name, f"{crossings} border crossings;", ", ".join(
+        f"{k} {e if k in ABSOLUTE else e / max(float(np.abs(ref[k]).max()), 1e-30):.2g}"
+        for k, (e, _) in compare(out, ref).items() if not k.startswith("feat_")))
     bad = check_against(out, ref, allow_downstream=crossings > 0)
     assert not bad, "end to end: " + ", ".join(bad)
     if not model.deformable_layers:

@@ -45,8 +45,8 @@ class RPN(nn.Module):
 
 @dataclass(frozen=True)
 class PartGeometry:
-    """How the R-FCN head pools a RoI: ``pooled_size`` x ``pooled_size`` bins, each bin reading its own
-    score-map channel (``group_size``); with deformable pooling each part (``part_size`` x ``part_size``)
+    """How the head pools a RoI: ``pooled_size`` x ``pooled_size`` bins, each bin reading its own
+    score-map channel (``group_size``; 1 for Faster R-CNN, where every channel is pooled over all bins); with deformable pooling each part (``part_size`` x ``part_size``)
     is moved by ``trans * trans_std * roi_size`` (trans channel 2c = dx, 2c+1 = dy of class c) and averages
     ``sample_per_part``**2 samples. RoIs are in input pixels, maps have ``1 / spatial_scale`` pixels a cell."""
 
