@@ -1,4 +1,4 @@
-"""The six official networks: structure against the official key list, registry records, shapes,
+"""The official networks: structure against the official key list, registry records, shapes,
 loading errors, and (with DCNVIZ_MXREF) full-model parity with MXNet."""
 import glob
 import json
@@ -16,11 +16,13 @@ from dcnviz.errors import UserError
 from dcnviz.models import get_spec, list_models, load_model
 from dcnviz.models.preprocess import preprocess
 
-OFFICIAL = ["deeplab_cityscapes", "deeplab_dcn_cityscapes", "deform_conv", "deform_psroi", "rfcn_coco",
-            "rfcn_dcn_coco"]
-# official.md §2: (arg count without the optional _test keys, aux count)
+OFFICIAL = ["deeplab_cityscapes", "deeplab_dcn_cityscapes", "deform_conv", "deform_psroi", "rcnn_coco",
+            "rcnn_dcn_coco", "rfcn_coco", "rfcn_dcn_coco"]
+# official.md §2: (arg count without the optional _test keys, aux count); Faster R-CNN: the backbone's 312 +
+# 208, offset convs 6, RPN 6, conv_new_1 2, [offset fc 2,] fc_new_1/2, cls_score, bbox_pred 8
 COUNTS = {"rfcn_dcn_coco": (334, 208), "rfcn_coco": (324, 208), "deeplab_dcn_cityscapes": (323, 208),
-          "deeplab_cityscapes": (317, 208), "deform_conv": (330, 208), "deform_psroi": (328, 208)}
+          "deeplab_cityscapes": (317, 208), "deform_conv": (330, 208), "deform_psroi": (328, 208),
+          "rcnn_dcn_coco": (336, 208), "rcnn_coco": (328, 208)}
 
 
 def meta_model(name):
@@ -53,6 +55,8 @@ def test_name_map_round_trips_and_refuses_foreign_keys():
     assert names.official_to_torch("arg:res5a_branch2b_offset_weight") == "backbone.res5a.branch2b_offset.weight"
     assert names.official_to_torch("aux:bn4b22_branch2c_moving_var") == "backbone.res4b22.bn2c.running_var"
     assert names.official_to_torch("arg:bn_conv1_gamma") == "backbone.bn_conv1.weight"
+    assert names.official_to_torch("arg:offset_weight") == "head.offset.weight"
+    assert names.official_to_torch("arg:bbox_pred_bias") == "head.bbox_pred.bias"
     for bad in ("res2a_branch1_weight", "aux:conv1_weight", "arg:bn2a_branch1_moving_mean", "arg:fc7_weight",
                 "arg:bn2a_branch1_weight", "arg:res2a_branch3_weight"):
         with pytest.raises(KeyError):
@@ -61,6 +65,7 @@ def test_name_map_round_trips_and_refuses_foreign_keys():
 
 @pytest.mark.parametrize("name, classes, dataset, scales", [
     ("rfcn_dcn_coco", 81, "coco", (600, 1000)), ("rfcn_coco", 81, "coco", (600, 1000)),
+    ("rcnn_dcn_coco", 81, "coco", (600, 1000)), ("rcnn_coco", 81, "coco", (600, 1000)),
     ("deform_conv", 21, "voc", (600, 1000)), ("deform_psroi", 21, "voc", (600, 1000)),
     ("deeplab_dcn_cityscapes", 19, "cityscapes", (1024, 2048)), ("deeplab_cityscapes", 19, "cityscapes", (1024, 2048)),
 ])
@@ -79,8 +84,8 @@ def test_spec_records(name, classes, dataset, scales):
 
 
 @pytest.mark.parametrize("name, groups, offset_dilation", [
-    ("rfcn_dcn_coco", 4, 2), ("deform_conv", 1, 1), ("deeplab_dcn_cityscapes", 1, 1),
-    ("rfcn_coco", None, None), ("deform_psroi", None, None), ("deeplab_cityscapes", None, None),
+    ("rfcn_dcn_coco", 4, 2), ("deform_conv", 1, 1), ("deeplab_dcn_cityscapes", 1, 1), ("rcnn_dcn_coco", 4, 2),
+    ("rfcn_coco", None, None), ("rcnn_coco", None, None), ("deform_psroi", None, None), ("deeplab_cityscapes", None, None),
 ])
 def test_deformable_layer_geometry(name, groups, offset_dilation):
     model = meta_model(name)
@@ -120,6 +125,24 @@ def test_rfcn_blob_shapes_at_600x1000(name):
         assert out["rfcn_cls_offset"].shape == (5, 2 * c, p, p) and out["rfcn_bbox_offset"].shape == (5, 2, p, p)
     for layer in model.deformable_layers:
         assert out[layer.offset].shape == (1, 18 * layer.deformable_groups, 38, 63)
+
+
+@pytest.mark.parametrize("name", ["rcnn_dcn_coco", "rcnn_coco"])
+def test_rcnn_blob_shapes_at_600x1000(name):
+    """Faster R-CNN: RPN on res4, 256-channel 7x7 RoI features, class-specific boxes (4 x 81)."""
+    model = meta_model(name)
+    out = model.forward_official(torch.empty(1, 3, 600, 1000, device="meta"), torch.empty(5, 5, device="meta"))
+    assert out["rpn_cls_prob"].shape == (1, 24, 38, 63) and out["rpn_bbox_pred"].shape == (1, 48, 38, 63)
+    assert out["cls_score"].shape == out["cls_prob"].shape == (5, 81) and out["bbox_pred"].shape == (5, 324)
+    assert not model.detection_cfg.class_agnostic
+    geometry = model.part_geometry
+    assert (geometry.pooled_size, geometry.part_size, geometry.group_size, geometry.spatial_scale) == (7, 7, 1, 1 / 16)
+    if name == "rcnn_dcn_coco":
+        assert out["offset_t"].shape == out["deformable_roi_pool"].shape == (5, 256, 7, 7)
+        assert out["offset_reshape"].shape == (5, 2, 7, 7) and "roi_pool" not in out
+        assert (geometry.deformable, geometry.sample_per_part, geometry.trans_std) == (True, 4, 0.1)
+    else:
+        assert out["roi_pool"].shape == (5, 256, 7, 7) and "offset_t" not in out and not geometry.deformable
 
 
 @pytest.mark.parametrize("name", ["deeplab_dcn_cityscapes", "deeplab_cityscapes"])
@@ -181,7 +204,7 @@ def _pairs():
 
 
 needs_mxref = pytest.mark.skipif(not MXREF, reason="set DCNVIZ_MXREF to a folder of MODEL-0000.params + "
-                                                   "MODEL-ref.npz pairs made by shared/tools/mx_reference.py")
+                                                   "MODEL-ref.npz pairs made by tools/mxnet_reference.py")
 
 
 @needs_mxref
@@ -262,6 +285,10 @@ def test_parity_with_mxnet(folder, name):
     with torch.inference_mode():
         out = model.forward_official(data, rois, features=True)
     crossings = border_crossings(model, out, ref)
+    # the errors, for the log (pytest -rP): absolute for probabilities and deltas, else relative to the scale
+    print(name, f"{crossings} border crossings;", ", ".join(
+        f"{k} {e if k in ABSOLUTE else e / max(float(np.abs(ref[k]).max()), 1e-30):.2g}"
+        for k, (e, _) in compare(out, ref).items() if not k.startswith("feat_")))
     bad = check_against(out, ref, allow_downstream=crossings > 0)
     assert not bad, "end to end: " + ", ".join(bad)
     if not model.deformable_layers:
@@ -294,14 +321,20 @@ def test_preprocessing_matches_mxnet_input(folder, name):
     np.testing.assert_array_equal(data.numpy(), ref["data"])
 
 
+def _first_folder_pairs():
+    pairs = _pairs()
+    return [p for p in pairs if p[0] == pairs[0][0]]
+
+
 @needs_mxref
-def test_dcnviz_convert_on_an_official_file(tmp_path):
-    """``dcnviz convert`` on a full-size file (the first reference pair), guessing the model from its keys."""
+@pytest.mark.parametrize("folder, name", _first_folder_pairs(), ids=lambda v: os.path.basename(v))
+def test_dcnviz_convert_on_an_official_file(tmp_path, folder, name):
+    """``dcnviz convert`` on a full-size file of each network (one reference folder), guessing the model
+    from its keys."""
     from click.testing import CliRunner
 
     from dcnviz.cli import main
 
-    folder, name = _pairs()[0]
     params = os.path.join(folder, f"{name}-0000.params")
     out = tmp_path / "w.safetensors"
     result = CliRunner().invoke(main, ["convert", params, "-o", str(out)])

@@ -68,6 +68,53 @@ def test_rfcn_given_boxes_and_no_rois():
 
 
 @pytest.mark.parametrize("deformable", [True, False])
+def test_rcnn_forward_and_predict(deformable):
+    """Faster R-CNN: 7x7 RoI features (deformable RoI pooling moved by the offset fc, or RoI max pooling),
+    class-specific boxes: class j is decoded with deltas 4j..4j+3."""
+    model = tiny_models.rcnn(deformable)
+    c = len(tiny_models.DET_CLASSES)
+    with torch.inference_mode():
+        out = model.forward_official(torch.randn(1, 3, 64, 96) * 50)
+    r = out["rois"].shape[0]
+    assert r > 0 and out["cls_prob"].shape == (r, c) and out["bbox_pred"].shape == (r, 4 * c)
+    torch.testing.assert_close(out["cls_prob"].sum(1), torch.ones(r))
+    if deformable:
+        assert out["offset_reshape"].shape == (r, 2, 7, 7) and out["deformable_roi_pool"].shape == (r, 8, 7, 7)
+        assert out["offset_reshape"].abs().sum() > 0
+    else:
+        assert out["roi_pool"].shape == (r, 8, 7, 7) and "offset_reshape" not in out
+
+    det = model.predict(image())
+    assert len(det) > 0 and set(det.labels.tolist()) <= {1, 2, 3} and np.all(np.diff(det.scores) <= 0)
+    head = {"rois", "offset_reshape", "cls_prob"} if deformable else set()
+    assert set(det.captured) == {layer.offset for layer in model.deformable_layers} | head
+    # the boxes of class j come from its own deltas: rerun the post-processing on the captured blobs
+    with torch.inference_mode():
+        data, prep = model.preprocess(image())
+        out = model.forward_official(data)
+    from dcnviz.models.postprocess import detect
+    boxes, scores, labels = detect(out["rois"].numpy(), out["cls_prob"].numpy(), out["bbox_pred"].numpy(),
+                                   prep.input_size, prep.scale, model.detection_cfg)
+    np.testing.assert_array_equal(boxes, det.boxes)
+    agnostic = detect(out["rois"].numpy(), out["cls_prob"].numpy(), out["bbox_pred"].numpy(), prep.input_size,
+                      prep.scale, type(model.detection_cfg)(class_agnostic=True))[0]
+    assert agnostic.shape != boxes.shape or not np.array_equal(agnostic, boxes)
+
+
+def test_rcnn_deformable_roi_pooling_uses_the_offset_fc():
+    """Zeroing the offset fc gives plain (unmoved) deformable RoI pooling bins, so the scores change."""
+    model = tiny_models.rcnn(True)
+    data, rois = torch.randn(1, 3, 64, 96) * 50, torch.tensor([[0, 4.0, 6.0, 60.0, 50.0], [0, 30, 2, 90, 40]])
+    with torch.inference_mode():
+        moved = model.forward_official(data, rois)
+        model.head.offset.weight.zero_()
+        model.head.offset.bias.zero_()
+        still = model.forward_official(data, rois)
+    torch.testing.assert_close(still["deformable_roi_pool"], still["offset_t"])
+    assert not torch.allclose(moved["deformable_roi_pool"], moved["offset_t"])
+
+
+@pytest.mark.parametrize("deformable", [True, False])
 def test_deeplab_forward_and_predict(deformable):
     model = tiny_models.deeplab(deformable)
     with torch.inference_mode():

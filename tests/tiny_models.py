@@ -7,6 +7,7 @@ from dcnviz.data.classes import voc_palette
 from dcnviz.models.deeplab import DeepLab
 from dcnviz.models.registry import ModelSpec
 from dcnviz.models.resnet import DeformableSpec, ResNetV1
+from dcnviz.models.rcnn import FasterRCNN
 from dcnviz.models.rfcn import RFCN
 
 DET_CLASSES = ("__background__", "cat", "dog", "bird")
@@ -31,6 +32,14 @@ def rfcn(variant: str, seed: int = 0) -> RFCN:
     torch.manual_seed(seed)
     model = RFCN(backbone(dcn), DET_CLASSES, SCALES, anchor_scales=(2, 4), parts=parts, deformable_psroi=dpsroi,
                  head_mid=16, rpn_mid=8)
+    return randomize(model, seed).eval()
+
+
+def rcnn(deformable: bool, seed: int = 0) -> FasterRCNN:
+    """Faster R-CNN at tiny width; with ``deformable`` both the res5 convs and the RoI pooling."""
+    torch.manual_seed(seed)
+    model = FasterRCNN(backbone(DeformableSpec(4, 2) if deformable else None), DET_CLASSES, SCALES,
+                       anchor_scales=(2, 4), deformable_roi_pool=deformable, head_mid=8, head_fc=16, rpn_mid=8)
     return randomize(model, seed).eval()
 
 

@@ -30,9 +30,12 @@ def _resolve(model: str | None):
 
     spec = resolve_model(model, None, DEFAULT_MODEL)
     geometry = parts(spec)
-    if geometry is None or not geometry.deformable:
+    def position_sensitive(geometry):  # Faster R-CNN's deformable RoI pooling (one group) is not shown yet
+        return geometry is not None and geometry.deformable and geometry.group_size > 1
+
+    if not position_sensitive(geometry):
         have = [n for n in list_models() if get_spec(n).task == "detection"
-                and getattr(parts(get_spec(n)), "deformable", False)]
+                and position_sensitive(parts(get_spec(n)))]
         raise click.BadParameter(f"{spec.name!r} has no deformable PS RoI pooling (models that have it: "
                                  f"{', '.join(have)})", param_hint="'--model'")
     return spec, geometry

@@ -8,12 +8,15 @@ Official keys look like ``arg:res5a_branch2b_offset_weight`` or ``aux:bn4b22_bra
     bn<S><B>_branch<X>                    -> backbone.res<S><B>.bn<X>
     rpn_conv_3x3, rpn_cls_score, rpn_bbox_pred          -> rpn.<layer>
     conv_new_1, rfcn_*, fc6, score, upsampling          -> head.<layer>
+    offset, fc_new_1, fc_new_2, cls_score, bbox_pred    -> head.<layer>   (Faster R-CNN)
 
 with parameter suffixes ``_weight/_bias`` -> ``.weight/.bias`` and BatchNorm ``_gamma/_beta`` (arg),
 ``_moving_mean/_moving_var`` (aux) -> ``.weight/.bias/.running_mean/.running_var``.
 
-``official_params.json`` (packaged copy of the spec's list) holds every key and shape of the six
-released networks, with the optional ``rfcn_bbox_*_test`` keys (official.md §2a).
+``official_params.json`` holds every key and shape of the released networks, with the optional
+``rfcn_bbox_*_test`` / ``bbox_pred_*_test`` keys (official.md §2a): the spec's list for the six R-FCN and
+DeepLab networks; for ``rcnn_dcn_coco`` and ``rcnn_coco`` the names and shapes MXNet's ``infer_shape``
+gives for the official test symbols as ``tools/mxnet_reference.py`` builds them.
 """
 from __future__ import annotations
 
@@ -28,7 +31,8 @@ _BN_SUFFIX = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", 
 _AUX = {"moving_mean", "moving_var"}
 RPN_LAYERS = ("rpn_conv_3x3", "rpn_cls_score", "rpn_bbox_pred")
 HEAD_LAYERS = ("conv_new_1", "rfcn_cls", "rfcn_bbox", "rfcn_cls_offset_t", "rfcn_bbox_offset_t",
-               "fc6", "score", "upsampling")
+               "fc6", "score", "upsampling",
+               "offset", "fc_new_1", "fc_new_2", "cls_score", "bbox_pred")  # Faster R-CNN's 2fc head
 
 
 def _split_param(name: str) -> tuple[str, str]:

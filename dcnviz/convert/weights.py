@@ -101,8 +101,9 @@ def state_dict_from_params(pf: ParamsFile, model: str | None, source: str,
         test = key + "_test"
         array = pf.arrays[test] if test in pf.arrays else pf.arrays[key]
         state[names.official_to_torch(key)] = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    box_layer = next((n for n in ("rfcn_bbox", "bbox_pred") if f"arg:{n}_weight" in required), None)
     used_test = any(k.endswith("_test") for k in pf.arrays)
-    bbox_keys = "rfcn_bbox_*_test" if used_test else ("rfcn_bbox_*" if "arg:rfcn_bbox_weight" in required else "n/a")
+    bbox_keys = "n/a" if box_layer is None else f"{box_layer}_*_test" if used_test else f"{box_layer}_*"
     return model, state, bbox_keys
 
 

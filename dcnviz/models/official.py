@@ -1,4 +1,4 @@
-"""The six released networks of Deformable ConvNets v1 (official.md §6), registered by their release names.
+"""The released networks of Deformable ConvNets v1 (official.md §6), registered by their release names.
 
 Their weights are never bundled: download the MXNet files from the official release (see
 :data:`DOWNLOAD`) and pass them to ``load_model(name, weights=FILE)`` or convert them once with
@@ -43,6 +43,23 @@ def _rfcn(dcn, classes, parts, deformable_psroi, test):
     return factory
 
 
+def _rcnn(dcn, test):
+    def factory():
+        from dcnviz.models.postprocess import DetectionConfig
+        from dcnviz.models.proposal import ProposalConfig
+        from dcnviz.models.rcnn import FasterRCNN
+        from dcnviz.models.resnet import DeformableSpec, ResNetV1
+
+        backbone = ResNetV1(deformable=DeformableSpec(*dcn) if dcn else None)
+        return FasterRCNN(backbone, COCO_CLASSES, (600, 1000), test["anchor_scales"], test["anchor_ratios"],
+                          deformable_roi_pool=dcn is not None,
+                          proposal=ProposalConfig(test["rpn_pre_nms_top_n"], test["rpn_post_nms_top_n"],
+                                                  test["rpn_nms_thresh"], test["rpn_min_size"]),
+                          detection=DetectionConfig(test["score_thresh"], test["nms_thresh"], test["max_per_image"],
+                                                    class_agnostic=False))
+    return factory
+
+
 def _deeplab(dcn):
     def factory():
         from dcnviz.models.deeplab import DeepLab
@@ -71,6 +88,13 @@ _register("deform_conv", _rfcn((1, 1), VOC_CLASSES, 7, False, _VOC_TEST), "detec
 _register("deform_psroi", _rfcn(None, VOC_CLASSES, 3, True, _VOC_TEST), "detection", "voc", VOC_CLASSES,
           VOC_PALETTE, (600, 1000), _VOC_TEST,
           "R-FCN demo model with dilated res5 and deformable 3x3 PS RoI pooling")
+# experiments/faster_rcnn/cfgs/resnet_v1_101_coco_trainval_rcnn{,_dcn}_end2end.yaml: the COCO test settings
+# above (Python proposal op, 6000/300/0.7, NMS 0.3, 100 per image), class-specific box regression
+_register("rcnn_dcn_coco", _rcnn((4, 2), _COCO_TEST), "detection", "coco", COCO_CLASSES, COCO_PALETTE, (600, 1000),
+          _COCO_TEST, "Deformable Faster R-CNN, ResNet-v1-101: deformable res5 (4 groups) and deformable 7x7 RoI "
+          "pooling, 2fc head", twin="rcnn_coco")
+_register("rcnn_coco", _rcnn(None, _COCO_TEST), "detection", "coco", COCO_CLASSES, COCO_PALETTE, (600, 1000),
+          _COCO_TEST, "Faster R-CNN, ResNet-v1-101, dilated res5, 7x7 RoI max pooling, 2fc head")
 _register("deeplab_dcn_cityscapes", _deeplab((1, 1)), "segmentation", "cityscapes", CITYSCAPES_CLASSES,
           CITYSCAPES_PALETTE, (1024, 2048), _SEG_TEST, "Deformable DeepLab, ResNet-v1-101, deformable res5 (1 group)",
           twin="deeplab_cityscapes")

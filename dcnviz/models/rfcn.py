@@ -45,8 +45,8 @@ class RPN(nn.Module):
 
 @dataclass(frozen=True)
 class PartGeometry:
-    """How the R-FCN head pools a RoI: ``pooled_size`` x ``pooled_size`` bins, each bin reading its own
-    score-map channel (``group_size``); with deformable pooling each part (``part_size`` x ``part_size``)
+    """How the head pools a RoI: ``pooled_size`` x ``pooled_size`` bins, each bin reading its own
+    score-map channel (``group_size``; 1 for Faster R-CNN, where every channel is pooled over all bins); with deformable pooling each part (``part_size`` x ``part_size``)
     is moved by ``trans * trans_std * roi_size`` (trans channel 2c = dx, 2c+1 = dy of class c) and averages
     ``sample_per_part``**2 samples. RoIs are in input pixels, maps have ``1 / spatial_scale`` pixels a cell."""
 
@@ -117,16 +117,22 @@ class RFCN(nn.Module):
     """
 
     task = "detection"
+    # blobs of the head that ``predict`` returns in ``captured`` when the RoI pooling is deformable
+    captured_head_blobs = ("rois", "rfcn_cls_offset", "cls_prob")
 
     def __init__(self, backbone: ResNetV1, classes: tuple[str, ...], scales: tuple[int, int] = (600, 1000),
                  anchor_scales=(4, 8, 16, 32), anchor_ratios=(0.5, 1, 2), parts: int = 7,
                  deformable_psroi: bool = False, head_mid: int = 1024, rpn_mid: int = 512,
-                 proposal: ProposalConfig = ProposalConfig(), detection: DetectionConfig = DetectionConfig()):
+                 proposal: ProposalConfig = ProposalConfig(), detection: DetectionConfig = DetectionConfig(),
+                 head: nn.Module | None = None):
+        """``head`` replaces the R-FCN head (``parts``, ``deformable_psroi`` and ``head_mid`` are then
+        unused): a module with the :class:`RFCNHead` interface (``forward(res5, rois, out)``, ``geometry``)."""
         super().__init__()
         self.backbone = backbone
         self.anchors = generate_anchors(FEATURE_STRIDE, anchor_ratios, anchor_scales)
         self.rpn = RPN(backbone.out_channels[0], len(self.anchors), rpn_mid)
-        self.head = RFCNHead(backbone.out_channels[1], len(classes), parts, deformable_psroi, head_mid)
+        self.head = head if head is not None else RFCNHead(backbone.out_channels[1], len(classes), parts,
+                                                           deformable_psroi, head_mid)
         self.classes, self.scales = tuple(classes), tuple(scales)
         self.proposal_cfg, self.detection_cfg = proposal, detection
 
@@ -178,9 +184,11 @@ class RFCN(nn.Module):
         ``boxes`` (K, 4) ``[x1, y1, x2, y2]`` in original pixels replaces the proposals (scaled and rounded
         as the official demos do); ``score_thresh`` overrides the test threshold (1e-3; the demo uses 0.7).
         Returns :class:`~dcnviz.structures.Detections` in original pixels; ``captured`` holds the
-        ``res5*_branch2b_offset`` maps (1, 2*DG*9, h, w) and, with deformable PS RoI pooling, ``rois``
-        (R, 5, input pixels), ``rfcn_cls_offset`` (R, 2C, P, P; normalised, x first) and the RoIs' class
-        probabilities ``cls_prob`` (R, C, before box regression and NMS), all on the CPU. With
+        ``res5*_branch2b_offset`` maps (1, 2*DG*9, h, w) and, with deformable RoI pooling, the head blobs
+        named by ``captured_head_blobs``: ``rois`` (R, 5, input pixels), the pooling offsets (R-FCN:
+        ``rfcn_cls_offset`` (R, 2C, P, P); Faster R-CNN: ``offset_reshape`` (R, 2, 7, 7); normalised, x
+        first) and the RoIs' class probabilities ``cls_prob`` (R, C, before box regression and NMS), all
+        on the CPU. With
         ``keep_features`` it also holds ``features``, the head's input (res5 output, on the model's device),
         so that :meth:`pool_rois` can pool other RoIs later without running the backbone again.
         """
@@ -209,7 +217,7 @@ class RFCN(nn.Module):
                                            prep.input_size, prep.scale, cfg)
         keys = [layer.offset for layer in self.deformable_layers]
         if self.head.geometry.deformable:
-            keys += ["rois", "rfcn_cls_offset", "cls_prob"]
+            keys += self.captured_head_blobs
         captured = {k: out[k].cpu() for k in keys}
         if keep_features:
             captured["features"] = out[f"feat_{self.backbone.stages[-1][-1]}_relu"]
