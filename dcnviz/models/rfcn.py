@@ -188,9 +188,9 @@ class RFCN(nn.Module):
         named by ``captured_head_blobs``: ``rois`` (R, 5, input pixels), the pooling offsets (R-FCN:
         ``rfcn_cls_offset`` (R, 2C, P, P); Faster R-CNN: ``offset_reshape`` (R, 2, 7, 7); normalised, x
         first) and the RoIs' class probabilities ``cls_prob`` (R, C, before box regression and NMS), all
-        on the CPU. With
-        ``keep_features`` it also holds ``features``, the head's input (res5 output, on the model's device),
-        so that :meth:`pool_rois` can pool other RoIs later without running the backbone again.
+        on the CPU. With ``keep_features`` it also holds ``features``, the head's input (res5 output, on
+        the model's device), so that :meth:`pool_rois` can pool other RoIs later without running the
+        backbone again.
         """
         data, prep = self.preprocess(image)
         return self.predict_input(data, prep, boxes, score_thresh, keep_features)
