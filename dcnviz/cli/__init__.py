@@ -17,6 +17,8 @@ COMMANDS = {
     "dilation-stats": ("dcnviz.cli.dilation_stats", "dilation_stats",
                        "Effective dilation per layer and object size over a dataset (paper Table 2)."),
     "eval": ("dcnviz.cli.eval", "eval_", "Detection AP or segmentation mIoU of a model on a dataset split."),
+    "explore": ("dcnviz.cli.explore", "explore",
+                "An interactive HTML page: the sampling points of the unit under the mouse, RoI parts."),
     "models": ("dcnviz.cli.models", "models", "List the registered models, their size and where their weights are."),
     "offsets": ("dcnviz.cli.offsets", "offsets", "Where deformable filters sample: composed sampling points (Fig. 6)."),
     "receptive-field": ("dcnviz.cli.receptive_field", "receptive_field",
