@@ -167,7 +167,7 @@ def render_page(data: dict) -> str:
             f'viewBox="0 0 {image["width"]} {image["height"]}" preserveAspectRatio="xMidYMid meet" '
             f'style="aspect-ratio: {image["width"]} / {image["height"]}">'
             f'<image class="dcnviz-image" x="0" y="0" width="{image["width"]}" height="{image["height"]}" '
-            'preserveAspectRatio="none"/><g class="dcnviz-points"></g><g class="dcnviz-unit-layer"></g></svg>'
+            'preserveAspectRatio="none"/><g class="dcnviz-points"><g class="dcnviz-points-hollow"></g><g class="dcnviz-points-filled"></g></g><g class="dcnviz-unit-layer"></g></svg>'
             '</figure>')
     click_help = "; a click in a detection box shows its RoI parts" if data["part_geometry"] is not None else ""
     # "</" cannot appear inside a <script> element; JSON allows the escaped form "<\/".
