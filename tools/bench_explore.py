@@ -68,7 +68,8 @@ def measure(page: Path, args) -> dict:
     data_w, data_h = None, None
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium"))
-        tab = browser.new_page(viewport={"width": 1400, "height": 850})
+        width, height = (int(v) for v in args.viewport.lower().split("x"))
+        tab = browser.new_page(viewport={"width": width, "height": height})
         tab.add_init_script(READY_PROBE)
         tab.goto(page.resolve().as_uri())
         tab.wait_for_function("document.body.dataset.ready === '1' && window.__ready !== undefined")
@@ -92,7 +93,8 @@ def measure(page: Path, args) -> dict:
             tab.mouse.move(*client(x, y))
             if args.click:
                 tab.mouse.click(*client(x, y))
-            tab.screenshot(path=str(args.screenshot))
+            jpeg = args.screenshot.suffix.lower() in (".jpg", ".jpeg")
+            tab.screenshot(path=str(args.screenshot), **({"quality": 85} if jpeg else {}))
         browser.close()
     later = [h["painted"] for h in hovers[1:]]
     drawn = [h["drawn"] for h in hovers[1:]]
@@ -123,6 +125,7 @@ def main() -> None:
     parser.add_argument("--screenshot", type=Path, help="Save a screenshot of the page here.")
     parser.add_argument("--at", type=lambda s: tuple(float(v) for v in s.split(",")), help="X,Y to hover for it.")
     parser.add_argument("--click", action="store_true", help="Click there before the screenshot.")
+    parser.add_argument("--viewport", default="1400x850", help="WIDTHxHEIGHT of the browser window (default 1400x850).")
     parser.add_argument("--keep", type=Path, help="Copy the page made here.")
     args = parser.parse_args()
     if shutil.which("chromium") is None:
