@@ -517,7 +517,7 @@
       svg.addEventListener("click", onClick);
     }
     document.addEventListener("keydown", onKey);
-    window.addEventListener("resize", updateScale);
+    new ResizeObserver(updateScale).observe(svgMain);  // window resizes and layout changes alike
     refreshControls();
     drawDetections();
     drawParts();
