@@ -2,9 +2,10 @@
 
 CUDA kernels are compiled when torch was built with CUDA and ``nvcc`` is found.
 ``DCNVIZ_CUDA=0`` turns them off, ``DCNVIZ_CUDA=1`` makes a missing toolkit an error.
-Without a visible GPU the kernels are built for a short architecture list (sm_80, sm_90
-and PTX) so the build stays a few minutes on a small machine; ``TORCH_CUDA_ARCH_LIST``
-overrides it.
+Without a visible GPU the kernels are built for a short architecture list so the build stays
+a few minutes on a small machine: sm_75 (T4), sm_80 (A100), sm_90 (H100/H200) and PTX for newer
+GPUs, plus sm_70 (V100) with a toolkit older than CUDA 13, which dropped Volta;
+``TORCH_CUDA_ARCH_LIST`` overrides it.
 """
 import glob
 import os
@@ -32,7 +33,17 @@ _home = _cuda_home()
 if _home:
     os.environ["CUDA_HOME"] = _home
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
-DEFAULT_ARCHS = "8.0;9.0+PTX"
+
+
+def _default_archs():
+    """The architectures of a build without a visible GPU (see the module docstring)."""
+    import re
+    import subprocess
+
+    out = subprocess.run([os.path.join(CUDA_HOME, "bin", "nvcc"), "--version"], capture_output=True, text=True).stdout
+    found = re.search(r"release (\d+)\.", out)
+    volta = "7.0;" if found and int(found.group(1)) < 13 else ""
+    return volta + "7.5;8.0;9.0+PTX"
 
 
 def _want_cuda():
@@ -70,7 +81,7 @@ def _extension():
     import torch
 
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
+        os.environ["TORCH_CUDA_ARCH_LIST"] = _default_archs()
     after = _cuda_library_includes()
     return CUDAExtension(
         "dcnviz._C",

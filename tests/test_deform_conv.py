@@ -196,6 +196,14 @@ class TestDeformConv2d:
         args = op_args(x, offset, weight, b, **kw)
         torch.library.opcheck(torch.ops.dcnviz._deform_conv2d_backward.default, (dy, *args[:3], *args[4:]))
 
+    def test_opcheck_backward_op_channels_last(self):
+        """The fake backward gives the real one's (contiguous) strides for channels-last input, weight and
+        offset, so that compiled graphs allocate what the kernel returns."""
+        (x, offset, weight, b, dy), kw = random_case(*RANDOM_SHAPES[2], dtype=torch.float32)
+        x, offset, weight = (t.contiguous(memory_format=torch.channels_last) for t in (x, offset, weight))
+        args = op_args(x, offset, weight, b, **kw)
+        torch.library.opcheck(torch.ops.dcnviz._deform_conv2d_backward.default, (dy, *args[:3], *args[4:]))
+
     @pytest.mark.parametrize("impl", sorted(IMPLS))
     @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), 1e30, -1e30])
     def test_nonfinite_and_huge_offsets(self, impl, bad):
@@ -381,6 +389,18 @@ class TestDeformConv2dCUDA:
         for name, got, want in [("y", y, y32)] + [(n, g[n], g32[n]) for n in g32]:
             err = (got.float() - want).abs().max().item()
             assert err <= bound * want.abs().max().item() + 1e-3, f"{name}: max error {err}"
+
+    def test_deterministic_mode_refuses_backward(self):
+        """The backward's atomics are reported to torch.use_deterministic_algorithms; the forward is exact."""
+        args, kw = random_case(*RANDOM_SHAPES[0], dtype=torch.float32, device="cuda")
+        x = args[0].detach().requires_grad_()
+        torch.use_deterministic_algorithms(True)
+        try:
+            y = deform_conv2d(x, *args[1:4], **kw)
+            with pytest.raises(RuntimeError, match="deform_conv2d_backward_cuda"):
+                y.sum().backward()
+        finally:
+            torch.use_deterministic_algorithms(False)
 
     def test_autocast_keeps_float32(self):
         args, kw = random_case(*RANDOM_SHAPES[0], dtype=torch.float32, device="cuda")

@@ -127,6 +127,15 @@ class TestDeformPSRoIPool:
                 kwargs["sample_per_part"], kwargs["trans_std"])
         torch.library.opcheck(torch.ops.dcnviz.deform_psroi_pool.default, args)
 
+    def test_opcheck_backward_op_channels_last(self):
+        """The fake backward gives the real one's contiguous strides for a channels-last input."""
+        x, rois, offset, kwargs = random_case(rois=3, height=7, width=8)
+        x = x.contiguous(memory_format=torch.channels_last)
+        offset = offset.contiguous(memory_format=torch.channels_last)
+        dy = torch.randn(rois.shape[0], kwargs["output_dim"], kwargs["pooled_size"], kwargs["pooled_size"], dtype=x.dtype)
+        torch.library.opcheck(torch.ops.dcnviz._deform_psroi_pool_backward.default,
+                              (dy, x, rois, offset, *kwargs.values()))
+
     def test_noncontiguous(self):
         x, rois, offset, kwargs = random_case(num_classes=2, output_dim=4)
         x_nc = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
@@ -300,6 +309,18 @@ class TestDeformPSRoIPoolCUDA:
         for want, got in zip(cpu, gpu):
             if want is not None:
                 torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5)
+
+    def test_deterministic_mode_refuses_backward(self):
+        """The backward's atomics are reported to torch.use_deterministic_algorithms."""
+        x, rois, offset, kwargs = random_case(rois=4)
+        x = x.cuda().requires_grad_()
+        torch.use_deterministic_algorithms(True)
+        try:
+            y = deform_psroi_pool(x, rois.cuda(), offset.cuda(), **kwargs)
+            with pytest.raises(RuntimeError, match="deform_psroi_pool_backward_cuda"):
+                y.sum().backward()
+        finally:
+            torch.use_deterministic_algorithms(False)
 
     @pytest.mark.parametrize("with_offset", [True, False])
     def test_matches_cpu(self, with_offset):

@@ -1,4 +1,5 @@
 """A small model using all three operators runs under torch.compile(fullgraph=True) and matches eager."""
+import pytest
 import torch
 from torch import nn
 
@@ -26,12 +27,14 @@ class TinyRFCN(nn.Module):
         return self.pool(score, rois, offsets).mean((2, 3)) + self.pspool(score, rois).mean((2, 3))
 
 
-def test_compile_fullgraph_matches_eager():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA is not available"))])
+def test_compile_fullgraph_matches_eager(device):
     torch.manual_seed(0)
-    model = TinyRFCN().double()
+    model = TinyRFCN().double().to(device)
     nn.init.normal_(model.offset.weight, std=0.3)
-    x = torch.randn(2, 4, 12, 10, dtype=torch.float64)
-    rois = torch.tensor([[0, 3.0, 2.0, 30.0, 40.0], [1, 0.0, 0.0, 39.0, 47.0]], dtype=torch.float64)
+    x = torch.randn(2, 4, 12, 10, dtype=torch.float64).to(device)
+    rois = torch.tensor([[0, 3.0, 2.0, 30.0, 40.0], [1, 0.0, 0.0, 39.0, 47.0]], dtype=torch.float64).to(device)
 
     eager = model(x, rois)
     eager.sum().backward()

@@ -80,6 +80,13 @@ class TestPSRoIPool:
         x, rois, kwargs = random_case(rois=3, height=7, width=8)
         torch.library.opcheck(torch.ops.dcnviz.psroi_pool.default, (x.requires_grad_(), rois, *kwargs.values()))
 
+    def test_opcheck_backward_op_channels_last(self):
+        """The fake backward gives the real one's contiguous strides for a channels-last input."""
+        x, rois, kwargs = random_case(rois=3, height=7, width=8)
+        x = x.contiguous(memory_format=torch.channels_last)
+        dy = torch.randn(rois.shape[0], kwargs["output_dim"], kwargs["pooled_size"], kwargs["pooled_size"], dtype=x.dtype)
+        torch.library.opcheck(torch.ops.dcnviz._psroi_pool_backward.default, (dy, x, rois, *kwargs.values()))
+
     def test_noncontiguous(self):
         x, rois, kwargs = random_case()
         x_nc = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
@@ -204,6 +211,18 @@ class TestPSRoIPoolCUDA:
         torch.testing.assert_close(gpu[1].cpu(), t["grad_x"], rtol=1e-3, atol=1e-4)
         for want, got in zip(cpu, gpu):
             torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=1e-5)
+
+    def test_deterministic_mode_refuses_backward(self):
+        """The backward's atomics are reported to torch.use_deterministic_algorithms."""
+        x, rois, kwargs = random_case(rois=4)
+        x = x.cuda().requires_grad_()
+        torch.use_deterministic_algorithms(True)
+        try:
+            y = psroi_pool(x, rois.cuda(), **kwargs)
+            with pytest.raises(RuntimeError, match="psroi_pool_backward_cuda"):
+                y.sum().backward()
+        finally:
+            torch.use_deterministic_algorithms(False)
 
     def test_matches_cpu(self):
         x, rois, kwargs = random_case(rois=16)

@@ -5,8 +5,10 @@
 // weight, and for backward grad_weight += grad_out @ columns, grad_columns = grad_out^T @ W, col2im
 // (atomics) and the offset gradient. Each thread recomputes its sample's corners (two offset loads and
 // a floor) instead of sharing them through memory as the CPU code does.
-// float16/bfloat16 sample, blend and accumulate in float32 (at::opmath_type); the input and weight
-// gradients accumulate in float32 buffers and are rounded once at the end.
+// float16/bfloat16 sample, blend and accumulate in float32 (at::opmath_type): the weight gradient's GEMMs
+// write float32 (cuBLAS's fp16/bf16 -> fp32 GEMM), the column gradient is a float32 buffer, and the input
+// and weight gradients are rounded once at the end. The backward's col2im uses atomics, so it is reported
+// to torch.use_deterministic_algorithms (as torchvision's deform_conv2d does).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -24,6 +26,7 @@ namespace dcnviz {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kWarp = 32;
 
 // Shapes and hyper-parameters of one call; all sizes int64 so that no index product overflows.
 struct Geometry {
@@ -113,7 +116,7 @@ __global__ void im2col_kernel(const scalar_t* x_cl, const scalar_t* offset_chunk
 // grad_x_cl (B, H, W, C) += scatter of grad_columns (laid out as the columns) to the forward's corners
 // and weights.
 template <typename scalar_t, typename acc_t>
-__global__ void col2im_kernel(const scalar_t* grad_columns, const scalar_t* offset_chunk, Geometry g, int64_t B,
+__global__ void col2im_kernel(const acc_t* grad_columns, const scalar_t* offset_chunk, Geometry g, int64_t B,
                               acc_t* grad_x_cl) {
   const int64_t K = g.K(), P = g.P(), Cg = g.Cg(), n = g.C * K * B * P;
   DCNVIZ_KERNEL_LOOP(idx, n) {
@@ -121,7 +124,7 @@ __global__ void col2im_kernel(const scalar_t* grad_columns, const scalar_t* offs
     const int64_t c = gi * Cg + cg, b = bp / P;
     const Corners<acc_t> q = corners_at<scalar_t, acc_t>(offset_chunk, g, b, c / g.Cdg(), k, bp % P);
     if (!q.valid) continue;
-    const acc_t gc = static_cast<acc_t>(grad_columns[idx]);
+    const acc_t gc = grad_columns[idx];
     acc_t* v = grad_x_cl + b * g.H * g.W * g.C + c;
     gpuAtomicAdd(v + q.i00 * g.C, q.w00() * gc);
     gpuAtomicAdd(v + (q.i00 + q.dx) * g.C, q.w01() * gc);
@@ -132,13 +135,16 @@ __global__ void col2im_kernel(const scalar_t* grad_columns, const scalar_t* offs
 
 // grad_offset_chunk (B, 2*DG*K, Ho, Wo): derivative of each sample's bilinear blend with the forward's
 // floor-based corners (zero along a clamped axis, zero outside), summed over the group's channels.
-template <typename scalar_t>
-__global__ void offset_grad_kernel(const scalar_t* grad_columns, const scalar_t* x_cl,
-                                   const scalar_t* offset_chunk, Geometry g, int64_t B,
-                                   scalar_t* grad_offset_chunk) {
-  using acc_t = at::opmath_type<scalar_t>;
+// One warp per sample (b, dg, k, p): its lanes stride over the group's channels, so the reads of the
+// channels-last input and of the (channel-minor) column gradient are coalesced; a shuffle tree sums them.
+template <typename scalar_t, typename acc_t>
+__global__ void offset_grad_kernel(const acc_t* grad_columns, const scalar_t* x_cl, const scalar_t* offset_chunk,
+                                   Geometry g, int64_t B, scalar_t* grad_offset_chunk) {
   const int64_t K = g.K(), P = g.P(), Cg = g.Cg(), Cdg = g.Cdg(), n = B * g.DG * K * P;
-  DCNVIZ_KERNEL_LOOP(idx, n) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / kWarp);
+  // The loop bound is the same for every lane of a warp, so whole warps reach the shuffles together.
+  for (int64_t idx = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / kWarp; idx < n; idx += warps) {
     const int64_t p = idx % P, r = idx / P;  // r = (b*DG + dg)*K + k
     const int64_t k = r % K, dg = (r / K) % g.DG, b = r / (K * g.DG), bp = b * P + p;
     const Corners<acc_t> q = corners_at<scalar_t, acc_t>(offset_chunk, g, b, dg, k, p);
@@ -147,17 +153,23 @@ __global__ void offset_grad_kernel(const scalar_t* grad_columns, const scalar_t*
       const scalar_t* image = x_cl + b * g.H * g.W * g.C;
       const scalar_t *p00 = image + q.i00 * g.C, *p01 = image + (q.i00 + q.dx) * g.C,
                      *p10 = image + (q.i00 + q.dy) * g.C, *p11 = image + (q.i00 + q.dy + q.dx) * g.C;
-      for (int64_t c = dg * Cdg; c < (dg + 1) * Cdg; ++c) {
+      for (int64_t c = dg * Cdg + lane; c < (dg + 1) * Cdg; c += kWarp) {
         const int64_t gi = c / Cg;
-        const acc_t gc = static_cast<acc_t>(grad_columns[((gi * B * P + bp) * K + k) * Cg + c - gi * Cg]);
+        const acc_t gc = grad_columns[((gi * B * P + bp) * K + k) * Cg + c - gi * Cg];
         const acc_t v00 = static_cast<acc_t>(p00[c]), v01 = static_cast<acc_t>(p01[c]);
         const acc_t v10 = static_cast<acc_t>(p10[c]), v11 = static_cast<acc_t>(p11[c]);
         gy += gc * ((acc_t(1) - q.lx) * (v10 - v00) + q.lx * (v11 - v01));
         gx += gc * ((acc_t(1) - q.ly) * (v01 - v00) + q.ly * (v11 - v10));
       }
     }
-    grad_offset_chunk[r * 2 * P + p] = static_cast<scalar_t>(gy);  // channel 2k: dy, 2k+1: dx
-    grad_offset_chunk[(r * 2 + 1) * P + p] = static_cast<scalar_t>(gx);
+    for (int step = kWarp / 2; step > 0; step /= 2) {
+      gy += __shfl_down_sync(0xffffffffu, gy, step);
+      gx += __shfl_down_sync(0xffffffffu, gx, step);
+    }
+    if (lane == 0) {
+      grad_offset_chunk[r * 2 * P + p] = static_cast<scalar_t>(gy);  // channel 2k: dy, 2k+1: dx
+      grad_offset_chunk[(r * 2 + 1) * P + p] = static_cast<scalar_t>(gx);
+    }
   }
 }
 
@@ -227,6 +239,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
               "deform_conv2d backward: grad_output must have shape (N, F, Ho, Wo)");
   TORCH_CHECK(grad_output_.dtype() == input.dtype() && grad_output_.device() == input.device(),
               "deform_conv2d backward: grad_output must have the input's dtype and device");
+  at::globalContext().alertNotDeterministic("deform_conv2d_backward_cuda");
   const at::cuda::CUDAGuard device_guard(input.device());
   const at::Tensor grad_output = grad_output_.contiguous(), offset = offset_.contiguous();
   const at::Tensor x_cl = input.permute({0, 2, 3, 1}).contiguous();
@@ -242,6 +255,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
     const at::Tensor w = tap_major(weight, g);
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     at::Tensor columns = at::empty({g.G * B * P * CgK}, x_cl.options());
+    // The column gradient overwrites the columns in place, except for half types, where it gets a float32
+    // buffer of its own so that col2im and the offset gradient read it unrounded.
+    const bool same = acc_type == x_cl.scalar_type();
+    at::Tensor grad_columns = same ? columns : at::empty({g.G * B * P * CgK}, x_cl.options().dtype(acc_type));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_cl.scalar_type(), "deform_conv2d_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       for (int64_t n0 = 0; n0 < g.N; n0 += B) {
@@ -252,22 +269,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
         const unsigned int blocks = blocks_for(cols.numel());
         im2col_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(x, off, g, nb, columns.data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
+        const at::Tensor gcols = grad_columns.narrow(0, 0, g.G * nb * P * CgK).view({g.G, nb * P, CgK});
         for (int64_t gi = 0; gi < g.G; ++gi) {
           const at::Tensor gout = group_rows(grad_output, n0, nb, gi, g);
-          if (grad_w.scalar_type() == cols.scalar_type()) {
+          // Then grad_columns = grad_out^T @ W (in place of the columns when the dtypes agree: they are
+          // no longer needed once the weight gradient has read them).
+          at::Tensor gcol = gcols[gi];
+          if (same) {
             grad_w[gi].addmm_(gout, cols[gi]);
+            at::mm_out(gcol, gout.t(), w[gi]);
           } else {
-            grad_w[gi].add_(at::mm(gout, cols[gi]));
+            grad_w[gi].add_(at::mm(gout, cols[gi], acc_type));
+            at::mm_out(gcol, gout.t(), w[gi], acc_type);
           }
-          // The group's columns are no longer needed: they now receive grad_columns = grad_out^T @ W.
-          at::Tensor gcol = cols[gi];
-          at::mm_out(gcol, gout.t(), w[gi]);
         }
-        const scalar_t* gcol = columns.data_ptr<scalar_t>();
+        const acc_t* gcol = grad_columns.data_ptr<acc_t>();
         col2im_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
             gcol, off, g, nb, grad_x_cl.data_ptr<acc_t>() + n0 * g.H * g.W * g.C);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        offset_grad_kernel<scalar_t><<<blocks_for(nb * g.DG * K * P), kThreads, 0, stream>>>(
+        offset_grad_kernel<scalar_t, acc_t><<<blocks_for(nb * g.DG * K * P * kWarp), kThreads, 0, stream>>>(
             gcol, x, off, g, nb, grad_offset.data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }

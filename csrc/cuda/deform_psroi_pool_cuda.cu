@@ -112,6 +112,8 @@ std::tuple<at::Tensor, at::Tensor> deform_psroi_pool_backward_cuda(
   const DeformPoolGeometry g = check_deform_psroi_pool(input, rois, offset, spatial_scale, output_dim, group_size,
                                                        pooled_size, part_size, sample_per_part, trans_std);
   check_pool_grad_output(grad_output, input, g, "deform_psroi_pool");
+  // The gradients are spread with atomics: not bitwise reproducible (as torchvision reports its own).
+  at::globalContext().alertNotDeterministic("deform_psroi_pool_backward_cuda");
   const c10::cuda::CUDAGuard guard(input.device());
   // Gradients accumulate in at::opmath_type (float for half/bfloat16) and are cast once at the end.
   const auto acc = input.options().dtype(at::toOpMathType(input.scalar_type()));

@@ -81,6 +81,8 @@ at::Tensor psroi_pool_backward_cuda(const at::Tensor& grad_output, const at::Ten
                                     double spatial_scale, int64_t output_dim, int64_t group_size, int64_t pooled_size) {
   const PoolGeometry g = check_psroi_pool(input, rois, spatial_scale, output_dim, group_size, pooled_size);
   check_pool_grad_output(grad_output, input, g, "psroi_pool");
+  // The gradients are spread with atomics: not bitwise reproducible (as torchvision reports its own).
+  at::globalContext().alertNotDeterministic("psroi_pool_backward_cuda");
   const c10::cuda::CUDAGuard guard(input.device());
   // The gradient accumulates in at::opmath_type (float for half/bfloat16) and is cast once at the end.
   auto grad_input = at::zeros(input.sizes(), input.options().dtype(at::toOpMathType(input.scalar_type())));

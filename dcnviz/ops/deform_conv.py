@@ -113,7 +113,8 @@ def _fake(input, offset, weight, bias, sh, sw, ph, pw, dh, dw, groups, dgroups):
 
 @torch.library.register_fake("dcnviz::_deform_conv2d_backward")
 def _fake_backward(grad, input, offset, weight, *args):
-    return (torch.empty_like(input), torch.empty_like(offset), torch.empty_like(weight),
+    # The kernels return contiguous gradients whatever the inputs' memory format (not empty_like's strides).
+    return (input.new_empty(input.shape), offset.new_empty(offset.shape), weight.new_empty(weight.shape),
             weight.new_empty((weight.shape[0],)))
 
 

@@ -92,7 +92,8 @@ def _fake(input, rois, offset, spatial_scale, output_dim, group_size, pooled_siz
 
 @torch.library.register_fake("dcnviz::_deform_psroi_pool_backward")
 def _fake_backward(grad, input, rois, offset, *args):
-    return torch.empty_like(input), (input.new_empty((0,)) if offset is None else torch.empty_like(offset))
+    # The kernels return contiguous gradients whatever the inputs' memory format (not empty_like's strides).
+    return input.new_empty(input.shape), (input.new_empty((0,)) if offset is None else offset.new_empty(offset.shape))
 
 
 def _setup_context(ctx, inputs, output):

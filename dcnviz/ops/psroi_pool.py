@@ -56,7 +56,7 @@ def _fake(input, rois, spatial_scale, output_dim, group_size, pooled_size):
 
 @torch.library.register_fake("dcnviz::_psroi_pool_backward")
 def _fake_backward(grad, input, *args):
-    return torch.empty_like(input)
+    return input.new_empty(input.shape)  # contiguous, as the kernels return it (not empty_like's strides)
 
 
 def _setup_context(ctx, inputs, output):

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The CUDA checks, in one call on a lent GPU machine (the `device` tool's `run`, from the repository root):
+#
+#     bash tools/gpu_check.sh                  # carry: .gpu-wheels (made here by tools/gpu_wheels.sh)
+#
+# That machine has its own python3 and torch and reaches no package registry. The script builds the
+# extension there against that torch (pip --no-build-isolation, CUDA forced on, for the GPU it sees),
+# installs missing test packages from .gpu-wheels, then runs the op tests (CUDA conformance, CPU parity,
+# half types, determinism, opcheck), torch.compile on CUDA, and the CUDA benchmarks. Every step logs to
+# $OUT (one file a step, summary.txt with each step's exit status); a failing step does not stop the rest.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+PY=${PYTHON:-python3}
+status=0
+
+step() {  # step NAME COMMAND...: run, log to $OUT/NAME.log, record the exit status
+  local name=$1; shift
+  local start=$SECONDS
+  "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "$name: exit $rc, $((SECONDS - start)) s" | tee -a "$OUT/summary.txt"
+  [ $rc -eq 0 ] || status=1
+}
+
+step env sh -c "nvidia-smi; $PY -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))'"
+if [ -d .gpu-wheels ]; then
+  missing=$($PY -c 'import importlib.util as u; print(" ".join(p for m, p in [("pytest", "pytest"), ("expecttest", "expecttest"), ("click", "click"), ("tqdm", "tqdm"), ("safetensors", "safetensors")] if u.find_spec(m) is None))')
+  [ -z "$missing" ] || step wheels $PY -m pip install --no-index --find-links .gpu-wheels $missing
+fi
+# Build for the GPU that is there only (a few minutes less than the default list).
+arch=$($PY -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability(0))')
+export DCNVIZ_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch"
+step build sh -c "$PY -m pip install --no-build-isolation --no-deps --no-index -e . || $PY setup.py build_ext --inplace"
+step ops_tests $PY -m pytest -q -rs tests/test_deform_conv.py tests/test_deform_psroi_pool.py tests/test_psroi_pool.py
+step compile_tests $PY -m pytest -q -rs tests/test_ops_compile.py
+step bench_ops_cuda $PY -m dcnviz bench ops --device cuda
+step bench_ops_cuda_json $PY -m dcnviz bench ops --device cuda --json
+exit $status
