@@ -83,7 +83,8 @@ def _detections_and_parts(net, picture, result, conf: float):
 @apply_options(run_options("explore", f"Registered model with deformable conv layers; default: {DEFAULT_MODEL}.")[:3]
                + [click.option("--exist-ok", is_flag=True,
                                help="Replace FILE, or write into runs/explore even if it exists."),
-                  click.option("-q", "--quiet", is_flag=True, help="Print errors only."), debug_option])
+                  click.option("-q", "--quiet", is_flag=True, help="Print only the path of the page and errors."),
+                  debug_option])
 def explore(image, plain_model, conf, output, open_, model, weights, device, exist_ok, quiet):
     """An interactive page of where a deformable network samples: IMAGE with the model's detections (or
     segmentation), and the composed sampling points of the unit under the mouse (paper Fig. 6).
