@@ -76,10 +76,11 @@ def measure(page: Path, args) -> dict:
         ready = tab.evaluate("window.__ready")
         tab.evaluate(HOVER_PROBE)
         data_w, data_h = tab.evaluate("[window.dcnviz.data.image.width, window.dcnviz.data.image.height]")
-        box = tab.locator("#dcnviz-view").bounding_box()
+        a, d, e, f = tab.evaluate("(() => { const m = document.getElementById('dcnviz-view').getScreenCTM();"
+                                  " return [m.a, m.d, m.e, m.f]; })()")
 
         def client(x, y):
-            return box["x"] + x / data_w * box["width"], box["y"] + y / data_h * box["height"]
+            return a * x + e, d * y + f
 
         # a walk over the image: every hover lands on a new cell
         positions = [(data_w * (0.1 + 0.8 * k / max(args.hovers, 1)), data_h * (0.2 + 0.6 * ((k * 7) % 11) / 10))

@@ -33,6 +33,7 @@ __all__ = ["page_data", "render_page", "MAX_DISPLAY_SIDE"]
 # the backdrop of a bigger image loses resolution (a 4000x3000 photo would otherwise add megabytes).
 MAX_DISPLAY_SIDE = 2000
 JPEG_QUALITY = 90
+MARGIN = 0.04  # of the long side, around the image in each view
 
 
 def _hex(rgb) -> str:
@@ -159,13 +160,16 @@ def render_page(data: dict) -> str:
     """The self-contained HTML page of :func:`page_data`'s ``data``."""
     section, prediction_name, legend = _prediction_section(data)
     image = data["image"]
+    # a margin around the image, so that points just outside it (hollow, mostly) stay visible
+    w, h = image["width"], image["height"]
+    m = round(MARGIN * max(w, h))
+    frame = (f'viewBox="{-m} {-m} {w + 2 * m} {h + 2 * m}" preserveAspectRatio="xMidYMid meet" '
+             f'style="aspect-ratio: {w + 2 * m} / {h + 2 * m}; --aspect: {(w + 2 * m) / (h + 2 * m):.6f}"')
     plain_view = ""
     if data["plain"] is not None:
         plain_view = (
             f'<figure><figcaption>{html.escape(data["plain"]["model"])}: the fixed grid of its plain convs'
-            f'</figcaption><svg id="dcnviz-plain-view" class="dcnviz-svg" xmlns="http://www.w3.org/2000/svg" '
-            f'viewBox="0 0 {image["width"]} {image["height"]}" preserveAspectRatio="xMidYMid meet" '
-            f'style="aspect-ratio: {image["width"]} / {image["height"]}">'
+            f'</figcaption><svg id="dcnviz-plain-view" class="dcnviz-svg" xmlns="http://www.w3.org/2000/svg" {frame}>'
             f'<image class="dcnviz-image" x="0" y="0" width="{image["width"]}" height="{image["height"]}" '
             'preserveAspectRatio="none"/><g class="dcnviz-points"><g class="dcnviz-points-hollow"></g><g class="dcnviz-points-filled"></g></g><g class="dcnviz-unit-layer"></g></svg>'
             '</figure>')
@@ -174,6 +178,6 @@ def render_page(data: dict) -> str:
     payload = json.dumps(data, allow_nan=False, separators=(",", ":")).replace("</", "<\\/")
     return Template(_resource("page.html")).substitute(
         title=html.escape(f'{image["name"]} ({image["width"]}x{image["height"]}), {data["model"]}'),
-        model=html.escape(data["model"]), width=image["width"], height=image["height"],
+        model=html.escape(data["model"]), width=w, height=h, frame=frame,
         style=_resource("explore.css"), script=_resource("explore.js"), data=payload, plain_view=plain_view,
         prediction_section=section, prediction_name=prediction_name, legend_extra=legend, click_help=click_help)
