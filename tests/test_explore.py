@@ -195,6 +195,7 @@ class TestPage:
         assert page.page.locator(".dcnviz-part").count() == 0
         # a point inside detection k and in no smaller box: its parts appear, 7x7 of them
         areas = [(d["box"][2] - d["box"][0] + 1) * (d["box"][3] - d["box"][1] + 1) for d in dets]
+        clicked = []
         for k in np.argsort(areas):
             x1, y1, x2, y2 = dets[k]["box"]
             inner = [j for j in range(len(dets)) if areas[j] < areas[k]]
@@ -208,6 +209,7 @@ class TestPage:
             if not free:
                 continue
             page.click(*free[0])
+            clicked.append(k)
             assert page.page.locator(".dcnviz-part").count() == 49
             assert page.page.eval_on_selector(".dcnviz-roi", "e => +e.dataset.index") == k
             parts = page.page.eval_on_selector_all(
@@ -217,6 +219,7 @@ class TestPage:
             page.hover(5, 5)  # pinned: the unit stays where it was clicked
             cell = (int(free[0][1] * 0.8 // 16), int(free[0][0] * 0.8 // 16))
             assert page.unit() == ((cell[1] + 0.5) * 20, (cell[0] + 0.5) * 20)
+        assert len(clicked) >= 2
         page.click(2, 2)  # outside every box (the random corner is free on this image): parts gone
         assert page.page.locator(".dcnviz-part").count() == 0
         page.close()
