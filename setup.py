@@ -2,6 +2,8 @@
 
 CUDA kernels are compiled when torch was built with CUDA and ``nvcc`` is found.
 ``DCNVIZ_CUDA=0`` turns them off, ``DCNVIZ_CUDA=1`` makes a missing toolkit an error.
+``DCNVIZ_ASAN=1`` builds the C++ code with AddressSanitizer (for checking the kernels; load it with
+``LD_PRELOAD=$(gcc -print-file-name=libasan.so)``, see README "Fuzzing").
 Without a visible GPU the kernels are built for a short architecture list so the build stays
 a few minutes on a small machine: sm_75 (T4), sm_80 (A100), sm_90 (H100/H200) and PTX for newer
 GPUs, plus sm_70 (V100) with a toolkit older than CUDA 13, which dropped Volta;
@@ -76,8 +78,12 @@ def _extension():
     rel = lambda pattern: sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     cxx = ["-O3", "-std=c++20"]
+    link = []
+    if os.environ.get("DCNVIZ_ASAN", "0").lower() in ("1", "true", "on", "yes"):
+        cxx += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
+        link += ["-fsanitize=address"]
     if not _want_cuda():
-        return CppExtension("dcnviz._C", sources, extra_compile_args={"cxx": cxx})
+        return CppExtension("dcnviz._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)
     import torch
 
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
@@ -87,6 +93,7 @@ def _extension():
         "dcnviz._C",
         sources + rel("csrc/cuda/*.cu"),
         define_macros=[("WITH_CUDA", None)],
+        extra_link_args=link,
         extra_compile_args={
             "cxx": cxx + [f"-idirafter{d}" for d in after],
             "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr"] + [f"-Xcompiler=-idirafter{d}" for d in after],
@@ -118,7 +125,7 @@ setup(
         "tqdm",
     ],
     # playwright drives Debian's chromium in the tests of `dcnviz explore` (it never downloads a browser)
-    extras_require={"test": ["pytest", "expecttest", "jsonschema", "pycocotools", "playwright"]},
+    extras_require={"test": ["pytest", "expecttest", "jsonschema", "pycocotools", "hypothesis", "playwright"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     entry_points={"console_scripts": ["dcnviz=dcnviz.cli:main"]},

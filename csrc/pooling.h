@@ -108,10 +108,15 @@ DCNVIZ_HD int64_t ps_channel(int64_t ctop, int64_t ph, int64_t pw, const PoolGeo
 
 // ---- psroi_pool: a bin averages the whole pixels it overlaps ----
 
-// floor/ceil of a bin edge, clamped to [0, extent] before it becomes an integer (NaN gives 0).
+// floor/ceil of a bin edge, clamped to [0, extent] (NaN gives 0). The upper clamp is done on the
+// integer: A(extent) rounds up for extents above 2**24 in float32 (e.g. 2**24 + 3 -> 2**24 + 4), so
+// comparing in A alone could let an index past the map through.
 template <typename A>
 DCNVIZ_HD int64_t edge_index(A v, int64_t extent) {
-  return v >= A(0) ? (v <= A(extent) ? static_cast<int64_t>(v) : extent) : 0;
+  if (!(v >= A(0))) return 0;
+  if (!(v < A(extent))) return extent;  // also keeps the cast below in range
+  const int64_t i = static_cast<int64_t>(v);
+  return i < extent ? i : extent;
 }
 
 // The pixels [h0, h1) x [w0, w1) that bin (ph, pw) of a RoI averages; the same in every channel.

@@ -3,6 +3,8 @@
 
 #include <c10/util/Exception.h>
 
+#include "checked_math.h"
+
 namespace dcnviz {
 
 PoolGeometry check_psroi_pool(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
@@ -11,8 +13,10 @@ PoolGeometry check_psroi_pool(const at::Tensor& input, const at::Tensor& rois, d
   TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "psroi_pool: rois must be (R, 5), got ", rois.sizes());
   TORCH_CHECK(output_dim > 0 && group_size > 0 && pooled_size > 0,
               "psroi_pool: output_dim, group_size and pooled_size must be positive");
-  TORCH_CHECK(input.size(1) == output_dim * group_size * group_size,
+  TORCH_CHECK(input.size(1) == checked_mul(output_dim, group_size, group_size, "psroi_pool"),
               "psroi_pool: input must have output_dim*group_size**2 channels, got ", input.size(1));
+  // the output (R, output_dim, P, P), indexed as one flat int64 range
+  checked_mul(rois.size(0), output_dim, pooled_size, pooled_size, "psroi_pool");
   TORCH_CHECK(rois.scalar_type() == input.scalar_type() && rois.device() == input.device(),
               "psroi_pool: rois must match input's dtype and device");
   return {input.size(0), input.size(1), input.size(2), input.size(3), rois.size(0),
@@ -27,8 +31,10 @@ DeformPoolGeometry check_deform_psroi_pool(const at::Tensor& input, const at::Te
   TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "deform_psroi_pool: rois must be (R, 5), got ", rois.sizes());
   TORCH_CHECK(output_dim > 0 && group_size > 0 && pooled_size > 0 && part_size > 0 && sample_per_part > 0,
               "deform_psroi_pool: output_dim, group_size, pooled_size, part_size and sample_per_part must be positive");
-  TORCH_CHECK(input.size(1) == output_dim * group_size * group_size,
+  TORCH_CHECK(input.size(1) == checked_mul(output_dim, group_size, group_size, "deform_psroi_pool"),
               "deform_psroi_pool: input must have output_dim*group_size**2 channels, got ", input.size(1));
+  checked_mul(rois.size(0), output_dim, pooled_size, pooled_size, "deform_psroi_pool");
+  checked_mul(part_size, part_size, sample_per_part, sample_per_part, "deform_psroi_pool");
   TORCH_CHECK(rois.scalar_type() == input.scalar_type() && rois.device() == input.device(),
               "deform_psroi_pool: rois must match input's dtype and device");
   DeformPoolGeometry g{{input.size(0), input.size(1), input.size(2), input.size(3), rois.size(0), output_dim,

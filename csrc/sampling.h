@@ -77,6 +77,15 @@ DCNVIZ_HD AxisSample<T> dpsroi_axis(T v, int64_t n) {
   // exactly, without two libm calls per sample on CPUs that lack a rounding instruction (x86-64
   // before SSE4.1, the default target).
   a.i0 = static_cast<int64_t>(v);
+  // T(n - 1) rounds up to n for some n above 2**24 in float32: clamp the index itself, so the last
+  // pixel is read, never the one past it.
+  if (a.i0 > n - 1) {
+    a.i0 = n - 1;
+    a.step = 0;
+    a.frac = T(0);
+    a.valid = true;
+    return a;
+  }
   a.step = T(a.i0) < v ? 1 : 0;
   a.frac = v - T(a.i0);
   a.valid = true;

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from cli_helpers import ROOT, assert_one_line_error, coco_ground_truth, leftover_temp_files, run_cli, validate_jsonl
-from dcnviz.cli.predict import filter_detections
+from dcnviz.models.postprocess import filter_detections
 from dcnviz.io.images import read_image
 from dcnviz.io.results_json import COCO_CATEGORY_IDS, detection_record, segmentation_record
 from dcnviz.models import load_model

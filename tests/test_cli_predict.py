@@ -18,8 +18,9 @@ import fake_models
 from cli_helpers import coco_ground_truth, leftover_temp_files, validate_jsonl
 from dcnviz.cli import main
 from dcnviz.cli import predict as predict_mod
-from dcnviz.cli.common import resolve_model, select_device
-from dcnviz.cli.predict import RunOptions, filter_detections, parse_classes, run_predictions
+from dcnviz.cli.common import parse_classes, resolve_model, select_device
+from dcnviz.cli.predict import RunOptions, run_predictions
+from dcnviz.models.postprocess import filter_detections
 from dcnviz.errors import DeviceError, UserError
 from dcnviz.io.results_json import (COCO_CATEGORY_IDS, class_histogram, coco_category_ids, coco_image_ids,
                                     coco_results, detection_record, load_schema)

@@ -15,6 +15,7 @@ from safetensors import safe_open
 from dcnviz.cli import main
 from dcnviz.convert import names
 from dcnviz.convert.weights import guess_model, read_weights
+from dcnviz.models.loading import expected_state_dict
 from dcnviz.errors import UserError
 from dcnviz.models import load_model
 
@@ -31,6 +32,11 @@ def tiny(monkeypatch):
 def write_params(path, arrays, version="v2"):
     params_writer.write(str(path), arrays, version)
     return str(path)
+
+
+def read(path, model=None):
+    """``read_weights`` as ``load_model`` calls it: with the expected state dict of a named model."""
+    return read_weights(path, model, expected=None if model is None else expected_state_dict(model))
 
 
 def run_cli(*args):
@@ -64,12 +70,12 @@ def test_convert_and_load(tiny, tmp_path, version):
 def test_test_keys_replace_the_plain_box_weights(tiny, tmp_path):
     model = tiny_models.rfcn("rfcn_dcn")
     arrays = official_arrays(model, test_keys=True)
-    _, state, meta = read_weights(write_params(tmp_path / "t.params", arrays), "tiny_rfcn_dcn")
+    _, state, meta = read(write_params(tmp_path / "t.params", arrays), "tiny_rfcn_dcn")
     np.testing.assert_array_equal(state["head.rfcn_bbox.weight"].numpy(), arrays["arg:rfcn_bbox_weight_test"])
     np.testing.assert_array_equal(state["head.rfcn_bbox.bias"].numpy(), arrays["arg:rfcn_bbox_bias_test"])
     assert meta["bbox_keys"] == "rfcn_bbox_*_test"
     del arrays["arg:rfcn_bbox_weight"], arrays["arg:rfcn_bbox_bias"]  # only the _test keys: also fine
-    _, state, _ = read_weights(write_params(tmp_path / "t2.params", arrays), "tiny_rfcn_dcn")
+    _, state, _ = read(write_params(tmp_path / "t2.params", arrays), "tiny_rfcn_dcn")
     np.testing.assert_array_equal(state["head.rfcn_bbox.bias"].numpy(), arrays["arg:rfcn_bbox_bias_test"])
 
 
@@ -77,7 +83,7 @@ def test_float16_and_float64_arrays_become_float32(tiny, tmp_path):
     arrays = official_arrays(tiny_models.deeplab(True))
     arrays["arg:fc6_weight"] = arrays["arg:fc6_weight"].astype(np.float16)
     arrays["aux:bn_conv1_moving_var"] = arrays["aux:bn_conv1_moving_var"].astype(np.float64)
-    _, state, meta = read_weights(write_params(tmp_path / "d.params", arrays), "tiny_deeplab")
+    _, state, meta = read(write_params(tmp_path / "d.params", arrays), "tiny_deeplab")
     assert all(t.dtype == torch.float32 for t in state.values())
     np.testing.assert_array_equal(state["head.fc6.weight"].numpy(), arrays["arg:fc6_weight"].astype(np.float32))
     assert "float16 x1" in meta["source_dtypes"] and "float64 x1" in meta["source_dtypes"]
@@ -100,9 +106,9 @@ def test_mismatched_keys_are_listed_in_one_message(tiny, tmp_path):
 def test_file_of_another_model(tiny, tmp_path):
     src = write_params(tmp_path / "seg.params", official_arrays(tiny_models.deeplab(True)))
     with pytest.raises(UserError, match="does not fit model tiny_rfcn_dcn: .* missing .*arg:rpn_"):
-        read_weights(src, "tiny_rfcn_dcn")
+        read(src, "tiny_rfcn_dcn")
     with pytest.raises(UserError, match="matches none of the official models"):
-        read_weights(src)  # no model given: only official models are recognised from keys
+        read(src)  # no model given: only official models are recognised from keys
     out = tmp_path / "seg.safetensors"
     code, text = run_cli(src, "-m", "tiny_rfcn_dcn", "-o", out)
     assert code == 1 and text.count("\n") == 1 and "does not fit model tiny_rfcn_dcn: " in text
@@ -118,7 +124,7 @@ def test_integer_arrays_are_refused(tiny, tmp_path):
     arrays = official_arrays(tiny_models.deeplab(True))
     arrays["arg:score_bias"] = arrays["arg:score_bias"].astype(np.int32)
     with pytest.raises(UserError, match="non-float arrays cannot be weights: arg:score_bias"):
-        read_weights(write_params(tmp_path / "i.params", arrays), "tiny_deeplab")
+        read(write_params(tmp_path / "i.params", arrays), "tiny_deeplab")
 
 
 def test_never_overwrites_without_force(tiny, tmp_path):

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from dcnviz.data.loader import VOCDetSeg, collate, image_scale, to_input
+from dcnviz.data.loader import VOCDetSeg, collate, image_scale
+from dcnviz.models.preprocess import to_network_input
 from dcnviz.data.synth import generate
 from dcnviz.data.voc import VOCDataset
 
@@ -21,7 +22,7 @@ def test_official_scale_and_transform():
     assert image_scale(375, 500, None, 1000) == 1.0
     bgr = np.zeros((2, 3, 3), np.uint8)
     bgr[..., 0], bgr[..., 2] = 200, 10  # blue 200, red 10
-    x = to_input(bgr, 1.0)
+    x = to_network_input(bgr, 1.0)
     assert x.shape == (3, 2, 3)
     np.testing.assert_allclose(x[:, 0, 0].numpy(), [10 - 123.15, 0 - 115.90, 200 - 103.06], rtol=1e-6)
 

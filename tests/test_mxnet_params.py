@@ -12,6 +12,7 @@ from dcnviz.convert.mxnet_params import read_params
 from dcnviz.errors import UserError
 
 import params_writer
+from limits import run_limited
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "params")
 
@@ -80,16 +81,64 @@ def test_trailing_bytes_are_refused(tmp_path):
         read_params(write_bytes(tmp_path, fixture_bytes("v2.params") + b"\0"))
 
 
-def test_single_byte_corruptions_never_crash(tmp_path):
-    """Every byte of the header and first array replaced by 0xFF: parsed or refused, never another error."""
-    data = fixture_bytes("v2.params")
-    for pos in range(24 + 60):
+def test_single_byte_corruptions_are_refused_or_harmless(tmp_path):
+    """Every byte of the header and the first array (a V2 (2, 3, 3, 3) float32) replaced by 0xFF: a
+    structural field (magics, counts, storage type, ndim, dims, type flag) is refused with a UserError;
+    a field the reader does not interpret (the reserved word, the device) or a data byte parses to the
+    same arrays, only the first array's data changed where the byte was."""
+    data, ref = fixture_bytes("v2.params"), expected()
+    first = "arg:conv_weight"
+    assert ref[first].shape == (2, 3, 3, 3) and ref[first].dtype == np.float32  # the offsets below
+    reserved, device, data_start = range(8, 16), range(68, 76), 80
+    for pos in range(data_start + 8):
         bad = bytearray(data)
         bad[pos] = 0xFF
-        try:
-            read_params(write_bytes(tmp_path, bytes(bad)))
-        except UserError:
-            pass
+        path = write_bytes(tmp_path, bytes(bad))
+        if pos in reserved or pos in device or pos >= data_start:
+            arrays = read_params(path).arrays
+            assert list(arrays) == list(ref), pos
+            for name, a in ref.items():
+                want = a
+                if name == first and pos >= data_start:
+                    raw = bytearray(a.tobytes())
+                    raw[pos - data_start] = 0xFF
+                    want = np.frombuffer(bytes(raw), a.dtype).reshape(a.shape)
+                np.testing.assert_array_equal(arrays[name], want, err_msg=f"byte {pos}")
+        else:
+            with pytest.raises(UserError):
+                read_params(path)
+
+
+def test_many_tiny_records_are_refused_at_the_header_within_bounded_memory(tmp_path):
+    """20 million 4-byte "none" records (a sparse 80 MB file): refused from the array count before any
+    record is read. Without the bound, every record made a numpy object (gigabytes); the subprocess runs
+    under an address-space limit of its size after imports + 512 MiB."""
+    path = tmp_path / "many.params"
+    n = 20_000_000
+    with open(path, "wb") as f:
+        f.write(struct.pack("<QQQ", 0x112, 0, n))
+        f.truncate(24 + 4 * n + 8)  # zeros: legacy records of ndim 0, then a name count of 0
+    proc = run_limited(f"""
+from dcnviz.convert.mxnet_params import read_params
+from dcnviz.errors import UserError
+try:
+    read_params({str(path)!r})
+except UserError as e:
+    print("refused:", e)
+""")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stdout.startswith("refused: ") and "20000000 arrays, more than the 100000" in proc.stdout
+
+
+def test_the_model_bounds_the_values_read(tmp_path):
+    """With the model's limits, an array larger than the whole model is refused before it is read."""
+    arrays = {"arg:a": np.zeros(4, np.float32), "arg:b": np.zeros(100, np.float32)}
+    path = write_bytes(tmp_path, params_writer.encode(arrays))
+    assert read_params(path, max_arrays=2, max_elements=104).arrays.keys() == arrays.keys()
+    with pytest.raises(UserError, match=r"array 1 \(100,\) holds more values than the model has \(96 left\)"):
+        read_params(path, max_elements=100)
+    with pytest.raises(UserError, match="2 arrays, more than the 1 the model has"):
+        read_params(path, max_arrays=1)
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -54,5 +54,5 @@ def test_unreadable_paths(tmp_path):
         preprocess(str(tmp_path / "missing.jpg"), (600, 1000))
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
-    with pytest.raises(UserError, match="cannot read it as an image"):
+    with pytest.raises(UserError, match="cannot read image .*bad.jpg.: not an image file"):
         preprocess(str(bad), (600, 1000))

@@ -1,6 +1,7 @@
 """Training: hand-computed targets and losses, the bundled synth models, a seeded resumable training run
 of tiny models on a tiny synthetic dataset, and evaluation."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -290,14 +291,18 @@ def test_epoch_batches_cover_every_image_once_in_single_orientation_batches():
 
 # ------------------------------------------------------------------------------------------ eval
 class _Oracle:
-    """Predicts the ground truth: boxes shifted by ``shift`` pixels, or the class map with void as 0."""
+    """Predicts the ground truth: boxes shifted by ``shift`` pixels, or the class map with void as 0. Its
+    "preprocessing" passes the image on as its position among the annotations."""
 
     def __init__(self, task, root, shift=0.0):
         self.task, self.classes, self.voc, self.shift = task, SYNTH_CLASSES, VOCDataset(root), shift
+        self.names = sorted(p.stem for p in (Path(root) / "Annotations").glob("*.xml"))
 
-    def predict(self, path):
-        image_id = path.stem
-        prep = Prep((375, 500), 1.0, (375, 500))
+    def preprocess(self, path):
+        return torch.tensor([self.names.index(path.stem)]), Prep((375, 500), 1.0, (375, 500))
+
+    def predict_input(self, data, prep):
+        image_id = self.names[int(data[0])]
         if self.task == "segmentation":
             labels = self.voc.segmentation(image_id).copy()
             labels[labels == 255] = 0

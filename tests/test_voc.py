@@ -6,8 +6,10 @@ from PIL import Image
 
 from dcnviz.data.classes import voc_palette
 from dcnviz.data.voc import (Annotation, VOCDataset, VOCObject, annotation_xml, parse_annotation,
-                             read_label_png, write_label_png)
+                             read_label_png)
 from dcnviz.errors import DatasetError, UserError
+from dcnviz.io.images import write_png_palette_atomic
+from imagefiles import write_bomb_png
 
 XML = """<annotation>
   <folder>VOC2007</folder><filename>000001.jpg</filename>
@@ -89,7 +91,7 @@ def test_bad_annotation(tmp_path, edit, message):
 def test_label_png_reads_indices_not_colours(tmp_path):
     labels = np.array([[0, 1, 15], [20, 255, 0]], np.uint8)
     path = tmp_path / "p.png"
-    write_label_png(path, labels, voc_palette())
+    write_png_palette_atomic(path, labels, voc_palette())
     with Image.open(path) as im:
         assert im.mode == "P" and im.getpalette()[3:6] == [128, 0, 0]
     np.testing.assert_array_equal(read_label_png(path), labels)
@@ -103,6 +105,15 @@ def test_label_png_reads_indices_not_colours(tmp_path):
         read_label_png(tmp_path / "junk.png")
     with pytest.raises(DatasetError, match="missing.png does not exist"):
         read_label_png(tmp_path / "missing.png")
+
+
+@pytest.mark.parametrize("size", [(40000, 40000), (12000, 10000)], ids=["pillow-bomb", "over-max-pixels"])
+def test_label_png_bomb_is_a_dataset_error(tmp_path, size):
+    """A header claiming 1.6 GP makes Pillow raise DecompressionBombError (not an OSError); 120 MP is under
+    Pillow's limit but over the image reader's: both are refused, in one line, before decoding."""
+    path = write_bomb_png(tmp_path / "bomb.png", *size)
+    with pytest.raises(DatasetError, match="bomb.png: label image is .*over the limit of 100 MP"):
+        read_label_png(path)
 
 
 def test_writer_round_trip(tmp_path):

@@ -1,4 +1,5 @@
-"""Look inside deformable layers: pure functions on captured offset maps (numpy/torch, no model code).
+"""Look inside deformable layers: pure functions on captured offset maps (numpy/torch, no model code), and
+:func:`inspect`, which runs a model once on an image and gathers them into an :class:`Inspection`.
 
 Data flows one way: a model's forward captures offset maps -> this package -> rendering / JSON / tables.
 
@@ -36,6 +37,11 @@ per group. :data:`TABLE2_CONFIG` states all of this as a dict, :data:`PAPER_TABL
 Units (:mod:`~dcnviz.analysis.units`): activation units at given pixels, or picked on the background, a
 small and a large object of a set of boxes. RoI parts (:func:`roi_parts`): the bins of deformable PS RoI
 pooling where the operator puts them, in image pixels (paper Fig. 7).
+
+Inspection (:mod:`~dcnviz.analysis.inspection`): :func:`inspect` runs a model once on an image and returns
+an :class:`Inspection` (prediction, every deformable layer's offsets and geometry as :class:`LayerRecord` s,
+sampling points of any unit, units chosen automatically, RoI parts of any detection or box); every
+analysis command is a view of it.
 """
 from dcnviz.analysis.buckets import (BACKGROUND, BUCKETS, EXCLUDED, LARGE, LARGE_MIN_AREA, MEDIUM, SMALL,
                                      SMALL_MAX_AREA, assign_buckets, box_areas, size_bucket)
@@ -44,7 +50,9 @@ from dcnviz.analysis.dilation import effective_dilation
 from dcnviz.analysis.parts import RoIParts, roi_parts
 from dcnviz.analysis.sampling import LayerGeometry, SamplingLocations, sampling_locations
 from dcnviz.analysis.table2 import PAPER_TABLE2, TABLE2_CONFIG, DilationStats
-from dcnviz.analysis.units import Unit, pick_units, segment_boxes, units_at
+from dcnviz.analysis.units import Unit, cell_unit, pick_units, segment_boxes, units_at
+from dcnviz.analysis.inspection import (DEFAULT_LEVELS, Inspection, LayerRecord, PooledRoI, UnitChoice, UnitSamples,
+                                        inspect, layer_records, select_layers)
 
 __all__ = [
     "effective_dilation", "sampling_locations", "LayerGeometry", "SamplingLocations",
@@ -52,5 +60,7 @@ __all__ = [
     "assign_buckets", "box_areas", "size_bucket", "BUCKETS", "SMALL", "MEDIUM", "LARGE", "BACKGROUND",
     "EXCLUDED", "SMALL_MAX_AREA", "LARGE_MIN_AREA",
     "DilationStats", "PAPER_TABLE2", "TABLE2_CONFIG",
-    "Unit", "pick_units", "units_at", "segment_boxes", "RoIParts", "roi_parts",
+    "Unit", "pick_units", "units_at", "cell_unit", "segment_boxes", "RoIParts", "roi_parts",
+    "inspect", "Inspection", "LayerRecord", "UnitSamples", "UnitChoice", "PooledRoI", "layer_records",
+    "select_layers", "DEFAULT_LEVELS",
 ]

@@ -116,6 +116,44 @@ class DilationStats:
             self.update(layer, dilation, cache[size])
         self.images += 1
 
+    def state(self) -> dict:
+        """Everything accumulated, JSON-ready: ``{"images", "hist_max", "hist_bins", "layers": {layer: {"n",
+        "mean", "m2": (G, 4) lists, "hist": (G, 4, hist_bins + 1) list}}}``; floats survive a JSON round
+        trip exactly."""
+        return {"images": self.images, "hist_max": float(self.edges[-1]), "hist_bins": len(self.edges) - 1,
+                "layers": {layer: {k: v.tolist() for k, v in acc.items()} for layer, acc in self._layers.items()}}
+
+    @classmethod
+    def from_state(cls, state: Mapping) -> "DilationStats":
+        """The statistics of :meth:`state`; a layer without ``"hist"`` gets empty histograms."""
+        stats = cls(state["hist_max"], state["hist_bins"])
+        stats.images = int(state["images"])
+        for layer, acc in state["layers"].items():
+            n = np.asarray(acc["n"], np.int64)
+            hist = acc.get("hist")
+            stats._layers[layer] = {
+                "n": n, "mean": np.asarray(acc["mean"], np.float64), "m2": np.asarray(acc["m2"], np.float64),
+                "hist": np.zeros((*n.shape, len(stats.edges)), np.int64) if hist is None else np.asarray(hist, np.int64)}
+        return stats
+
+    def merge(self, other: "DilationStats") -> None:
+        """Add the images of ``other`` (same histogram bins): counts and histograms summed, means and M2
+        combined by Chan's formula in float64, never averaged. Merging the one-image statistics of each
+        image in image order gives bit for bit what :meth:`add_image` in that order gives, so a dataset
+        split over processes or interrupted runs can be put back together exactly."""
+        if not np.array_equal(self.edges, other.edges):
+            raise ValueError("cannot merge DilationStats with different histogram bins")
+        for layer, b in other._layers.items():
+            a = self._layers.get(layer)
+            if a is None:
+                self._layers[layer] = {k: v.copy() for k, v in b.items()}
+                continue
+            if a["n"].shape != b["n"].shape:
+                raise ValueError(f"layer {layer!r}: {a['n'].shape[0]} vs {b['n'].shape[0]} deformable groups")
+            a["n"], a["mean"], a["m2"] = _merge(a["n"], a["mean"], a["m2"], b["n"], b["mean"], b["m2"])
+            a["hist"] = a["hist"] + b["hist"]
+        self.images += other.images
+
     def _totals(self, layer: str, groups: str):
         if groups not in _GROUP_MODES:
             raise ValueError(f"groups must be one of {_GROUP_MODES}, got {groups!r}")

@@ -27,7 +27,7 @@ from dcnviz.analysis._common import as_float64, pair
 from dcnviz.analysis.buckets import BUCKETS, SMALL_MAX_AREA, box_areas, size_bucket
 from dcnviz.analysis.coords import feature_to_image, image_to_cell
 
-__all__ = ["Unit", "KINDS", "pick_units", "units_at", "segment_boxes"]
+__all__ = ["Unit", "KINDS", "pick_units", "units_at", "cell_unit", "segment_boxes"]
 
 KINDS = ("background", "small", "large")
 
@@ -123,6 +123,16 @@ def units_at(points_xy, map_size, scale: float, stride: float, image_size) -> li
         cell = image_to_cell(np.array([y, x], np.float64), scale, stride)
         units.append(_unit("at", np.minimum(cell, (ho - 1, wo - 1)), scale, stride))
     return units
+
+
+def cell_unit(cell, map_size, scale: float, stride: float) -> Unit:
+    """The unit (kind "at") at output cell (i, j) of a map of ``map_size`` (Ho, Wo); ValueError naming the
+    cell when it lies outside the map."""
+    ho, wo = pair(map_size, "map_size")
+    i, j = (int(c) for c in cell)
+    if not (0 <= i < ho and 0 <= j < wo):
+        raise ValueError(f"cell ({i}, {j}) is outside the {ho}x{wo} map")
+    return _unit("at", (i, j), scale, stride)
 
 
 def segment_boxes(labels: np.ndarray, skip=(), min_pixels: int = 100) -> np.ndarray:

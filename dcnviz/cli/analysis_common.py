@@ -1,5 +1,6 @@
-"""What the analysis commands (offsets, receptive-field, rois, dilation-stats) share: options, the model
-checks made before any weights are loaded, the layer stack, and the choice of activation units."""
+"""What the analysis commands (offsets, receptive-field, rois, dilation-stats) share: their options, the
+model checks made before any weights are loaded, and turning --at/--annotation/--conf into the units of an
+:class:`dcnviz.analysis.Inspection` (the analysis itself is in :mod:`dcnviz.analysis.inspection`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,7 +25,7 @@ def analysis_options(command: str, needs: str = "deformable conv layers") -> Cal
 
 def unit_options(levels_help: str) -> Callable[[Callable], Callable]:
     """--layer, --levels, --at, --annotation, --conf, --group, --round: which units, through which layers."""
-    from dcnviz.cli.predict import DEFAULT_CONF
+    from dcnviz.models.postprocess import DEFAULT_CONF
 
     options = [
         click.option("--layer", metavar="NAME", help="Top deformable layer, e.g. res5c; default: the last one."),
@@ -100,12 +101,16 @@ def resolve(model: str | None):
     return spec, net
 
 
-def stack(net, layer: str | None, levels: int | None, default_levels: int):
-    """:func:`dcnviz.models.capture.layer_stack`, its errors as usage errors of --layer/--levels."""
-    from dcnviz.models.capture import layer_stack
+def stack(net, layer: str | None, levels: int | None, default_levels: int) -> list[str]:
+    """Names of the layers of --layer/--levels, top first (:func:`dcnviz.analysis.select_layers` on the
+    weightless ``net``), its errors as usage errors of --layer/--levels."""
+    from dcnviz.analysis import select_layers
+    from dcnviz.models.capture import short_name
 
+    names = [short_name(l) for l in net.deformable_layers]
     try:
-        return layer_stack(net, layer, levels, default_levels)
+        return [names[i] for i in select_layers(names, None if layer is None else layer.removesuffix("_branch2b"),
+                                                levels, default_levels)]
     except ValueError as e:
         raise usage_error("--levels" if levels is not None and "levels" in str(e) else "--layer", e) from None
 
@@ -116,18 +121,6 @@ def load(spec, weights, device: str, quiet: bool):
 
     dev = select_device(device, warn=None if quiet else lambda line: click.echo(line, err=True))
     return dcnviz.load_model(spec.name, weights, dev), dev
-
-
-def geometry(layer):
-    """:class:`dcnviz.analysis.LayerGeometry` of a :class:`dcnviz.models.resnet.DeformableLayer`."""
-    from dcnviz.analysis import LayerGeometry
-
-    return LayerGeometry(layer.kernel_size, layer.dilation, layer.padding, layer.stride, layer.deformable_groups)
-
-
-def points_per_unit(geometries) -> int:
-    """How many composed sampling points a unit has: the product of the layers' tap counts (9**L for 3x3)."""
-    return int(np.prod([g.kernel_size[0] * g.kernel_size[1] for g in geometries]))
 
 
 def sample_images() -> list[Path]:
@@ -141,77 +134,24 @@ def sample_images() -> list[Path]:
     return images
 
 
-def object_boxes(result, image: np.ndarray, annotation: Path | None, conf: float) -> tuple[np.ndarray, str]:
-    """Boxes to choose units on, and where they come from: ``annotation`` (a VOC XML; every object,
-    difficult ones too), else the model's detections with score >= ``conf``, else the connected
-    components of its segmentation (classes named background left out)."""
-    from dcnviz.analysis.units import segment_boxes
-    from dcnviz.structures import Detections
-    from dcnviz.viz.draw import BACKGROUND_NAMES
-
-    if annotation is not None:
-        from dcnviz.data.voc import parse_annotation
-
-        ann = parse_annotation(annotation)
-        if (ann.height, ann.width) != image.shape[:2]:
-            raise UserError(f"{annotation} is for a {ann.width}x{ann.height} image, but the image is "
-                            f"{image.shape[1]}x{image.shape[0]}")
-        return ann.boxes().astype(np.float64), f"the objects of {annotation}"
-    if isinstance(result, Detections):
-        keep = np.asarray(result.scores) >= conf
-        return np.asarray(result.boxes, np.float64)[keep], f"the detections with score >= {conf:g}"
-    skip = [i for i, name in enumerate(result.class_names) if name.lower() in BACKGROUND_NAMES]
-    return segment_boxes(result.labels, skip), "the segments"
-
-
-def choose_units(result, image: np.ndarray, top_layer, at, annotation, conf: float, kinds, warn):
-    """The units of one image: at the ``--at`` positions, else the ``kinds`` picked on
-    :func:`object_boxes`; ``warn`` gets a line for each kind that has no candidate."""
-    from dcnviz.analysis.units import pick_units, units_at
-
-    map_size = tuple(result.captured[top_layer.offset].shape[-2:])
-    stride = top_layer.feature_stride
+def choose_units(inspection, path, top: str, at, annotation, conf: float, kinds, say) -> list:
+    """The units of one image in layer ``top``: at the ``--at`` positions, else the ``kinds`` picked on the
+    objects (:meth:`dcnviz.analysis.Inspection.choose_units`), saying which kinds had no candidate.
+    Raises :class:`~dcnviz.errors.UserError` when there is no unit at all."""
     if at:
         try:
-            return units_at(at, map_size, result.prep.scale, stride, image.shape[:2])
+            return [inspection.unit_at(x, y, top) for x, y in at]
         except ValueError as e:
             raise usage_error("--at", e) from None
-    boxes, source = object_boxes(result, image, annotation, conf)
-    units = pick_units(boxes, map_size, result.prep.scale, stride, image.shape[:2], kinds)
-    missing = [k for k in kinds if k not in {u.kind for u in units}]
-    if missing:
-        warn(f"no {' or '.join(missing)} unit from {source} ({len(boxes)} boxes); use --at or --annotation")
-    return units
+    choice = inspection.choose_units(kinds, top, conf, annotation)
+    if choice.missing:
+        say(f"{path}: no {' or '.join(choice.missing)} unit from {choice.source} ({len(choice.boxes)} boxes); "
+            "use --at or --annotation")
+    if not choice.units:
+        raise UserError(f"{path}: no unit to show; use --at")
+    return choice.units
 
 
 def reporter(quiet: bool) -> Callable[[str], None]:
     """Where progress lines go: stderr, or nowhere with --quiet (errors are printed regardless)."""
     return (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
-
-
-def predict_units(net, image: np.ndarray, path, layers, at, annotation, conf: float, kinds, say):
-    """Run the model on one image and choose its units: (result, units, the layers' offset maps top first).
-    Raises :class:`~dcnviz.errors.UserError` when there is no unit at all."""
-    result = net.predict(image)
-    units = choose_units(result, image, layers[0], at, annotation, conf, kinds, lambda line: say(f"{path}: {line}"))
-    if not units:
-        raise UserError(f"{path}: no unit to show; use --at")
-    return result, units, [result.captured[layer.offset] for layer in layers]
-
-
-def unit_points(offsets, geometries, units, prep, stride: int, group, round_: bool):
-    """Per unit, its :class:`~dcnviz.analysis.SamplingLocations` and their (x, y) image positions."""
-    from dcnviz.analysis import sampling_locations
-
-    found = [sampling_locations(offsets, u.cell, geometries, group=group, round=round_) for u in units]
-    return found, [f.image_xy(prep.scale, stride) for f in found]
-
-
-def titles(units) -> list[str]:
-    """Panel titles: the unit's kind, its object's size, its position."""
-    out = []
-    for u in units:
-        kind = {"at": "unit", "small": "small object", "large": "large object"}.get(u.kind, u.kind)
-        size = "" if u.box is None else f" {u.box[2] - u.box[0] + 1:.0f}x{u.box[3] - u.box[1] + 1:.0f}"
-        out.append(f"{kind}{size} at ({u.xy[0]:.0f}, {u.xy[1]:.0f})")
-    return out

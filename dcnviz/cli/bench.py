@@ -1,4 +1,5 @@
-"""``dcnviz bench``: timings of the operators (``bench ops``) and of whole models (``bench model``)."""
+"""``dcnviz bench``: timings of the operators (``bench ops``), of whole models (``bench model``) and of dataset
+runs (``bench dataset``)."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ import textwrap
 
 import click
 
+from dcnviz.bench_dataset import dataset
 from dcnviz.bench_model import model
 
 
@@ -15,6 +17,7 @@ def bench():
 
 
 bench.add_command(model)
+bench.add_command(dataset)
 
 
 @bench.command()

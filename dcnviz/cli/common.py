@@ -9,12 +9,13 @@ which shows the full traceback instead. This module imports torch only when a de
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import click
 
@@ -180,3 +181,72 @@ def resolve_model(name: str | None, task: str | None, default: str | None = None
         raise click.BadParameter(f"{name!r} is a {spec.task} model, not a {task} model{hint}",
                                  param_hint="'--model'")
     return spec
+
+
+def parse_classes(values: Sequence[str], class_names: Sequence[str]) -> set[int] | None:
+    """Class ids from ``--classes`` values: names or ids, comma-separated, any case; None if no
+    value was given. Background (:data:`dcnviz.data.classes.BACKGROUND_NAMES`) is not selectable.
+    Raises BadParameter."""
+    from dcnviz.data.classes import background_ids
+
+    if not values:
+        return None
+    lookup = {name.lower(): i for i, name in enumerate(class_names)}
+    background = set(background_ids(class_names))
+    selectable = [n for i, n in enumerate(class_names) if i not in background]
+    ids = set()
+    for item in (v.strip() for value in values for v in value.split(",")):
+        if not item:
+            continue
+        i = int(item) if item.isdigit() else lookup.get(item.lower())
+        if i is None or not 0 <= i < len(class_names) or i in background:
+            close = difflib.get_close_matches(item, selectable, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else f"classes: {', '.join(selectable)}"
+            raise click.BadParameter(f"unknown class {item!r}; {hint}", param_hint="'--classes'")
+        ids.add(i)
+    return ids
+
+
+# ------------------------------------------------------------------------------ dataset-scale runs
+def dataset_run_options(f: Callable) -> Callable:
+    """--workers, --resume, --save-every: options of a command that runs over a whole dataset
+    (see :mod:`dcnviz.runner`)."""
+    options = [
+        click.option("--workers", type=click.IntRange(min=0), metavar="N",
+                     help="DataLoader processes that read and preprocess images (per process under torchrun); "
+                          "default: the CPU cores of this process less one, at most 8; 0 reads in this process."),
+        click.option("--resume", is_flag=True,
+                     help="Continue the interrupted run in OUT (the same model, weights, data and options)."),
+        click.option("--save-every", type=click.IntRange(min=1), default=10, show_default=True, metavar="N",
+                     help="Save the partial state (for --resume) and update the progress every N images of "
+                          "each process."),
+    ]
+    return apply_options(options)(f)
+
+
+def start_processes(device: str, quiet: bool):
+    """This process's :class:`dcnviz.runner.Dist` (joining torchrun's process group when launched by it)
+    on the device chosen by ``--device``."""
+    from dcnviz.runner import distributed
+
+    return distributed.init(device, select_device, None if quiet else lambda line: click.echo(line, err=True))
+
+
+def finish_processes(ctx) -> None:
+    from dcnviz.runner import distributed
+
+    distributed.finish(ctx)
+
+
+def run_folder(stack: contextlib.ExitStack, out: Path, exist_ok: bool, resume: bool, ctx) -> Path:
+    """The output folder of a dataset run, the same on every process: with ``resume`` OUT itself (which
+    must hold the interrupted run), else a fresh folder made by rank 0 (:func:`dcnviz.io.outputs.run_dir`,
+    entered on ``stack``)."""
+    from dcnviz.io.outputs import run_dir
+    from dcnviz.runner.distributed import on_main
+
+    if resume:
+        if not Path(out).is_dir():
+            raise UserError(f"nothing to resume: output folder {out} does not exist")
+        return Path(out)
+    return on_main(lambda: stack.enter_context(run_dir(out, exist_ok, (), [])), ctx)

@@ -26,7 +26,7 @@ def convert(params, model, output, force):
     or shapes do not match the model exactly; writes atomically and never overwrites without --force."""
     from tqdm import tqdm
 
-    from dcnviz.convert.weights import convert_file
+    from dcnviz.models import convert_file
 
     bar = tqdm(total=None, unit="array", desc="reading", leave=False, disable=None)
 

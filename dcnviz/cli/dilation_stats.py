@@ -9,13 +9,14 @@ Output (``OUT`` = runs/dilation-stats, …)::
 """
 from __future__ import annotations
 
+import contextlib
 import os
-import sys
 from pathlib import Path
 
 import click
 
-from dcnviz.cli.analysis_common import analysis_options, load, reporter, resolve
+from dcnviz.cli.analysis_common import analysis_options, reporter, resolve
+from dcnviz.cli.common import dataset_run_options, finish_processes, run_folder, start_processes
 
 PLUS_MINUS = "\u00b1"
 
@@ -45,8 +46,10 @@ def table(summary: dict, paper: dict | None) -> list[str]:
 @click.option("--split", default="test", show_default=True, help="Image set ImageSets/Main/SPLIT.txt.")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Use only the first N images of the split.")
 @click.option("--compare-paper", is_flag=True, help="Print the paper's Table 2 values under each layer.")
+@dataset_run_options
 @analysis_options("dilation-stats")
-def dilation_stats(dataset, split, limit, compare_paper, model, weights, device, out, exist_ok, quiet):
+def dilation_stats(dataset, split, limit, compare_paper, workers, resume, save_every, model, weights, device, out,
+                   exist_ok, quiet):
     """Effective dilation of the deformable filters by object size (paper Table 2) over DATASET, a
     VOC-layout folder (JPEGImages/, Annotations/*.xml with 1-based boxes, ImageSets/Main/SPLIT.txt).
 
@@ -56,51 +59,54 @@ def dilation_stats(dataset, split, limit, compare_paper, model, weights, device,
     background; positions inside difficult boxes only are left out. Prints the table (mean ± std and N
     per cell) with every rule used, and writes OUT/stats.json, OUT/stats.csv and OUT/hist_<layer>.png.
     Entries whose annotation or image is missing or broken are reported and skipped (exit status 1).
+    DATASET may also be a COCO folder (annotations/instances_SPLIT.json). Under torchrun the images are
+    split over the processes and the statistics merged exactly; --resume continues an interrupted run.
 
     \b
     Examples:
       dcnviz dilation-stats /data/VOCdevkit/VOC2007 --split test --compare-paper
       dcnviz dilation-stats synth/ --limit 50 --device cuda
+      torchrun --nproc-per-node 4 -m dcnviz dilation-stats VOC2007 -o runs/t2 --device cuda
     """
-    from tqdm import tqdm
-
+    import dcnviz
     from dcnviz.analysis import BUCKETS, PAPER_TABLE2, TABLE2_CONFIG
     from dcnviz.eval.dilation_stats import dilation_stats as run_stats
-    from dcnviz.io.analysis_json import stats_csv
+    from dcnviz.io.analysis_json import stats_csv, stats_record
     from dcnviz.io.images import write_bytes_atomic, write_json_atomic
-    from dcnviz.io.outputs import run_dir
     from dcnviz.models.capture import short_name
+    from dcnviz.runner import default_workers
+    from dcnviz.runner.partial import discard
     from dcnviz.viz.plots import dilation_histogram
 
     spec, meta = resolve(model)
-    with run_dir(out, exist_ok, (), []) as out_dir:
-        net, dev = load(spec, weights, device, quiet)
-        say = reporter(quiet)
-        say(f"{spec.name} on {dev}: {dataset}, split {split}")
-        # a bar also when stderr is a log file (a dataset takes long), updated every 30 s there
-        with tqdm(unit="img", file=sys.stderr, disable=quiet, leave=False,
-                  mininterval=0.1 if sys.stderr.isatty() else 30.0) as bar:
-            def progress(total: int) -> None:
-                bar.total = total
-                bar.update(1)
-
-            run = run_stats(net, dataset, split, limit, progress,
-                            on_skip=lambda _, reason: bar.write(f"Error: {reason}; skipped", file=sys.stderr))
+    ctx = start_processes(device, quiet)
+    say = reporter(quiet or not ctx.main)
+    with contextlib.ExitStack() as stack:
+        out_dir = run_folder(stack, out, exist_ok, resume, ctx)
+        net = dcnviz.load_model(spec.name, weights, ctx.device)
+        say(f"{spec.name} on {ctx.device}{f' x {ctx.world} processes' if ctx.world > 1 else ''}: {dataset}, "
+            f"split {split}")
+        run = run_stats(net, dataset, split, limit, ctx=ctx, workers=default_workers() if workers is None else workers,
+                        out_dir=out_dir, resume=resume, save_every=save_every, quiet=quiet,
+                        config={"model": spec.name})
+        if run is None:  # not rank 0: rank 0 merges and writes
+            finish_processes(ctx)
+            return
         summary = run.stats.summary("pooled")
         config = {**TABLE2_CONFIG, "group_mode": "pooled", "model": spec.name,
                   "weights": os.fspath(weights) if weights else "default", "dataset": os.fspath(dataset),
                   "split": split, "limit": limit, "images_listed": len(run.ids), "images": run.stats.images,
                   "hist_max": float(run.stats.edges[-1]), "hist_bins": len(run.stats.edges) - 1,
                   "skipped": [{"id": i, "error": e} for i, e in run.skipped]}
-        paper = {layer: {b: {"mean": m, "std": sd} for b, (m, sd) in cells.items()}
-                 for layer, cells in PAPER_TABLE2.items()}
-        write_json_atomic(out_dir / "stats.json", {"layers": summary, "config": config, "paper": paper}, expand=3)
+        write_json_atomic(out_dir / "stats.json", stats_record(summary, config, PAPER_TABLE2), expand=3)
         write_bytes_atomic(out_dir / "stats.csv", stats_csv(summary, PAPER_TABLE2).encode())
         nominal = {short_name(l): l.dilation for l in meta.deformable_layers}
         for layer, counts in run.stats.histograms("pooled").items():
             title = f"{layer}: {spec.name}, {run.stats.images} images of {split}"
             write_bytes_atomic(out_dir / f"hist_{layer}.png",
                                dilation_histogram(run.stats.edges, counts, BUCKETS, title, nominal[layer]))
+        discard(out_dir)
+    finish_processes(ctx)
 
     click.echo(f"Effective dilation, {spec.name} on {dataset} ({split}, {run.stats.images} images): "
                f"mean {PLUS_MINUS} std (N filters)")
@@ -112,6 +118,9 @@ def dilation_stats(dataset, split, limit, compare_paper, model, weights, device,
             click.echo(f"  {key}: {value}")
     if run.skipped:
         click.echo(f"  skipped: {len(run.skipped)} of {len(run.ids)} images ({', '.join(i for i, _ in run.skipped)})")
+    if run.images_run:
+        say(f"{run.images_run} images in {run.seconds:.1f} s ({run.images_run / max(run.seconds, 1e-9):.2f} img/s"
+            f"{f' over {ctx.world} processes' if ctx.world > 1 else ''})")
     say(f"Results saved to {out_dir}")
     if run.skipped:
         raise click.exceptions.Exit(1)

@@ -12,12 +12,9 @@ from pathlib import Path
 
 import click
 
-from dcnviz.cli.analysis_common import (analysis_options, geometry, load, points_per_unit, predict_units, reporter,
-                                        resolve, sample_images, stack, titles, unit_options, unit_points,
-                                        usage_error)
+from dcnviz.cli.analysis_common import (analysis_options, choose_units, load, reporter, resolve, sample_images, stack,
+                                        unit_options, usage_error)
 from dcnviz.errors import ImageError
-
-KINDS = ("background", "small", "large")
 
 
 @click.command()
@@ -41,28 +38,22 @@ def offsets(images, layer, levels, at, annotation, conf, group, round_, model, w
       dcnviz offsets --layer res5c
       dcnviz offsets photo.jpg --model rfcn_dcn_coco --weights rfcn_dcn_coco.safetensors --at 320,200
     """
-    from dcnviz.io.analysis_json import image_record, layer_record, points_record, unit_record
+    from dcnviz.analysis import inspect
+    from dcnviz.analysis.units import KINDS
+    from dcnviz.io.analysis_json import offsets_record
     from dcnviz.io.images import find_images, read_image, write_image_atomic, write_json_atomic
     from dcnviz.io.outputs import output_names, run_dir
-    from dcnviz.models.capture import short_name
-    from dcnviz.viz.sampling import GROUP_COLOR_NAMES, draw_sampling_points, montage
+    from dcnviz.viz.sampling import GROUP_COLOR_NAMES, draw_unit_samples, montage, unit_title
 
     images = find_images(images) if images else sample_images()
     if annotation is not None and len(images) > 1:
         raise click.BadParameter("an annotation belongs to one image; give one IMAGE", param_hint="'--annotation'")
     spec, meta = resolve(model)
-    layers = stack(meta, layer, levels, 3)
-    geoms = [geometry(l) for l in layers]
-    groups = layers[0].deformable_groups
+    names = stack(meta, layer, levels, 3)
+    groups = meta.deformable_layers[0].deformable_groups
     if isinstance(group, int) and group >= groups:
         raise usage_error("--group", ValueError(f"{group}: {spec.name} has {groups} deformable group(s)"))
-    names = [short_name(l) for l in layers]
     say = reporter(quiet)
-    stride = layers[-1].feature_stride
-    footer = (f"{spec.name}, {' > '.join(names)}: {points_per_unit(geoms)} points per unit; "
-              "hollow: outside a feature map"
-              + ("; groups " + ", ".join(f"{g} {c}" for g, c in zip(range(groups), GROUP_COLOR_NAMES))
-                 if group == "all" and groups > 1 else ""))
     failed = 0
     with run_dir(out, exist_ok, (), images) as out_dir:
         net, dev = load(spec, weights, device, quiet)
@@ -75,18 +66,19 @@ def offsets(images, layer, levels, at, annotation, conf, group, round_, model, w
                 failed += 1
                 click.echo(f"Error: {e}" + ("; skipped" if len(images) > 1 else ""), err=True)
                 continue
-            result, units, offs = predict_units(net, image, path, layers, at, annotation, conf, KINDS, say)
-            found, xys = unit_points(offs, geoms, units, result.prep, stride, group, round_)
-            panels = [draw_sampling_points(image, xy, f.valid, u.xy) for u, f, xy in zip(units, found, xys)]
-            figure, origins = montage(panels, titles(units), footer=footer)
+            seen = inspect(net, image)
+            units = choose_units(seen, path, names[0], at, annotation, conf, KINDS, say)
+            samples = [seen.samples(u, names[0], len(names), group=group, round=round_) for u in units]
+            footer = (f"{spec.name}, {' > '.join(names)}: {samples[0].xy.shape[-2]} points per unit; "
+                      "hollow: outside a feature map"
+                      + ("; groups " + ", ".join(f"{g} {c}" for g, c in zip(range(groups), GROUP_COLOR_NAMES))
+                         if group == "all" and groups > 1 else ""))
+            figure, origins = montage([draw_unit_samples(image, s) for s in samples], [unit_title(u) for u in units],
+                                      footer=footer)
             png = out_dir / stems[path].with_name(f"{stems[path].name}_{names[0]}.png")
             write_image_atomic(png, figure)
-            record = image_record(path, image, result.prep, spec.name, png)
-            record.update(layers=[layer_record(n, g, l.feature_stride) for n, g, l in zip(names, geoms, layers)],
-                          group=group, interpolation="nearest cell" if round_ else "bilinear",
-                          bottom_map_size=list(found[0].map_size),
-                          units=[{**unit_record(u), **points_record(f, xy, o)} for u, f, xy, o in
-                                 zip(units, found, xys, origins)])
+            record = offsets_record(path, seen, spec.name, png, seen.stack(names[0], len(names)), samples, origins,
+                                    group, round_)
             write_json_atomic(png.with_suffix(".json"), record, expand=3)
             say(f"{i}/{len(images)} {path}: {', '.join(u.kind for u in units)} units -> {png}")
     if failed < len(images):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import difflib
 import json
 import sys
 import time
@@ -29,7 +28,7 @@ import numpy as np
 
 import dcnviz
 
-from dcnviz.cli.common import model_options, resolve_model, select_device, source_options
+from dcnviz.cli.common import model_options, parse_classes, resolve_model, select_device, source_options
 from dcnviz.errors import ImageError
 from dcnviz.io.images import find_images, read_image, write_image_atomic, write_json_atomic, \
     write_png_palette_atomic
@@ -37,13 +36,13 @@ from dcnviz.io.outputs import output_names, run_dir
 from dcnviz.io.results_json import class_histogram, coco_category_ids, coco_image_ids, coco_results, \
     detection_record, error_record, segmentation_record
 from dcnviz.structures import Detections, Segmentation
-from dcnviz.viz.draw import BACKGROUND_NAMES, draw_detections, overlay_segmentation
+from dcnviz.models.postprocess import DEFAULT_CONF, filter_detections
+from dcnviz.viz.draw import draw_detections, overlay_segmentation
 
 SUBDIRS = {"detection": ("vis", "preds"), "segmentation": ("vis", "preds", "masks")}
 COCO_FILE = "preds.coco.json"
 # Runs of at least this many images show a progress bar even when stderr is not a terminal.
 MANY_IMAGES = 100
-DEFAULT_CONF = 0.5
 
 
 @dataclasses.dataclass
@@ -122,17 +121,34 @@ def run_predictions(task: str, images: Sequence[Path], predictor: Callable[[np.n
     return RunSummary(out_dir, processed, failed)
 
 
+def output_files(task: str, path: Path, name: Path) -> dict[str, Path]:
+    """The files one image's results go to, relative to the run folder, by subfolder."""
+    files = {"vis": Path("vis") / name.with_name(name.name + _vis_suffix(path)),
+             "preds": Path("preds") / name.with_name(name.name + ".json")}
+    if task == "segmentation":
+        files["masks"] = Path("masks") / name.with_name(name.name + ".png")
+    return files
+
+
+def planned_outputs(task: str, images: Sequence[Path], save_coco: bool = False) -> list[Path]:
+    """Every file a run over ``images`` may write, relative to the run folder (checked against the
+    inputs before anything is written)."""
+    names = output_names(images)
+    planned = [rel for path in images for rel in output_files(task, path, names[path]).values()]
+    return planned + ([Path(COCO_FILE)] if save_coco else [])
+
+
 def _save(task: str, result, image: np.ndarray, path: Path, out_dir: Path, name: Path, image_id: int,
           opts: RunOptions) -> tuple[dict, str]:
     """Write one image's picture, JSON (and mask); return its record and log summary."""
-    vis = out_dir / "vis" / name.with_name(name.name + _vis_suffix(path))
-    json_path = out_dir / "preds" / name.with_name(name.name + ".json")
+    files = {key: out_dir / rel for key, rel in output_files(task, path, name).items()}
+    vis, json_path = files["vis"], files["preds"]
     if task == "detection":
         write_image_atomic(vis, draw_detections(image, result, opts.palette))
         record = detection_record(result, image=path, image_id=image_id, model=opts.model, vis=vis)
         summary = _detections_summary(result)
     else:
-        mask = out_dir / "masks" / name.with_name(name.name + ".png")
+        mask = files["masks"]
         write_png_palette_atomic(mask, result.labels, result.palette)
         write_image_atomic(vis, overlay_segmentation(image, result, alpha=opts.alpha))
         record = segmentation_record(result, image=path, model=opts.model, vis=vis, mask=mask)
@@ -203,7 +219,8 @@ def _run(ctx: click.Context, task: str, images: Sequence[Path], spec, weights: P
          out: Path, exist_ok: bool, opts: RunOptions, make_predictor: Callable) -> None:
     """Choose the device, create the output folder, load the model, run; exit 1 if images failed."""
     dev = select_device(device, warn=None if opts.quiet else lambda line: click.echo(line, err=True))
-    with run_dir(out, exist_ok, SUBDIRS[task], images) as out_dir:
+    planned = planned_outputs(task, images, opts.save_coco)
+    with run_dir(out, exist_ok, SUBDIRS[task], images, planned) as out_dir:
         net = dcnviz.load_model(spec.name, weights, dev)
         if not opts.quiet:
             n = len(images)
@@ -211,40 +228,6 @@ def _run(ctx: click.Context, task: str, images: Sequence[Path], spec, weights: P
         summary = run_predictions(task, images, make_predictor(net), out_dir, opts)
     if summary.failed:
         ctx.exit(1)
-
-
-def filter_detections(dets: Detections, conf: float = 0.0, classes: set[int] | None = None,
-                      max_det: int | None = None) -> Detections:
-    """The detections with ``score >= conf`` and (if given) a label in ``classes``, the
-    ``max_det`` highest-scoring of them, sorted by decreasing score."""
-    scores = np.asarray(dets.scores)
-    keep = scores >= conf
-    if classes is not None:
-        keep &= np.isin(np.asarray(dets.labels), sorted(classes))
-    order = np.flatnonzero(keep)
-    order = order[np.argsort(-scores[order], kind="stable")][:max_det]
-    return dataclasses.replace(dets, boxes=np.asarray(dets.boxes)[order].reshape(-1, 4),
-                               scores=scores[order], labels=np.asarray(dets.labels)[order])
-
-
-def parse_classes(values: Sequence[str], class_names: Sequence[str]) -> set[int] | None:
-    """Class ids from ``--classes`` values: names or ids, comma-separated, any case; None if no
-    value was given. Background (id 0 when named so) is not selectable. Raises BadParameter."""
-    if not values:
-        return None
-    lookup = {name.lower(): i for i, name in enumerate(class_names)}
-    selectable = [n for n in class_names if n.lower() not in BACKGROUND_NAMES]
-    ids = set()
-    for item in (v.strip() for value in values for v in value.split(",")):
-        if not item:
-            continue
-        i = int(item) if item.isdigit() else lookup.get(item.lower())
-        if i is None or not 0 <= i < len(class_names) or class_names[i] not in selectable:
-            close = difflib.get_close_matches(item, selectable, n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(close)}?" if close else f"classes: {', '.join(selectable)}"
-            raise click.BadParameter(f"unknown class {item!r}; {hint}", param_hint="'--classes'")
-        ids.add(i)
-    return ids
 
 
 def _check_result(task: str, result, image: np.ndarray) -> None:

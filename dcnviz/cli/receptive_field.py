@@ -13,29 +13,41 @@ from pathlib import Path
 import click
 import numpy as np
 
-from dcnviz.cli.analysis_common import (analysis_options, geometry, load, meta_model, points_per_unit, predict_units,
-                                        reporter, resolve, stack, titles, unit_options, unit_points, usage_error)
+from dcnviz.cli.analysis_common import (analysis_options, choose_units, load, meta_model, reporter, resolve, stack,
+                                        unit_options, usage_error)
 from dcnviz.cli.common import resolve_model
 
 KINDS = ("large", "background")
 
 
-def _plain_geometry(spec, plain: str | None, layers):
-    """Geometry of the plain twin's convs at the places of ``layers`` (read from its network; a plain conv
-    samples a fixed grid whatever its weights, so they are not loaded)."""
+def _plain_geometry(spec, plain: str | None, meta, names: list[str]):
+    """Geometry of the plain twin's convs at the places of the layers ``names`` (read from its network; a
+    plain conv samples a fixed grid whatever its weights, so they are not loaded)."""
     from dcnviz.analysis import LayerGeometry
-    from dcnviz.models.capture import twin_convs
+    from dcnviz.models.capture import short_name, twin_convs
 
     if plain is None and not spec.twin:
         raise click.BadParameter(f"{spec.name!r} has no registered plain twin; name one with --plain",
                                  param_hint="'--model'")
     plain_spec = resolve_model(plain or spec.twin, None)
+    layers = [next(l for l in meta.deformable_layers if short_name(l) == n) for n in names]
     try:
         convs = twin_convs(meta_model(plain_spec), layers)
     except ValueError as e:
         e = ValueError(f"{plain_spec.name!r} is not a plain twin of {spec.name}: {e}")
         raise usage_error("--plain", e) from None
     return plain_spec, [LayerGeometry.from_module(c) for c in convs]
+
+
+def _plain_inspection(seen, stack_, geometries):
+    """The plain twin as an :class:`~dcnviz.analysis.Inspection`: its convs (``geometries``, top first) at
+    the places of ``stack_`` with zero offsets (one group), on the same maps."""
+    from dcnviz.analysis import Inspection, LayerRecord
+
+    layers = [LayerRecord(l.name, g, l.feature_stride,
+                          np.zeros((2 * g.kernel_size[0] * g.kernel_size[1],) + l.map_size))
+              for l, g in zip(stack_, geometries)]
+    return Inspection(layers[::-1], seen.prep, seen.image)
 
 
 @click.command("receptive-field")
@@ -59,46 +71,38 @@ def receptive_field(image, plain, layer, levels, at, annotation, conf, group, ro
       dcnviz receptive-field samples/synth_rings.jpg
       dcnviz receptive-field street.png --model deeplab_dcn_cityscapes --weights deeplab.safetensors --at 900,500
     """
-    from dcnviz.io.analysis_json import image_record, layer_record, points_record, unit_record
+    from dcnviz.analysis import inspect
+    from dcnviz.io.analysis_json import receptive_field_record
     from dcnviz.io.images import read_image, write_image_atomic, write_json_atomic
     from dcnviz.io.outputs import run_dir
-    from dcnviz.models.capture import short_name
-    from dcnviz.viz.sampling import draw_sampling_points, montage
+    from dcnviz.viz.sampling import draw_unit_samples, montage, unit_title
 
     spec, meta = resolve(model)
-    layers = stack(meta, layer, levels, 2)
-    geoms = [geometry(l) for l in layers]
-    plain_spec, plain_geoms = _plain_geometry(spec, plain, layers)
-    names = [short_name(l) for l in layers]
+    names = stack(meta, layer, levels, 2)
+    plain_spec, plain_geoms = _plain_geometry(spec, plain, meta, names)
     say = reporter(quiet)
-    stride = layers[-1].feature_stride
     with run_dir(out, exist_ok, (), [image]) as out_dir:
         net, dev = load(spec, weights, device, quiet)
         picture = read_image(image)
-        result, units, offs = predict_units(net, picture, image, layers, at, annotation, conf, KINDS, say)
-        zeros = [np.zeros((2 * g.kernel_size[0] * g.kernel_size[1],) + tuple(o.shape[-2:])) for g, o in
-                 zip(plain_geoms, offs)]
+        seen = inspect(net, picture)
+        units = choose_units(seen, image, names[0], at, annotation, conf, KINDS, say)
+        deformable = seen.stack(names[0], len(names))
+        plain_seen = _plain_inspection(seen, deformable, plain_geoms)
         # the plain convs have one group: follow it however the deformable groups are followed
-        plain_group = group if group in ("all", "mean") else 0
-        rows = {"plain": (plain_spec.name, zeros, plain_geoms, plain_group),
-                "deformable": (spec.name, offs, geoms, group)}
-        found, xys = {}, {}
-        for row, (_, o, g, grp) in rows.items():
-            found[row], xys[row] = unit_points(o, g, units, result.prep, stride, grp, round_)
-        panels = [draw_sampling_points(picture, xy, f.valid, u.xy) for row in rows
-                  for u, f, xy in zip(units, found[row], xys[row])]
-        labels = [f"{rows[row][0]}: {t}" for row in rows for t in titles(units)]
-        footer = f"{' > '.join(names)}: {points_per_unit(geoms)} points per unit; top: plain convs, bottom: deformable"
+        views = {"plain": (plain_spec.name, plain_seen, group if group in ("all", "mean") else 0),
+                 "deformable": (spec.name, seen, group)}
+        samples = {row: [view.samples(u, names[0], len(names), group=g, round=round_) for u in units]
+                   for row, (_, view, g) in views.items()}
+        panels = [draw_unit_samples(picture, s) for row in views for s in samples[row]]
+        labels = [f"{views[row][0]}: {unit_title(u)}" for row in views for u in units]
+        footer = (f"{' > '.join(names)}: {samples['deformable'][0].xy.shape[-2]} points per unit; top: plain convs, "
+                  "bottom: deformable")
         figure, origins = montage(panels, labels, columns=len(units), footer=footer)
         png = out_dir / f"{image.stem}_{names[0]}.png"
         write_image_atomic(png, figure)
-        record = image_record(image, picture, result.prep, spec.name, png)
-        record.update(plain_model=plain_spec.name, group=group, interpolation="nearest cell" if round_ else "bilinear",
-                      layers={row: [layer_record(n, g, l.feature_stride)
-                                    for n, g, l in zip(names, rows[row][2], layers)] for row in rows},
-                      units=[{**unit_record(u), **{row: points_record(found[row][k], xys[row][k],
-                                                                      origins[r * len(units) + k])
-                                                   for r, row in enumerate(rows)}}
-                             for k, u in enumerate(units)])
+        stacks = {"plain": plain_seen.stack(names[0], len(names)), "deformable": deformable}
+        record = receptive_field_record(image, seen, spec.name, png, plain_spec.name, stacks, samples,
+                                        {row: origins[r * len(units):(r + 1) * len(units)]
+                                         for r, row in enumerate(views)}, group, round_)
         write_json_atomic(png.with_suffix(".json"), record, expand=3)
         say(f"{image}: {', '.join(u.kind for u in units)} units, {plain_spec.name} vs {spec.name} -> {png}")

@@ -10,12 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import numpy as np
 
 from dcnviz.cli.analysis_common import DEFAULT_MODEL, analysis_options, load, meta_model, parse_box, reporter
-from dcnviz.cli.common import resolve_model
-from dcnviz.cli.predict import DEFAULT_CONF, filter_detections, parse_classes
+from dcnviz.cli.common import parse_classes, resolve_model
 from dcnviz.errors import UserError
+from dcnviz.models.postprocess import DEFAULT_CONF
 
 DEFAULT_TOP = 3
 
@@ -54,8 +53,8 @@ def rois(image, top, box, class_, conf, model, weights, device, out, exist_ok, q
     the classification branch for its class, exactly as the operator places them (RoI rounded, scaled
     to the feature map and shifted by -0.5; each part moved by offset x trans_std x RoI size).
 
-    The RoIs are the model's best detections (--top) or given boxes (--box); either way the image is
-    run again with those boxes as the RoIs, so the parts are those the head pools for that very box.
+    The RoIs are the model's best detections (--top) or given boxes (--box); either way the head pools
+    those boxes as its RoIs, so the parts are those it pools for that very box.
     The label shows the class and the head's probability for it on that RoI. Writes OUT/NAME.png and
     OUT/NAME.json.
 
@@ -64,11 +63,12 @@ def rois(image, top, box, class_, conf, model, weights, device, out, exist_ok, q
       dcnviz rois samples/synth_stars.jpg --top 2
       dcnviz rois photo.jpg --model rfcn_dcn_coco --weights rfcn_dcn_coco.safetensors --box 40,60,300,280 --class dog
     """
-    from dcnviz.analysis.parts import roi_parts
-    from dcnviz.io.analysis_json import image_record, roi_record
+    from dcnviz.analysis import inspect
+    from dcnviz.io.analysis_json import rois_record
     from dcnviz.io.images import read_image, write_image_atomic, write_json_atomic
     from dcnviz.io.outputs import run_dir
-    from dcnviz.viz.sampling import draw_roi_parts, montage
+    from dcnviz.models.postprocess import select_detections
+    from dcnviz.viz.sampling import draw_pooled_roi, montage, roi_label
 
     if top is not None and box:
         raise click.UsageError("give either --top or --box, not both")
@@ -88,42 +88,20 @@ def rois(image, top, box, class_, conf, model, weights, device, out, exist_ok, q
             if x1 < 0 or y1 < 0 or x2 > w - 1 or y2 > h - 1:
                 raise click.BadParameter(f"{x1:g},{y1:g},{x2:g},{y2:g} is not inside the {w}x{h} image",
                                          param_hint="'--box'")
-        detections = None
+        seen = inspect(net, picture)
         if box:
-            boxes = np.asarray(box, np.float64)
+            found = seen.box_rois(box, next(iter(wanted)) if wanted else None)
         else:
-            detections = filter_detections(net.predict(picture), conf, wanted, top or DEFAULT_TOP)
-            if not len(detections):
+            chosen = select_detections(seen.result, conf, wanted, top or DEFAULT_TOP)
+            if not len(chosen):
                 raise UserError(f"{image}: no detections with score >= {conf:g}"
                                 f"{' of class ' + class_ if class_ else ''}; lower --conf or give --box")
-            boxes = detections.boxes.astype(np.float64)
-        pooled = net.predict(picture, boxes=boxes)
-        captured, prep = pooled.captured, pooled.prep
-        prob = captured["cls_prob"].numpy()
-        if detections is not None:
-            classes = detections.labels
-        elif wanted:
-            classes = np.full(len(boxes), next(iter(wanted)))
-        else:
-            classes = 1 + prob[:, 1:].argmax(axis=1)  # class 0 is background
-        found = [roi_parts(captured["rois"][k], captured["rfcn_cls_offset"][k], int(c), scale=prep.scale,
-                           spatial_scale=parts.spatial_scale, pooled_size=parts.pooled_size,
-                           part_size=parts.part_size, trans_std=parts.trans_std)
-                 for k, c in enumerate(classes)]
-        labels = [f"{spec.classes[c]} {prob[k, c]:.2f}" for k, c in enumerate(classes)]
-        panels = [draw_roi_parts(picture, f.roi, f.bins, label) for f, label in zip(found, labels)]
-        source = "detection" if detections is not None else "box"
+            found = seen.detection_rois(chosen)
         footer = (f"{spec.name}: RoI as pooled (yellow), its {parts.pooled_size}x{parts.pooled_size} parts moved "
                   f"by the class's offsets x trans_std {parts.trans_std:g} (red)")
-        figure, origins = montage(panels, [f"{source} {k + 1}" for k in range(len(found))], footer=footer)
+        figure, origins = montage([draw_pooled_roi(picture, r) for r in found],
+                                  [f"{r.source} {k + 1}" for k, r in enumerate(found)], footer=footer)
         png = out_dir / f"{image.stem}.png"
         write_image_atomic(png, figure)
-        record = image_record(image, picture, prep, spec.name, png)
-        record.update(
-            pooled_size=parts.pooled_size, part_size=parts.part_size, trans_std=parts.trans_std,
-            spatial_scale=parts.spatial_scale, branch="classification",
-            rois=[roi_record(source, boxes[k], c, spec.classes, prob[k, c],
-                             None if detections is None else detections.scores[k], f, origins[k])
-                  for k, (c, f) in enumerate(zip(classes, found))])
-        write_json_atomic(png.with_suffix(".json"), record, expand=3)
-        say(f"{image}: {len(found)} RoI{'s' * (len(found) > 1)} ({', '.join(labels)}) -> {png}")
+        write_json_atomic(png.with_suffix(".json"), rois_record(image, seen, spec.name, png, found, origins), expand=3)
+        say(f"{image}: {len(found)} RoI{'s' * (len(found) > 1)} ({', '.join(roi_label(r) for r in found)}) -> {png}")

@@ -16,6 +16,10 @@ Each array is one of three encodings, told apart by its first uint32:
 An array with ndim 0 is an empty ("none") array and its record ends after the shape. Every size is
 checked against what is left of the file before anything is read or allocated, so a truncated or
 corrupt file gives a :class:`~dcnviz.errors.WeightsError` naming the problem, never a crash or a hang.
+Memory is bounded twice: by the file size (no read is larger than what is left) and by the model's
+known size (``max_arrays`` records, ``max_elements`` values in all), both checked before a record is
+read, so a crafted file of millions of tiny records is refused at its header, not after allocating an
+object per record.
 """
 from __future__ import annotations
 
@@ -38,6 +42,12 @@ DTYPES = {0: np.dtype("<f4"), 1: np.dtype("<f8"), 2: np.dtype("<f2"), 3: np.dtyp
           5: np.dtype("i1"), 6: np.dtype("<i8")}
 MAX_NDIM = 32  # far above anything a network stores; bounds the dims we read from a corrupt file
 MAX_NAME = 4096
+# Default bounds when the caller does not know the model: far above the official networks (about 700
+# arrays, 64 million values) and far below what would exhaust memory.
+MAX_ARRAYS = 100_000
+MAX_ELEMENTS = 1 << 31
+_EMPTY = np.zeros((0,), np.float32)
+_EMPTY.flags.writeable = False  # shared by every "none" record
 
 
 @dataclass
@@ -62,10 +72,13 @@ class _Stream:
     def left(self) -> int:
         return self.size - self.pos
 
-    def read(self, n: int, what: str) -> bytearray:
+    def need(self, n: int, what: str) -> None:
         if n > self.left():
             raise WeightsError(f"{self.path}: truncated or corrupt MXNet .params file: {what} needs {n} bytes at "
                                f"offset {self.pos}, only {self.left()} left")
+
+    def read(self, n: int, what: str) -> bytearray:
+        self.need(n, what)
         buf = bytearray(n)
         got = self.f.readinto(buf)
         if got != n:  # the file shrank while we read it
@@ -103,7 +116,7 @@ def _shape(s: _Stream, wide: bool, first: int | None, what: str) -> tuple[int, .
     return tuple(int(d) for d in dims)
 
 
-def _array(s: _Stream, index: int) -> tuple[np.ndarray, str]:
+def _array(s: _Stream, index: int, elements_left: int) -> tuple[np.ndarray, str]:
     what = f"array {index}"
     (magic,) = s.unpack("I", what + " header")
     if magic == V2_MAGIC:
@@ -122,7 +135,7 @@ def _array(s: _Stream, index: int) -> tuple[np.ndarray, str]:
         encoding = "legacy"
         shape = _shape(s, False, magic, what)
     if not shape:  # an empty ("none") array: the record ends with its shape
-        return np.zeros((0,), np.float32), encoding
+        return _EMPTY, encoding
     _dev_type, _dev_id, flag = s.unpack("iii", what + " context and type")
     if flag not in DTYPES:
         s.fail(f"{what} has unknown type flag {flag}")
@@ -130,15 +143,22 @@ def _array(s: _Stream, index: int) -> tuple[np.ndarray, str]:
     count = 1
     for d in shape:
         count *= d
-    data = s.read(count * dtype.itemsize, f"{what} data {shape} {dtype.name}")
+    data_what = f"{what} data {shape} {dtype.name}"
+    s.need(count * dtype.itemsize, data_what)
+    if count > elements_left:
+        s.fail(f"{what} {shape} holds more values than the model has ({elements_left} left)")
+    data = s.read(count * dtype.itemsize, data_what)
     return np.frombuffer(data, dtype=dtype).reshape(shape), encoding
 
 
-def read_params(path: str | os.PathLike, progress: Callable[[int, int], None] | None = None) -> ParamsFile:
+def read_params(path: str | os.PathLike, progress: Callable[[int, int], None] | None = None,
+                max_arrays: int = MAX_ARRAYS, max_elements: int = MAX_ELEMENTS) -> ParamsFile:
     """Read every named array of an MXNet ``.params`` file (legacy, V1 or V2 encodings).
 
-    ``progress(done, total)`` is called after each array. Raises :class:`WeightsError` for a missing,
-    truncated, corrupt or foreign file (pickles, zips and safetensors files are recognised by name).
+    ``progress(done, total)`` is called after each array. ``max_arrays`` and ``max_elements`` bound the
+    records and values accepted (the expected model's key and parameter counts: see
+    :func:`dcnviz.convert.weights.params_limits`). Raises :class:`WeightsError` for a missing, truncated,
+    corrupt, oversized or foreign file (pickles, zips and safetensors files are recognised by name).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -155,9 +175,13 @@ def read_params(path: str | os.PathLike, progress: Callable[[int, int], None] | 
             raise WeightsError(f"{path}: not an MXNet .params file (header 0x{header:x}, expected 0x112)")
         if n > s.left() // 4:  # every array record takes at least 4 bytes
             s.fail(f"array count {n} does not fit in the file")
+        if n > max_arrays:
+            s.fail(f"{n} arrays, more than the {max_arrays} the model has")
         arrays, encodings, dtypes = [], Counter(), Counter()
+        elements_left = max_elements
         for i in range(n):
-            a, enc = _array(s, i)
+            a, enc = _array(s, i, elements_left)
+            elements_left -= a.size
             arrays.append(a)
             encodings[enc] += 1
             dtypes[a.dtype.name] += 1

@@ -3,21 +3,25 @@
 A converted file holds the float32 state dict of the dcnviz model plus metadata (all strings):
 ``format`` = "dcnviz", ``model``, ``classes`` (JSON list), ``source_file``, ``source_sha256``,
 ``dcnviz_version``, ``bbox_keys`` (which box-regression keys were used). Nothing is ever unpickled.
+
+This package is a leaf: it knows the official parameter names (:mod:`dcnviz.convert.names`) but not the
+model registry. For a model that is not one of the six official ones, the caller passes the model's
+expected state dict (``expected``, e.g. built on the meta device); :mod:`dcnviz.models.loading` does.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import tempfile
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
 
 from dcnviz.convert import names
 from dcnviz.convert.mxnet_params import ParamsFile, read_params, sniff
-from dcnviz.errors import OutputError, UserError, WeightsError
+from dcnviz.errors import OutputError, WeightsError
+from dcnviz.io.atomic import write_atomic
 
 Shape = tuple[int, ...]
 
@@ -27,19 +31,18 @@ def _list(items: list[str], limit: int = 12) -> str:
     return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def expected_keys(model: str) -> tuple[dict[str, Shape], dict[str, Shape]]:
-    """Required and optional official keys (``arg:``/``aux:`` names -> shapes) of a registered model.
+def expected_keys(model: str, expected: Mapping | None = None) -> tuple[dict[str, Shape], dict[str, Shape]]:
+    """Required and optional official keys (``arg:``/``aux:`` names -> shapes) of a model.
 
-    Official models use the packaged list from the spec; other registered models (built from the same
-    blocks) derive it from their state dict, built on the meta device."""
+    Official models use the packaged list from the spec; any other model (built from the same blocks)
+    derives it from ``expected``, its dcnviz state dict (names -> tensors), which is then required."""
     specs = names.official_specs()
     if model in specs:
         return specs[model], names.official_optional()[model]
-    from dcnviz.models import get_spec
-
-    with torch.device("meta"):
-        state = get_spec(model).factory().state_dict()
-    required = {names.torch_to_official(k): tuple(v.shape) for k, v in state.items()}
+    if expected is None:
+        raise WeightsError(f"{model} is not an official model: its expected state dict is needed to read "
+                           "an MXNet .params file for it")
+    required = {names.torch_to_official(k): tuple(v.shape) for k, v in expected.items()}
     optional = {k + "_test": s for k, s in required.items() if k in ("arg:rfcn_bbox_weight", "arg:rfcn_bbox_bias")}
     return required, optional
 
@@ -68,8 +71,10 @@ def guess_model(found: dict[str, Shape]) -> str | None:
     return None
 
 
-def state_dict_from_params(pf: ParamsFile, model: str | None, source: str) -> tuple[str, dict, str]:
-    """Map an official key set onto the dcnviz state dict of ``model`` (guessed when None).
+def state_dict_from_params(pf: ParamsFile, model: str | None, source: str,
+                           expected: Mapping | None = None) -> tuple[str, dict, str]:
+    """Map an official key set onto the dcnviz state dict of ``model`` (guessed among the official models
+    when None; ``expected`` as in :func:`expected_keys`).
 
     Returns (model, state dict of float32 tensors, which box keys were used). ``*_test`` keys replace
     the plain ones, as the official ``load_param(process=True)`` does (official.md §2a). Any missing,
@@ -82,7 +87,7 @@ def state_dict_from_params(pf: ParamsFile, model: str | None, source: str) -> tu
             detail = "; ".join(_problems(found, *expected_keys(closest)))
             raise WeightsError(f"{source} matches none of the official models (closest: {closest}: {detail}); "
                                "pass the model name explicitly to see its differences")
-    required, optional = expected_keys(model)
+    required, optional = expected_keys(model, expected)
     parts = _problems(found, required, optional)
     if parts:
         hint = guess_model(found)
@@ -147,17 +152,20 @@ def check_state_dict(state: dict, expected: dict, source: str, model: str) -> No
 
 
 def read_weights(path: str | os.PathLike, model: str | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[str, dict, dict]:
+                 progress: Callable[[int, int], None] | None = None,
+                 expected: Mapping | None = None) -> tuple[str, dict, dict]:
     """Weights from an MXNet ``.params`` file (converted in memory) or a converted ``.safetensors`` file.
 
     Returns (model name, float32 state dict in dcnviz names, metadata). ``model`` None means: from the
-    file's metadata (safetensors) or guessed from its keys (``.params``)."""
+    file's metadata (safetensors) or guessed from its keys (``.params``, official models only).
+    ``expected``: the state dict of ``model`` when it is not an official model (see
+    :func:`expected_keys`); the ``.params`` reader also bounds what it reads by its parameter count."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise WeightsError(f"weights file {path}: no such file")
     if os.path.getsize(path) >= 8 and is_params_file(path):
-        pf = read_params(path, progress)
-        model, state, bbox_keys = state_dict_from_params(pf, model, path)
+        pf = read_params(path, progress, **params_limits(model, expected))
+        model, state, bbox_keys = state_dict_from_params(pf, model, path, expected)
         meta = {"model": model, "source_file": os.path.basename(path), "bbox_keys": bbox_keys,
                 "source_encodings": _counts(pf.encodings), "source_dtypes": _counts(pf.dtypes)}
         return model, state, meta
@@ -178,68 +186,46 @@ def metadata(model: str, classes, source: str, extra: dict) -> dict[str, str]:
             "dcnviz_version": __version__, **{k: str(v) for k, v in extra.items()}}
 
 
+def params_limits(model: str | None, expected: Mapping | None = None) -> dict[str, int]:
+    """Bounds for :func:`~dcnviz.convert.mxnet_params.read_params` (``max_arrays``, ``max_elements``):
+    the key and parameter counts of ``model`` (``*_test`` box keys may come in addition to the plain
+    ones) when known, else those of the largest official model."""
+    known = model is not None and (expected is not None or model in names.official_specs())
+    candidates = [model] if known else list(names.official_specs())
+    candidates = [{**required, **optional} for required, optional in
+                  (expected_keys(m, expected if m == model else None) for m in candidates)]
+    return {"max_arrays": max(len(keys) for keys in candidates),
+            "max_elements": max(sum(_numel(s) for s in keys.values()) for keys in candidates)}
+
+
+def _numel(shape: Shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
 def write_safetensors(state: dict, out: str, meta: dict[str, str], force: bool = False) -> None:
-    """Write atomically (temporary file in the same folder, then rename); never replace an existing
-    ``out`` unless ``force``."""
+    """Write atomically (:func:`dcnviz.io.atomic.write_atomic`); never replace an existing ``out``
+    unless ``force``. The folder must exist."""
     from safetensors.torch import save_file
 
     out = os.path.abspath(out)
     folder = os.path.dirname(out)
     if not os.path.isdir(folder):
         raise OutputError(f"output folder {folder} does not exist")
-    if os.path.exists(out) and not force:
-        raise OutputError(f"{out} already exists; use --force (force=True) to overwrite it")
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(out) + ".", suffix=".part", dir=folder)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=meta)
-        # after writing: save_file replaces the file, and mkstemp's and safetensors' files are 0600
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        if force:
-            os.replace(tmp, out)
-        else:
-            try:
-                os.link(tmp, out)  # atomic and refuses to replace a file created meanwhile
-            except FileExistsError:
-                raise OutputError(f"{out} already exists; use --force (force=True) to overwrite it") from None
-            except OSError:  # no hard links on this filesystem: check, then rename
-                if os.path.exists(out):
-                    raise OutputError(f"{out} already exists; use --force (force=True) to overwrite it") from None
-                os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    tensors = {k: v.contiguous() for k, v in state.items()}
+    write_atomic(out, lambda tmp: save_file(tensors, tmp, metadata=meta), overwrite=force, make_parents=False)
 
 
-def convert_file(source: str | os.PathLike, out: str | os.PathLike | None = None, model: str | None = None,
-                 force: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Convert an official ``.params`` file to ``.safetensors`` (default ``$DCNVIZ_HOME/<model>.safetensors``).
-
-    Returns a summary dict (model, output, counts, encodings, dtypes, box keys, sha256 of the source)."""
-    from dcnviz.models import default_weights_path, get_spec
-
+def convert_params(source: str | os.PathLike, out: str | os.PathLike, pf: ParamsFile, model: str, state: dict,
+                   bbox_keys: str, classes, force: bool = False) -> dict:
+    """Write the state dict read from ``source`` (by :func:`read_params` + :func:`state_dict_from_params`)
+    to ``out`` as ``.safetensors`` with its metadata; returns a summary dict (model, output, counts,
+    encodings, dtypes, box keys, sha256 of the source). :func:`dcnviz.models.convert_file` is the entry
+    point that finds the model, its classes and the default output."""
     source = os.fspath(source)
-    if out is not None and os.path.exists(out) and not force:
-        raise OutputError(f"{os.path.abspath(out)} already exists; use --force (force=True) to overwrite it")
-    if model is not None:
-        try:
-            get_spec(model)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-    if not os.path.isfile(source):
-        raise WeightsError(f"{source}: no such file")
-    pf = read_params(source, progress)
-    model, state, bbox_keys = state_dict_from_params(pf, model, source)
-    if out is None:
-        out = default_weights_path(model)
-        try:
-            os.makedirs(os.path.dirname(out), exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create the weights folder {os.path.dirname(out)} ($DCNVIZ_HOME): "
-                              f"{exc.strerror or exc}") from None
-    meta = metadata(model, get_spec(model).classes, source,
+    meta = metadata(model, classes, source,
                     {"bbox_keys": bbox_keys, "source_encodings": _counts(pf.encodings),
                      "source_dtypes": _counts(pf.dtypes)})
     write_safetensors(state, os.fspath(out), meta, force)

@@ -16,6 +16,15 @@ SYNTH_CLASSES = ("__background__", "worm", "star", "ring", "blob", "cross")
 
 VOID = 255
 
+# Class names that mean "no object" (compared lower-case): never a selectable class, never an object
+# segment, and left untinted in overlays.
+BACKGROUND_NAMES = ("background", "__background__")
+
+
+def background_ids(class_names) -> list[int]:
+    """Indices of the classes named background (:data:`BACKGROUND_NAMES`) in ``class_names``."""
+    return [i for i, name in enumerate(class_names) if name.lower() in BACKGROUND_NAMES]
+
 
 def voc_palette(n: int = 256) -> tuple[tuple[int, int, int], ...]:
     """The VOCdevkit colormap (``VOClabelcolormap.m``): the bits of the label index are dealt round-robin

@@ -1,8 +1,10 @@
 """A torch ``Dataset`` over a VOC-layout folder, for training and evaluating the bundled models.
 
-Each item is ``(image, target)``: ``image`` a (3, H, W) float32 tensor prepared like the official
-models' input (official.md §4.1: BGR file -> bilinear resize by ``scale`` -> RGB channel order minus
-the per-channel means, no division by a std, values on the 0..255 scale) and ``target`` a dict:
+Each item is ``(image, target)``: ``image`` a (3, H, W) float32 tensor prepared exactly as inference
+prepares it: read by :func:`dcnviz.io.images.read_image` (EXIF orientation applied), then
+:func:`dcnviz.models.preprocess.to_network_input` (official.md §4.1: bilinear resize by ``scale`` -> RGB
+channel order minus the per-channel means in float64, no division by a std, values on the 0..255
+scale); ``target`` a dict:
 
 - ``image_id`` (str), ``prep`` (:class:`dcnviz.structures.Prep`), ``flipped`` (bool);
 - ``boxes`` (N, 4) float32, 0-based inclusive ``x1, y1, x2, y2`` in INPUT pixels (original box times
@@ -26,28 +28,14 @@ from torch.utils.data import Dataset
 from dcnviz.data.classes import SYNTH_CLASSES, VOID
 from dcnviz.data.voc import VOCDataset
 from dcnviz.errors import DatasetError
+from dcnviz.io.images import read_image
+from dcnviz.models.preprocess import resize_scale, to_network_input
 from dcnviz.structures import Prep
 
-PIXEL_MEANS_BGR = (103.06, 115.90, 123.15)  # official PIXEL_MEANS, BGR order
-
-
 def image_scale(height: int, width: int, short_side: int | None, max_size: int) -> float:
-    """The official resize factor: short side to ``short_side`` unless the long side would then exceed
-    ``max_size`` (then long side to ``max_size``); ``short_side=None`` keeps the original size."""
-    if short_side is None:
-        return 1.0
-    scale = short_side / min(height, width)
-    if round(scale * max(height, width)) > max_size:
-        scale = max_size / max(height, width)
-    return scale
-
-
-def to_input(image_bgr: np.ndarray, scale: float, pixel_means_bgr=PIXEL_MEANS_BGR) -> torch.Tensor:
-    """(H, W, 3) uint8 BGR -> (3, H*scale, W*scale) float32 RGB minus means (official ``transform``)."""
-    if scale != 1.0:
-        image_bgr = cv2.resize(image_bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-    rgb = image_bgr[:, :, ::-1].astype(np.float32) - np.asarray(pixel_means_bgr, np.float32)[::-1]
-    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
+    """The official resize factor (:func:`dcnviz.models.preprocess.resize_scale`); ``short_side=None``
+    keeps the original size."""
+    return 1.0 if short_side is None else resize_scale(height, width, short_side, max_size)
 
 
 class VOCDetSeg(Dataset):
@@ -74,9 +62,7 @@ class VOCDetSeg(Dataset):
         image_id = self.ids[index]
         ann = self.voc.annotation(image_id)
         path = self.voc.image_path(image_id)
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-        if image is None:
-            raise DatasetError(f"{path}: not a readable image")
+        image = read_image(path)
         h, w = image.shape[:2]
         if (h, w) != (ann.height, ann.width):
             raise DatasetError(f"{path} is {w}x{h} but its annotation says {ann.width}x{ann.height}")
@@ -100,7 +86,7 @@ class VOCDetSeg(Dataset):
             seg = None if seg is None else seg[:, ::-1]
             boxes = np.stack([w - 1 - boxes[:, 2], boxes[:, 1], w - 1 - boxes[:, 0], boxes[:, 3]], 1)
 
-        tensor = to_input(np.ascontiguousarray(image), scale)
+        tensor = to_network_input(np.ascontiguousarray(image), scale)
         target = {
             "image_id": image_id, "flipped": flipped,
             "prep": Prep(image_size=(h, w), scale=scale, input_size=tuple(tensor.shape[1:])),

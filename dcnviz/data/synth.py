@@ -34,8 +34,10 @@ import numpy as np
 
 from dcnviz.data import shapes
 from dcnviz.data.classes import SYNTH_CLASSES, VOID, voc_palette
-from dcnviz.data.voc import Annotation, VOCObject, annotation_xml, write_label_png, write_split
+from dcnviz.data.voc import Annotation, VOCObject, annotation_xml, write_split
 from dcnviz.errors import UserError
+from dcnviz.io.atomic import write_bytes_atomic
+from dcnviz.io.images import write_png_palette_atomic
 
 BUCKETS = {"small": (16, 90), "medium": (100, 215), "large": (235, 390)}  # sqrt of box area, px
 
@@ -301,12 +303,12 @@ def write_scene(folder: Path, scene: Scene) -> None:
     ok, jpg = cv2.imencode(".jpg", scene.image, [cv2.IMWRITE_JPEG_QUALITY, 90])
     if not ok:
         raise RuntimeError(f"OpenCV could not encode {image_id}.jpg")
-    (folder / "JPEGImages" / f"{image_id}.jpg").write_bytes(jpg.tobytes())
-    (folder / "Annotations" / f"{image_id}.xml").write_bytes(
-        annotation_xml(scene.annotation, folder="dcnviz-synth", database="dcnviz synth"))
+    write_bytes_atomic(folder / "JPEGImages" / f"{image_id}.jpg", jpg.tobytes())
+    write_bytes_atomic(folder / "Annotations" / f"{image_id}.xml",
+                       annotation_xml(scene.annotation, folder="dcnviz-synth", database="dcnviz synth"))
     palette = voc_palette()
-    write_label_png(folder / "SegmentationClass" / f"{image_id}.png", scene.labels, palette)
-    write_label_png(folder / "SegmentationObject" / f"{image_id}.png", scene.instances, palette)
+    for kind, labels in (("SegmentationClass", scene.labels), ("SegmentationObject", scene.instances)):
+        write_png_palette_atomic(folder / kind / f"{image_id}.png", np.ascontiguousarray(labels, np.uint8), palette)
 
 
 def _check_free(out: Path, split: str, ids: list[str]) -> None:

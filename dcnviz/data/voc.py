@@ -17,6 +17,7 @@ Every problem with a file raises :class:`dcnviz.errors.DatasetError` naming the 
 from __future__ import annotations
 
 import os
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ import numpy as np
 from PIL import Image
 
 from dcnviz.errors import DatasetError
+from dcnviz.io.atomic import write_bytes_atomic
+from dcnviz.io.images import MAX_PIXELS
 
 TASK_DIRS = {"main": "Main", "segmentation": "Segmentation"}
 
@@ -174,17 +177,29 @@ def parse_annotation(path: str | os.PathLike) -> Annotation:
 
 def read_label_png(path: str | os.PathLike) -> np.ndarray:
     """(H, W) uint8 label indices of a palette-mode (VOC) or grayscale (SBD "aug") PNG, read without
-    any colour conversion."""
+    any colour conversion. The size limit is the image reader's (:data:`dcnviz.io.images.MAX_PIXELS`),
+    checked before decoding; every problem is a :class:`DatasetError` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"label image {path} does not exist")
     try:
-        with Image.open(path) as im:
-            if im.mode not in ("P", "L"):
-                raise DatasetError(f"{path}: label PNG has mode {im.mode}; expected palette (P) or grayscale (L)")
-            return np.array(im, dtype=np.uint8)
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read label image ({e})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS is the limit
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise DatasetError(f"{path}: label image is {w}x{h}, over the limit of "
+                                       f"{MAX_PIXELS // 10**6} MP (decompression bomb?)")
+                if im.mode not in ("P", "L"):
+                    raise DatasetError(f"{path}: label PNG has mode {im.mode}; expected palette (P) or grayscale (L)")
+                return np.array(im, dtype=np.uint8)
+    except DatasetError:
+        raise
+    except Image.DecompressionBombError:
+        raise DatasetError(f"{path}: label image is over the limit of {MAX_PIXELS // 10**6} MP "
+                           "(decompression bomb?)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise DatasetError(f"{path}: cannot read label image ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -217,18 +232,6 @@ def annotation_xml(ann: Annotation, folder: str = "VOC", database: str = "") -> 
     return ET.tostring(root, encoding="utf-8") + b"\n"
 
 
-def write_label_png(path: str | os.PathLike, labels: np.ndarray, palette) -> None:
-    """Write (H, W) uint8 ``labels`` as a palette-mode PNG with ``palette`` (256 RGB triples)."""
-    labels = np.ascontiguousarray(labels, dtype=np.uint8)
-    im = Image.frombytes("P", (labels.shape[1], labels.shape[0]), labels.tobytes())
-    im.putpalette([c for rgb in palette for c in rgb])
-    im.save(path, format="PNG", optimize=False)
-
-
 def write_split(path: str | os.PathLike, ids) -> None:
-    """Write a split file, one id a line, through a temporary file so a failure leaves no partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{i}\n" for i in ids))
-    os.replace(tmp, path)
+    """Write a split file, one id a line, atomically (a failure leaves no partial file)."""
+    write_bytes_atomic(path, "".join(f"{i}\n" for i in ids).encode())

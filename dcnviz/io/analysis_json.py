@@ -17,47 +17,91 @@ COORDINATES = ("points and units: (x, y) in original-image pixels, pixel k cover
                "rectangles: [x1, y1, x2, y2] continuous edges; boxes: [x1, y1, x2, y2] 0-based inclusive corners")
 
 
-def image_record(path: str | os.PathLike, image: np.ndarray, prep, model: str, figure: str | os.PathLike) -> dict:
-    """What every figure record starts with: the image, its size and resize factor, the model, the figure."""
-    h, w = image.shape[:2]
-    return {"image": os.fspath(path), "width": int(w), "height": int(h), "scale": float(prep.scale),
+def image_record(path: str | os.PathLike, inspection, model: str, figure: str | os.PathLike) -> dict:
+    """What every figure record starts with: the image, its size and resize factor, the model, the figure
+    (of a :class:`dcnviz.analysis.Inspection`)."""
+    h, w = inspection.image_size
+    return {"image": os.fspath(path), "width": int(w), "height": int(h), "scale": float(inspection.prep.scale),
             "model": model, "figure": os.fspath(figure), "coordinates": COORDINATES}
 
 
-def layer_record(name: str, geometry, feature_stride: int) -> dict:
-    """One deformable (or plain) layer: its name and geometry (:class:`dcnviz.analysis.LayerGeometry`)."""
-    return {"name": name, "kernel_size": list(geometry.kernel_size), "dilation": list(geometry.dilation),
-            "padding": list(geometry.padding), "stride": list(geometry.stride),
-            "deformable_groups": geometry.deformable_groups, "feature_stride": feature_stride}
+def layer_record(layer) -> dict:
+    """One deformable (or plain) layer (:class:`dcnviz.analysis.LayerRecord`): its name and geometry."""
+    g = layer.geometry
+    return {"name": layer.name, "kernel_size": list(g.kernel_size), "dilation": list(g.dilation),
+            "padding": list(g.padding), "stride": list(g.stride), "deformable_groups": g.deformable_groups,
+            "feature_stride": layer.feature_stride}
 
 
 def unit_record(unit) -> dict:
-    """An activation unit (:class:`dcnviz.analysis.units.Unit`)."""
+    """An activation unit (:class:`dcnviz.analysis.Unit`)."""
     return {"kind": unit.kind, "cell": list(unit.cell), "xy": list(unit.xy),
             "box": None if unit.box is None else list(unit.box), "bucket": unit.bucket}
 
 
-def points_record(locations, xy: np.ndarray, panel: tuple[int, int]) -> dict:
-    """Composed sampling points of one unit (:class:`dcnviz.analysis.SamplingLocations` and their image
-    positions ``xy``), and where the panel showing them starts in the figure (``panel`` (left, top): image
-    position (x, y) is figure pixel (left + floor(x), top + floor(y)))."""
-    return {"panel": list(panel), "points": xy.tolist(), "inside": locations.inside.tolist(),
-            "valid": locations.valid.tolist()}
+def points_record(samples, panel: tuple[int, int]) -> dict:
+    """Composed sampling points of one unit (:class:`dcnviz.analysis.UnitSamples`), and where the panel
+    showing them starts in the figure (``panel`` (left, top): image position (x, y) is figure pixel
+    (left + floor(x), top + floor(y)))."""
+    return {"panel": list(panel), "points": samples.xy.tolist(), "inside": samples.locations.inside.tolist(),
+            "valid": samples.locations.valid.tolist()}
 
 
-def roi_record(source: str, box, class_id: int, class_names, score: float, detection_score: float | None,
-               parts, panel: tuple[int, int]) -> dict:
-    """One RoI of ``dcnviz rois``: the ``box`` asked for (a detection or ``--box``; inclusive corners), the
-    class whose offsets move the parts, the head's probability for it on this RoI, the RoI as pooled and
-    its moved and regular parts (:class:`dcnviz.analysis.RoIParts`, continuous edges), and where its
+def _sampling(group, round_: bool) -> dict:
+    return {"group": group, "interpolation": "nearest cell" if round_ else "bilinear"}
+
+
+def offsets_record(path, inspection, model: str, figure, stack, samples, panels, group, round_: bool) -> dict:
+    """``dcnviz offsets``: the ``stack`` (:class:`dcnviz.analysis.LayerRecord` s, top first), how points were
+    followed, and per unit its :class:`dcnviz.analysis.UnitSamples` with its panel in the figure."""
+    record = image_record(path, inspection, model, figure)
+    record.update(layers=[layer_record(layer) for layer in stack], **_sampling(group, round_),
+                  bottom_map_size=list(samples[0].locations.map_size),
+                  units=[{**unit_record(s.unit), **points_record(s, p)} for s, p in zip(samples, panels)])
+    return record
+
+
+def receptive_field_record(path, inspection, model: str, figure, plain_model: str, stacks: dict, samples: dict,
+                           panels: dict, group, round_: bool) -> dict:
+    """``dcnviz receptive-field``: per row ("plain", "deformable") its layer stack, and per unit the
+    :class:`dcnviz.analysis.UnitSamples` of each row with their panels (``samples[row][k]``, ``panels[row][k]``)."""
+    record = image_record(path, inspection, model, figure)
+    units = [s.unit for s in next(iter(samples.values()))]
+    record.update(plain_model=plain_model, **_sampling(group, round_),
+                  layers={row: [layer_record(layer) for layer in stack] for row, stack in stacks.items()},
+                  units=[{**unit_record(u), **{row: points_record(samples[row][k], panels[row][k]) for row in samples}}
+                         for k, u in enumerate(units)])
+    return record
+
+
+def roi_record(roi, panel: tuple[int, int]) -> dict:
+    """One RoI of ``dcnviz rois`` (:class:`dcnviz.analysis.PooledRoI`): the ``box`` asked for (a detection
+    or ``--box``; inclusive corners), the class whose offsets move the parts, the head's probability for
+    it on this RoI, the RoI as pooled and its moved and regular parts (continuous edges), and where its
     panel starts in the figure."""
     def edges(rects) -> list:
         return np.asarray(rects, np.float64).tolist()
 
-    return {"source": source, "box": edges(box), "class_id": int(class_id), "class_name": class_names[class_id],
-            "score": float(score), "detection_score": None if detection_score is None else float(detection_score),
-            "panel": list(panel), "roi": edges(parts.roi), "parts": edges(parts.bins),
-            "regular_parts": edges(parts.regular)}
+    return {"source": roi.source, "box": edges(roi.box), "class_id": roi.class_id, "class_name": roi.class_name,
+            "score": roi.probability, "detection_score": roi.detection_score, "panel": list(panel),
+            "roi": edges(roi.parts.roi), "parts": edges(roi.parts.bins), "regular_parts": edges(roi.parts.regular)}
+
+
+def rois_record(path, inspection, model: str, figure, rois, panels) -> dict:
+    """``dcnviz rois``: the operator's parameters and every :class:`dcnviz.analysis.PooledRoI` with its panel."""
+    g = inspection.part_geometry
+    record = image_record(path, inspection, model, figure)
+    record.update(pooled_size=g.pooled_size, part_size=g.part_size, trans_std=g.trans_std,
+                  spatial_scale=g.spatial_scale, branch="classification",
+                  rois=[roi_record(r, p) for r, p in zip(rois, panels)])
+    return record
+
+
+def stats_record(summary: dict, config: dict, paper: dict) -> dict:
+    """``dcnviz dilation-stats``'s stats.json: the Table 2 ``summary`` ({layer: {bucket: {mean, std, n}}}),
+    every rule and setting (``config``) and the paper's values ({layer: {bucket: (mean, std)}}) beside it."""
+    return {"layers": summary, "config": config,
+            "paper": {layer: {b: {"mean": m, "std": sd} for b, (m, sd) in cells.items()} for layer, cells in paper.items()}}
 
 
 def stats_csv(summary: dict, paper: dict) -> str:

@@ -3,8 +3,9 @@
 ``read_image`` is the one place where a file becomes the BGR ``uint8`` array that every model's
 preprocessing expects (the official MXNet code reads with ``cv2.imread``, i.e. BGR). Decoding uses
 Pillow because it applies EXIF orientation, reports truncated files and exposes the image size before
-decoding (to refuse decompression bombs). Writers go through a temporary file in the destination
-folder and ``os.replace``, so an interrupted or failed write never leaves a half-written file behind.
+decoding (to refuse decompression bombs). Writers go through :mod:`dcnviz.io.atomic` (a temporary file
+in the destination folder, then a rename), so an interrupted or failed write never leaves a
+half-written file behind; ``write_png_palette_atomic`` is the one writer of label-map PNGs.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dcnviz.errors import DatasetError, ImageError, OutputError
+from dcnviz.errors import DatasetError, ImageError
+from dcnviz.io.atomic import write_bytes_atomic
 
 # Suffixes looked for in folders and globs (lower case).
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
@@ -198,44 +199,9 @@ def _is_image_name(path: Path) -> bool:
     return not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
-
-    The folder is created if needed. If anything fails, the temporary file is removed and an
-    existing ``path`` is left untouched; a failure of the file system (no space, no permission, a
-    file where a folder should be) raises :class:`~dcnviz.errors.OutputError`. (This guards against
-    errors and interrupts, not power loss: there is no fsync.)
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise OutputError(f"cannot write '{path}': {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException as e:
-        os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise OutputError(f"cannot write '{path}': {e.strerror or e}") from None
-        raise
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
 def write_image_atomic(path: str | os.PathLike, image_bgr: np.ndarray) -> None:
     """Encode a BGR ``uint8`` image by the suffix of ``path`` (``.jpg``: quality 95) and write it
-    atomically (see ``write_bytes_atomic``)."""
+    atomically (see :func:`dcnviz.io.atomic.write_atomic`)."""
     suffix = Path(path).suffix.lower()
     params = [cv2.IMWRITE_JPEG_QUALITY, 95] if suffix in (".jpg", ".jpeg") else []
     ok, buf = cv2.imencode(suffix, image_bgr, params)

@@ -52,26 +52,51 @@ def _writable(folder: Path) -> Path:
     return folder
 
 
-def check_not_inputs(out_dir: str | os.PathLike, subdirs: Iterable[str], inputs: Iterable[Path]) -> None:
-    """Refuse an output location that holds input images: ``out_dir`` or ``out_dir/<sub>`` for a
-    ``sub`` in ``subdirs`` (where the run writes) being the folder of any input image. Without this,
-    ``--out <input folder> --exist-ok`` could overwrite the inputs with annotated copies."""
+def check_not_inputs(out_dir: str | os.PathLike, subdirs: Iterable[str], inputs: Iterable[Path],
+                     outputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse, before anything is written, a run that could overwrite one of its inputs.
+
+    Two checks. (1) ``out_dir`` or ``out_dir/<sub>`` (``sub`` in ``subdirs``) is the folder of an
+    input image: the run would write next to its inputs. (2) Any planned output file ``outputs``
+    (paths relative to ``out_dir``) is an input: the same resolved real path (symlinked folders and
+    files followed) or, when it exists, the same file (``st_dev``, ``st_ino``: a hard link). (2) is
+    what catches ``detect photos/vis -r --out photos --exist-ok``, where ``photos/vis/a/cat.png``
+    would map onto itself. Raises :class:`~dcnviz.errors.OutputError` in one line.
+    """
     out_dir = Path(out_dir)
+    inputs = [Path(p) for p in inputs]
     written = {os.path.realpath(out_dir)} | {os.path.realpath(out_dir / s) for s in subdirs}
     for image in inputs:
-        if os.path.realpath(Path(image).parent) in written:
+        if os.path.realpath(image.parent) in written:
             raise OutputError(f"output folder '{out_dir}' would write next to the input image "
                               f"'{image}'; choose another --out")
+    by_path = {os.path.realpath(p): p for p in inputs}
+    by_inode = {key: p for p in inputs if (key := _inode(p)) is not None}
+    for rel in outputs:
+        target = out_dir / rel
+        image = by_path.get(os.path.realpath(target)) or by_inode.get(_inode(target))
+        if image is not None:
+            raise OutputError(f"output file '{target}' would overwrite the input image '{image}'; "
+                              "choose another --out")
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:  # not there (yet): nothing to overwrite through a link
+        return None
+    return st.st_dev, st.st_ino
 
 
 @contextlib.contextmanager
 def run_dir(out: str | os.PathLike, exist_ok: bool, subdirs: Sequence[str],
-            inputs: Sequence[Path]) -> Iterator[Path]:
+            inputs: Sequence[Path], outputs: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
     """Context manager around ``increment_dir`` for one run: checks the inputs are not overwritten
-    (before creating anything), yields the folder, and on exit removes it again only if this call
+    (``check_not_inputs`` with the planned ``outputs``, relative to the folder, before creating
+    anything), yields the folder, and on exit removes it again only if this call
     created it and nothing was written into it (e.g. every image failed or the model did not load)."""
     if exist_ok:
-        check_not_inputs(out, subdirs, inputs)
+        check_not_inputs(out, subdirs, inputs, outputs)
     existed = exist_ok and Path(out).is_dir()
     folder = increment_dir(out, exist_ok=exist_ok)
     try:

@@ -15,7 +15,7 @@ from torch import nn
 from dcnviz.models.resnet import DeformableLayer
 from dcnviz.structures import Prep
 
-__all__ = ["short_name", "layer_stack", "capture_offsets", "twin_convs"]
+__all__ = ["short_name", "layer_stack", "capture_offsets", "input_offsets", "twin_convs"]
 
 _SUFFIX = "_branch2b"
 
@@ -32,19 +32,11 @@ def layer_stack(model: nn.Module, top: str | None = None, levels: int | None = N
     ``top`` defaults to the last deformable layer, ``levels`` to ``default_levels`` or as many as there
     are below ``top``. Raises ValueError, naming the layers the model has, for a model without deformable
     layers, an unknown ``top`` or more ``levels`` than there are."""
+    from dcnviz.analysis.inspection import select_layers
+
     layers = list(model.deformable_layers)
-    if not layers:
-        raise ValueError("the model has no deformable conv layers")
-    names = [short_name(layer) for layer in layers]
-    top = names[-1] if top is None else top.removesuffix(_SUFFIX)
-    if top not in names:
-        raise ValueError(f"the model has no deformable layer {top!r}; its deformable layers are {', '.join(names)}")
-    index = names.index(top)
-    levels = min(default_levels, index + 1) if levels is None else levels
-    if not 1 <= levels <= index + 1:
-        raise ValueError(f"{levels} levels from {top} need {levels} deformable layers at or below it; there "
-                         f"{'is' if index == 0 else 'are'} {index + 1} ({', '.join(names[index::-1])})")
-    return layers[index::-1][:levels]
+    top = None if top is None else top.removesuffix(_SUFFIX)
+    return [layers[i] for i in select_layers([short_name(layer) for layer in layers], top, levels, default_levels)]
 
 
 @torch.inference_mode()
@@ -53,11 +45,17 @@ def capture_offsets(model: nn.Module, image) -> tuple[dict[str, torch.Tensor], P
     post-processing): ``{layer.offset: (1, 2*G*kh*kw, Ho, Wo) float32 CPU tensor}`` and the image's
     :class:`~dcnviz.structures.Prep`. ``image`` is a path or a BGR uint8 array, preprocessed as
     ``predict`` does; the maps equal those ``predict`` captures."""
-    device = next(model.parameters()).device
     data, prep = model.preprocess(image)
+    return input_offsets(model, data), prep
+
+
+@torch.inference_mode()
+def input_offsets(model: nn.Module, data: torch.Tensor) -> dict[str, torch.Tensor]:
+    """:func:`capture_offsets` of an input already preprocessed by ``model.preprocess`` (e.g. in DataLoader
+    workers); ``data`` is moved to the model's device (non-blocking from pinned memory)."""
     taps: dict[str, torch.Tensor] = {}
-    model.backbone(data.to(device), taps)
-    return {layer.offset: taps[layer.offset].float().cpu() for layer in model.deformable_layers}, prep
+    model.backbone(data.to(next(model.parameters()).device, non_blocking=True), taps)
+    return {layer.offset: taps[layer.offset].float().cpu() for layer in model.deformable_layers}
 
 
 def twin_convs(plain: nn.Module, layers: list[DeformableLayer]) -> list[nn.Conv2d]:

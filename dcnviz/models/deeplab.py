@@ -91,9 +91,16 @@ class DeepLab(nn.Module):
         dcnviz resizes the class scores bilinearly (half-pixel centres, as ``cv2.resize``) to the original
         size before the argmax; the official tester evaluates at the input size. ``captured`` holds the
         ``res5*_branch2b_offset`` maps (1, 2*DG*9, h, w) on the CPU."""
-        device = next(self.parameters()).device
         data, prep = self.preprocess(image)
-        out = self.forward_official(data.to(device))
+        return self.predict_input(data, prep)
+
+    @torch.inference_mode()
+    def predict_input(self, data: torch.Tensor, prep: Prep) -> Segmentation:
+        """:meth:`predict` on an input already preprocessed (``data`` and ``prep`` from :meth:`preprocess`,
+        e.g. by DataLoader workers); ``data`` is moved to the model's device (non-blocking from pinned
+        memory)."""
+        device = next(self.parameters()).device
+        out = self.forward_official(data.to(device, non_blocking=True))
         score = out["croped_score"]
         if tuple(prep.input_size) != tuple(prep.image_size):
             score = F.interpolate(score, size=prep.image_size, mode="bilinear", align_corners=False)

@@ -12,8 +12,10 @@ import sys
 
 import torch
 
-from dcnviz.convert.weights import check_state_dict, read_weights
-from dcnviz.errors import DeviceError, UserError, WeightsError
+from dcnviz.convert.mxnet_params import read_params
+from dcnviz.convert.weights import check_state_dict, convert_params, params_limits, read_weights, \
+    state_dict_from_params
+from dcnviz.errors import DeviceError, OutputError, UserError, WeightsError
 from dcnviz.models.registry import get_spec, list_models
 
 
@@ -105,7 +107,8 @@ def load_model(name_or_path: str | os.PathLike, weights: str | os.PathLike | Non
             get_spec(name)
         except ValueError as exc:
             raise UserError(f"{exc} (and there is no weights file of that name)") from None
-    model_name, state, _ = read_weights(path, model_name)
+    expected = expected_state_dict(model_name) if model_name is not None else None
+    model_name, state, _ = read_weights(path, model_name, expected=expected)
     spec = _spec(model_name)
     with torch.device("meta"):
         model = spec.factory()
@@ -116,3 +119,36 @@ def load_model(name_or_path: str | os.PathLike, weights: str | os.PathLike | Non
 
         mxnet_cpu_inference(model)
     return model.eval().to(device)
+
+
+def expected_state_dict(name: str) -> dict:
+    """The state dict of a registered model, built on the meta device (shapes only, no memory): what
+    :mod:`dcnviz.convert` needs to read a ``.params`` file for a model that is not an official one."""
+    with torch.device("meta"):
+        return _spec(name).factory().state_dict()
+
+
+def convert_file(source: str | os.PathLike, out: str | os.PathLike | None = None, model: str | None = None,
+                 force: bool = False, progress=None) -> dict:
+    """Convert an official ``.params`` file to ``.safetensors`` (default ``$DCNVIZ_HOME/<model>.safetensors``;
+    ``dcnviz convert``). ``model`` None: recognised from the file's keys among the official models.
+
+    Returns the summary of :func:`dcnviz.convert.weights.convert_params`. Raises :class:`UserError`
+    subclasses for an unknown model, a file that does not fit, or an output that exists (unless
+    ``force``) or cannot be written."""
+    source = os.fspath(source)
+    if out is not None and os.path.exists(out) and not force:
+        raise OutputError(f"{os.path.abspath(out)} already exists; use --force (force=True) to overwrite it")
+    expected = expected_state_dict(model) if model is not None else None
+    if not os.path.isfile(source):
+        raise WeightsError(f"{source}: no such file")
+    pf = read_params(source, progress, **params_limits(model, expected))
+    model, state, bbox_keys = state_dict_from_params(pf, model, source, expected)
+    if out is None:
+        out = default_weights_path(model)
+        try:
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the weights folder {os.path.dirname(out)} ($DCNVIZ_HOME): "
+                              f"{exc.strerror or exc}") from None
+    return convert_params(source, out, pf, model, state, bbox_keys, _spec(model).classes, force)

@@ -1,11 +1,17 @@
-"""Detection post-processing of ``rfcn/core/tester.py`` (``im_detect`` + ``pred_eval``, official.md §4.4)."""
+"""Detection post-processing of ``rfcn/core/tester.py`` (``im_detect`` + ``pred_eval``, official.md §4.4),
+and the selection of detections to show (:func:`select_detections`)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from dcnviz.models import boxes as B
+
+# Detections scoring at least this much are shown (``detect --conf``) and count as objects when the
+# analysis chooses units; lower than the official demo's 0.7, which hides most of a small model's boxes.
+DEFAULT_CONF = 0.5
 
 
 @dataclass(frozen=True)
@@ -56,3 +62,22 @@ def detect(rois: np.ndarray, cls_prob: np.ndarray, bbox_pred: np.ndarray, input_
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     order = np.argsort(-scores, kind="stable")
     return boxes[order].astype(np.float32), scores[order], labels[order]
+
+
+def select_detections(dets, conf: float = 0.0, classes=None, max_det: int | None = None) -> np.ndarray:
+    """Indices of the detections with ``score >= conf`` and (if given) a label in ``classes`` (a set of
+    class ids), the ``max_det`` highest-scoring of them, by decreasing score (stable)."""
+    scores = np.asarray(dets.scores)
+    keep = scores >= conf
+    if classes is not None:
+        keep &= np.isin(np.asarray(dets.labels), sorted(classes))
+    order = np.flatnonzero(keep)
+    return order[np.argsort(-scores[order], kind="stable")][:max_det]
+
+
+def filter_detections(dets, conf: float = 0.0, classes=None, max_det: int | None = None):
+    """The :class:`~dcnviz.structures.Detections` that :func:`select_detections` picks, sorted by
+    decreasing score."""
+    order = select_detections(dets, conf, classes, max_det)
+    return dataclasses.replace(dets, boxes=np.asarray(dets.boxes)[order].reshape(-1, 4),
+                               scores=np.asarray(dets.scores)[order], labels=np.asarray(dets.labels)[order])

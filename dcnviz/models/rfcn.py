@@ -172,7 +172,7 @@ class RFCN(nn.Module):
         return out
 
     @torch.inference_mode()
-    def predict(self, image, boxes=None, score_thresh: float | None = None) -> Detections:
+    def predict(self, image, boxes=None, score_thresh: float | None = None, keep_features: bool = False) -> Detections:
         """Detect objects in ``image`` (path, or BGR uint8 (H, W, 3) array as OpenCV reads it).
 
         ``boxes`` (K, 4) ``[x1, y1, x2, y2]`` in original pixels replaces the proposals (scaled and rounded
@@ -180,10 +180,21 @@ class RFCN(nn.Module):
         Returns :class:`~dcnviz.structures.Detections` in original pixels; ``captured`` holds the
         ``res5*_branch2b_offset`` maps (1, 2*DG*9, h, w) and, with deformable PS RoI pooling, ``rois``
         (R, 5, input pixels), ``rfcn_cls_offset`` (R, 2C, P, P; normalised, x first) and the RoIs' class
-        probabilities ``cls_prob`` (R, C, before box regression and NMS), all on the CPU.
+        probabilities ``cls_prob`` (R, C, before box regression and NMS), all on the CPU. With
+        ``keep_features`` it also holds ``features``, the head's input (res5 output, on the model's device),
+        so that :meth:`pool_rois` can pool other RoIs later without running the backbone again.
         """
-        device = next(self.parameters()).device
         data, prep = self.preprocess(image)
+        return self.predict_input(data, prep, boxes, score_thresh, keep_features)
+
+    @torch.inference_mode()
+    def predict_input(self, data: torch.Tensor, prep: Prep, boxes=None, score_thresh: float | None = None,
+                      keep_features: bool = False) -> Detections:
+        """:meth:`predict` on an input already preprocessed (``data`` and ``prep`` from :meth:`preprocess`,
+        e.g. by DataLoader workers); ``data`` is moved to the model's device (non-blocking from pinned
+        memory)."""
+        device = next(self.parameters()).device
+        data = data.to(device, non_blocking=True)
         rois = None
         if boxes is not None:
             b = np.asarray(boxes, dtype=np.float64)
@@ -191,7 +202,7 @@ class RFCN(nn.Module):
                 raise UserError(f"boxes must be finite [x1, y1, x2, y2] rows of shape (K, 4), got shape {b.shape}")
             rois = np.hstack([np.zeros((len(b), 1)), np.round(b * prep.scale)]).astype(np.float32)
             rois = torch.from_numpy(rois)
-        out = self.forward_official(data.to(device), rois)
+        out = self.forward_official(data, rois, features=keep_features)
         cfg = self.detection_cfg if score_thresh is None else replace(self.detection_cfg, score_thresh=score_thresh)
         numpy = {k: out[k].float().cpu().numpy() for k in ("rois", "cls_prob", "bbox_pred")}
         det_boxes, scores, labels = detect(numpy["rois"], numpy["cls_prob"], numpy["bbox_pred"],
@@ -200,4 +211,18 @@ class RFCN(nn.Module):
         if self.head.geometry.deformable:
             keys += ["rois", "rfcn_cls_offset", "cls_prob"]
         captured = {k: out[k].cpu() for k in keys}
+        if keep_features:
+            captured["features"] = out[f"feat_{self.backbone.stages[-1][-1]}_relu"]
         return Detections(det_boxes, scores, labels, self.classes, prep, captured)
+
+    @torch.inference_mode()
+    def pool_rois(self, features: torch.Tensor, rois) -> dict[str, torch.Tensor]:
+        """The head alone on ``features`` (``predict(..., keep_features=True).captured["features"]``) with
+        ``rois`` (R, 5) ``[0, x1, y1, x2, y2]`` in input pixels: the head's blobs (:class:`RFCNHead`) and
+        ``rois``, on the CPU. They equal what ``predict(image, boxes=...)`` computes for those RoIs, since
+        the head sees the same input; only the backbone is not run again."""
+        device = next(self.parameters()).device
+        rois = torch.as_tensor(rois, device=device, dtype=features.dtype)
+        out = {"rois": rois}
+        self.head(features.to(device), rois, out)
+        return {k: v.cpu() for k, v in out.items()}

@@ -1,6 +1,6 @@
 """Training checkpoints: model, optimizer state and iteration in one ``.safetensors`` file, plus a small
-JSON with the same settings for people to read. Both are written atomically (temporary file in the same
-folder, then ``os.replace``), tensors first, so an interruption at any moment leaves a complete
+JSON with the same settings for people to read. Both are written atomically
+(:func:`dcnviz.io.atomic.write_atomic`), tensors first, so an interruption at any moment leaves a complete
 checkpoint of either the previous or the new iteration. Nothing is pickled.
 
 No random-generator state is stored because training has none: every random choice of step ``i`` comes
@@ -10,29 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import torch
 
 from dcnviz.errors import UserError
+from dcnviz.io.atomic import write_atomic, write_bytes_atomic
 
 
 def paths(out: str) -> tuple[str, str]:
     """The checkpoint files of a run whose final weights go to ``out``: ``<out>.ckpt.safetensors`` and
     ``<out>.ckpt.json``."""
     return out + ".ckpt.safetensors", out + ".ckpt.json"
-
-
-def _atomic(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".part", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save(out: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, iteration: int, info: dict) -> None:
@@ -48,13 +36,9 @@ def save(out: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ite
                     tensors[f"optimizer/{names[id(p)]}/{key}"] = value.detach().cpu().contiguous()
     meta = {"iteration": str(iteration), "info": json.dumps(info, sort_keys=True)}
     tensor_path, json_path = paths(out)
-    _atomic(tensor_path, lambda tmp: save_file(tensors, tmp, metadata=meta))
-
-    def write_json(tmp):
-        with open(tmp, "w") as f:
-            json.dump({"iteration": iteration, **info}, f, indent=1, sort_keys=True)
-            f.write("\n")
-    _atomic(json_path, write_json)
+    write_atomic(tensor_path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    text = json.dumps({"iteration": iteration, **info}, indent=1, sort_keys=True) + "\n"
+    write_bytes_atomic(json_path, text.encode())
 
 
 def _flat(info: dict) -> dict:

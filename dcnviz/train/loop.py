@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from dcnviz.errors import UserError
+from dcnviz.io.atomic import write_bytes_atomic
 from dcnviz.train import checkpoint
 from dcnviz.train.model import export_state, init_weights, param_groups, thaw_batchnorm
 from dcnviz.train.steps import DetectionTrainConfig, detection_losses, segmentation_losses
@@ -135,10 +136,7 @@ def _trim_log(path: str, iteration: int) -> None:
             return False
     with open(path) as f:
         lines = [line for line in f if keep(line)]
-    tmp = path + ".part"
-    with open(tmp, "w") as f:
-        f.writelines(lines)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, "".join(lines).encode())
 
 
 def _log(path: str, record: dict) -> None:

@@ -14,12 +14,11 @@ from typing import Collection, Sequence
 import cv2
 import numpy as np
 
+from dcnviz.data.classes import background_ids
 from dcnviz.structures import Detections, Segmentation
 
 RGB = tuple[int, int, int]
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-# Classes left untinted by ``overlay_segmentation`` unless told otherwise (compared lower-case).
-BACKGROUND_NAMES = ("background", "__background__")
 
 
 def class_colors(n: int) -> tuple[RGB, ...]:
@@ -87,7 +86,7 @@ def overlay_segmentation(image_bgr: np.ndarray, seg: Segmentation, alpha: float 
                          f"{out.shape[1]}x{out.shape[0]}")
     n = len(seg.class_names)
     if skip is None:
-        skip = [i for i, name in enumerate(seg.class_names) if name.lower() in BACKGROUND_NAMES]
+        skip = background_ids(seg.class_names)
     colors = np.array(_bgr_table(seg.palette, n), dtype=np.float32)
     tinted = np.isin(labels, [c for c in range(n) if c not in set(skip)])
     blend = (1.0 - alpha) * out[tinted].astype(np.float32) + alpha * colors[labels[tinted]]

@@ -74,6 +74,28 @@ def draw_sampling_points(image_bgr: np.ndarray, xy, valid, unit_xy: tuple[float,
     return out
 
 
+def draw_unit_samples(image_bgr: np.ndarray, samples) -> np.ndarray:
+    """:func:`draw_sampling_points` of a :class:`dcnviz.analysis.UnitSamples` (its points and its unit)."""
+    return draw_sampling_points(image_bgr, samples.xy, samples.locations.valid, samples.unit.xy)
+
+
+def unit_title(unit) -> str:
+    """A panel title for a :class:`dcnviz.analysis.Unit`: its kind, its object's size, its position."""
+    kind = {"at": "unit", "small": "small object", "large": "large object"}.get(unit.kind, unit.kind)
+    size = "" if unit.box is None else f" {unit.box[2] - unit.box[0] + 1:.0f}x{unit.box[3] - unit.box[1] + 1:.0f}"
+    return f"{kind}{size} at ({unit.xy[0]:.0f}, {unit.xy[1]:.0f})"
+
+
+def roi_label(roi) -> str:
+    """The label of a :class:`dcnviz.analysis.PooledRoI`: its class and the head's probability for it."""
+    return f"{roi.class_name} {roi.probability:.2f}"
+
+
+def draw_pooled_roi(image_bgr: np.ndarray, roi) -> np.ndarray:
+    """:func:`draw_roi_parts` of a :class:`dcnviz.analysis.PooledRoI`, labelled with :func:`roi_label`."""
+    return draw_roi_parts(image_bgr, roi.parts.roi, roi.parts.bins, roi_label(roi))
+
+
 def _rect_pixels(rect, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """First and last pixel of a rectangle [x1, y1, x2, y2] of continuous edges, clamped to the image."""
     x1, y1, x2, y2 = (float(v) for v in rect)
