@@ -5,7 +5,6 @@ printed on stdout. The page needs no server and no network (see :mod:`dcnviz.viz
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -14,8 +13,8 @@ import click
 from dcnviz.cli.analysis_common import DEFAULT_MODEL, load, meta_model, reporter, resolve, usage_error
 from dcnviz.cli.common import apply_options, debug_option, resolve_model, run_options
 from dcnviz.errors import OutputError
+from dcnviz.models.postprocess import DEFAULT_CONF
 
-DEFAULT_CONF = 0.5  # the score threshold of `dcnviz detect`
 OUT_DIR = Path("runs", "explore")
 
 
@@ -41,32 +40,6 @@ def _check_output(path: Path, image: Path, exist_ok: bool) -> None:
         raise OutputError(f"'{path}' is a folder; -o names the HTML file to write")
     if path.exists() and not exist_ok:
         raise OutputError(f"'{path}' exists; choose another -o or replace it with --exist-ok")
-
-
-def _detections_and_parts(net, picture, result, conf: float):
-    """The detections scoring at least ``conf`` and, with deformable PS RoI pooling, each one's
-    ``(RoIParts, probability of its class)``: the image is run again with the detections as the RoIs, so
-    the parts are those the head pools for that very box (as ``dcnviz rois`` does)."""
-    import numpy as np
-
-    from dcnviz.analysis.parts import roi_parts
-
-    keep = np.asarray(result.scores) >= conf  # predict returns detections in decreasing score order
-    result = dataclasses.replace(result, boxes=np.asarray(result.boxes)[keep].reshape(-1, 4),
-                                 scores=np.asarray(result.scores)[keep], labels=np.asarray(result.labels)[keep])
-    geometry = getattr(net, "part_geometry", None)
-    if geometry is None or not geometry.deformable:
-        return result, None
-    if not len(result):
-        return result, []
-    pooled = net.predict(picture, boxes=result.boxes.astype(np.float64))
-    captured = pooled.captured
-    prob = captured["cls_prob"].numpy()
-    parts = [(roi_parts(captured["rois"][k], captured["rfcn_cls_offset"][k], int(c), scale=pooled.prep.scale,
-                        spatial_scale=geometry.spatial_scale, pooled_size=geometry.pooled_size,
-                        part_size=geometry.part_size, trans_std=geometry.trans_std), prob[k, int(c)])
-             for k, c in enumerate(result.labels)]
-    return result, parts
 
 
 @click.command()
@@ -103,14 +76,15 @@ def explore(image, plain_model, conf, output, open_, model, weights, device, exi
     """
     import webbrowser
 
+    from dcnviz.analysis import inspect
     from dcnviz.io.images import read_image, write_bytes_atomic
     from dcnviz.io.outputs import run_dir
+    from dcnviz.models.postprocess import select_detections
     from dcnviz.structures import Detections
     from dcnviz.viz.explore import page_data, render_page
 
     spec, meta = resolve(model)
-    layers = list(meta.deformable_layers)
-    plain = _plain(plain_model, layers) if plain_model else None
+    plain = _plain(plain_model, list(meta.deformable_layers)) if plain_model else None
     if output is not None:
         _check_output(output, image, exist_ok)
     picture = read_image(image)
@@ -118,15 +92,12 @@ def explore(image, plain_model, conf, output, open_, model, weights, device, exi
 
     def build() -> tuple[bytes, str]:
         net, dev = load(spec, weights, device, quiet)
-        result = net.predict(picture)
-        parts = None
-        if isinstance(result, Detections):
-            result, parts = _detections_and_parts(net, picture, result, conf)
-            found = f"{len(result)} detection{'s' * (len(result) != 1)} with score >= {conf:g}"
-        else:
-            found = "segmentation"
-        data = page_data(picture, result, layers, image_name=image.name, model_name=spec.name, parts=parts,
-                         trans_std=getattr(getattr(net, "part_geometry", None), "trans_std", None), plain=plain)
+        seen = inspect(net, picture)
+        shown = select_detections(seen.result, conf) if isinstance(seen.result, Detections) else []
+        found = (f"{len(shown)} detection{'s' * (len(shown) != 1)} with score >= {conf:g}"
+                 if isinstance(seen.result, Detections) else "segmentation")
+        # the RoI parts of each detection shown are pooled by the head on its box (as `dcnviz rois` does)
+        data = page_data(seen, image_name=image.name, model_name=spec.name, detections=shown, plain=plain)
         return render_page(data).encode("utf-8"), f"{spec.name} on {dev}: {found}"
 
     if output is not None:

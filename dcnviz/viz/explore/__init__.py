@@ -1,9 +1,9 @@
 """The ``dcnviz explore`` page: one self-contained HTML file (no server, no network) in which the composed
 sampling points of the unit under the mouse are computed live from the model's offset maps.
 
-Python gathers what the page needs (:func:`page_data`): the image, the prediction (detections with the
-RoI parts of each, or the segmentation overlay), every deformable layer's geometry and offset map, and
-optionally the plain twin's geometry; :func:`render_page` inlines it with the page's own style and
+Python gathers what the page needs from an :class:`~dcnviz.analysis.Inspection` (:func:`page_data`): the
+image, the prediction (detections with the RoI parts of each, or the segmentation overlay), every
+deformable layer's geometry and offset map, and optionally the plain twin's geometry; :func:`render_page` inlines it with the page's own style and
 script (``explore.css``, ``explore.js``, ``page.html`` beside this file). The script reproduces
 :func:`dcnviz.analysis.sampling_locations` operation for operation on the same float32 offsets, so a
 hovered unit's points equal ``dcnviz offsets --at X,Y``; nothing else about the sampling is precomputed.
@@ -20,12 +20,15 @@ import html
 import json
 from importlib import resources
 from string import Template
+from typing import Sequence
 
 import cv2
 import numpy as np
 
+from dcnviz.analysis.inspection import DEFAULT_LEVELS
+from dcnviz.data.classes import background_ids
 from dcnviz.structures import Detections
-from dcnviz.viz.draw import BACKGROUND_NAMES, class_colors, overlay_segmentation
+from dcnviz.viz.draw import class_colors, overlay_segmentation
 
 __all__ = ["page_data", "render_page", "MAX_DISPLAY_SIDE"]
 
@@ -62,76 +65,70 @@ def _geometry(name: str, geometry) -> dict:
             "padding": list(geometry.padding), "stride": list(geometry.stride)}
 
 
-def _layer(layer, name: str, offset) -> dict:
-    from dcnviz.analysis import LayerGeometry
-
+def _layer(record) -> dict:
+    """One :class:`~dcnviz.analysis.LayerRecord`: its geometry, grid and offset map."""
+    offset = record.offset
     off = offset.detach().cpu().numpy() if hasattr(offset, "detach") else np.asarray(offset)
-    off = off[0] if off.ndim == 4 else off
-    geometry = LayerGeometry(layer.kernel_size, layer.dilation, layer.padding, layer.stride, layer.deformable_groups)
-    return {**_geometry(name, geometry), "groups": geometry.deformable_groups,
-            "feature_stride": int(layer.feature_stride), "map": [int(off.shape[-2]), int(off.shape[-1])],
-            "offsets": _float32_b64(off)}
+    return {**_geometry(record.name, record.geometry), "groups": record.geometry.deformable_groups,
+            "feature_stride": record.feature_stride, "map": list(record.map_size),
+            "offsets": _float32_b64(off[0] if off.ndim == 4 else off)}
 
 
-def page_data(image_bgr: np.ndarray, result, layers, *, image_name: str, model_name: str, parts=None,
-              trans_std: float | None = None, plain=None, default_layer: str | None = None,
-              default_levels: int = 3) -> dict:
+def page_data(inspection, *, image_name: str, model_name: str, detections: Sequence[int] = (), plain=None,
+              default_layer: str | None = None, default_levels: int = DEFAULT_LEVELS) -> dict:
     """Everything the page shows, as a JSON-ready dict.
 
     Args:
-        image_bgr: the original image (H, W, 3) uint8, as the model saw it before preprocessing.
-        result: the model's :class:`~dcnviz.structures.Detections` (already filtered to those to show, in
-            score order) or :class:`~dcnviz.structures.Segmentation`, whose ``captured`` holds the offset
-            map of every layer in ``layers``.
-        layers: the model's deformable layers (:class:`~dcnviz.models.resnet.DeformableLayer`), forward
-            order; named as the analysis commands name them (``res5c``).
-        parts: per detection, ``(RoIParts, probability of its class on that RoI)``, or None for a model
-            without deformable PS RoI pooling; trans_std: that pooling's ``trans_std`` (for the caption).
-        plain: ``(model name, [LayerGeometry per layer])`` of a plain twin, or None.
-        default_layer, default_levels: what the page starts with (default: the last layer, 3 levels).
+        inspection: the model on the image (:func:`dcnviz.analysis.inspect`): the original image, its
+            prediction and every deformable layer (bottom -> top).
+        detections: indices of the detections to show, in score order (e.g.
+            :func:`dcnviz.models.postprocess.select_detections`); each comes with its RoI parts when the
+            model has deformable PS RoI pooling (``inspection.has_rois``).
+        plain: ``(model name, [LayerGeometry per layer, bottom -> top])`` of a plain twin, or None.
+        default_layer, default_levels: what the page starts with (default: the top layer, 3 levels).
     """
-    from dcnviz.models.capture import short_name
-
-    h, w = image_bgr.shape[:2]
-    names = [short_name(layer) for layer in layers]
+    seen, result = inspection, inspection.result
+    h, w = seen.image_size
+    parts = seen.has_rois and isinstance(result, Detections)
     data = {
         "model": model_name,
-        "image": {"name": image_name, "width": int(w), "height": int(h), "scale": float(result.prep.scale),
-                  "src": _jpeg_data_url(image_bgr)},
-        "layers": [_layer(layer, name, result.captured[layer.offset]) for layer, name in zip(layers, names)],
-        "default_layer": default_layer or names[-1],
+        "image": {"name": image_name, "width": int(w), "height": int(h), "scale": float(seen.prep.scale),
+                  "src": _jpeg_data_url(seen.image)},
+        "layers": [_layer(record) for record in seen.layers],
+        "default_layer": default_layer or seen.names[-1],
         "default_levels": int(default_levels),
         "detections": [],
         "segmentation": None,
-        "part_geometry": None if parts is None else {"trans_std": float(trans_std)},
+        "part_geometry": {"trans_std": float(seen.part_geometry.trans_std)} if parts else None,
         "plain": None,
     }
     if isinstance(result, Detections):
         colors = class_colors(len(result.class_names))
-        for k in range(len(result)):
+        indices = [int(k) for k in detections]
+        rois = seen.detection_rois(indices) if parts else [None] * len(indices)
+        for k, roi in zip(indices, rois):
             label = int(result.labels[k])
-            record = {"box": [float(v) for v in result.boxes[k]], "score": float(result.scores[k]),
-                      "class_id": label, "class_name": result.class_names[label], "color": _hex(colors[label]),
-                      "parts": None}
-            if parts is not None:
-                found, prob = parts[k]
-                record["parts"] = {"roi": found.roi.tolist(), "bins": found.bins.tolist(), "prob": float(prob)}
-            data["detections"].append(record)
-    else:
+            data["detections"].append({
+                "box": [float(v) for v in result.boxes[k]], "score": float(result.scores[k]), "class_id": label,
+                "class_name": result.class_names[label], "color": _hex(colors[label]),
+                "parts": None if roi is None else {"roi": roi.parts.roi.tolist(), "bins": roi.parts.bins.tolist(),
+                                                   "prob": roi.probability}})
+    elif result is not None:
         labels = np.asarray(result.labels)
         counts = np.bincount(labels.ravel(), minlength=len(result.class_names))
         palette = [result.palette[c] if c < len(result.palette) else class_colors(len(result.class_names))[c]
                    for c in range(len(result.class_names))]
-        # the classes the overlay tints (not those named background), by decreasing area
-        present = sorted((c for c in np.flatnonzero(counts[:len(result.class_names)])
-                          if result.class_names[c].lower() not in BACKGROUND_NAMES), key=lambda c: (-counts[c], c))
+        # the classes the overlay tints (not the background), by decreasing area
+        skip = set(background_ids(result.class_names))
+        present = sorted((c for c in np.flatnonzero(counts[:len(result.class_names)]) if c not in skip),
+                         key=lambda c: (-counts[c], c))
         data["segmentation"] = {
-            "overlay": _jpeg_data_url(overlay_segmentation(image_bgr, result, legend=False)),
+            "overlay": _jpeg_data_url(overlay_segmentation(seen.image, result, legend=False)),
             "classes": [{"id": int(c), "name": result.class_names[c], "color": _hex(palette[c]),
                          "fraction": float(counts[c] / labels.size)} for c in present]}
     if plain is not None:
         plain_name, geometries = plain
-        data["plain"] = {"model": plain_name, "layers": [_geometry(n, g) for n, g in zip(names, geometries)]}
+        data["plain"] = {"model": plain_name, "layers": [_geometry(n, g) for n, g in zip(seen.names, geometries)]}
     return data
 
 
