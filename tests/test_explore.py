@@ -147,7 +147,10 @@ def stars(tmp_path_factory):
                tmp)
     assert proc.returncode == 0, proc.stderr
     record = json.loads((tmp / "offsets" / "synth_stars_res5c.json").read_text())
-    return SimpleNamespace(path=page, data=embedded(page), offsets=record, at=at)
+    proc = cli(["rois", STARS, "--conf", "0.3", "--top", "100", "-o", tmp / "rois"], tmp)
+    assert proc.returncode == 0, proc.stderr
+    rois = json.loads((tmp / "rois" / "synth_stars.json").read_text())
+    return SimpleNamespace(path=page, data=embedded(page), offsets=record, at=at, rois=rois)
 
 
 @needs_browser
@@ -192,6 +195,11 @@ class TestPage:
         boxes = page.page.eval_on_selector_all(".dcnviz-detection", "els => els.map(e => +e.dataset.index)")
         assert boxes == list(range(len(dets))) and len(dets) >= 2
         assert [d["score"] for d in dets] == sorted((d["score"] for d in dets), reverse=True)
+        # the same detections and parts as `dcnviz rois --top`
+        assert [d["score"] for d in dets] == [r["detection_score"] for r in stars.rois["rois"]]
+        for d, r in zip(dets, stars.rois["rois"]):
+            np.testing.assert_allclose(d["parts"]["bins"], r["parts"], atol=1e-9)
+            np.testing.assert_allclose(d["parts"]["roi"], r["roi"], atol=1e-9)
         assert page.page.locator(".dcnviz-part").count() == 0
         # a point inside detection k and in no smaller box: its parts appear, 7x7 of them
         areas = [(d["box"][2] - d["box"][0] + 1) * (d["box"][3] - d["box"][1] + 1) for d in dets]
