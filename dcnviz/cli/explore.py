@@ -53,6 +53,7 @@ def _check_output(path: Path, image: Path, exist_ok: bool) -> None:
               help=f"The HTML file to write; default: {OUT_DIR}/NAME.html in a fresh folder ({OUT_DIR}2, … "
                    "when it exists).")
 @click.option("--open", "open_", is_flag=True, help="Open the page in the default web browser.")
+# the shared --model, --weights, --device (the first three run options); this command writes a FILE, not an --out DIR
 @apply_options(run_options("explore", f"Registered model with deformable conv layers; default: {DEFAULT_MODEL}.")[:3]
                + [click.option("--exist-ok", is_flag=True,
                                help="Replace FILE, or write into runs/explore even if it exists."),
