@@ -121,7 +121,7 @@ setup(
     version="0.1.0",
     description="Run and look inside Deformable ConvNets (v1): exact ops, official models, analysis figures",
     packages=find_packages(include=["dcnviz", "dcnviz.*"]),
-    package_data={"dcnviz": ["*.json", "**/*.json"]},
+    package_data={"dcnviz": ["*.json", "**/*.json"], "dcnviz.viz.explore": ["*.html", "*.css", "*.js"]},
     # The bundled models and sample images live in the top-level weights/ and samples/ (the repository
     # layout); a wheel puts them under <prefix>/share/dcnviz/, where dcnviz.models.loading.bundled_dir looks.
     data_files=[(f"share/dcnviz/{folder}", [os.path.relpath(p, HERE) for p in
@@ -139,7 +139,8 @@ setup(
         "safetensors",
         "tqdm",
     ],
-    extras_require={"test": ["pytest", "expecttest", "jsonschema", "pycocotools", "hypothesis"]},
+    # playwright drives Debian's chromium in the tests of `dcnviz explore` (it never downloads a browser)
+    extras_require={"test": ["pytest", "expecttest", "jsonschema", "pycocotools", "hypothesis", "playwright"]},
     ext_modules=[_EXTENSION],
     cmdclass={"build_ext": _BuildExtension},
     entry_points={"console_scripts": ["dcnviz=dcnviz.cli:main"]},

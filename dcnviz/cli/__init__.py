@@ -19,6 +19,8 @@ COMMANDS = {
     "effective": ("dcnviz.cli.effective", "effective",
                   "DCNv2's effective sampling locations, receptive field and saliency region of nodes."),
     "eval": ("dcnviz.cli.eval", "eval_", "Detection AP or segmentation mIoU of a model on a dataset split."),
+    "explore": ("dcnviz.cli.explore", "explore",
+                "An interactive HTML page: the sampling points of the unit under the mouse, RoI parts."),
     "models": ("dcnviz.cli.models", "models", "List the registered models, their size and where their weights are."),
     "offsets": ("dcnviz.cli.offsets", "offsets", "Where deformable filters sample: composed sampling points (Fig. 6)."),
     "receptive-field": ("dcnviz.cli.receptive_field", "receptive_field",
