@@ -21,6 +21,9 @@ from pathlib import Path
 
 import click
 
+from dcnviz.cli.analysis_common import DEFAULT_MODEL
+from dcnviz.cli.common import data_option, device_option, json_option, model_option
+
 _SPEED = re.compile(r"^(\d+) images in ([0-9.]+) s", re.MULTILINE)
 
 
@@ -35,7 +38,7 @@ def run_once(data: Path, model: str, processes: int, workers: int | None, thread
     """One ``dilation-stats`` run with ``threads`` torch threads per process (``OMP_NUM_THREADS``):
     ``{"images", "seconds", "img_per_s", "wall_s"}``."""
     launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)] if processes > 1 else []
-    cmd = [sys.executable, *launch, "-m", "dcnviz", "dilation-stats", str(data), "-m", model, "-o", str(out),
+    cmd = [sys.executable, *launch, "-m", "dcnviz", "dilation-stats", "--data", str(data), "-m", model, "-o", str(out),
            "--device", device, *([] if workers is None else ["--workers", str(workers)])]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
@@ -48,20 +51,21 @@ def run_once(data: Path, model: str, processes: int, workers: int | None, thread
 
 
 @click.command("dataset")
-@click.option("--data", type=click.Path(file_okay=False, path_type=Path),
-              help="A dataset folder (split test); default: --images synthetic scenes made in a temporary folder.")
+@data_option(required=False, help="A dataset folder (split test); default: --images synthetic scenes made in a "
+                                   "temporary folder.")
 @click.option("--images", type=click.IntRange(min=1), default=400, show_default=True,
               help="Synthetic scenes to make when --data is not given (dcnviz synth, seed 999).")
-@click.option("-m", "--model", default="rfcn_dcn_synth", show_default=True, help="Model with deformable layers.")
-@click.option("--device", default="cpu", show_default=True, metavar="cpu|cuda")
+@model_option(f"Model with deformable layers; default: {DEFAULT_MODEL}.")
+@device_option("cpu")
 @click.option("--threads", type=click.IntRange(min=1), metavar="N",
               help="torch threads of each process (default: the CPU cores shared out among the processes, "
                    "as torchrun would without OMP_NUM_THREADS = 1).")
 @click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Times each configuration runs (in turns); the median is reported.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def dataset(data, images, model, device, threads, rounds, as_json):
+@json_option("Print JSON instead of a table.")
+def dataset(data, images, model, device, threads, rounds, json_out):
     """images/s of dilation-stats: --workers 0 vs the default, on 1 and on 2 processes (torchrun)."""
+    model = model or DEFAULT_MODEL
     from dcnviz.runner import default_workers
 
     configs = [(1, 0), (1, None), (2, 0), (2, None)]
@@ -87,7 +91,7 @@ def dataset(data, images, model, device, threads, rounds, as_json):
     base = rows[0]["img_per_s"]
     for row in rows:
         row["speedup"] = row["img_per_s"] / base
-    if as_json:
+    if json_out:
         click.echo(json.dumps({"model": model, "device": device, "rounds": rounds, "cpus": os.cpu_count(), "rows": rows},
                               indent=2))
         return

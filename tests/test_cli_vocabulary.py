@@ -42,6 +42,8 @@ LESS = {
               "trains from scratch (no --weights); resumes in its folder (no --exist-ok)"),
     "bench ops": ({"--device", "--json"}, "times the operators on random tensors"),
     "bench model": ({"--model", "--device", "--json"}, "times random weights"),
+    "bench dataset": ({"--data", "--model", "--device", "--json"},
+                      "times dilation-stats runs it starts itself (their folders are temporary)"),
 }
 # Commands that read a dataset (besides RUN).
 WITH_DATASET = {"eval", "dilation-stats", "train", "synth"}

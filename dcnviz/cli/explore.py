@@ -1,7 +1,8 @@
 """``dcnviz explore``: one self-contained HTML page to look inside a deformable network with the mouse.
 
-Output: ``runs/explore/NAME.html`` (``runs/explore2/…`` when that folder exists), or ``-o FILE``; the path is
-printed on stdout. The page needs no server and no network (see :mod:`dcnviz.viz.explore`).
+Output: ``OUT/NAME.html`` (``OUT`` = runs/explore, runs/explore2, … as for every command), or the file
+``--output-file FILE`` (``-o PAGE.html`` too: an OUT ending in .html names the page); the path is printed on
+stdout (``--json``: a JSON object with it). The page needs no server and no network (see :mod:`dcnviz.viz.explore`).
 """
 from __future__ import annotations
 
@@ -11,12 +12,9 @@ from pathlib import Path
 import click
 
 from dcnviz.cli.analysis_common import DEFAULT_MODEL, load, meta_model, reporter, resolve, usage_error
-from dcnviz.cli.common import apply_options, debug_option, resolve_model, run_options
+from dcnviz.cli.common import apply_options, debug_option, json_option, resolve_model, run_options
 from dcnviz.errors import OutputError
 from dcnviz.models.postprocess import DEFAULT_CONF
-
-OUT_DIR = Path("runs", "explore")
-
 
 def _plain(name: str, layers):
     """(name, geometry of its convs at the places of ``layers``) of the plain twin ``--plain-model``; its
@@ -33,13 +31,13 @@ def _plain(name: str, layers):
 
 
 def _check_output(path: Path, image: Path, exist_ok: bool) -> None:
-    """``-o FILE`` may not be the input image, nor an existing file unless --exist-ok."""
+    """``--output-file FILE`` may not be the input image, nor an existing file unless --exist-ok."""
     if os.path.realpath(path) == os.path.realpath(image):
-        raise OutputError(f"'{path}' is the input image; choose another -o")
+        raise OutputError(f"'{path}' is the input image; choose another --output-file")
     if path.is_dir():
-        raise OutputError(f"'{path}' is a folder; -o names the HTML file to write")
+        raise OutputError(f"'{path}' is a folder; --output-file names the HTML file to write")
     if path.exists() and not exist_ok:
-        raise OutputError(f"'{path}' exists; choose another -o or replace it with --exist-ok")
+        raise OutputError(f"'{path}' exists; choose another --output-file or replace it with --exist-ok")
 
 
 @click.command()
@@ -49,17 +47,14 @@ def _check_output(path: Path, image: Path, exist_ok: bool) -> None:
                    "its weights are not needed.")
 @click.option("--conf", type=click.FloatRange(0, 1), default=DEFAULT_CONF, show_default=True,
               help="Show the detections with at least this score.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
-              help=f"The HTML file to write; default: {OUT_DIR}/NAME.html in a fresh folder ({OUT_DIR}2, … "
-                   "when it exists).")
+@click.option("--output-file", "output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Write the page to FILE instead of OUT/NAME.html (-o PAGE.html does the same); --exist-ok "
+                   "replaces it.")
 @click.option("--open", "open_", is_flag=True, help="Open the page in the default web browser.")
-# the shared --model, --weights, --device (the first three run options); this command writes a FILE, not an --out DIR
-@apply_options(run_options("explore", f"Registered model with deformable conv layers; default: {DEFAULT_MODEL}.")[:3]
-               + [click.option("--exist-ok", is_flag=True,
-                               help="Replace FILE, or write into runs/explore even if it exists."),
-                  click.option("-q", "--quiet", is_flag=True, help="Print only the path of the page and errors."),
-                  debug_option])
-def explore(image, plain_model, conf, output, open_, model, weights, device, exist_ok, quiet):
+@apply_options(run_options("explore", f"Registered model with deformable conv layers; default: {DEFAULT_MODEL}.")
+               + [json_option("Print a JSON object (page, model, image, size, what it shows) instead of the "
+                              "page's path."), debug_option])
+def explore(image, plain_model, conf, output, open_, model, weights, device, out, exist_ok, quiet, json_out):
     """An interactive page of where a deformable network samples: IMAGE with the model's detections (or
     segmentation), and the composed sampling points of the unit under the mouse (paper Fig. 6).
 
@@ -84,6 +79,8 @@ def explore(image, plain_model, conf, output, open_, model, weights, device, exi
     from dcnviz.structures import Detections
     from dcnviz.viz.explore import page_data, render_page
 
+    if output is None and out.suffix.lower() in (".html", ".htm"):
+        output = out  # -o PAGE.html: the page itself (a run folder is not named *.html)
     spec, meta = resolve(model)
     plain = _plain(plain_model, list(meta.deformable_layers)) if plain_model else None
     if output is not None:
@@ -106,11 +103,19 @@ def explore(image, plain_model, conf, output, open_, model, weights, device, exi
         write_bytes_atomic(output, page)
         path = output
     else:
-        with run_dir(OUT_DIR, exist_ok, (), [image]) as folder:
+        with run_dir(out, exist_ok, (), [image]) as folder:
             page, summary = build()
             path = folder / f"{image.stem}.html"
             write_bytes_atomic(path, page)
     say(f"{image}: {summary}; {len(page) / 1e6:.1f} MB page")
-    click.echo(str(path))
+    if json_out:
+        import json
+
+        from dcnviz.io.results_json import json_path
+
+        click.echo(json.dumps({"page": json_path(path), "model": spec.name, "image": json_path(image),
+                               "bytes": len(page), "shows": summary}))
+    else:
+        click.echo(str(path))
     if open_:
         webbrowser.open(path.resolve().as_uri())
