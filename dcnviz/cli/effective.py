@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import click
 import numpy as np
 
-from dcnviz.cli.analysis_common import (analysis_options, choose_units, custom_stack, load, load_custom_model,
-                                        reporter, resolve, stack, unit_options, usage_error)
+from dcnviz.cli.analysis_common import (analysis_options, choose_units, custom_stack, emit_json, load,
+                                        load_custom_model, reporter, resolve, stack, unit_options, usage_error)
 from dcnviz.models.custom import is_custom_spec
 
 
@@ -77,9 +77,10 @@ def _custom(model, weights, device, quiet, layer, levels, channel, detections, p
 @click.option("--cell", type=click.IntRange(min=1), default=16, show_default=True,
               help="Cell size of the saliency search, in network-input pixels.")
 @unit_options("Deformable layers at or below the node's layer whose sampling points are weighed; default: 3.")
-@analysis_options("effective")
+# no --style/--format: the heat map and the weight shading have no paper style or vector form yet
+@analysis_options("effective", figures=False)
 def effective(image, detections, channel, bound, cell, layer, levels, at, annotation, conf, group, round_, model,
-              weights, device, out, exist_ok, quiet):
+              weights, device, out, exist_ok, quiet, json_out):
     """DCNv2's effective views of nodes (Zhu et al. 2019, Figs. 1-2).
 
     A node is the deformable layer --layer's own output at a unit's cell, summed over channels (or
@@ -192,5 +193,6 @@ def effective(image, detections, channel, bound, cell, layer, levels, at, annota
                     input_size=list(prep.input_size), erf=npy.name, group=group,
                     interpolation="nearest cell" if round_ else "bilinear", nodes=records)
         write_json_atomic(png.with_suffix(".json"), meta, expand=3)
+        emit_json(meta, json_out)
         say(f"{image}: {len(records)} nodes -> {png}")
     say(f"Results saved to {out_dir}")
