@@ -91,7 +91,7 @@ def main() -> None:
     torch.manual_seed(0)
     data = args.work / "synth"
     if not (data / "ImageSets" / "Segmentation" / "train.txt").exists():
-        dcnviz("synth", data, "--images", args.images, "--seed", 7)
+        dcnviz("synth", "--data", data, "--split", "train", "--images", args.images, "--seed", 7)
     model = train(load_split(data, "train"), args.seconds)
     weights = args.work / "tiny_dcn.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
