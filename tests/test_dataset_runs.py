@@ -103,7 +103,8 @@ class TestTorchrun:
 class TestResume:
     def test_sigkill_then_resume_gives_the_same_files(self, synth, single, tmp_path):
         out = tmp_path / "out"
-        proc = dcnviz(["dilation-stats", "--data", synth, "-o", out, "--workers", "0", "--save-every", "1"], tmp_path)
+        cwd = synth.parent  # as the reference run: stats.json records the dataset relative to the working directory
+        proc = dcnviz(["dilation-stats", "--data", synth, "-o", out, "--workers", "0", "--save-every", "1"], cwd)
         deadline = time.monotonic() + 300
         while len(list((out / "partial").glob("part-*.json"))) < 2:
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -115,15 +116,15 @@ class TestResume:
         assert 2 <= done < IMAGES
 
         for args, fragment in ((["--limit", "3"], "limit"), (["-m", "deeplab_dcn_synth"], "model")):
-            proc = completed(dcnviz(["dilation-stats", "--data", synth, "-o", out, "--resume", *args], tmp_path))
+            proc = completed(dcnviz(["dilation-stats", "--data", synth, "-o", out, "--resume", *args], cwd))
             assert_one_line_error(proc, 1, f"cannot resume {out}: it was started with {fragment}")
 
-        _, err = finished(dcnviz(["dilation-stats", "--data", synth, "-o", out, "--resume", "--workers", "1"], tmp_path))
+        _, err = finished(dcnviz(["dilation-stats", "--data", synth, "-o", out, "--resume", "--workers", "1"], cwd))
         assert f"{IMAGES - done} images in" in err  # only the rest was run
         for name in ("stats.json", "stats.csv"):
             assert (out / name).read_bytes() == (single / name).read_bytes(), name
         assert not (out / "partial").exists()
-        proc = completed(dcnviz(["dilation-stats", "--data", synth, "-o", out, "--resume"], tmp_path))
+        proc = completed(dcnviz(["dilation-stats", "--data", synth, "-o", out, "--resume"], cwd))
         assert_one_line_error(proc, 1, "nothing to resume", "a finished run leaves none")
 
     def test_an_unfinished_run_is_not_overwritten(self, tmp_path):
