@@ -258,3 +258,30 @@ def custom_stack(cm, image, layer: str | None, levels: int | None, default_level
                                                  f"there are {most}"))
     levels = min(default_levels, most) if levels is None else levels
     return seen, data, [l.name for l in seen.stack(top, levels)]
+
+
+class ImageRun:
+    """The images of a run, read one at a time (:func:`dcnviz.io.images.read_image`): iterating gives
+    ``(i, path, picture)`` with i counted from 1; an image that cannot be read is reported in one line
+    (``; skipped`` when there are several) and counted in ``failed``, which a command may also raise for
+    its own per-image errors; the run exits 1 at the end when it is not zero."""
+
+    def __init__(self, images):
+        self.images, self.failed = list(images), 0
+
+    def __iter__(self):
+        from dcnviz.errors import ImageError
+        from dcnviz.io.images import read_image
+
+        for i, path in enumerate(self.images, 1):
+            try:
+                picture = read_image(path)
+            except ImageError as e:
+                self.skip(e)
+                continue
+            yield i, path, picture
+
+    def skip(self, error) -> None:
+        """Report ``error`` for one input and count it."""
+        self.failed += 1
+        click.echo(f"Error: {error}" + ("; skipped" if len(self.images) > 1 else ""), err=True)

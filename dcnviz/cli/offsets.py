@@ -12,10 +12,9 @@ from pathlib import Path
 
 import click
 
-from dcnviz.cli.analysis_common import (analysis_options, choose_units, custom_stack, emit_json, load,
+from dcnviz.cli.analysis_common import (ImageRun, analysis_options, choose_units, custom_stack, emit_json, load,
                                         load_custom_model, reporter, resolve, sample_images, save_figure, stack,
                                         unit_objects, unit_options, usage_error)
-from dcnviz.errors import ImageError
 from dcnviz.models.custom import is_custom_spec
 
 
@@ -54,7 +53,7 @@ def offsets(images, recursive, layer, levels, at, annotation, conf, group, round
     from dcnviz.analysis import inspect
     from dcnviz.analysis.units import KINDS
     from dcnviz.io.analysis_json import offsets_record
-    from dcnviz.io.images import find_images, read_image, write_json_atomic
+    from dcnviz.io.images import find_images, write_json_atomic
     from dcnviz.io.outputs import output_names, run_dir
     from dcnviz.viz.sampling import GROUP_COLOR_NAMES, draw_unit_samples, get_style, montage, unit_title
     from dcnviz.viz.vector import Panel
@@ -74,7 +73,7 @@ def offsets(images, recursive, layer, levels, at, annotation, conf, group, round
         check_group(group, [l.deformable_groups for l in meta.deformable_layers], spec.name)
         name, kinds = spec.name, KINDS
     say = reporter(quiet)
-    failed = 0
+    run = ImageRun(images)
     with run_dir(out, exist_ok, (), images) as out_dir:
         if custom:
             cm, dev = load_custom_model(model, weights, device, quiet)
@@ -83,13 +82,7 @@ def offsets(images, recursive, layer, levels, at, annotation, conf, group, round
             net, dev = load(spec, weights, device, quiet)
             say(f"{name} on {dev}: {len(images)} image{'s' * (len(images) > 1)}, {' > '.join(names)}")
         stems = output_names(images)
-        for i, path in enumerate(images, 1):
-            try:
-                image = read_image(path)
-            except ImageError as e:
-                failed += 1
-                click.echo(f"Error: {e}" + ("; skipped" if len(images) > 1 else ""), err=True)
-                continue
+        for i, path, image in run:
             if custom:
                 seen, _, names = custom_stack(cm, image, layer, levels)
                 check_group(group, [seen.layer(n).geometry.deformable_groups for n in names], name)
@@ -114,7 +107,7 @@ def offsets(images, recursive, layer, levels, at, annotation, conf, group, round
             emit_json(record, json_out)
             say(f"{i}/{len(images)} {path}: {', '.join(u.kind for u in units)} units -> "
                 f"{', '.join(map(str, files))}")
-    if failed < len(images):
+    if run.failed < len(images):
         say(f"Results saved to {out_dir}")
-    if failed:
+    if run.failed:
         raise click.exceptions.Exit(1)

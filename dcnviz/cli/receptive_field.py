@@ -13,10 +13,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from dcnviz.cli.analysis_common import (analysis_options, choose_units, emit_json, load, meta_model, reporter, resolve,
-                                        save_figure, stack, unit_objects, unit_options, usage_error)
+from dcnviz.cli.analysis_common import (ImageRun, analysis_options, choose_units, emit_json, load, meta_model,
+                                        reporter, resolve, save_figure, stack, unit_objects, unit_options,
+                                        usage_error)
 from dcnviz.cli.common import resolve_model
-from dcnviz.errors import ImageError
 
 KINDS = ("large", "background")
 
@@ -76,7 +76,7 @@ def receptive_field(images, plain, recursive, layer, levels, at, annotation, con
     """
     from dcnviz.analysis import inspect
     from dcnviz.io.analysis_json import receptive_field_record
-    from dcnviz.io.images import find_images, read_image, write_json_atomic
+    from dcnviz.io.images import find_images, write_json_atomic
     from dcnviz.io.outputs import output_names, run_dir
     from dcnviz.viz.sampling import draw_unit_samples, get_style, montage, unit_title
     from dcnviz.viz.vector import Panel
@@ -89,18 +89,12 @@ def receptive_field(images, plain, recursive, layer, levels, at, annotation, con
     if annotation is not None and len(images) > 1:
         raise click.BadParameter("an annotation belongs to one image; give one IMAGE", param_hint="'--annotation'")
     say = reporter(quiet)
-    failed = 0
+    run = ImageRun(images)
     with run_dir(out, exist_ok, (), images) as out_dir:
         net, dev = load(spec, weights, device, quiet)
         say(f"{spec.name} on {dev}: {len(images)} image{'s' * (len(images) > 1)}, {' > '.join(names)}")
         stems = output_names(images)
-        for i, image in enumerate(images, 1):
-            try:
-                picture = read_image(image)
-            except ImageError as e:
-                failed += 1
-                click.echo(f"Error: {e}" + ("; skipped" if len(images) > 1 else ""), err=True)
-                continue
+        for i, image, picture in run:
             seen = inspect(net, picture)
             units = choose_units(seen, image, names[0], at, annotation, conf, KINDS, say)
             deformable = seen.stack(names[0], len(names))
@@ -128,7 +122,7 @@ def receptive_field(images, plain, recursive, layer, levels, at, annotation, con
             emit_json(record, json_out)
             say(f"{i}/{len(images)} {image}: {', '.join(u.kind for u in units)} units, {plain_spec.name} vs "
                 f"{spec.name} -> {', '.join(map(str, files))}")
-    if failed < len(images):
+    if run.failed < len(images):
         say(f"Results saved to {out_dir}")
-    if failed:
+    if run.failed:
         raise click.exceptions.Exit(1)

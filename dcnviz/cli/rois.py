@@ -12,10 +12,9 @@ from pathlib import Path
 
 import click
 
-from dcnviz.cli.analysis_common import (DEFAULT_MODEL, analysis_options, emit_json, load, meta_model, parse_box,
-                                        reporter, save_figure)
+from dcnviz.cli.analysis_common import (DEFAULT_MODEL, ImageRun, analysis_options, emit_json, load, meta_model,
+                                        parse_box, reporter, save_figure)
 from dcnviz.cli.common import parse_classes, resolve_model
-from dcnviz.errors import ImageError
 from dcnviz.models.postprocess import DEFAULT_CONF
 
 DEFAULT_TOP = 3
@@ -77,7 +76,7 @@ def rois(images, top, box, class_, conf, coarse, recursive, model, weights, devi
     """
     from dcnviz.analysis import inspect
     from dcnviz.io.analysis_json import rois_record
-    from dcnviz.io.images import find_images, read_image, write_json_atomic
+    from dcnviz.io.images import find_images, write_json_atomic
     from dcnviz.io.outputs import output_names, run_dir
     from dcnviz.models.postprocess import select_detections
     from dcnviz.viz.sampling import draw_pooled_roi, get_style, montage, roi_label
@@ -100,19 +99,13 @@ def rois(images, top, box, class_, conf, coarse, recursive, model, weights, devi
     if box and len(images) > 1:
         raise click.BadParameter("boxes belong to one image; give one IMAGE", param_hint="'--box'")
     say = reporter(quiet)
-    failed = 0
+    run = ImageRun(images)
     p = parts.pooled_size
     with run_dir(out, exist_ok, (), images) as out_dir:
         net, dev = load(spec, weights, device, quiet)
         say(f"{spec.name} on {dev}: {len(images)} image{'s' * (len(images) > 1)}")
         stems = output_names(images)
-        for i, image in enumerate(images, 1):
-            try:
-                picture = read_image(image)
-            except ImageError as e:
-                failed += 1
-                click.echo(f"Error: {e}" + ("; skipped" if len(images) > 1 else ""), err=True)
-                continue
+        for i, image, picture in run:
             h, w = picture.shape[:2]
             for x1, y1, x2, y2 in box:
                 if x1 < 0 or y1 < 0 or x2 > w - 1 or y2 > h - 1:
@@ -124,10 +117,8 @@ def rois(images, top, box, class_, conf, coarse, recursive, model, weights, devi
             else:
                 chosen = select_detections(seen.result, conf, wanted, top or DEFAULT_TOP)
                 if not len(chosen):
-                    failed += 1
-                    click.echo(f"Error: {image}: no detections with score >= {conf:g}"
-                               f"{' of class ' + class_ if class_ else ''}; lower --conf or give --box"
-                               + ("; skipped" if len(images) > 1 else ""), err=True)
+                    run.skip(f"{image}: no detections with score >= {conf:g}"
+                             f"{' of class ' + class_ if class_ else ''}; lower --conf or give --box")
                     continue
                 found = seen.detection_rois(chosen)
             views = [[(r.parts, f"{roi_label(r)}: {p}x{p} parts ({r.source} {k + 1})")] for k, r in enumerate(found)]
@@ -152,7 +143,7 @@ def rois(images, top, box, class_, conf, coarse, recursive, model, weights, devi
             emit_json(record, json_out)
             say(f"{i}/{len(images)} {image}: {len(found)} RoI{'s' * (len(found) > 1)} "
                 f"({', '.join(roi_label(r) for r in found)}) -> {', '.join(map(str, files))}")
-    if failed < len(images):
+    if run.failed < len(images):
         say(f"Results saved to {out_dir}")
-    if failed:
+    if run.failed:
         raise click.exceptions.Exit(1)
