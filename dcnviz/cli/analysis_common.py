@@ -285,3 +285,10 @@ class ImageRun:
         """Report ``error`` for one input and count it."""
         self.failed += 1
         click.echo(f"Error: {error}" + ("; skipped" if len(self.images) > 1 else ""), err=True)
+
+    def finish(self, out_dir, say: Callable[[str], None]) -> None:
+        """End the run: say where the results are (unless every input failed); exit 1 if any failed."""
+        if self.failed < len(self.images):
+            say(f"Results saved to {out_dir}")
+        if self.failed:
+            raise click.exceptions.Exit(1)

@@ -107,7 +107,4 @@ def offsets(images, recursive, layer, levels, at, annotation, conf, group, round
             emit_json(record, json_out)
             say(f"{i}/{len(images)} {path}: {', '.join(u.kind for u in units)} units -> "
                 f"{', '.join(map(str, files))}")
-    if run.failed < len(images):
-        say(f"Results saved to {out_dir}")
-    if run.failed:
-        raise click.exceptions.Exit(1)
+    run.finish(out_dir, say)

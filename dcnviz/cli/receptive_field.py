@@ -122,7 +122,4 @@ def receptive_field(images, plain, recursive, layer, levels, at, annotation, con
             emit_json(record, json_out)
             say(f"{i}/{len(images)} {image}: {', '.join(u.kind for u in units)} units, {plain_spec.name} vs "
                 f"{spec.name} -> {', '.join(map(str, files))}")
-    if run.failed < len(images):
-        say(f"Results saved to {out_dir}")
-    if run.failed:
-        raise click.exceptions.Exit(1)
+    run.finish(out_dir, say)

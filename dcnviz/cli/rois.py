@@ -143,7 +143,4 @@ def rois(images, top, box, class_, conf, coarse, recursive, model, weights, devi
             emit_json(record, json_out)
             say(f"{i}/{len(images)} {image}: {len(found)} RoI{'s' * (len(found) > 1)} "
                 f"({', '.join(roi_label(r) for r in found)}) -> {', '.join(map(str, files))}")
-    if run.failed < len(images):
-        say(f"Results saved to {out_dir}")
-    if run.failed:
-        raise click.exceptions.Exit(1)
+    run.finish(out_dir, say)
