@@ -227,43 +227,69 @@
   // shade points by more than position (point = {x, y, index, group, inside, valid, levels}).
   const pointAttributes = [];
 
-  // The i-th circle of a layer, reused from the last drawing (re-creating 729 elements per hover costs
-  // more than the sampling itself).
-  function pooled(layer, i) {
-    return layer.children[i] || layer.appendChild(document.createElementNS(SVG_NS, "circle"));
+  // The point elements are a pool per layer, reused from hover to hover: a hover sets the attributes that
+  // changed, in one pass of writes with no layout read in between, and parks the surplus (hidden, without
+  // the dcnviz-point class) for the next hover that needs more. Re-creating 729 elements per hover cost
+  // more than the sampling itself; class and geometry writes are what make the browser restyle an
+  // element, so a class equal to the last one is not written again.
+  const SPARE = "dcnviz-spare";
+
+  function pooled(pool, layer, i) {
+    if (i < pool.length) return pool[i];
+    const c = layer.appendChild(document.createElementNS(SVG_NS, "circle"));
+    c.dcnviz = { cls: "", index: -1, group: null, inside: -1 };
+    pool.push(c);
+    return c;
   }
 
-  function trim(layer, used) {
-    while (layer.children.length > used) layer.lastChild.remove();
+  function park(pool, used) {
+    for (let i = used; i < pool.length && pool[i].dcnviz.cls !== SPARE; i++) {
+      pool[i].setAttribute("class", SPARE);
+      pool[i].dcnviz.cls = SPARE;
+    }
+  }
+
+  function setPoint(e, cls, x, y, m, group, inside) {
+    const last = e.dcnviz;
+    if (last.cls !== cls) { e.setAttribute("class", cls); last.cls = cls; }
+    // the same string for the position and its data attribute: one number formatting each
+    const sx = String(x), sy = String(y);
+    e.setAttribute("cx", sx);
+    e.setAttribute("cy", sy);
+    e.setAttribute("data-x", sx);
+    e.setAttribute("data-y", sy);
+    if (last.index !== m) { e.setAttribute("data-index", m); last.index = m; }
+    if (last.group !== group) { e.setAttribute("data-group", group); last.group = group; }
+    if (last.inside !== inside) { e.setAttribute("data-inside", inside); last.inside = inside; }
   }
 
   // Points of every variant in image pixels; hollow ones are drawn under filled ones. `colour` is the
   // index of the variant's colour (classes g0..g4 in the style sheet).
   function drawPoints(svg, cls, results, stride) {
     const layers = [svg.querySelector(".dcnviz-points-hollow"), svg.querySelector(".dcnviz-points-filled")];
+    const pools = svg.dcnvizPools || (svg.dcnvizPools = [[], []]);
     const used = [0, 0];
+    const f = stride / SCALE;
     for (const { group, colour, found } of results) {
+      // data-valid is implied by the layer and set with the class (they change together)
+      const classes = [`${cls} g${colour} dcnviz-hollow`, `${cls} g${colour}`];
       const M = found.valid.length;
       for (let m = 0; m < M; m++) {
-        const p = { x: toImage(found.points[2 * m + 1], stride), y: toImage(found.points[2 * m], stride), index: m,
-                    group, inside: found.inside[m], valid: found.valid[m], levels: state.levels };
-        const e = pooled(layers[p.valid], used[p.valid]++);
-        e.setAttribute("class", `${cls} g${colour}${p.valid ? "" : " dcnviz-hollow"}`);
-        e.setAttribute("cx", p.x);
-        e.setAttribute("cy", p.y);
-        e.setAttribute("data-x", p.x);
-        e.setAttribute("data-y", p.y);
-        e.setAttribute("data-index", m);
-        e.setAttribute("data-group", group);
-        e.setAttribute("data-inside", p.inside);
-        e.setAttribute("data-valid", p.valid);
-        for (const extra of pointAttributes) {
-          for (const [k, v] of Object.entries(extra(p))) e.setAttribute(k, v);
+        const valid = found.valid[m];
+        const x = (found.points[2 * m + 1] + 0.5) * f, y = (found.points[2 * m] + 0.5) * f;
+        const e = pooled(pools[valid], layers[valid], used[valid]++);
+        if (e.dcnviz.cls !== classes[valid]) e.setAttribute("data-valid", valid);
+        setPoint(e, classes[valid], x, y, m, group, found.inside[m]);
+        if (pointAttributes.length) {
+          const p = { x, y, index: m, group, inside: found.inside[m], valid, levels: state.levels };
+          for (const extra of pointAttributes) {
+            for (const [k, v] of Object.entries(extra(p))) e.setAttribute(k, v);
+          }
         }
       }
     }
-    trim(layers[0], used[0]);
-    trim(layers[1], used[1]);
+    park(pools[0], used[0]);
+    park(pools[1], used[1]);
   }
 
   function drawUnit(svg, cls, xy) {
@@ -373,13 +399,22 @@
     drawParts();
   }
 
-  // Marker and label sizes are given in screen pixels: --k is image pixels per screen pixel.
+  // Marker and label sizes are given in screen pixels: --k is image pixels per screen pixel. The points'
+  // sizes are written as plain lengths into one rule per view (see explore.css).
+  const scaleRules = document.head.appendChild(document.createElement("style"));
+
   function updateScale() {
+    let rules = "";
     for (const svg of [svgMain, svgPlain]) {
       if (!svg) continue;
       const ctm = svg.getScreenCTM();
-      if (ctm && ctm.a > 0) svg.style.setProperty("--k", String(1 / ctm.a));
+      if (!ctm || !(ctm.a > 0)) continue;
+      const k = 1 / ctm.a, points = `#${svg.id} .dcnviz-point, #${svg.id} .dcnviz-plain-point`;
+      svg.style.setProperty("--k", String(k));
+      rules += `${points} { r: ${2.6 * k}px; stroke-width: ${0.8 * k}px; }\n` +
+        `${points.replace(/point/g, "point.dcnviz-hollow")} { stroke-width: ${1.3 * k}px; }\n`;
     }
+    scaleRules.textContent = rules;
   }
 
   // ---------------------------------------------------------------- controls and events
