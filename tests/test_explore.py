@@ -380,6 +380,90 @@ def test_segmentation_overlay_toggles(browser, tmp_path):
     page.close()
 
 
+CUSTOM = ROOT / "tests" / "custom_models.py"
+
+
+@needs_browser
+def test_own_model_through_model_file_function(browser, tmp_path):
+    """--model FILE.py:FUNCTION: two torchvision (DCNv2-rule, modulated) layers on one map, stride 4, composed
+    in the page as `dcnviz offsets --model` composes them; a strided DCNv1 layer with 2 groups alone."""
+    path = explore(tmp_path, RINGS, "--model", f"{CUSTOM}:modulated")
+    data = embedded(path)
+    assert [(l["name"], l["boundary"], l["feature_stride"]) for l in data["layers"]] == [
+        ("dcns.0", "dcnv2", 4.0), ("dcns.1", "dcnv2", 4.0)]
+    assert data["task"] is None and data["detections"] == [] and data["segmentation"] is None
+    at = [(250.0, 182.0), (2.0, 2.0)]  # cell centres (4 px cells); a corner: taps off the map, hollow by DCNv2
+    proc = cli(["offsets", RINGS, "--model", f"{CUSTOM}:modulated", "--group", "0", "-o", tmp_path / "off",
+                *sum((["--at", f"{x},{y}"] for x, y in at), [])], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((tmp_path / "off" / "synth_rings_dcns_1.json").read_text())
+    page = Page(browser, path)
+    assert not page.page.locator("#dcnviz-show-prediction").is_visible()  # nothing to toggle
+    assert page.page.eval_on_selector_all("#dcnviz-levels option", "els => els.map(e => e.value)") == ["1", "2"]
+    hollow = 0
+    for (x, y), unit in zip(at, record["units"]):
+        page.hover(x, y)
+        assert page.unit() == pytest.approx(tuple(unit["xy"]), abs=1e-9)
+        rows = page.points()
+        assert len(rows) == 81
+        np.testing.assert_allclose([r[2:4] for r in rows], unit["points"], atol=0.005 + 1e-9)
+        assert [r[4] for r in rows] == unit["valid"]
+        hollow += unit["valid"].count(False)
+    assert hollow > 0
+    page.close()
+
+    (tmp_path / "v1").mkdir()
+    path = explore(tmp_path / "v1", RINGS, "--model", f"{CUSTOM}:dcnv1")
+    data = embedded(path)
+    (layer,) = data["layers"]
+    assert layer["stride"] == [2, 2] and layer["input_size"] == [188, 250] and layer["groups"] == 2
+    proc = cli(["offsets", RINGS, "--model", f"{CUSTOM}:dcnv1", "--group", "1", "--at", "102,62", "-o",
+                tmp_path / "off1"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (unit,) = json.loads((tmp_path / "off1" / "synth_rings_dcn.json").read_text())["units"]
+    page = Page(browser, path)
+    page.hover(102, 62)  # the centre of cell (15, 25): 4 px cells
+    page.select("group", 1)
+    rows = page.points()
+    assert page.unit() == pytest.approx(tuple(unit["xy"]), abs=1e-9) and len(rows) == 9
+    np.testing.assert_allclose([r[2:4] for r in rows], unit["points"], atol=0.005 + 1e-9)
+    page.close()
+
+
+@needs_browser
+def test_effective_weights_shade_the_chosen_units(browser, tmp_path):
+    """--effective-at: the checkbox draws the unit's effective sampling locations with data-weight equal to
+    `dcnviz effective --at`'s JSON weights (every layer, every group); other units keep their plain points."""
+    at = (250.0, 170.0)
+    path = explore(tmp_path, STARS, "--effective-at", f"{at[0]},{at[1]}", "--conf", "0.3")
+    proc = cli(["effective", STARS, "--at", f"{at[0]},{at[1]}", "-o", tmp_path / "eff", "--cell", "64"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (node,) = json.loads((tmp_path / "eff" / "synth_stars_res5c.json").read_text())["nodes"]
+    page = Page(browser, path)
+    page.hover(*at)
+    assert len(page.points()) == 729 and page.page.locator("[data-weight]").count() == 0  # not shaded yet
+    page.page.locator(".dcnviz-effective-item").first.click()  # pins the unit and ticks the checkbox
+    assert page.page.is_checked("#dcnviz-effective") and page.unit() == tuple(node["xy"])
+    rows = page.page.eval_on_selector_all(
+        ".dcnviz-point", "els => els.map(e => [e.dataset.layer, +e.dataset.index, +e.dataset.weight, +e.dataset.x,"
+                         " +e.dataset.y])")
+    assert len(rows) == sum(len(l["weight"]) for l in node["layers"]) > 9
+    layers = {l["name"]: l for l in node["layers"]}
+    assert {r[0] for r in rows} == set(layers) == set(RES5)
+    for name, m, weight, x, y in rows:
+        assert weight == pytest.approx(layers[name]["weight"][m], rel=1e-6, abs=1e-12)
+        assert (x, y) == pytest.approx(tuple(layers[name]["xy"][m]), abs=1e-6)
+    page.hover(30, 30)  # pinned: still the shaded unit
+    assert page.page.locator("[data-weight]").count() == len(rows)
+    page.page.keyboard.press("ArrowRight")  # another unit: its plain points, and a note
+    assert len(page.points()) == 729 and page.page.locator("[data-weight]").count() == 0
+    assert "no effective weights at this unit" in page.page.inner_text("#dcnviz-readout")
+    page.page.uncheck("#dcnviz-effective")
+    page.page.keyboard.press("ArrowLeft")
+    assert len(page.points()) == 729 and page.page.locator("[data-weight]").count() == 0
+    page.close()
+
+
 # ------------------------------------------------------------------------------------------------ the command
 
 def test_default_output_is_a_fresh_run_folder_and_open(tmp_path, random_synth, monkeypatch):
@@ -428,8 +512,28 @@ def test_bad_options(tmp_path, args, code, fragments):
     assert not (tmp_path / "runs").exists()
 
 
+def test_many_inputs_one_page_each_and_an_index(tmp_path, random_synth):
+    """Files, folders and globs as for `detect`; a missing path among several is reported and skipped, and
+    the run exits 1 at the end; -o PAGE.html (or --output-file) is for one image only."""
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(STARS, folder / "stars.jpg")
+    shutil.copy(MIXED, folder / "sub" / "mixed.jpg")
+    proc = cli(["explore", folder, tmp_path / "missing.jpg", "-r", "--weights", random_synth, "-q"], tmp_path)
+    assert proc.returncode == 1
+    assert proc.stdout.split() == ["runs/explore/stars.html", "runs/explore/sub/mixed.html"]
+    assert proc.stderr.strip() == f"Error: cannot read image '{tmp_path / 'missing.jpg'}': no such file; skipped"
+    index = (tmp_path / "runs/explore/index.html").read_text()
+    assert re.findall(r'class="dcnviz-page" href="([^"]+)"', index) == ["stars.html", "sub/mixed.html"]
+    assert embedded(tmp_path / "runs/explore/sub/mixed.html")["image"]["name"] == "mixed.jpg"
+    for args in (["-o", "page.html"], ["--output-file", "page.html"]):
+        proc = cli(["explore", STARS, MIXED, *args], tmp_path)
+        assert_one_line_error(proc, 2, "'--output-file'", "for one image, got 2")
+    assert not (tmp_path / "page.html").exists()
+
+
 def test_unreadable_image_leaves_nothing_behind(tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
     assert_one_line_error(cli(["explore", broken], tmp_path), 1, "cannot read image", "broken.jpg")
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs" / "explore").exists()

@@ -70,14 +70,37 @@ def check_not_inputs(out_dir: str | os.PathLike, subdirs: Iterable[str], inputs:
         if os.path.realpath(image.parent) in written:
             raise OutputError(f"output folder '{out_dir}' would write next to the input image "
                               f"'{image}'; choose another --out")
-    by_path = {os.path.realpath(p): p for p in inputs}
-    by_inode = {key: p for p in inputs if (key := _inode(p)) is not None}
+    index = _InputIndex(inputs)
     for rel in outputs:
-        target = out_dir / rel
-        image = by_path.get(os.path.realpath(target)) or by_inode.get(_inode(target))
+        image = index.at(out_dir / rel)
         if image is not None:
-            raise OutputError(f"output file '{target}' would overwrite the input image '{image}'; "
+            raise OutputError(f"output file '{out_dir / rel}' would overwrite the input image '{image}'; "
                               "choose another --out")
+
+
+class _InputIndex:
+    """The inputs by resolved real path and by file identity, to look many planned outputs up at once."""
+
+    def __init__(self, inputs: Iterable[Path]):
+        inputs = [Path(p) for p in inputs]
+        self.by_path = {os.path.realpath(p): p for p in inputs}
+        self.by_inode = {key: p for p in inputs if (key := _inode(p)) is not None}
+
+    def at(self, target: str | os.PathLike) -> Path | None:
+        return self.by_path.get(os.path.realpath(target)) or self.by_inode.get(_inode(Path(target)))
+
+
+def check_output_file(path: Path, inputs: Iterable[Path], exist_ok: bool, option: str = "--output-file") -> None:
+    """Refuse, before anything is written, an ``option`` FILE that is one of the ``inputs`` (the same
+    resolved real path or the same file, as :func:`check_not_inputs` compares them), a folder, or an
+    existing file without ``exist_ok``. Raises :class:`~dcnviz.errors.OutputError` in one line."""
+    image = _InputIndex(inputs).at(path)
+    if image is not None:
+        raise OutputError(f"'{path}' is the input image '{image}'; choose another {option}")
+    if path.is_dir():
+        raise OutputError(f"'{path}' is a folder; {option} names the file to write")
+    if path.exists() and not exist_ok:
+        raise OutputError(f"'{path}' exists; choose another {option} or replace it with --exist-ok")
 
 
 def _inode(path: Path) -> tuple[int, int] | None:

@@ -29,8 +29,9 @@ from dcnviz.analysis.inspection import DEFAULT_LEVELS
 from dcnviz.data.classes import background_ids
 from dcnviz.structures import Detections
 from dcnviz.viz.draw import class_colors, overlay_segmentation
+from dcnviz.viz.effective import WEAKEST, jet, relative
 
-__all__ = ["page_data", "render_page", "MAX_DISPLAY_SIDE"]
+__all__ = ["page_data", "render_page", "render_index", "MAX_DISPLAY_SIDE"]
 
 # The image is embedded at most this large (long side); the page still works in original pixels, so only
 # the backdrop of a bigger image loses resolution (a 4000x3000 photo would otherwise add megabytes).
@@ -66,16 +67,35 @@ def _geometry(name: str, geometry) -> dict:
 
 
 def _layer(record) -> dict:
-    """One :class:`~dcnviz.analysis.LayerRecord`: its geometry, grid and offset map."""
+    """One :class:`~dcnviz.analysis.LayerRecord`: its geometry, grid, boundary rule, input map size (None
+    where the offset map determines it) and offset map."""
     offset = record.offset
     off = offset.detach().cpu().numpy() if hasattr(offset, "detach") else np.asarray(offset)
     return {**_geometry(record.name, record.geometry), "groups": record.geometry.deformable_groups,
-            "feature_stride": record.feature_stride, "map": list(record.map_size),
+            "feature_stride": float(record.feature_stride), "map": list(record.map_size),
+            "boundary": record.boundary,
+            "input_size": None if record.input_size is None else [int(n) for n in record.input_size],
             "offsets": _float32_b64(off[0] if off.ndim == 4 else off)}
 
 
+def _effective(unit, points) -> dict:
+    """A unit's effective sampling locations (:func:`dcnviz.analysis.effective.effective_sampling_locations`,
+    node layer first) as the page shades them: per layer its points (x, y), weights (as in the
+    ``effective`` JSON), groups, inside flags, and the colour and opacity of each by its weight relative
+    to the layer's own scale (as :func:`dcnviz.viz.effective.draw_weighted_points` shades them)."""
+    layers = []
+    for pts in points:
+        rel = relative(pts.weight)
+        mask = np.ones(len(rel)) if pts.mask is None else np.clip(np.asarray(pts.mask, np.float64), 0, 1)
+        layers.append({"name": pts.layer, "xy": np.asarray(pts.xy, np.float64).reshape(-1).tolist(),
+                       "weight": [float(v) for v in pts.weight], "groups": [int(g) for g in pts.groups],
+                       "inside": [int(v) for v in pts.inside], "color": [_hex(c[::-1]) for c in jet(rel)],
+                       "opacity": np.round(mask * (WEAKEST + (1 - WEAKEST) * rel), 3).tolist()})
+    return {"cell": [int(c) for c in unit.cell], "xy": [float(v) for v in unit.xy], "layers": layers}
+
+
 def page_data(inspection, *, image_name: str, model_name: str, detections: Sequence[int] = (), plain=None,
-              default_layer: str | None = None, default_levels: int = DEFAULT_LEVELS) -> dict:
+              effective: Sequence = (), default_layer: str | None = None, default_levels: int = DEFAULT_LEVELS) -> dict:
     """Everything the page shows, as a JSON-ready dict.
 
     Args:
@@ -85,6 +105,8 @@ def page_data(inspection, *, image_name: str, model_name: str, detections: Seque
             :func:`dcnviz.models.postprocess.select_detections`); each comes with its RoI parts when the
             model has deformable PS RoI pooling (``inspection.has_rois``).
         plain: ``(model name, [LayerGeometry per layer, bottom -> top])`` of a plain twin, or None.
+        effective: ``(unit, [EffectivePoints per layer, node layer first])`` pairs of units of the default
+            layer whose effective sampling locations the page can shade its points by.
         default_layer, default_levels: what the page starts with (default: the top layer, 3 levels).
     """
     seen, result = inspection, inspection.result
@@ -101,6 +123,8 @@ def page_data(inspection, *, image_name: str, model_name: str, detections: Seque
         "segmentation": None,
         "part_geometry": {"trans_std": float(seen.part_geometry.trans_std)} if parts else None,
         "plain": None,
+        "task": "detection" if isinstance(result, Detections) else (None if result is None else "segmentation"),
+        "effective": [_effective(unit, points) for unit, points in effective],
     }
     if isinstance(result, Detections):
         colors = class_colors(len(result.class_names))
@@ -143,6 +167,9 @@ def _prediction_section(data: dict) -> tuple[str, str, str]:
                        f'{html.escape(c["name"])} {100 * c["fraction"]:.1f}%</li>'
                        for c in data["segmentation"]["classes"])
         return f"<section><h2>Segmentation</h2><ul>{rows}</ul></section>", "the segmentation", ""
+    if data["task"] is None:
+        return ('<section><h2>Prediction</h2><p class="help">none: the model has no detection or segmentation '
+                'head</p></section>'), "", ""
     count = len(data["detections"])
     section = (f'<section><h2>Detections ({count})</h2>'
                + ('<ul id="dcnviz-detection-list"></ul>' if count else '<p class="help">none</p>') + "</section>")
@@ -170,6 +197,14 @@ def render_page(data: dict) -> str:
             f'<image class="dcnviz-image" x="0" y="0" width="{image["width"]}" height="{image["height"]}" '
             'preserveAspectRatio="none"/><g class="dcnviz-points"><g class="dcnviz-points-hollow"></g><g class="dcnviz-points-filled"></g></g><g class="dcnviz-unit-layer"></g></svg>'
             '</figure>')
+    effective = ""
+    if data["effective"]:
+        effective = ('<section><h2>Effective weights</h2><label><input type="checkbox" id="dcnviz-effective"> shade '
+                     'by effective weight</label><p class="help">Precomputed (--effective-at) for these units of '
+                     f'{html.escape(data["default_layer"])}: each layer\'s sampling points where they sample, '
+                     'coloured and faded by ||d node / d(dy, dx)|| on the layer\'s own scale (blue small, red '
+                     'large), the node layer\'s larger. Click a unit to pin it.</p>'
+                     '<ul id="dcnviz-effective-list"></ul></section>')
     click_help = "; a click in a detection box shows its RoI parts" if data["part_geometry"] is not None else ""
     # "</" cannot appear inside a <script> element; JSON allows the escaped form "<\/".
     payload = json.dumps(data, allow_nan=False, separators=(",", ":")).replace("</", "<\\/")
@@ -177,4 +212,17 @@ def render_page(data: dict) -> str:
         title=html.escape(f'{image["name"]} ({image["width"]}x{image["height"]}), {data["model"]}'),
         model=html.escape(data["model"]), width=w, height=h, frame=frame,
         style=_resource("explore.css"), script=_resource("explore.js"), data=payload, plain_view=plain_view,
-        prediction_section=section, prediction_name=prediction_name, legend_extra=legend, click_help=click_help)
+        prediction_section=section, effective_section=effective, prediction_name=prediction_name, legend_extra=legend, click_help=click_help)
+
+
+def render_index(pages: Sequence[tuple[str, str, str]]) -> str:
+    """A self-contained HTML index of several pages: ``(link relative to the index, image, what the page
+    shows)`` each, in the order given."""
+    rows = "".join(f'<li><a class="dcnviz-page" href="{html.escape(link)}">{html.escape(image)}</a> '
+                   f'<span class="help">{html.escape(shows)}</span></li>' for link, image, shows in pages)
+    return ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            '<meta name="generator" content="dcnviz explore">\n'
+            f'<title>dcnviz explore: {len(pages)} pages</title>\n<style>\n{_resource("explore.css")}\n'
+            'li { margin: 4px 0; } a { color: #8cf; }\n</style>\n</head>\n<body>\n'
+            f'<header><h1>dcnviz explore</h1><span class="meta">{len(pages)} pages</span></header>\n'
+            f'<main><ul>{rows}</ul></main>\n</body>\n</html>\n')

@@ -66,11 +66,29 @@
              pw: g.padding[1], sh: g.stride[0], sw: g.stride[1] };
   }
 
-  // Input map size of the bottom layer of a stack, derived from its output (offset) map as
-  // sampling_locations derives it; null when its stride is not 1 (the size is not determined).
-  function bottomInputSize(geom, map) {
+  // Input map size of the bottom layer of a stack: as recorded (your own models), else derived from its
+  // output (offset) map as sampling_locations derives it; null when its stride is not 1 (not determined).
+  function bottomInputSize(layer) {
+    if (layer.input_size) return layer.input_size;
+    const geom = geometry(layer), map = layer.map;
     if (geom.sh !== 1 || geom.sw !== 1) return null;
     return [map[0] - 2 * geom.ph + geom.dh * (geom.kh - 1), map[1] - 2 * geom.pw + geom.dw * (geom.kw - 1)];
+  }
+
+  // Whether `upper` reads the output of `lower`: its size formula (LayerGeometry.output_size) turns
+  // lower's map into its own, and its recorded input size, if any, is lower's map.
+  function composes(lower, upper) {
+    const g = geometry(upper), n = lower.map;
+    const out = [Math.floor((n[0] + 2 * g.ph - (g.dh * (g.kh - 1) + 1)) / g.sh) + 1,
+                 Math.floor((n[1] + 2 * g.pw - (g.dw * (g.kw - 1) + 1)) / g.sw) + 1];
+    const input = upper.input_size;
+    return out[0] === upper.map[0] && out[1] === upper.map[1] && (!input || (input[0] === n[0] && input[1] === n[1]));
+  }
+
+  // Whether position (y, x) of an H x W map reads a non-zero bilinear value by a layer's boundary rule
+  // (sampling.inside_rule): "dcnv1" (dcnviz.ops, the official models) or "dcnv2" (torchvision).
+  function insideRule(boundary, ty, tx, H, W) {
+    return boundary === "dcnv2" ? ty > -1 && ty < H && tx > -1 && tx < W : ty >= 0 && ty < H && tx >= 0 && tx < W;
   }
 
   // numpy.round: halves to even.
@@ -122,7 +140,7 @@
             const tx = bx * g.sw + (j * g.dw - g.pw) + off[2 * k + 1];
             next[2 * m] = ty;
             next[2 * m + 1] = tx;
-            const ins = ty >= 0 && ty < H && tx >= 0 && tx < W;
+            const ins = insideRule(level.boundary, ty, tx, H, W);
             nextInside[m] = ins ? 1 : 0;
             nextValid[m] = valid[p] && ins ? 1 : 0;
           }
@@ -161,15 +179,17 @@
     pinned: false,
     selected: null,    // detection index whose RoI parts are shown
     showPrediction: true,
+    effective: false,  // shade by the precomputed effective weights (--effective-at) where there are some
   };
   state.levels = Math.min(DATA.default_levels, maxLevels(state.layer));
 
-  // How many levels can go down from layer index `top`: every layer below it, as long as the bottom
-  // one's input size is known.
+  // How many levels can go down from layer index `top`: consecutive layers that compose (each reads the
+  // output of the one below), as long as the bottom one's input size is known.
   function maxLevels(top) {
     let n = 0;
     for (let l = top; l >= 0; l--) {
-      if (bottomInputSize(geometry(LAYERS[l]), LAYERS[l].map) !== null) n = top - l + 1;
+      if (l < top && !composes(LAYERS[l], LAYERS[l + 1])) break;
+      if (bottomInputSize(LAYERS[l]) !== null) n = top - l + 1;
     }
     return n;
   }
@@ -181,11 +201,8 @@
     const levels = [];
     for (let l = 0; l < state.levels; l++) {
       const layer = LAYERS[state.layer - l];
-      levels.push({ field: fieldOf(layer), geom: geometry(geomOf(layer)), map: layer.map });
-    }
-    for (let l = 0; l < levels.length; l++) {
-      levels[l].inputSize = l + 1 < levels.length ? levels[l + 1].map
-        : bottomInputSize(levels[l].geom, levels[l].map);
+      levels.push({ field: fieldOf(layer), geom: geometry(geomOf(layer)), map: layer.map, boundary: layer.boundary,
+                    inputSize: l + 1 < state.levels ? LAYERS[state.layer - l - 1].map : bottomInputSize(layer) });
     }
     return levels;
   }
@@ -198,7 +215,11 @@
   }
 
   const topStride = () => LAYERS[state.layer].feature_stride;
-  const bottomStride = () => LAYERS[state.layer - state.levels + 1].feature_stride;
+  // image pixels of the points: the stride of the bottom layer's INPUT map (LayerRecord.input_stride)
+  const bottomStride = () => {
+    const bottom = LAYERS[state.layer - state.levels + 1];
+    return bottom.feature_stride / bottom.stride[0];
+  };
   const toImage = (v, stride) => (v + 0.5) * (stride / SCALE);
 
   // The cell of the top layer's map holding image position (x, y) (dcnviz.analysis.units.units_at).
@@ -300,6 +321,42 @@
       `<path class="rim" d="${d}"/><path class="mark" d="${d}"/></g>`;
   }
 
+  // The precomputed effective sampling locations of the current unit, or null (not asked for, another
+  // layer, no such unit).
+  function effectiveHere() {
+    if (!state.effective || state.unit === null || state.layer !== byName[DATA.default_layer]) return null;
+    return DATA.effective.find((e) => e.cell[0] === state.unit[0] && e.cell[1] === state.unit[1]) || null;
+  }
+
+  // The effective sampling locations of `node` through the chosen levels (node layer first in the data,
+  // drawn last), of the chosen group (every group for "all" and "mean"), each point where it samples in
+  // its weight's colour and opacity; zero-weight taps of the node layer hollow. Not the hover path (only
+  // a few units have them), so the elements are made afresh.
+  function drawEffective(node) {
+    const g = effectiveGroup();
+    g.replaceChildren();
+    let count = 0;
+    const layers = node.layers.slice(0, state.levels);
+    for (let level = layers.length - 1; level >= 0; level--) {
+      const L = layers[level];
+      for (let m = 0; m < L.weight.length; m++) {
+        if (typeof state.group === "string" && /^\d+$/.test(state.group) && L.groups[m] !== Number(state.group)) continue;
+        const x = L.xy[2 * m], y = L.xy[2 * m + 1], w = L.weight[m];
+        el("circle", { class: `dcnviz-point dcnviz-weighted${level === 0 ? " dcnviz-node-layer" : ""}${w > 0 ? "" : " dcnviz-hollow"}`,
+                       cx: x, cy: y, "data-x": x, "data-y": y, "data-level": level, "data-layer": L.name, "data-index": m,
+                       "data-group": L.groups[m], "data-inside": L.inside[m], "data-valid": L.inside[m],
+                       "data-weight": w, style: `--c:${L.color[m]};opacity:${L.opacity[m]}` }, g);
+        count++;
+      }
+    }
+    return { count, layers: layers.map((l) => l.name) };
+  }
+
+  function effectiveGroup() {
+    return svgMain.querySelector(".dcnviz-points-effective") ||
+      el("g", { class: "dcnviz-points-effective" }, svgMain.querySelector(".dcnviz-points"));
+  }
+
   function render() {
     const top = LAYERS[state.layer];
     const readout = $("dcnviz-readout");
@@ -309,6 +366,7 @@
         drawPoints(svg, "", [], 1);
         drawUnit(svg, "", null);
       }
+      effectiveGroup().replaceChildren();
       readout.textContent = "Move the mouse over the image.";
       return;
     }
@@ -319,7 +377,10 @@
       found: sample(stack(v.fieldOf, (layer) => layer), state.unit, state.nearest),
       dilation: effectiveDilation(v.fieldOf(top), top, top.map, state.unit),
     }));
-    drawPoints(svgMain, "dcnviz-point", results, bottomStride());
+    const node = effectiveHere();
+    const weighted = node === null ? null : drawEffective(node);
+    if (node === null) effectiveGroup().replaceChildren();
+    drawPoints(svgMain, "dcnviz-point", node === null ? results : [], bottomStride());
     drawUnit(svgMain, "dcnviz-unit", unitXY);
     if (svgPlain) {
       const plain = sample(stack(() => null, (layer) => DATA.plain.layers[byName[layer.name]]), state.unit, state.nearest);
@@ -336,7 +397,9 @@
       `<div>unit: cell (${state.unit[0]}, ${state.unit[1]}) of ${escapeText(top.name)} (${top.map[0]}x${top.map[1]})` +
       `${state.pinned ? " <b>pinned</b>" : ""}</div>` +
       `<div>at image (${unitXY[0].toFixed(1)}, ${unitXY[1].toFixed(1)}) px</div>` +
-      `<div>${count} points, ${count - valid} hollow</div>` +
+      (weighted !== null ? `<div id="dcnviz-effective-readout">effective weights: ${weighted.count} points of ` +
+        `${escapeText(weighted.layers.join(" > "))}</div>` : `<div>${count} points, ${count - valid} hollow</div>`) +
+      (state.effective && weighted === null ? "<div>no effective weights at this unit (see the list)</div>" : "") +
       `<div id="dcnviz-dilation" data-value="${dil.reduce((a, b) => a + b, 0) / dil.length}">effective dilation of ` +
       `${escapeText(top.name)}: ${dilText} cells (nominal ${nominal})</div>`;
   }
@@ -412,7 +475,9 @@
       const k = 1 / ctm.a, points = `#${svg.id} .dcnviz-point, #${svg.id} .dcnviz-plain-point`;
       svg.style.setProperty("--k", String(k));
       rules += `${points} { r: ${2.6 * k}px; stroke-width: ${0.8 * k}px; }\n` +
-        `${points.replace(/point/g, "point.dcnviz-hollow")} { stroke-width: ${1.3 * k}px; }\n`;
+        `${points.replace(/point/g, "point.dcnviz-hollow")} { stroke-width: ${1.3 * k}px; }\n` +
+        `#${svg.id} .dcnviz-weighted { r: ${2 * k}px; stroke-width: ${0.5 * k}px; }\n` +
+        `#${svg.id} .dcnviz-weighted.dcnviz-node-layer { r: ${3.6 * k}px; stroke-width: ${0.8 * k}px; }\n`;
     }
     scaleRules.textContent = rules;
   }
@@ -520,6 +585,29 @@
     }
   }
 
+  function setupEffective() {
+    const box = $("dcnviz-effective"), list = $("dcnviz-effective-list");
+    box.addEventListener("change", (e) => { state.effective = e.target.checked; render(); });
+    DATA.effective.forEach((node) => {
+      const item = document.createElement("li");
+      item.className = "dcnviz-effective-item";
+      item.textContent = `cell (${node.cell[0]}, ${node.cell[1]}) at (${node.xy[0].toFixed(1)}, ${node.xy[1].toFixed(1)}) px`;
+      item.addEventListener("click", () => {
+        // pin that unit in the layer the weights were computed for, shaded
+        if (state.layer !== byName[DATA.default_layer]) {
+          state.layer = byName[DATA.default_layer];
+          state.levels = Math.min(DATA.default_levels, maxLevels(state.layer));
+          refreshControls();
+        }
+        box.checked = state.effective = true;
+        state.pinned = true;
+        state.unit = null;
+        setUnit(node.cell);
+      });
+      list.appendChild(item);
+    });
+  }
+
   function setup() {
     for (const svg of [svgMain, svgPlain]) {
       if (svg) svg.querySelector(".dcnviz-image").setAttribute("href", DATA.image.src);
@@ -540,6 +628,8 @@
     $("dcnviz-levels").addEventListener("change", (e) => { state.levels = Number(e.target.value); refreshControls(); render(); });
     $("dcnviz-group").addEventListener("change", (e) => { state.group = e.target.value; updateLegend(); render(); });
     $("dcnviz-round").addEventListener("change", (e) => { state.nearest = e.target.checked; render(); });
+    if (!DATA.task) $("dcnviz-show-prediction-label").style.display = "none";  // nothing to show or hide
+    if (DATA.effective.length) setupEffective();
     const toggle = $("dcnviz-show-prediction");
     toggle.addEventListener("change", (e) => {
       state.showPrediction = e.target.checked;
