@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from dcnviz.cli.analysis_common import (DEFAULT_MODEL, ImageRun, choose_units, load, load_custom_model, meta_model,
+from dcnviz.cli.analysis_common import (DEFAULT_MODEL, ImageRun, load, load_custom_model, meta_model,
                                         parse_at, reporter, resolve, usage_error)
 from dcnviz.cli.common import apply_options, debug_option, json_option, resolve_model, run_options
 from dcnviz.models.custom import is_custom_spec
@@ -45,7 +45,13 @@ def _effective(seen, probe, data, at, path, say) -> list:
 
     top = seen.names[-1]
     units = {}
-    for u in choose_units(seen, path, top, at, None, 0.0, (), say):
+    for x, y in at:
+        try:
+            u = seen.unit_at(x, y, top)
+        except ValueError as e:
+            raise usage_error("--effective-at", ValueError(f"{path}: {e}")) from None
+        say(f"{path}: --effective-at {x:g},{y:g} is in cell {u.cell} of {top}; the unit is its centre "
+            f"({u.xy[0]:.1f}, {u.xy[1]:.1f})")
         units.setdefault(u.cell, u)
     grads = node_gradients(probe, data, [Node(top, u.cell) for u in units.values()], DEFAULT_LEVELS)
     return [(u, effective_sampling_locations(g, seen.prep.scale)) for u, g in zip(units.values(), grads)]

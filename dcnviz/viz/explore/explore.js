@@ -380,6 +380,7 @@
     const node = effectiveHere();
     const weighted = node === null ? null : drawEffective(node);
     if (node === null) effectiveGroup().replaceChildren();
+    svgMain.classList.toggle("dcnviz-effective-on", node !== null);
     drawPoints(svgMain, "dcnviz-point", node === null ? results : [], bottomStride());
     drawUnit(svgMain, "dcnviz-unit", unitXY);
     if (svgPlain) {
