@@ -1,12 +1,12 @@
 """Your own deformable network in dcnviz, end to end: build the small torchvision-DeformConv2d network of
 ``examples/tiny_dcn.py``, train it for about a minute on synthetic scenes (``dcnviz synth``) to segment
-the shapes, save its weights as ``.safetensors``, then look inside it with ``dcnviz offsets`` and
-``dcnviz effective`` through ``--model examples/tiny_dcn.py:build``.
+the shapes, save its weights as ``.safetensors``, then look inside it with ``dcnviz offsets``,
+``dcnviz effective`` and ``dcnviz explore`` (the interactive page) through ``--model examples/tiny_dcn.py:build``.
 
     python examples/train_and_inspect.py [--work DIR] [--seconds 60]
 
-Everything goes under DIR (default ``runs/example``): the data set, ``tiny_dcn.safetensors``, and the
-two commands' outputs. Run it from the repository root with dcnviz installed (or ``PYTHONPATH=.``).
+Everything goes under DIR (default ``runs/example``): the data set, ``tiny_dcn.safetensors``, the
+outputs of ``offsets`` and ``effective``, and the page ``explore.html``. Run it from the repository root with dcnviz installed (or ``PYTHONPATH=.``).
 """
 from __future__ import annotations
 
@@ -101,6 +101,8 @@ def main() -> None:
            "--out", args.work / "offsets", "--exist-ok", "--device", "cpu")
     dcnviz("effective", image, "--model", SPEC, "--weights", weights, "--at", "250,190", "--at", "60,300",
            "--out", args.work / "effective", "--exist-ok", "--device", "cpu")
+    dcnviz("explore", image, "--model", SPEC, "--weights", weights, "--effective-at", "250,190",
+           "--output-file", args.work / "explore.html", "--exist-ok", "--device", "cpu")
 
 
 if __name__ == "__main__":
