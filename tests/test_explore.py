@@ -491,6 +491,10 @@ def test_output_file_is_never_overwritten_without_exist_ok(tmp_path, random_synt
     image.write_bytes(MIXED.read_bytes())
     assert_one_line_error(cli(["explore", image, "--output-file", image, "--exist-ok"], tmp_path), 1,
                           "is the input image")
+    (tmp_path / "linked.html").hardlink_to(image)  # the same file under another name
+    assert_one_line_error(cli(["explore", image, "--output-file", tmp_path / "linked.html", "--exist-ok"], tmp_path),
+                          1, "is the input image")
+    assert image.read_bytes() == MIXED.read_bytes()
 
 
 def test_out_folder_and_json(tmp_path, random_synth):
