@@ -510,6 +510,8 @@ def test_out_folder_and_json(tmp_path, random_synth):
     (["--model", "rfcn_synth"], 2, ["'rfcn_synth' has no deformable conv layers"]),
     (["--plain-model", "rfcn_dcn_coco"], 2, ["'--plain-model'", "not a plain twin", "not an ordinary convolution"]),
     (["--model", "nope"], 2, ["unknown model 'nope'"]),
+    (["--model", f"{CUSTOM}:modulated", "--plain-model", "rfcn_synth"], 2, ["'--plain-model'", "registered --model"]),
+    (["--effective-at", "1,2,3"], 2, ["'--effective-at'", "expected X,Y"]),
 ])
 def test_bad_options(tmp_path, args, code, fragments):
     assert_one_line_error(cli(["explore", MIXED, *args], tmp_path), code, *fragments)
@@ -534,6 +536,12 @@ def test_many_inputs_one_page_each_and_an_index(tmp_path, random_synth):
         proc = cli(["explore", STARS, MIXED, *args], tmp_path)
         assert_one_line_error(proc, 2, "'--output-file'", "for one image, got 2")
     assert not (tmp_path / "page.html").exists()
+
+
+def test_effective_at_outside_the_image_is_a_usage_error(tmp_path):
+    proc = cli(["explore", MIXED, "--effective-at", "600,10"], tmp_path)
+    assert_one_line_error(proc, 2, "'--effective-at'", "600,10 is outside the 500x375 image")
+    assert not (tmp_path / "runs" / "explore").exists()
 
 
 def test_unreadable_image_leaves_nothing_behind(tmp_path):
