@@ -221,14 +221,15 @@ def emit_json(record: dict, json_out: bool) -> None:
 
         click.echo(json.dumps(record, allow_nan=False))
 
-def load_custom_model(spec: str, weights, device: str, quiet: bool):
-    """(:class:`~dcnviz.models.custom.CustomModel` on the chosen device, the device)."""
+def load_custom_model(spec: str, weights, device, quiet: bool):
+    """(:class:`~dcnviz.models.custom.CustomModel` on the chosen device, the device); ``device`` is the
+    --device value or a ``torch.device`` already chosen."""
     from dcnviz.models.custom import CustomModelError, load_custom
 
     if weights is not None and weights.suffix.lower() != ".safetensors":
         raise usage_error("--weights", ValueError(f"{weights}: a FILE.py:FUNCTION model takes .safetensors "
                                                   "weights only"))
-    dev = select_device(device, warn=None if quiet else lambda line: click.echo(line, err=True))
+    dev = select_device(device) if isinstance(device, str) else device
     try:
         return load_custom(spec, weights, dev), dev
     except CustomModelError as e:
