@@ -44,6 +44,11 @@ from dcnviz.viz.draw import draw_detections, overlay_segmentation, side_by_side
 SUBDIRS = {"detection": ("vis", "preds", "labels"), "segmentation": ("vis", "preds", "masks")}
 COCO_FILE = "preds.coco.json"
 
+batch_option = click.option(
+    "--batch", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+    help="Images per forward. Only images whose network inputs have the same size share one (no padding): "
+         "images of different sizes fall back to smaller batches. Results equal --batch 1; video frames go one "
+         "at a time.")
 imgsz_option = click.option("--imgsz", type=click.IntRange(min=32), metavar="PX",
                             help="Resize images to this short side (the long-side limit scales with it)  "
                                  "[default: the model's test size, e.g. 600]")
@@ -53,7 +58,8 @@ imgsz_option = click.option("--imgsz", type=click.IntRange(min=32), metavar="PX"
 class RunOptions:
     """How ``run_predictions`` reports and saves. ``model`` is the registry name written into the
     JSON records; ``palette`` the RGB colour per class for detection boxes (None: generated);
-    ``category_ids`` maps network labels to COCO category ids for ``save_coco`` (None: labels)."""
+    ``category_ids`` maps network labels to COCO category ids for ``save_coco`` (None: labels); ``batch``:
+    images per forward (``--batch``)."""
 
     model: str
     palette: Sequence[tuple[int, int, int]] | None = None
@@ -68,6 +74,7 @@ class RunOptions:
     save_txt: bool = False
     save_conf: bool = False
     side_by_side: bool = False
+    batch: int = 1
     # (height, width) of the images the model was trained on when that is all it knows (the bundled
     # synthetic models): an image of another size is most likely a photo, and gets one warning.
     trained_sizes: Sequence[tuple[int, int]] | None = None
@@ -81,50 +88,63 @@ class RunSummary:
 
 
 def run_predictions(task: str, images: Sequence[Path], predictor: Callable[[np.ndarray], object],
-                    out_dir: Path, opts: RunOptions) -> RunSummary:
+                    out_dir: Path, opts: RunOptions,
+                    predict_many: Callable[[list[np.ndarray]], list] | None = None) -> RunSummary:
     """Run ``predictor`` over ``images`` and save/report the results (see module doc for files).
 
     ``task`` is "detection" (predictor returns :class:`~dcnviz.structures.Detections`) or
     "segmentation" (:class:`~dcnviz.structures.Segmentation`); the result must be for the image as
-    read (original size, EXIF orientation applied). Images that cannot be read are reported in one
-    line each and skipped; ``RunSummary.failed`` holds their messages.
+    read (original size, EXIF orientation applied). ``predict_many`` (images -> their results, e.g. through
+    :func:`dcnviz.models.batching.predict_batch`) is given ``opts.batch`` images at a time instead; drawing
+    and saving stay per image. Images that cannot be read are reported in one line each and skipped;
+    ``RunSummary.failed`` holds their messages.
     """
     if task not in SUBDIRS:
         raise ValueError(f"task must be one of {sorted(SUBDIRS)}, got {task!r}")
     if opts.save_coco and task != "detection":
         raise ValueError("COCO results are written for detection only")
+    many = predict_many or (lambda batch: [predictor(image) for image in batch])
     names, image_ids = output_names(images), coco_image_ids(images)
     log = _Log(len(images), opts)
     coco, failed, seconds = [], [], np.zeros(3)
     warned = False
     try:
-        for i, path in enumerate(images, 1):
-            t0 = time.perf_counter()
-            try:
-                image = read_image(path)
-            except ImageError as e:
-                failed.append(str(e))
-                log.error(f"{e}; skipped" if len(images) > 1 else str(e))
-                log.json(error_record(path, str(e)))
-                log.advance()
+        for start in range(0, len(images), opts.batch):
+            batch = []
+            for i, path in enumerate(images[start:start + opts.batch], start + 1):
+                t0 = time.perf_counter()
+                try:
+                    image = read_image(path)
+                except ImageError as e:
+                    failed.append(str(e))
+                    log.error(f"{e}; skipped" if len(images) > 1 else str(e))
+                    log.json(error_record(path, str(e)))
+                    log.advance()
+                    continue
+                seconds[0] += time.perf_counter() - t0
+                if opts.trained_sizes and not warned and image.shape[:2] not in opts.trained_sizes:
+                    warned = True
+                    log.info(f"Warning: {opts.model} was trained on dcnviz's synthetic scenes only (worm, star, "
+                             f"ring, blob, cross); on photos such as {path} it finds little. For photos use an "
+                             "official model (dcnviz models).")
+                batch.append((i, path, image))
+            if not batch:
                 continue
-            if opts.trained_sizes and not warned and image.shape[:2] not in opts.trained_sizes:
-                warned = True
-                log.info(f"Warning: {opts.model} was trained on dcnviz's synthetic scenes only (worm, star, ring, "
-                         f"blob, cross); on photos such as {path} it finds little. For photos use an official "
-                         "model (dcnviz models).")
             t1 = time.perf_counter()
-            result = predictor(image)
-            t2 = time.perf_counter()
-            _check_result(task, result, image)
-            record, summary = _save(task, result, image, path, out_dir, names[path], image_ids[path], opts)
-            if opts.save_coco:
-                coco += coco_results(result, image_ids[path], opts.category_ids)
-            log.json(record)
-            seconds += (t1 - t0, t2 - t1, time.perf_counter() - t2)
-            h, w = image.shape[:2]
-            log.info(f"{i}/{len(images)} {path}: {w}x{h}, {summary}, {1000 * (t2 - t1):.1f} ms")
-            log.advance()
+            results = many([image for _, _, image in batch])
+            each = (time.perf_counter() - t1) / len(batch)  # a batch's forward is shared by its images
+            of = f" (batch of {len(batch)})" if len(batch) > 1 else ""
+            for (i, path, image), result in zip(batch, results):
+                t2 = time.perf_counter()
+                _check_result(task, result, image)
+                record, summary = _save(task, result, image, path, out_dir, names[path], image_ids[path], opts)
+                if opts.save_coco:
+                    coco += coco_results(result, image_ids[path], opts.category_ids)
+                log.json(record)
+                seconds[1:] += (each, time.perf_counter() - t2)
+                h, w = image.shape[:2]
+                log.info(f"{i}/{len(images)} {path}: {w}x{h}, {summary}, {1000 * each:.1f} ms{of}")
+                log.advance()
     finally:
         log.close()
     processed = len(images) - len(failed)
@@ -133,7 +153,8 @@ def run_predictions(task: str, images: Sequence[Path], predictor: Callable[[np.n
     if processed:
         read_ms, predict_ms, save_ms = 1000 * seconds / processed
         log.info(f"Speed: {read_ms:.1f} ms read, {predict_ms:.1f} ms predict, {save_ms:.1f} ms draw+save "
-                 f"per image ({processed} image{'s' * (processed > 1)})")
+                 f"per image ({processed} image{'s' * (processed > 1)}"
+                 f"{f', batches of up to {opts.batch}' if opts.batch > 1 else ''})")
         log.info(f"Results saved to {out_dir}")
     if failed and len(images) > 1:
         log.error(f"{len(failed)} of {len(images)} images could not be read and were skipped")
@@ -247,9 +268,10 @@ def run_video(task: str, video: Path, predictor: Callable[[np.ndarray], object],
               help="Box line width in pixels  [default: follows the image size]")
 @click.option("--hide-labels", is_flag=True, help="Draw boxes without class and score.")
 @click.option("--hide-conf", is_flag=True, help="Draw the class without the score.")
+@batch_option
 @click.pass_context
 def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet, json_out, conf,
-           classes, max_det, save_coco, save_txt, save_conf, imgsz, line_width, hide_labels, hide_conf):
+           classes, max_det, save_coco, save_txt, save_conf, imgsz, line_width, hide_labels, hide_conf, batch):
     """Detect objects in images: SOURCE is an image, a folder or a quoted glob ('photos/*.jpg').
 
     For each image it writes OUT/vis/NAME (boxes with class and score) and OUT/preds/NAME.json
@@ -270,9 +292,9 @@ def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet
                       category_ids=coco_category_ids(spec.classes, spec.dataset), quiet=quiet,
                       json=json_out, save_coco=save_coco, save_txt=save_txt, save_conf=save_conf,
                       line_width=line_width, hide_labels=hide_labels, hide_conf=hide_conf,
-                      trained_sizes=_trained_sizes(spec))
+                      trained_sizes=_trained_sizes(spec), batch=batch)
     _run(ctx, "detection", images, videos, spec, weights, device, out, exist_ok, opts,
-         lambda net: lambda image: filter_detections(net.predict(image), conf, keep, max_det), imgsz)
+         lambda found: [filter_detections(d, conf, keep, max_det) for d in found], imgsz)
 
 
 @click.command()
@@ -283,9 +305,10 @@ def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet
 @click.option("--alpha", "old_alpha", type=click.FloatRange(0, 1), hidden=True, help="Deprecated: --overlay-alpha.")
 @click.option("--side-by-side", is_flag=True, help="Save image | colour mask | overlay side by side in OUT/vis.")
 @imgsz_option
+@batch_option
 @click.pass_context
 def segment(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet, json_out, overlay_alpha,
-            old_alpha, side_by_side, imgsz):
+            old_alpha, side_by_side, imgsz, batch):
     """Label every pixel of images: SOURCE is an image, a folder or a quoted glob ('photos/*.jpg').
 
     For each image it writes OUT/vis/NAME (colour overlay with a legend), OUT/masks/NAME.png (the
@@ -303,9 +326,8 @@ def segment(ctx, sources, recursive, model, weights, device, out, exist_ok, quie
     images, videos = split_sources(sources, recursive)
     spec = resolve_model(model, "segmentation")
     opts = RunOptions(model=spec.name, alpha=overlay_alpha, quiet=quiet, json=json_out, side_by_side=side_by_side,
-                      trained_sizes=_trained_sizes(spec))
-    _run(ctx, "segmentation", images, videos, spec, weights, device, out, exist_ok, opts, lambda net: net.predict,
-         imgsz)
+                      trained_sizes=_trained_sizes(spec), batch=batch)
+    _run(ctx, "segmentation", images, videos, spec, weights, device, out, exist_ok, opts, list, imgsz)
 
 
 def split_sources(sources: Sequence[str], recursive: bool) -> tuple[list[Path], list[Path]]:
@@ -320,9 +342,12 @@ def split_sources(sources: Sequence[str], recursive: bool) -> tuple[list[Path], 
 
 
 def _run(ctx: click.Context, task: str, images: Sequence[Path], videos: Sequence[Path], spec, weights: Path | None,
-         device: str, out: Path, exist_ok: bool, opts: RunOptions, make_predictor: Callable,
+         device: str, out: Path, exist_ok: bool, opts: RunOptions, keep: Callable[[list], list],
          imgsz: int | None = None) -> None:
-    """Choose the device, create the output folder, load the model, run; exit 1 if inputs failed."""
+    """Choose the device, create the output folder, load the model, run; exit 1 if inputs failed. ``keep``
+    filters the model's results of a batch (e.g. by score)."""
+    from dcnviz.models.batching import predict_batch
+
     dev = select_device(device)
     failed = 0
     planned = planned_outputs(task, images, opts.save_coco, opts.save_txt)
@@ -333,9 +358,14 @@ def _run(ctx: click.Context, task: str, images: Sequence[Path], videos: Sequence
         if not opts.quiet:
             what = [f"{n} {kind}{'s' * (n > 1)}" for n, kind in ((len(images), "image"), (len(videos), "video")) if n]
             click.echo(f"{spec.name} on {dev}: {', '.join(what)}", err=True)
-        predictor = make_predictor(net)
+        def predict_many(batch: list[np.ndarray]) -> list:
+            return keep(predict_batch(net, batch))
+
+        def predictor(image: np.ndarray):
+            return predict_many([image])[0]
+
         if images:
-            failed += len(run_predictions(task, images, predictor, out_dir, opts).failed)
+            failed += len(run_predictions(task, images, predictor, out_dir, opts, predict_many).failed)
         names = output_names(videos)
         for video in videos:
             try:
