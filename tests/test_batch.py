@@ -53,8 +53,8 @@ def test_detect_batch_equals_batch_one(tmp_path, folder):
     weights = write_weights("rfcn_dcn_synth", tmp_path / "w.safetensors")
     runs = {}
     for batch in (1, 3):
-        proc = cli(["detect", folder, "-w", weights, "--conf", "0.01", "--batch", batch, "--json", "-o",
-                    tmp_path / f"b{batch}"], tmp_path)
+        proc = cli(["detect", folder, "-m", "rfcn_dcn_synth", "-w", weights, "--conf", "0.01", "--batch", batch,
+                    "--json", "-o", tmp_path / f"b{batch}"], tmp_path)
         assert proc.returncode == 0, proc.stderr
         runs[batch] = [json.loads(line) for line in proc.stdout.splitlines()], proc.stderr
     (one, log_one), (three, log_three) = runs[1], runs[3]
@@ -72,7 +72,63 @@ def test_detect_batch_equals_batch_one(tmp_path, folder):
 def test_segment_batch(tmp_path, folder):
     weights = write_weights("deeplab_dcn_synth", tmp_path / "w.safetensors")
     for batch in (1, 4):
-        proc = cli(["segment", folder, "-w", weights, "--batch", batch, "-q", "-o", tmp_path / f"b{batch}"], tmp_path)
+        proc = cli(["segment", folder, "-m", "deeplab_dcn_synth", "-w", weights, "--batch", batch, "-q", "-o",
+                    tmp_path / f"b{batch}"], tmp_path)
         assert proc.returncode == 0, proc.stderr
     for mask in sorted((tmp_path / "b1" / "masks").iterdir()):
         assert np.array_equal(read_image(mask), read_image(tmp_path / "b4" / "masks" / mask.name))
+
+
+class TestShow:
+    """--show: one warning line without a display (exit 0, files written); with one, every drawn picture goes
+    to the window (a recording stand-in for the toolkit here)."""
+
+    def test_no_display_warns_once_and_goes_on(self, tmp_path, folder, monkeypatch):
+        from dcnviz.viz import show
+
+        monkeypatch.delenv("DISPLAY", raising=False)
+        monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+        monkeypatch.setattr(show.sys, "platform", "linux")
+        weights = write_weights("deeplab_dcn_synth", tmp_path / "w.safetensors")
+        proc = cli(["segment", folder / "synth_mixed.jpg", folder / "synth_stars.jpg", "-m", "deeplab_dcn_synth",
+                    "-w", weights, "--show",
+                    "-o", tmp_path / "out"], tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        warnings = [ln for ln in proc.stderr.splitlines() if "--show" in ln]
+        assert warnings == ["Warning: --show: no display (DISPLAY and WAYLAND_DISPLAY are not set); results are "
+                            "saved only"]
+        assert len(list((tmp_path / "out" / "vis").iterdir())) == 2
+
+    def test_headless_opencv_without_an_interactive_backend(self, monkeypatch):
+        from dcnviz.viz import show
+
+        monkeypatch.setenv("DISPLAY", ":0")
+        monkeypatch.setattr(show.sys, "platform", "linux")
+        monkeypatch.setattr(show, "_opencv_has_gui", lambda: False)
+        monkeypatch.setattr(show, "_interactive_pyplot", lambda: None)
+        lines = []
+        assert show.open_window("t", lines.append) is None
+        assert lines == ["Warning: --show: OpenCV has no GUI (opencv-python-headless) and matplotlib has no "
+                         "interactive backend; results are saved only"]
+
+    def test_the_window_gets_every_picture(self, tmp_path, folder, monkeypatch):
+        from dcnviz.viz import show
+
+        shown, closed = [], []
+
+        class Window:
+            def show(self, picture, caption, delay):
+                shown.append((picture.shape, caption, delay))
+
+            def close(self):
+                closed.append(True)
+
+        monkeypatch.setattr(show, "open_window", lambda title, warn: Window())
+        weights = write_weights("rfcn_dcn_synth", tmp_path / "w.safetensors")
+        proc = cli(["detect", folder / "synth_mixed.jpg", folder / "photo_astronaut.jpg", "-m", "rfcn_dcn_synth",
+                    "-w", weights, "--show",
+                    "-q", "-o", tmp_path / "out"], tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert shown == [((500, 500, 3), str(folder / "photo_astronaut.jpg"), show.IMAGE_DELAY),  # sorted
+                         ((375, 500, 3), str(folder / "synth_mixed.jpg"), show.IMAGE_DELAY)]
+        assert closed == [True]

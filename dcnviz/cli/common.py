@@ -151,6 +151,14 @@ def split_option(default: str = DEFAULT_SPLIT, help: str = "Split: the ids in Im
     return click.option("--split", default=default, show_default=True, metavar="NAME", help=help)
 
 
+def show_option() -> Callable:
+    """``--show``: also show each result in a window (:mod:`dcnviz.viz.show`; one warning line and no
+    window where the machine has no display or GUI toolkit)."""
+    return click.option("--show", is_flag=True,
+                        help="Also show each result in a window where there is a display (otherwise one warning "
+                             "line, and the run goes on).")
+
+
 def figure_options() -> list[Callable[[Callable], Callable]]:
     """How a command's figures look and what they are saved as: ``--style default|paper`` (markers with a
     dark outline, sized by the image, or the official visualizer's look), ``--marker-alpha X`` (opacity of

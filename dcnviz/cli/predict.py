@@ -30,7 +30,8 @@ import numpy as np
 
 import dcnviz
 
-from dcnviz.cli.common import deprecated, model_options, parse_classes, resolve_model, select_device, source_options
+from dcnviz.cli.common import (TASK_COMMANDS, deprecated, model_options, parse_classes, resolve_model, select_device,
+                               show_option, source_options)
 from dcnviz.errors import ImageError
 from dcnviz.io.images import find_images, read_image, write_bytes_atomic, write_image_atomic, write_json_atomic, \
     write_png_palette_atomic
@@ -75,6 +76,8 @@ class RunOptions:
     save_conf: bool = False
     side_by_side: bool = False
     batch: int = 1
+    # where --show puts each drawn picture (dcnviz.viz.show.open_window), or None
+    window: object | None = None
     # (height, width) of the images the model was trained on when that is all it knows (the bundled
     # synthetic models): an image of another size is most likely a photo, and gets one warning.
     trained_sizes: Sequence[tuple[int, int]] | None = None
@@ -185,7 +188,12 @@ def _save(task: str, result, image: np.ndarray, path: Path, out_dir: Path, name:
     """Write one image's picture, JSON (and mask); return its record and log summary."""
     files = {key: out_dir / rel for key, rel in output_files(task, path, name, opts.save_txt).items()}
     vis, json_path = files["vis"], files["preds"]
-    write_image_atomic(vis, _draw(task, result, image, opts))
+    picture = _draw(task, result, image, opts)
+    write_image_atomic(vis, picture)
+    if opts.window is not None:
+        from dcnviz.viz.show import IMAGE_DELAY
+
+        opts.window.show(picture, str(path), IMAGE_DELAY)
     if task == "detection":
         if opts.save_txt:
             write_bytes_atomic(files["labels"], yolo_lines(result, opts.save_conf).encode())
@@ -215,6 +223,7 @@ def run_video(task: str, video: Path, predictor: Callable[[np.ndarray], object],
     ``save_txt`` OUT/labels/NAME_<frame>.txt. Returns the number of frames. Raises
     :class:`~dcnviz.errors.ImageError` for a file OpenCV cannot read (nothing is left written)."""
     from dcnviz.io.video import VideoReader, video_writer
+    from dcnviz.viz.show import FRAME_DELAY
 
     reader = VideoReader(video)
     vis = out_dir / "vis" / name.with_name(name.name + ".mp4")
@@ -228,7 +237,10 @@ def run_video(task: str, video: Path, predictor: Callable[[np.ndarray], object],
             for k, frame in enumerate(itertools.chain([first], frames)):
                 result = predictor(frame)
                 _check_result(task, result, frame)
-                writer.write(_draw(task, result, frame, opts))
+                drawn = _draw(task, result, frame, opts)
+                writer.write(drawn)
+                if opts.window is not None:
+                    opts.window.show(drawn, f"{video} frame {k}", FRAME_DELAY)
                 if task == "detection":
                     record = detection_record(result, image=video, image_id=k, model=opts.model, vis=vis)
                     if opts.save_txt:
@@ -269,9 +281,10 @@ def run_video(task: str, video: Path, predictor: Callable[[np.ndarray], object],
 @click.option("--hide-labels", is_flag=True, help="Draw boxes without class and score.")
 @click.option("--hide-conf", is_flag=True, help="Draw the class without the score.")
 @batch_option
+@show_option()
 @click.pass_context
 def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet, json_out, conf,
-           classes, max_det, save_coco, save_txt, save_conf, imgsz, line_width, hide_labels, hide_conf, batch):
+           classes, max_det, save_coco, save_txt, save_conf, imgsz, line_width, hide_labels, hide_conf, batch, show):
     """Detect objects in images: SOURCE is an image, a folder or a quoted glob ('photos/*.jpg').
 
     For each image it writes OUT/vis/NAME (boxes with class and score) and OUT/preds/NAME.json
@@ -294,7 +307,7 @@ def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet
                       line_width=line_width, hide_labels=hide_labels, hide_conf=hide_conf,
                       trained_sizes=_trained_sizes(spec), batch=batch)
     _run(ctx, "detection", images, videos, spec, weights, device, out, exist_ok, opts,
-         lambda found: [filter_detections(d, conf, keep, max_det) for d in found], imgsz)
+         lambda found: [filter_detections(d, conf, keep, max_det) for d in found], imgsz, show)
 
 
 @click.command()
@@ -306,9 +319,10 @@ def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet
 @click.option("--side-by-side", is_flag=True, help="Save image | colour mask | overlay side by side in OUT/vis.")
 @imgsz_option
 @batch_option
+@show_option()
 @click.pass_context
 def segment(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet, json_out, overlay_alpha,
-            old_alpha, side_by_side, imgsz, batch):
+            old_alpha, side_by_side, imgsz, batch, show):
     """Label every pixel of images: SOURCE is an image, a folder or a quoted glob ('photos/*.jpg').
 
     For each image it writes OUT/vis/NAME (colour overlay with a legend), OUT/masks/NAME.png (the
@@ -327,7 +341,7 @@ def segment(ctx, sources, recursive, model, weights, device, out, exist_ok, quie
     spec = resolve_model(model, "segmentation")
     opts = RunOptions(model=spec.name, alpha=overlay_alpha, quiet=quiet, json=json_out, side_by_side=side_by_side,
                       trained_sizes=_trained_sizes(spec), batch=batch)
-    _run(ctx, "segmentation", images, videos, spec, weights, device, out, exist_ok, opts, list, imgsz)
+    _run(ctx, "segmentation", images, videos, spec, weights, device, out, exist_ok, opts, list, imgsz, show)
 
 
 def split_sources(sources: Sequence[str], recursive: bool) -> tuple[list[Path], list[Path]]:
@@ -343,10 +357,11 @@ def split_sources(sources: Sequence[str], recursive: bool) -> tuple[list[Path], 
 
 def _run(ctx: click.Context, task: str, images: Sequence[Path], videos: Sequence[Path], spec, weights: Path | None,
          device: str, out: Path, exist_ok: bool, opts: RunOptions, keep: Callable[[list], list],
-         imgsz: int | None = None) -> None:
+         imgsz: int | None = None, show: bool = False) -> None:
     """Choose the device, create the output folder, load the model, run; exit 1 if inputs failed. ``keep``
-    filters the model's results of a batch (e.g. by score)."""
+    filters the model's results of a batch (e.g. by score); ``show`` opens a window for the results."""
     from dcnviz.models.batching import predict_batch
+    from dcnviz.viz.show import open_window
 
     dev = select_device(device)
     failed = 0
@@ -358,25 +373,36 @@ def _run(ctx: click.Context, task: str, images: Sequence[Path], videos: Sequence
         if not opts.quiet:
             what = [f"{n} {kind}{'s' * (n > 1)}" for n, kind in ((len(images), "image"), (len(videos), "video")) if n]
             click.echo(f"{spec.name} on {dev}: {', '.join(what)}", err=True)
+
         def predict_many(batch: list[np.ndarray]) -> list:
             return keep(predict_batch(net, batch))
 
         def predictor(image: np.ndarray):
             return predict_many([image])[0]
 
-        if images:
-            failed += len(run_predictions(task, images, predictor, out_dir, opts, predict_many).failed)
-        names = output_names(videos)
-        for video in videos:
-            try:
-                run_video(task, video, predictor, out_dir, names[video], opts)
-            except ImageError as e:
-                failed += 1
-                click.echo(f"Error: {e}" + ("; skipped" if len(images) + len(videos) > 1 else ""), err=True)
+        if show:
+            opts = dataclasses.replace(opts, window=open_window(f"dcnviz {TASK_COMMANDS[task]}", _warn(opts)))
+        try:
+            if images:
+                failed += len(run_predictions(task, images, predictor, out_dir, opts, predict_many).failed)
+            names = output_names(videos)
+            for video in videos:
+                try:
+                    run_video(task, video, predictor, out_dir, names[video], opts)
+                except ImageError as e:
+                    failed += 1
+                    click.echo(f"Error: {e}" + ("; skipped" if len(images) + len(videos) > 1 else ""), err=True)
+        finally:
+            if opts.window is not None:
+                opts.window.close()
         if videos and not images and not opts.quiet:  # run_predictions says it for images
             click.echo(f"Results saved to {out_dir}", err=True)
     if failed:
         ctx.exit(1)
+
+
+def _warn(opts: RunOptions) -> Callable[[str], None]:
+    return (lambda line: None) if opts.quiet else (lambda line: click.echo(line, err=True))
 
 
 def test_scales(scales: tuple[int, int], short: int) -> tuple[int, int]:
