@@ -151,6 +151,20 @@ def split_option(default: str = DEFAULT_SPLIT, help: str = "Split: the ids in Im
     return click.option("--split", default=default, show_default=True, metavar="NAME", help=help)
 
 
+def threads_option() -> Callable:
+    """``--threads N``: CPU threads for torch (applied with :func:`use_threads`)."""
+    return click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+                        help="CPU threads for torch (default: torch's own choice).")
+
+
+def use_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` unless ``--threads`` was left out."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def show_option() -> Callable:
     """``--show``: also show each result in a window (:mod:`dcnviz.viz.show`; one warning line and no
     window where the machine has no display or GUI toolkit)."""
