@@ -156,3 +156,18 @@ def test_paper_style_and_pdf(synth_weights, tmp_path):
     for left, top in node["panels"][1:]:
         square = figure[top + y - half:top + y + half + 1, left + x - half:left + x + half + 1]
         assert (square == (0, 255, 0)).all()
+
+
+def test_show_without_a_display(synth_weights, tmp_path, monkeypatch):
+    """--show where no window can be opened: one warning line, the files written, exit 0."""
+    from dcnviz.viz import show
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(show.sys, "platform", "linux")
+    proc = cli(["effective", SAMPLE, "-w", synth_weights, "--at", "100,100", "--levels", "1", "--cell", "100",
+                "--show"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if "--show" in ln] == [
+        "Warning: --show: no display (DISPLAY and WAYLAND_DISPLAY are not set); results are saved only"]
+    assert (tmp_path / "runs" / "effective" / "synth_mixed_res5c.png").is_file()

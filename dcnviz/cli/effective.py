@@ -86,7 +86,7 @@ def _image(m, picture, image, layer, levels, channel, detections, at, annotation
 @unit_options("Deformable layers at or below the node's layer whose sampling points are weighed; default: 3.")
 @analysis_options("effective")
 def effective(images, recursive, detections, channel, bound, cell, layer, levels, at, annotation, conf, group, round_,
-              model, weights, device, out, exist_ok, quiet, json_out, style, marker_alpha, fmt):
+              model, weights, device, out, exist_ok, quiet, json_out, style, marker_alpha, fmt, show):
     """DCNv2's effective views of nodes (Zhu et al. 2019, Figs. 1-2).
 
     A node is the deformable layer --layer's own output at a unit's cell, summed over channels (or
@@ -120,7 +120,7 @@ def effective(images, recursive, detections, channel, bound, cell, layer, levels
     if is_custom_spec(model) and annotation is not None:
         raise usage_error("--annotation", ValueError("units on objects need a registered model; use --at"))
     say = reporter(quiet)
-    run = ImageRun(images)
+    run = ImageRun(images, show, say)
     with run_dir(out, exist_ok, (), images) as out_dir:
         m = _model(model, weights, device, quiet, layer, levels, channel, detections)
         say(f"{m.name} on {m.device}: {len(images)} image{'s' * (len(images) > 1)}")
@@ -134,7 +134,7 @@ def effective(images, recursive, detections, channel, bound, cell, layer, levels
                 continue
             stem = out_dir / stems[path].with_name(f"{stems[path].name}_{s.names[0].replace('.', '_')}")
             record, files = _views(m, s, picture, path, stem, detections, channel, bound, cell, annotation, group,
-                                   round_, fmt, look)
+                                   round_, fmt, look, run.window)
             emit_json(record, json_out)
             say(f"{i}/{len(images)} {path}: {len(record['nodes'])} nodes, {' > '.join(s.names)} -> "
                 f"{', '.join(map(str, files))}")
@@ -142,7 +142,7 @@ def effective(images, recursive, detections, channel, bound, cell, layer, levels
 
 
 def _views(m, s, picture, path, stem: Path, detections, channel, bound, cell, annotation, group, round_, fmt,
-           look) -> tuple[dict, list[Path]]:
+           look, window) -> tuple[dict, list[Path]]:
     """Compute the views of every node of one image, write its figure(s), JSON and .npy; (record, files)."""
     from dcnviz.analysis.effective import (Node, effective_bin_locations, effective_receptive_field,
                                            effective_sampling_locations, node_gradients, saliency_region)
@@ -216,7 +216,7 @@ def _views(m, s, picture, path, stem: Path, detections, channel, bound, cell, an
               + f"weights per layer: blue small, red top 1%; region within {100 * bound:g}%")
     figure, origins = montage(pictures, labels, columns=4, footer=footer)
     png, npy = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + "_erf.npy")
-    files = save_figure(png, figure, panels, fmt, 4, footer, look)
+    files = save_figure(png, figure, panels, fmt, 4, footer, look, window)
     write_bytes_atomic(npy, npy_bytes(np.stack(erfs)))
     for n, record in enumerate(records):
         record["panels"] = [list(o) for o in origins[4 * n:4 * n + 4]]

@@ -1,5 +1,7 @@
 """``detect``/``segment --batch N``: network inputs of the same size run in one forward, others in smaller
-batches; the results equal one image at a time (random weights, the bundled architectures, in process)."""
+batches; the results equal one image at a time (random weights, the bundled architectures, in process).
+``--show`` (detect, segment, the figure commands): a window gets every picture where one can be opened,
+else one warning line and the run goes on."""
 from __future__ import annotations
 
 import json
@@ -132,3 +134,25 @@ class TestShow:
         assert shown == [((500, 500, 3), str(folder / "photo_astronaut.jpg"), show.IMAGE_DELAY),  # sorted
                          ((375, 500, 3), str(folder / "synth_mixed.jpg"), show.IMAGE_DELAY)]
         assert closed == [True]
+
+
+def test_a_figure_command_shows_its_figure(tmp_path, monkeypatch):
+    from dcnviz.viz import show
+
+    shown = []
+
+    class Window:
+        def show(self, picture, caption, delay):
+            shown.append((picture, caption))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(show, "open_window", lambda title, warn: Window())
+    weights = write_weights("rfcn_dcn_synth", tmp_path / "w.safetensors")
+    proc = cli(["offsets", SAMPLES[0], "-m", "rfcn_dcn_synth", "-w", weights, "--at", "100,100", "--show", "-q"],
+               tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    png = tmp_path / "runs" / "offsets" / f"{SAMPLES[0].stem}_res5c.png"
+    ((picture, caption),) = shown
+    assert caption == str(png.relative_to(tmp_path)) and np.array_equal(picture, read_image(png))
