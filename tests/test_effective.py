@@ -281,9 +281,10 @@ def test_drawing():
 
 def test_drawing_styles_and_vector_views():
     """--marker-alpha blends the weighted markers, the default style rims them in black and the paper style
-    does not; effective_views gives the same marks as vector shapes (one SVG marker per positive weight)."""
+    does not; effective_views gives the same marks as vector shapes (one SVG marker per positive weight) over the pictures
+    without them."""
     from cli_helpers import svg_markers
-    from dcnviz.viz.effective import backdrop, draw_weighted_points, effective_views, jet
+    from dcnviz.viz.effective import backdrop, draw_heatmap, draw_weighted_points, effective_views, jet
     from dcnviz.viz.sampling import get_style
     from dcnviz.viz.vector import GID, vector_figure
 
@@ -303,5 +304,6 @@ def test_drawing_styles_and_vector_views():
     pictures, panels = effective_views(image, layers, heat, region, ["a", "b", "c"], unit_xy=(30.0, 20.0))
     assert len(pictures) == len(panels) == 3 and [p.title for p in panels] == ["a", "b", "c"]
     assert all(tuple(p[20, 30]) == (0, 255, 0) for p in pictures)  # the unit on every view
+    assert np.array_equal(panels[0].image, base) and np.array_equal(panels[1].image, draw_heatmap(image, heat))
     svg = vector_figure(panels, "svg", columns=3)
     assert svg_markers(svg, GID["weighted"]) == 1 + 2  # positive weights only

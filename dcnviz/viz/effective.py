@@ -154,14 +154,14 @@ def effective_views(image_bgr: np.ndarray, layers, heat: np.ndarray, region: np.
     from dcnviz.viz.vector import Panel, Shaded
 
     h, w = image_bgr.shape[:2]
-    weighted, marks = backdrop(image_bgr), []
+    base = backdrop(image_bgr)  # the vector figure's background: its marks are drawn as shapes over it
+    weighted, marks = base.copy(), []
     for level, (xy, weight, mask) in list(enumerate(layers))[::-1]:  # lowest layer first, the node's on top
         weighted = draw_weighted_points(weighted, xy, weight, opacity=mask, large=level == 0 and unit_xy is not None,
                                         look=look)
         order, colors, alphas = shaded(weight, mask, look.alpha)
         marks.append(Shaded(colors, alphas, xy=np.asarray(xy, np.float64).reshape(-1, 2)[order],
                             half=weighted_half(h, w, level == 0 and unit_xy is not None, look), rim=look.outline))
-    base = weighted.copy()
     if bins is not None:
         roi, rects, weight = bins
         weighted = draw_weighted_bins(weighted, rects, weight, roi)
