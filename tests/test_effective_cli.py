@@ -171,3 +171,16 @@ def test_show_without_a_display(synth_weights, tmp_path, monkeypatch):
     assert [ln for ln in proc.stderr.splitlines() if "--show" in ln] == [
         "Warning: --show: no display (DISPLAY and WAYLAND_DISPLAY are not set); results are saved only"]
     assert (tmp_path / "runs" / "effective" / "synth_mixed_res5c.png").is_file()
+
+
+def test_missing_detection_among_several_images(synth_weights, tmp_path):
+    """--detection K that an image lacks: a usage error for one image (exit 2, above), reported and skipped
+    among several (exit 1)."""
+    stars = ROOT / "samples" / "synth_stars.jpg"
+    proc = cli(["effective", SAMPLE, stars, "-w", synth_weights, "--detection", "1000", "--levels", "1",
+                "-o", tmp_path / "out"], tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 2 and all(ln.startswith("Error: --detection 1000: rfcn_dcn_synth found ") and
+                                    ln.endswith("; skipped") for ln in errors)
+    assert "Results saved" not in proc.stderr and not (tmp_path / "out").exists()  # nothing written, no folder
