@@ -14,7 +14,7 @@ import time
 
 import click
 
-from dcnviz.cli.common import device_option, json_option, model_option
+from dcnviz.cli.common import device_option, json_option, model_option, threads_option, use_threads
 
 
 def _size(ctx, param, value):
@@ -66,15 +66,12 @@ def time_forward(name: str, device: str = "cpu", size: tuple[int, int] | None = 
               help="Input size (default: the model's official test size, e.g. 600x1000 or 1024x2048).")
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Timed runs after one warm-up; the median is reported.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for torch (default: torch's own choice).")
+@threads_option()
 @json_option("Print JSON instead of a line of text.")
 def model(name_arg, model, device, size, repeats, threads, json_out):
     """Time one full forward of a model (-m NAME; random weights) at its official test size.
 
     The positional NAME of earlier releases still works (deprecated)."""
-    import torch
-
     from dcnviz.cli.common import deprecated, resolve_model, select_device
 
     if name_arg is not None:
@@ -86,8 +83,7 @@ def model(name_arg, model, device, size, repeats, threads, json_out):
         raise click.UsageError("Missing option '-m' / '--model'.")
     name = resolve_model(model, None).name
     dev = str(select_device(device))
-    if threads is not None:
-        torch.set_num_threads(threads)
+    use_threads(threads)
     r = time_forward(name, dev, size, repeats)
     if json_out:
         click.echo(json.dumps(r, indent=2))

@@ -71,3 +71,14 @@ def coco_ground_truth(records: list[dict], categories):
                   "annotations": [], "categories": [{"id": c, "name": str(c)} for c in categories]}
     gt.createIndex()
     return gt
+
+
+def svg_markers(svg: str | bytes, prefix: str) -> int:
+    """The markers matplotlib drew in the SVG groups whose id starts with ``prefix`` (dcnviz.viz.vector.GID):
+    a ``<use>`` each, or, for a few markers, a clipped ``<path>`` each (the path in ``<defs>`` is not one)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(svg)
+    groups = [g for g in root.iter() if g.tag.endswith("}g") and g.get("id", "").startswith(prefix)]
+    return sum(1 for g in groups for e in g.iter()
+               if e.tag.endswith("}use") or (e.tag.endswith("}path") and e.get("clip-path")))

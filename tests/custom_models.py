@@ -56,6 +56,39 @@ def dcnv1():
     return DCNv1()
 
 
+class TwoStrides(nn.Module):
+    """A stride-4 stem, then two torchvision DeformConv2d on maps of different strides: ``low`` (dilation 1,
+    stride 1: output stride 4) and ``high`` (dilation 2, stride 2: output stride 8). Their offsets are constant
+    (zero-weight offset convs) and spread every tap from the centre by a factor: tap (i, j) moves by
+    ((i - 1) * a, (j - 1) * a) cells, so every filter's effective dilation is dilation + a exactly
+    (``SPREAD``: a = 0.5 and 1, effective dilations 1.5 and 3)."""
+
+    SPREAD = {"low": 0.5, "high": 1.0}
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 4, 4)
+        self.low = torchvision.ops.DeformConv2d(4, 4, 3, 1, 1, 1)
+        self.high = torchvision.ops.DeformConv2d(4, 4, 3, 2, 2, 2)
+        self.offsets = nn.ModuleDict({name: nn.Conv2d(4, 18, 1, stride) for name, stride in (("low", 1), ("high", 2))})
+        taps = torch.arange(9)
+        for name, a in self.SPREAD.items():
+            spread = torch.stack([(taps // 3 - 1) * a, (taps % 3 - 1) * a], 1).reshape(-1).float()  # dy, dx per tap
+            with torch.no_grad():
+                self.offsets[name].weight.zero_()
+                self.offsets[name].bias.copy_(spread)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        x = F.relu(self.low(x, self.offsets["low"](x)))
+        return self.high(x, self.offsets["high"](x))
+
+
+def two_strides():
+    torch.manual_seed(2)
+    return TwoStrides()
+
+
 def no_deformable():
     return nn.Conv2d(3, 3, 1)
 

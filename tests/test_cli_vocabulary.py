@@ -27,11 +27,12 @@ def _long(option: click.Option) -> str:
 SHARED = {_long(o): o for o in map(_declared, [
     common.model_option(), common.weights_option(), common.device_option(), common.out_option("runs/x"),
     common.exist_ok_option(), common.quiet_option(), common.json_option("x"), common.data_option(),
-    common.split_option(), *common.figure_options()])}
+    common.split_option(), *common.figure_options(), common.show_option()])}
 RUN = {"--model", "--weights", "--device", "--out", "--exist-ok", "--quiet", "--json"}
 DATASET = {"--data", "--split"}
-# Offered by the commands that draw figures; checked for their meaning wherever they appear.
-FIGURES = {"--style", "--marker-alpha", "--format"}
+# Offered by the commands that draw figures (--show also by detect/segment); checked for their meaning
+# wherever they appear.
+FIGURES = {"--style", "--marker-alpha", "--format", "--show"}
 
 # Commands that offer less than RUN, with what they offer and why (a command not listed needs all of RUN).
 LESS = {
@@ -106,6 +107,11 @@ def test_usage_errors_are_one_line(name):
     result = CliRunner().invoke(main, [*name.split(), "--no-such-option"])
     assert result.exit_code == 2
     assert result.output.splitlines() == ["Error: No such option '--no-such-option'."], result.output
+
+
+def test_figure_commands_can_show():
+    for name in ("offsets", "rois", "receptive-field", "effective", "detect", "segment"):
+        assert "--show" in {_long(p) for p in COMMANDS[name].params}, name
 
 
 def test_help_still_shows_the_usage():

@@ -133,3 +133,46 @@ def test_offsets_cli(tmp_path):
     assert_one_line_error(proc, 2, "--levels")
     proc = cli(["offsets", SAMPLE, "--model", f"{HELPERS}:modulated", "--annotation", HELPERS], tmp_path)
     assert_one_line_error(proc, 2, "--annotation")
+
+
+def test_dilation_stats_cli(tmp_path):
+    """dilation-stats --model FILE.py:FUNCTION: per-layer records named by module path, each layer bucketed on
+    its own map with its own feature stride. A 256x128 image with a small box [16, 47]² and a medium one
+    [128, 255] x [0, 127] (0-based inclusive); `low` (stride 4, 32x64 cells centred at 4k + 2) and `high`
+    (stride 8, 16x32 cells centred at 8k + 4). The offsets spread the taps so the effective dilations are
+    1.5 and 3 for every filter (tests/custom_models.py:TwoStrides)."""
+    import cv2
+
+    from test_analysis_cli import voc_xml
+
+    root = tmp_path / "VOC"
+    for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / d).mkdir(parents=True)
+    cv2.imwrite(str(root / "JPEGImages" / "a.jpg"), np.full((128, 256, 3), 90, np.uint8))
+    objects = [("blob", (17, 17, 48, 48), 0), ("star", (129, 1, 256, 128), 0)]  # 1-based, as in the XML
+    (root / "Annotations" / "a.xml").write_text(voc_xml(256, 128, objects))
+    (root / "ImageSets" / "Main" / "test.txt").write_text("a\n")
+    proc = cli(["dilation-stats", "--data", root, "--model", f"{HELPERS}:two_strides", "--json", "-o",
+                tmp_path / "out"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert record == json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert list(record["layers"]) == ["high", "low"]  # top first
+    assert record["config"]["feature_strides"] == {"high": 8.0, "low": 4.0}
+    # low, stride 4: small 8x8 cells (centres 18 ... 46), medium 32x32 (x 130 ... 254), the rest background
+    # high, stride 8: small 4x4 (centres 20 ... 44), medium 16x16 (x 132 ... 252)
+    expected = {"low": (1.5, {"small": 64, "medium": 1024, "large": 0, "background": 2048 - 64 - 1024}),
+                "high": (3.0, {"small": 16, "medium": 256, "large": 0, "background": 512 - 16 - 256})}
+    for layer, (dilation, counts) in expected.items():
+        cells = record["layers"][layer]
+        assert {b: c["n"] for b, c in cells.items()} == counts
+        for bucket, n in counts.items():
+            if n:
+                assert cells[bucket]["mean"] == pytest.approx(dilation, abs=1e-9)
+                assert cells[bucket]["std"] == pytest.approx(0, abs=1e-9)
+    assert sorted(p.name for p in (tmp_path / "out").glob("hist_*.png")) == ["hist_high.png", "hist_low.png"]
+    (tmp_path / "w.params").write_bytes(b"not read")
+    proc = cli(["dilation-stats", "--data", root, "--model", f"{HELPERS}:two_strides", "--weights",
+                tmp_path / "w.params"], tmp_path)
+    assert_one_line_error(proc, 2, "'--weights'", ".safetensors weights only")
+    assert not (tmp_path / "runs").exists()  # a usage error leaves no output folder behind

@@ -277,3 +277,33 @@ def test_drawing():
     mask[:10, :10] = True
     region = draw_region(image, mask)
     assert (region[:10, :10] == 100).all() and (region[10:, :] == 25).all()
+
+
+def test_drawing_styles_and_vector_views():
+    """--marker-alpha blends the weighted markers, the default style rims them in black and the paper style
+    does not; effective_views gives the same marks as vector shapes (one SVG marker per positive weight) over the pictures
+    without them."""
+    from cli_helpers import svg_markers
+    from dcnviz.viz.effective import backdrop, draw_heatmap, draw_weighted_points, effective_views, jet
+    from dcnviz.viz.sampling import get_style
+    from dcnviz.viz.vector import GID, vector_figure
+
+    image = np.full((40, 60, 3), 100, np.uint8)
+    base = backdrop(image)
+    xy, weight = np.array([[10.5, 10.5], [40.2, 20.9]]), np.array([1.0, 0.0])
+    top = jet([1.0])[0].astype(np.float64)
+    half = 2  # marker_half of a 40x60 image, less one for a lower layer: 1 px; the rim one more
+    faint = draw_weighted_points(base, xy, weight, look=get_style("paper", 0.5))
+    assert tuple(faint[10, 10]) == tuple(np.round(base[10, 10] * 0.5 + top * 0.5).astype(np.uint8))
+    assert tuple(faint[10, 10 + half]) == tuple(base[10, 10 + half])  # no rim in the paper style
+    rimmed = draw_weighted_points(base, xy, weight)
+    assert tuple(rimmed[10, 10]) == tuple(jet([1.0])[0]) and tuple(rimmed[10, 10 + half]) == (0, 0, 0)
+    heat, region = np.zeros((40, 60)), np.zeros((40, 60), bool)
+    layers = [(xy, weight, None), (np.array([[5.0, 5.0], [20.0, 30.0], [50.0, 35.0]]), np.array([0.2, 0.4, 0.0]),
+                                   np.array([1.0, 0.5, 1.0]))]
+    pictures, panels = effective_views(image, layers, heat, region, ["a", "b", "c"], unit_xy=(30.0, 20.0))
+    assert len(pictures) == len(panels) == 3 and [p.title for p in panels] == ["a", "b", "c"]
+    assert all(tuple(p[20, 30]) == (0, 255, 0) for p in pictures)  # the unit on every view
+    assert np.array_equal(panels[0].image, base) and np.array_equal(panels[1].image, draw_heatmap(image, heat))
+    svg = vector_figure(panels, "svg", columns=3)
+    assert svg_markers(svg, GID["weighted"]) == 1 + 2  # positive weights only

@@ -101,3 +101,86 @@ def test_channel_and_errors(synth_weights, tmp_path):
     assert_one_line_error(proc, 2, "--detection", "segmentation")
     proc = cli(["effective", tmp_path / "missing.jpg", "-w", synth_weights], tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
+
+
+def test_many_inputs_and_vector_output(synth_weights, tmp_path):
+    """Two images and a missing one: the missing one is reported and skipped, the others written, exit 1.
+    --format svg: a valid SVG beside each PNG whose markers are the plain points and every point of positive
+    weight of every layer (the default style's unit is a polygon, not a marker)."""
+    import xml.etree.ElementTree as ET
+
+    from cli_helpers import svg_markers
+    from dcnviz.viz.vector import GID
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(SAMPLE.read_bytes())
+    (folder / "b.jpg").write_bytes((ROOT / "samples" / "synth_stars.jpg").read_bytes())
+    proc = cli(["effective", folder / "a.jpg", tmp_path / "nope.jpg", str(folder / "b*.jpg"), "-w", synth_weights,
+                "--at", "200,150", "--levels", "2", "--cell", "100", "--format", "svg", "--json", "-o",
+                tmp_path / "out"], tmp_path)
+    assert proc.returncode == 1
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")] == [
+        f"Error: cannot read image '{tmp_path / 'nope.jpg'}': no such file; skipped"]
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"{s}_res5c{x}" for s in "ab" for x in (".json", ".png", ".svg", "_erf.npy")]
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["image"] for r in records] == ["images/a.jpg", "images/b.jpg"]  # relative to the working folder
+    for stem, record in zip("ab", records):
+        assert record == json.loads((out / f"{stem}_res5c.json").read_text())
+        svg = (out / f"{stem}_res5c.svg").read_bytes()
+        (node,) = record["nodes"]
+        plain = np.asarray(node["points"]).reshape(-1, 2)
+        weighted = sum(int(np.count_nonzero(layer["weight"])) for layer in node["layers"])
+        assert len(plain) == 81 and weighted > 9
+        assert svg_markers(svg, GID["points"]) + svg_markers(svg, GID["hollow"]) == len(plain)
+        assert svg_markers(svg, GID["weighted"]) == weighted
+        root = ET.fromstring(svg)
+        assert sum(1 for e in root.iter() if e.tag.endswith("}image")) == 4  # the pictures stay raster
+
+
+def test_paper_style_and_pdf(synth_weights, tmp_path):
+    """--style paper --marker-alpha --format pdf: a PDF beside the PNG, the unit drawn as the paper's green
+    square on every view."""
+    proc = cli(["effective", SAMPLE, "-w", synth_weights, "--at", "200,150", "--levels", "1", "--cell", "100",
+                "--style", "paper", "--marker-alpha", "0.5", "--format", "pdf", "-q"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "runs" / "effective"
+    assert (out / "synth_mixed_res5c.pdf").read_bytes().startswith(b"%PDF")
+    record = json.loads((out / "synth_mixed_res5c.json").read_text())
+    figure = read_image(out / "synth_mixed_res5c.png")
+    (node,) = record["nodes"]
+    x, y = (math.floor(v) for v in node["xy"])
+    half = 2 + 2  # the paper's unit: a square 2 px wider than a 5x5 sample marker (500x375 image)
+    for left, top in node["panels"][1:]:
+        square = figure[top + y - half:top + y + half + 1, left + x - half:left + x + half + 1]
+        assert (square == (0, 255, 0)).all()
+
+
+def test_show_without_a_display(synth_weights, tmp_path, monkeypatch):
+    """--show where no window can be opened: one warning line, the files written, exit 0."""
+    from dcnviz.viz import show
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(show.sys, "platform", "linux")
+    proc = cli(["effective", SAMPLE, "-w", synth_weights, "--at", "100,100", "--levels", "1", "--cell", "100",
+                "--show"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [ln for ln in proc.stderr.splitlines() if "--show" in ln] == [
+        "Warning: --show: no display (DISPLAY and WAYLAND_DISPLAY are not set); results are saved only"]
+    assert (tmp_path / "runs" / "effective" / "synth_mixed_res5c.png").is_file()
+
+
+def test_missing_detection_among_several_images(synth_weights, tmp_path):
+    """--detection K that an image lacks: a usage error for one image (exit 2, above), reported and skipped
+    among several (exit 1)."""
+    stars = ROOT / "samples" / "synth_stars.jpg"
+    proc = cli(["effective", SAMPLE, stars, "-w", synth_weights, "--detection", "1000", "--levels", "1",
+                "-o", tmp_path / "out"], tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 2 and all(ln.startswith("Error: --detection 1000: rfcn_dcn_synth found ") and
+                                    ln.endswith("; skipped") for ln in errors)
+    assert "Results saved" not in proc.stderr and not (tmp_path / "out").exists()  # nothing written, no folder

@@ -15,15 +15,21 @@ from dcnviz.analysis.effective import feature_stride, layer_geometry
 from dcnviz.analysis.inspection import Inspection, LayerRecord
 from dcnviz.errors import UserError
 
-__all__ = ["inspect_custom", "composable_levels"]
+__all__ = ["inspect_custom", "custom_layer_records", "composable_levels"]
+
+
+def custom_layer_records(model, data) -> list[LayerRecord]:
+    """The :class:`LayerRecord` of every deformable layer call of ``model`` on the network input ``data``
+    (bottom -> top), each with its own feature stride (the layers of a custom model may differ)."""
+    net = tuple(data.shape[-2:])
+    return [LayerRecord(c.name, layer_geometry(c), feature_stride(net, tuple(c.output.shape[-2:])), c.offset,
+                        c.boundary, tuple(int(n) for n in c.input.shape[-2:])) for c in model.run(data)]
 
 
 def inspect_custom(model, image: np.ndarray):
     """(:class:`Inspection` of ``model`` on the BGR uint8 ``image``, the network input it ran on)."""
-    calls, prep, data = model.capture(image)
-    net = tuple(data.shape[-2:])
-    layers = [LayerRecord(c.name, layer_geometry(c), feature_stride(net, tuple(c.output.shape[-2:])), c.offset,
-                          c.boundary, tuple(int(n) for n in c.input.shape[-2:])) for c in calls]
+    data, prep = model.preprocess(image)
+    layers = custom_layer_records(model, data)
     try:
         return Inspection(layers, prep, image), data
     except ValueError as e:  # a layer called twice in one forward

@@ -11,7 +11,7 @@ import click
 import numpy as np
 
 from dcnviz.cli.common import (apply_options, debug_option, figure_options, json_option, resolve_model, run_options,
-                               select_device)
+                               select_device, show_option)
 from dcnviz.errors import UserError
 
 DEFAULT_MODEL = "rfcn_dcn_synth"
@@ -22,10 +22,10 @@ def analysis_options(command: str, needs: str = "deformable conv layers",
                      figures: bool = True) -> Callable[[Callable], Callable]:
     """--model (a registered model with ``needs``, default :data:`DEFAULT_MODEL`), --weights, --device,
     --out runs/<command>, --exist-ok, --quiet, --json, with ``figures`` --style, --marker-alpha, --format,
-    and --debug."""
+    --show, and --debug."""
     return apply_options(run_options(command, f"Registered model with {needs}; default: {DEFAULT_MODEL}.")
                          + [json_option("Print each image's JSON record on stdout (JSON Lines), as written to OUT.")]
-                         + (figure_options() if figures else []) + [debug_option])
+                         + (figure_options() + [show_option()] if figures else []) + [debug_option])
 
 
 def unit_options(levels_help: str) -> Callable[[Callable], Callable]:
@@ -199,12 +199,18 @@ def unit_objects(inspection, units, annotation=None) -> list[str | None]:
     return names
 
 
-def save_figure(png: Path, figure, panels, fmt: str, columns: int | None, footer: str | None, look) -> list[Path]:
+def save_figure(png: Path, figure, panels, fmt: str, columns: int | None, footer: str | None, look,
+                window=None) -> list[Path]:
     """Write the raster ``figure`` to ``png`` and, for ``fmt`` svg/pdf, the same figure as vector graphics
-    (:func:`dcnviz.viz.vector.vector_figure` of ``panels``) beside it; returns the files written."""
+    (:func:`dcnviz.viz.vector.vector_figure` of ``panels``) beside it; returns the files written. A
+    ``window`` (--show, :class:`ImageRun`) shows the figure too."""
     from dcnviz.io.images import write_bytes_atomic, write_image_atomic
 
     write_image_atomic(png, figure)
+    if window is not None:
+        from dcnviz.viz.show import IMAGE_DELAY
+
+        window.show(figure, str(png), IMAGE_DELAY)
     if fmt == "png":
         return [png]
     from dcnviz.viz.vector import vector_figure
@@ -221,14 +227,15 @@ def emit_json(record: dict, json_out: bool) -> None:
 
         click.echo(json.dumps(record, allow_nan=False))
 
-def load_custom_model(spec: str, weights, device: str, quiet: bool):
-    """(:class:`~dcnviz.models.custom.CustomModel` on the chosen device, the device)."""
+def load_custom_model(spec: str, weights, device, quiet: bool):
+    """(:class:`~dcnviz.models.custom.CustomModel` on the chosen device, the device); ``device`` is the
+    --device value or a ``torch.device`` already chosen."""
     from dcnviz.models.custom import CustomModelError, load_custom
 
     if weights is not None and weights.suffix.lower() != ".safetensors":
         raise usage_error("--weights", ValueError(f"{weights}: a FILE.py:FUNCTION model takes .safetensors "
                                                   "weights only"))
-    dev = select_device(device, warn=None if quiet else lambda line: click.echo(line, err=True))
+    dev = select_device(device) if isinstance(device, str) else device
     try:
         return load_custom(spec, weights, dev), dev
     except CustomModelError as e:
@@ -264,10 +271,17 @@ class ImageRun:
     """The images of a run, read one at a time (:func:`dcnviz.io.images.read_image`): iterating gives
     ``(i, path, picture)`` with i counted from 1; an image that cannot be read is reported in one line
     (``; skipped`` when there are several) and counted in ``failed``, which a command may also raise for
-    its own per-image errors; the run exits 1 at the end when it is not zero."""
+    its own per-image errors; the run exits 1 at the end when it is not zero. With ``show`` (--show) it holds
+    the ``window`` the figures are shown in (:func:`dcnviz.viz.show.open_window`; None, after one ``warn``
+    line, where there is no display), closed at the end."""
 
-    def __init__(self, images):
+    def __init__(self, images, show: bool = False, warn: Callable[[str], None] = lambda line: None):
         self.images, self.failed = list(images), 0
+        self.window = None
+        if show:
+            from dcnviz.viz.show import open_window
+
+            self.window = open_window("dcnviz", warn)
 
     def __iter__(self):
         from dcnviz.errors import ImageError
@@ -288,6 +302,8 @@ class ImageRun:
 
     def finish(self, out_dir, say: Callable[[str], None]) -> None:
         """End the run: say where the results are (unless every input failed); exit 1 if any failed."""
+        if self.window is not None:
+            self.window.close()
         if self.failed < len(self.images):
             say(f"Results saved to {out_dir}")
         if self.failed:

@@ -9,7 +9,7 @@ import click
 
 from dcnviz.bench_dataset import dataset
 from dcnviz.bench_model import model
-from dcnviz.cli.common import device_option, json_option, select_device
+from dcnviz.cli.common import device_option, json_option, select_device, threads_option, use_threads
 
 
 @click.group()
@@ -24,8 +24,7 @@ bench.add_command(dataset)
 @bench.command()
 @device_option("cpu")
 @json_option("Print JSON instead of a table.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for torch (default: torch's own choice).")
+@threads_option()
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
               help="Timed runs per measurement (after one warm-up); the median is reported.")
 @click.option("--op", "ops", type=click.Choice(["conv", "pool"]), multiple=True,
@@ -39,8 +38,7 @@ def ops(device, json_out, threads, repeats, ops):
     from dcnviz import bench as lib
 
     device = str(select_device(device))
-    if threads is not None:
-        torch.set_num_threads(threads)
+    use_threads(threads)
     try:
         rows = lib.run_ops(device, repeats, ops or lib.OPS)
     except (RuntimeError, NotImplementedError) as exc:

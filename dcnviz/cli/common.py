@@ -151,6 +151,28 @@ def split_option(default: str = DEFAULT_SPLIT, help: str = "Split: the ids in Im
     return click.option("--split", default=default, show_default=True, metavar="NAME", help=help)
 
 
+def threads_option() -> Callable:
+    """``--threads N``: CPU threads for torch (applied with :func:`use_threads`)."""
+    return click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+                        help="CPU threads for torch (default: torch's own choice).")
+
+
+def use_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` unless ``--threads`` was left out."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def show_option() -> Callable:
+    """``--show``: also show each result in a window (:mod:`dcnviz.viz.show`; one warning line and no
+    window where the machine has no display or GUI toolkit)."""
+    return click.option("--show", is_flag=True,
+                        help="Also show each result in a window where there is a display (otherwise one warning "
+                             "line, and the run goes on).")
+
+
 def figure_options() -> list[Callable[[Callable], Callable]]:
     """How a command's figures look and what they are saved as: ``--style default|paper`` (markers with a
     dark outline, sized by the image, or the official visualizer's look), ``--marker-alpha X`` (opacity of

@@ -13,11 +13,13 @@ import contextlib
 from pathlib import Path
 
 import click
+import numpy as np
 
-from dcnviz.cli.analysis_common import analysis_options, emit_json, reporter, resolve
+from dcnviz.cli.analysis_common import analysis_options, emit_json, load_custom_model, reporter, resolve
 from dcnviz.cli.common import (data_option, dataset_run_options, deprecated, finish_processes, run_folder,
                                split_option, start_processes)
 from dcnviz.io.results_json import json_path
+from dcnviz.models.custom import is_custom_spec
 
 PLUS_MINUS = "\u00b1"
 
@@ -64,13 +66,16 @@ def dilation_stats(dataset_arg, data, split, limit, compare_paper, explain, work
     OUT/hist_<layer>.png; --json prints stats.json instead of the table. Entries whose annotation or image
     is missing or broken are reported and skipped (exit status 1). --data may also be a COCO folder
     (annotations/instances_SPLIT.json). Under torchrun the images are split over the processes and the
-    statistics merged exactly; --resume continues an interrupted run. The positional DATASET of earlier
-    releases still works (deprecated).
+    statistics merged exactly; --resume continues an interrupted run. --model FILE.py:FUNCTION runs your
+    own network (see the README): its deformable layers by module path, each bucketed with its own
+    feature stride (recorded in stats.json). The positional DATASET of earlier releases still works
+    (deprecated).
 
     \b
     Examples:
       dcnviz dilation-stats --data /data/VOCdevkit/VOC2007 --compare-paper
       dcnviz dilation-stats --data synth/ --limit 50 --device cuda
+      dcnviz dilation-stats --data synth/ --model mynet.py:build --weights mynet.safetensors
       torchrun --nproc-per-node 4 -m dcnviz dilation-stats --data VOC2007 -o runs/t2 --device cuda
     """
     import dcnviz
@@ -91,22 +96,30 @@ def dilation_stats(dataset_arg, data, split, limit, compare_paper, explain, work
     if data is None:
         raise click.UsageError("Missing option '--data'.")
     dataset = data
-    spec, meta = resolve(model)
+    custom = is_custom_spec(model)
+    if not custom:
+        spec, meta = resolve(model)
     ctx = start_processes(device, quiet)
     say = reporter(quiet or not ctx.main)
     with contextlib.ExitStack() as stack:
+        if custom:  # imported (and its usage errors reported) before the output folder is made
+            net, _ = load_custom_model(model, weights, ctx.device, quiet)
+            name, nominal = model, {n: float(np.mean(m.dilation)) for n, m in net.layers.items()}
+        else:
+            name, nominal = spec.name, {short_name(l): l.dilation for l in meta.deformable_layers}
         out_dir = run_folder(stack, out, exist_ok, resume, ctx)
-        net = dcnviz.load_model(spec.name, weights, ctx.device)
-        say(f"{spec.name} on {ctx.device}{f' x {ctx.world} processes' if ctx.world > 1 else ''}: {dataset}, "
+        if not custom:
+            net = dcnviz.load_model(spec.name, weights, ctx.device)
+        say(f"{name} on {ctx.device}{f' x {ctx.world} processes' if ctx.world > 1 else ''}: {dataset}, "
             f"split {split}")
         run = run_stats(net, dataset, split, limit, ctx=ctx, workers=default_workers() if workers is None else workers,
                         out_dir=out_dir, resume=resume, save_every=save_every, quiet=quiet,
-                        config={"model": spec.name})
+                        config={"model": name})
         if run is None:  # not rank 0: rank 0 merges and writes
             finish_processes(ctx)
             return
         summary = run.stats.summary("pooled")
-        config = {**TABLE2_CONFIG, "group_mode": "pooled", "model": spec.name,
+        config = {**TABLE2_CONFIG, "group_mode": "pooled", "model": name, "feature_strides": run.strides,
                   "weights": json_path(weights) if weights else "default", "dataset": json_path(dataset),
                   "split": split, "limit": limit, "images_listed": len(run.ids), "images": run.stats.images,
                   "hist_max": float(run.stats.edges[-1]), "hist_bins": len(run.stats.edges) - 1,
@@ -114,9 +127,8 @@ def dilation_stats(dataset_arg, data, split, limit, compare_paper, explain, work
         record = stats_record(summary, config, PAPER_TABLE2)
         write_json_atomic(out_dir / "stats.json", record, expand=3)
         write_bytes_atomic(out_dir / "stats.csv", stats_csv(summary, PAPER_TABLE2).encode())
-        nominal = {short_name(l): l.dilation for l in meta.deformable_layers}
         for layer, counts in run.stats.histograms("pooled").items():
-            title = f"{layer}: {spec.name}, {run.stats.images} images of {split}"
+            title = f"{layer}: {name}, {run.stats.images} images of {split}"
             write_bytes_atomic(out_dir / f"hist_{layer}.png",
                                dilation_histogram(run.stats.edges, counts, BUCKETS, title, nominal[layer]))
         discard(out_dir)
@@ -125,7 +137,7 @@ def dilation_stats(dataset_arg, data, split, limit, compare_paper, explain, work
     if json_out:
         emit_json(record, True)
     else:
-        click.echo(f"Effective dilation, {spec.name} on {dataset} ({split}, {run.stats.images} images): "
+        click.echo(f"Effective dilation, {name} on {dataset} ({split}, {run.stats.images} images): "
                    f"mean {PLUS_MINUS} std (N filters)")
         for line in table(summary, PAPER_TABLE2 if compare_paper else None):
             click.echo(line)

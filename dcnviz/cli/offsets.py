@@ -33,7 +33,7 @@ def check_group(group, groups: list[int], name: str) -> None:
 @unit_options("Deformable layers to go down through, from --layer; default: 3 (or as many as there are).")
 @analysis_options("offsets")
 def offsets(images, recursive, layer, levels, at, annotation, conf, group, round_, model, weights, device, out, exist_ok,
-            quiet, json_out, style, marker_alpha, fmt):
+            quiet, json_out, style, marker_alpha, fmt, show):
     """Where deformable filters sample: the composed sampling locations of activation units (paper Fig. 6).
 
     For each IMAGE (files, folders, quoted globs; default: the bundled samples/synth_*.jpg) it follows --levels deformable layers down
@@ -73,7 +73,7 @@ def offsets(images, recursive, layer, levels, at, annotation, conf, group, round
         check_group(group, [l.deformable_groups for l in meta.deformable_layers], spec.name)
         name, kinds = spec.name, KINDS
     say = reporter(quiet)
-    run = ImageRun(images)
+    run = ImageRun(images, show, say)
     with run_dir(out, exist_ok, (), images) as out_dir:
         if custom:
             cm, dev = load_custom_model(model, weights, device, quiet)
@@ -100,7 +100,7 @@ def offsets(images, recursive, layer, levels, at, annotation, conf, group, round
             png = out_dir / stems[path].with_name(f"{stems[path].name}_{names[0].replace('.', '_')}.png")
             panels = [Panel(image, t, s.xy, s.locations.valid, s.unit.xy, box=s.unit.box)
                       for t, s in zip(titles, samples)]
-            files = save_figure(png, figure, panels, fmt, None, footer, look)
+            files = save_figure(png, figure, panels, fmt, None, footer, look, run.window)
             record = offsets_record(path, seen, name, png, seen.stack(names[0], len(names)), samples, origins,
                                     group, round_)
             write_json_atomic(png.with_suffix(".json"), record, expand=3)

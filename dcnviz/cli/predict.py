@@ -30,7 +30,8 @@ import numpy as np
 
 import dcnviz
 
-from dcnviz.cli.common import deprecated, model_options, parse_classes, resolve_model, select_device, source_options
+from dcnviz.cli.common import (TASK_COMMANDS, deprecated, model_options, parse_classes, resolve_model, select_device,
+                               show_option, source_options)
 from dcnviz.errors import ImageError
 from dcnviz.io.images import find_images, read_image, write_bytes_atomic, write_image_atomic, write_json_atomic, \
     write_png_palette_atomic
@@ -44,6 +45,11 @@ from dcnviz.viz.draw import draw_detections, overlay_segmentation, side_by_side
 SUBDIRS = {"detection": ("vis", "preds", "labels"), "segmentation": ("vis", "preds", "masks")}
 COCO_FILE = "preds.coco.json"
 
+batch_option = click.option(
+    "--batch", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+    help="Images per forward. Only images whose network inputs have the same size share one (no padding): "
+         "images of different sizes fall back to smaller batches. Results equal --batch 1; video frames go one "
+         "at a time.")
 imgsz_option = click.option("--imgsz", type=click.IntRange(min=32), metavar="PX",
                             help="Resize images to this short side (the long-side limit scales with it)  "
                                  "[default: the model's test size, e.g. 600]")
@@ -53,7 +59,8 @@ imgsz_option = click.option("--imgsz", type=click.IntRange(min=32), metavar="PX"
 class RunOptions:
     """How ``run_predictions`` reports and saves. ``model`` is the registry name written into the
     JSON records; ``palette`` the RGB colour per class for detection boxes (None: generated);
-    ``category_ids`` maps network labels to COCO category ids for ``save_coco`` (None: labels)."""
+    ``category_ids`` maps network labels to COCO category ids for ``save_coco`` (None: labels); ``batch``:
+    images per forward (``--batch``)."""
 
     model: str
     palette: Sequence[tuple[int, int, int]] | None = None
@@ -68,6 +75,9 @@ class RunOptions:
     save_txt: bool = False
     save_conf: bool = False
     side_by_side: bool = False
+    batch: int = 1
+    # where --show puts each drawn picture (dcnviz.viz.show.open_window), or None
+    window: object | None = None
     # (height, width) of the images the model was trained on when that is all it knows (the bundled
     # synthetic models): an image of another size is most likely a photo, and gets one warning.
     trained_sizes: Sequence[tuple[int, int]] | None = None
@@ -81,50 +91,63 @@ class RunSummary:
 
 
 def run_predictions(task: str, images: Sequence[Path], predictor: Callable[[np.ndarray], object],
-                    out_dir: Path, opts: RunOptions) -> RunSummary:
+                    out_dir: Path, opts: RunOptions,
+                    predict_many: Callable[[list[np.ndarray]], list] | None = None) -> RunSummary:
     """Run ``predictor`` over ``images`` and save/report the results (see module doc for files).
 
     ``task`` is "detection" (predictor returns :class:`~dcnviz.structures.Detections`) or
     "segmentation" (:class:`~dcnviz.structures.Segmentation`); the result must be for the image as
-    read (original size, EXIF orientation applied). Images that cannot be read are reported in one
-    line each and skipped; ``RunSummary.failed`` holds their messages.
+    read (original size, EXIF orientation applied). ``predict_many`` (images -> their results, e.g. through
+    :func:`dcnviz.models.batching.predict_batch`) is given ``opts.batch`` images at a time instead; drawing
+    and saving stay per image. Images that cannot be read are reported in one line each and skipped;
+    ``RunSummary.failed`` holds their messages.
     """
     if task not in SUBDIRS:
         raise ValueError(f"task must be one of {sorted(SUBDIRS)}, got {task!r}")
     if opts.save_coco and task != "detection":
         raise ValueError("COCO results are written for detection only")
+    many = predict_many or (lambda batch: [predictor(image) for image in batch])
     names, image_ids = output_names(images), coco_image_ids(images)
     log = _Log(len(images), opts)
     coco, failed, seconds = [], [], np.zeros(3)
     warned = False
     try:
-        for i, path in enumerate(images, 1):
-            t0 = time.perf_counter()
-            try:
-                image = read_image(path)
-            except ImageError as e:
-                failed.append(str(e))
-                log.error(f"{e}; skipped" if len(images) > 1 else str(e))
-                log.json(error_record(path, str(e)))
-                log.advance()
+        for start in range(0, len(images), opts.batch):
+            batch = []
+            for i, path in enumerate(images[start:start + opts.batch], start + 1):
+                t0 = time.perf_counter()
+                try:
+                    image = read_image(path)
+                except ImageError as e:
+                    failed.append(str(e))
+                    log.error(f"{e}; skipped" if len(images) > 1 else str(e))
+                    log.json(error_record(path, str(e)))
+                    log.advance()
+                    continue
+                seconds[0] += time.perf_counter() - t0
+                if opts.trained_sizes and not warned and image.shape[:2] not in opts.trained_sizes:
+                    warned = True
+                    log.info(f"Warning: {opts.model} was trained on dcnviz's synthetic scenes only (worm, star, "
+                             f"ring, blob, cross); on photos such as {path} it finds little. For photos use an "
+                             "official model (dcnviz models).")
+                batch.append((i, path, image))
+            if not batch:
                 continue
-            if opts.trained_sizes and not warned and image.shape[:2] not in opts.trained_sizes:
-                warned = True
-                log.info(f"Warning: {opts.model} was trained on dcnviz's synthetic scenes only (worm, star, ring, "
-                         f"blob, cross); on photos such as {path} it finds little. For photos use an official "
-                         "model (dcnviz models).")
             t1 = time.perf_counter()
-            result = predictor(image)
-            t2 = time.perf_counter()
-            _check_result(task, result, image)
-            record, summary = _save(task, result, image, path, out_dir, names[path], image_ids[path], opts)
-            if opts.save_coco:
-                coco += coco_results(result, image_ids[path], opts.category_ids)
-            log.json(record)
-            seconds += (t1 - t0, t2 - t1, time.perf_counter() - t2)
-            h, w = image.shape[:2]
-            log.info(f"{i}/{len(images)} {path}: {w}x{h}, {summary}, {1000 * (t2 - t1):.1f} ms")
-            log.advance()
+            results = many([image for _, _, image in batch])
+            each = (time.perf_counter() - t1) / len(batch)  # a batch's forward is shared by its images
+            of = f" (batch of {len(batch)})" if len(batch) > 1 else ""
+            for (i, path, image), result in zip(batch, results):
+                t2 = time.perf_counter()
+                _check_result(task, result, image)
+                record, summary = _save(task, result, image, path, out_dir, names[path], image_ids[path], opts)
+                if opts.save_coco:
+                    coco += coco_results(result, image_ids[path], opts.category_ids)
+                log.json(record)
+                seconds[1:] += (each, time.perf_counter() - t2)
+                h, w = image.shape[:2]
+                log.info(f"{i}/{len(images)} {path}: {w}x{h}, {summary}, {1000 * each:.1f} ms{of}")
+                log.advance()
     finally:
         log.close()
     processed = len(images) - len(failed)
@@ -133,7 +156,8 @@ def run_predictions(task: str, images: Sequence[Path], predictor: Callable[[np.n
     if processed:
         read_ms, predict_ms, save_ms = 1000 * seconds / processed
         log.info(f"Speed: {read_ms:.1f} ms read, {predict_ms:.1f} ms predict, {save_ms:.1f} ms draw+save "
-                 f"per image ({processed} image{'s' * (processed > 1)})")
+                 f"per image ({processed} image{'s' * (processed > 1)}"
+                 f"{f', batches of up to {opts.batch}' if opts.batch > 1 else ''})")
         log.info(f"Results saved to {out_dir}")
     if failed and len(images) > 1:
         log.error(f"{len(failed)} of {len(images)} images could not be read and were skipped")
@@ -164,7 +188,12 @@ def _save(task: str, result, image: np.ndarray, path: Path, out_dir: Path, name:
     """Write one image's picture, JSON (and mask); return its record and log summary."""
     files = {key: out_dir / rel for key, rel in output_files(task, path, name, opts.save_txt).items()}
     vis, json_path = files["vis"], files["preds"]
-    write_image_atomic(vis, _draw(task, result, image, opts))
+    picture = _draw(task, result, image, opts)
+    write_image_atomic(vis, picture)
+    if opts.window is not None:
+        from dcnviz.viz.show import IMAGE_DELAY
+
+        opts.window.show(picture, str(path), IMAGE_DELAY)
     if task == "detection":
         if opts.save_txt:
             write_bytes_atomic(files["labels"], yolo_lines(result, opts.save_conf).encode())
@@ -194,6 +223,7 @@ def run_video(task: str, video: Path, predictor: Callable[[np.ndarray], object],
     ``save_txt`` OUT/labels/NAME_<frame>.txt. Returns the number of frames. Raises
     :class:`~dcnviz.errors.ImageError` for a file OpenCV cannot read (nothing is left written)."""
     from dcnviz.io.video import VideoReader, video_writer
+    from dcnviz.viz.show import FRAME_DELAY
 
     reader = VideoReader(video)
     vis = out_dir / "vis" / name.with_name(name.name + ".mp4")
@@ -207,7 +237,10 @@ def run_video(task: str, video: Path, predictor: Callable[[np.ndarray], object],
             for k, frame in enumerate(itertools.chain([first], frames)):
                 result = predictor(frame)
                 _check_result(task, result, frame)
-                writer.write(_draw(task, result, frame, opts))
+                drawn = _draw(task, result, frame, opts)
+                writer.write(drawn)
+                if opts.window is not None:
+                    opts.window.show(drawn, f"{video} frame {k}", FRAME_DELAY)
                 if task == "detection":
                     record = detection_record(result, image=video, image_id=k, model=opts.model, vis=vis)
                     if opts.save_txt:
@@ -247,9 +280,11 @@ def run_video(task: str, video: Path, predictor: Callable[[np.ndarray], object],
               help="Box line width in pixels  [default: follows the image size]")
 @click.option("--hide-labels", is_flag=True, help="Draw boxes without class and score.")
 @click.option("--hide-conf", is_flag=True, help="Draw the class without the score.")
+@batch_option
+@show_option()
 @click.pass_context
 def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet, json_out, conf,
-           classes, max_det, save_coco, save_txt, save_conf, imgsz, line_width, hide_labels, hide_conf):
+           classes, max_det, save_coco, save_txt, save_conf, imgsz, line_width, hide_labels, hide_conf, batch, show):
     """Detect objects in images: SOURCE is an image, a folder or a quoted glob ('photos/*.jpg').
 
     For each image it writes OUT/vis/NAME (boxes with class and score) and OUT/preds/NAME.json
@@ -270,9 +305,9 @@ def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet
                       category_ids=coco_category_ids(spec.classes, spec.dataset), quiet=quiet,
                       json=json_out, save_coco=save_coco, save_txt=save_txt, save_conf=save_conf,
                       line_width=line_width, hide_labels=hide_labels, hide_conf=hide_conf,
-                      trained_sizes=_trained_sizes(spec))
+                      trained_sizes=_trained_sizes(spec), batch=batch)
     _run(ctx, "detection", images, videos, spec, weights, device, out, exist_ok, opts,
-         lambda net: lambda image: filter_detections(net.predict(image), conf, keep, max_det), imgsz)
+         lambda found: [filter_detections(d, conf, keep, max_det) for d in found], imgsz, show)
 
 
 @click.command()
@@ -283,9 +318,11 @@ def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet
 @click.option("--alpha", "old_alpha", type=click.FloatRange(0, 1), hidden=True, help="Deprecated: --overlay-alpha.")
 @click.option("--side-by-side", is_flag=True, help="Save image | colour mask | overlay side by side in OUT/vis.")
 @imgsz_option
+@batch_option
+@show_option()
 @click.pass_context
 def segment(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet, json_out, overlay_alpha,
-            old_alpha, side_by_side, imgsz):
+            old_alpha, side_by_side, imgsz, batch, show):
     """Label every pixel of images: SOURCE is an image, a folder or a quoted glob ('photos/*.jpg').
 
     For each image it writes OUT/vis/NAME (colour overlay with a legend), OUT/masks/NAME.png (the
@@ -303,9 +340,8 @@ def segment(ctx, sources, recursive, model, weights, device, out, exist_ok, quie
     images, videos = split_sources(sources, recursive)
     spec = resolve_model(model, "segmentation")
     opts = RunOptions(model=spec.name, alpha=overlay_alpha, quiet=quiet, json=json_out, side_by_side=side_by_side,
-                      trained_sizes=_trained_sizes(spec))
-    _run(ctx, "segmentation", images, videos, spec, weights, device, out, exist_ok, opts, lambda net: net.predict,
-         imgsz)
+                      trained_sizes=_trained_sizes(spec), batch=batch)
+    _run(ctx, "segmentation", images, videos, spec, weights, device, out, exist_ok, opts, list, imgsz, show)
 
 
 def split_sources(sources: Sequence[str], recursive: bool) -> tuple[list[Path], list[Path]]:
@@ -320,9 +356,13 @@ def split_sources(sources: Sequence[str], recursive: bool) -> tuple[list[Path], 
 
 
 def _run(ctx: click.Context, task: str, images: Sequence[Path], videos: Sequence[Path], spec, weights: Path | None,
-         device: str, out: Path, exist_ok: bool, opts: RunOptions, make_predictor: Callable,
-         imgsz: int | None = None) -> None:
-    """Choose the device, create the output folder, load the model, run; exit 1 if inputs failed."""
+         device: str, out: Path, exist_ok: bool, opts: RunOptions, keep: Callable[[list], list],
+         imgsz: int | None = None, show: bool = False) -> None:
+    """Choose the device, create the output folder, load the model, run; exit 1 if inputs failed. ``keep``
+    filters the model's results of a batch (e.g. by score); ``show`` opens a window for the results."""
+    from dcnviz.models.batching import predict_batch
+    from dcnviz.viz.show import open_window
+
     dev = select_device(device)
     failed = 0
     planned = planned_outputs(task, images, opts.save_coco, opts.save_txt)
@@ -333,20 +373,36 @@ def _run(ctx: click.Context, task: str, images: Sequence[Path], videos: Sequence
         if not opts.quiet:
             what = [f"{n} {kind}{'s' * (n > 1)}" for n, kind in ((len(images), "image"), (len(videos), "video")) if n]
             click.echo(f"{spec.name} on {dev}: {', '.join(what)}", err=True)
-        predictor = make_predictor(net)
-        if images:
-            failed += len(run_predictions(task, images, predictor, out_dir, opts).failed)
-        names = output_names(videos)
-        for video in videos:
-            try:
-                run_video(task, video, predictor, out_dir, names[video], opts)
-            except ImageError as e:
-                failed += 1
-                click.echo(f"Error: {e}" + ("; skipped" if len(images) + len(videos) > 1 else ""), err=True)
+
+        def predict_many(batch: list[np.ndarray]) -> list:
+            return keep(predict_batch(net, batch))
+
+        def predictor(image: np.ndarray):
+            return predict_many([image])[0]
+
+        if show:
+            opts = dataclasses.replace(opts, window=open_window(f"dcnviz {TASK_COMMANDS[task]}", _warn(opts)))
+        try:
+            if images:
+                failed += len(run_predictions(task, images, predictor, out_dir, opts, predict_many).failed)
+            names = output_names(videos)
+            for video in videos:
+                try:
+                    run_video(task, video, predictor, out_dir, names[video], opts)
+                except ImageError as e:
+                    failed += 1
+                    click.echo(f"Error: {e}" + ("; skipped" if len(images) + len(videos) > 1 else ""), err=True)
+        finally:
+            if opts.window is not None:
+                opts.window.close()
         if videos and not images and not opts.quiet:  # run_predictions says it for images
             click.echo(f"Results saved to {out_dir}", err=True)
     if failed:
         ctx.exit(1)
+
+
+def _warn(opts: RunOptions) -> Callable[[str], None]:
+    return (lambda line: None) if opts.quiet else (lambda line: click.echo(line, err=True))
 
 
 def test_scales(scales: tuple[int, int], short: int) -> tuple[int, int]:

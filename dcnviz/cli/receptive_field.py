@@ -58,7 +58,7 @@ def _plain_inspection(seen, stack_, geometries):
 @unit_options("Deformable layers to go down through, from --layer; default: 2, as in the paper's figure.")
 @analysis_options("receptive-field")
 def receptive_field(images, plain, recursive, layer, levels, at, annotation, conf, group, round_, model, weights,
-                    device, out, exist_ok, quiet, json_out, style, marker_alpha, fmt):
+                    device, out, exist_ok, quiet, json_out, style, marker_alpha, fmt, show):
     """Fixed vs adaptive receptive field (paper Fig. 5): the sampling points of the same units through the
     plain model's ordinary convs (top row) and its deformable twin's deformable convs (bottom row).
 
@@ -89,7 +89,7 @@ def receptive_field(images, plain, recursive, layer, levels, at, annotation, con
     if annotation is not None and len(images) > 1:
         raise click.BadParameter("an annotation belongs to one image; give one IMAGE", param_hint="'--annotation'")
     say = reporter(quiet)
-    run = ImageRun(images)
+    run = ImageRun(images, show, say)
     with run_dir(out, exist_ok, (), images) as out_dir:
         net, dev = load(spec, weights, device, quiet)
         say(f"{spec.name} on {dev}: {len(images)} image{'s' * (len(images) > 1)}, {' > '.join(names)}")
@@ -113,7 +113,7 @@ def receptive_field(images, plain, recursive, layer, levels, at, annotation, con
             png = out_dir / stems[image].with_name(f"{stems[image].name}_{names[0]}.png")
             panels = [Panel(picture, t, s.xy, s.locations.valid, s.unit.xy, box=s.unit.box)
                       for t, s in zip(titles, [s for row in views for s in samples[row]])]
-            files = save_figure(png, figure, panels, fmt, len(units), footer, look)
+            files = save_figure(png, figure, panels, fmt, len(units), footer, look, run.window)
             stacks = {"plain": plain_seen.stack(names[0], len(names)), "deformable": deformable}
             record = receptive_field_record(image, seen, spec.name, png, plain_spec.name, stacks, samples,
                                             {row: origins[r * len(units):(r + 1) * len(units)]

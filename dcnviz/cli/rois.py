@@ -57,7 +57,7 @@ def _resolve(model: str | None):
 @click.option("-r", "--recursive", is_flag=True, help="Also search the subfolders of an IMAGE folder.")
 @analysis_options("rois", "deformable PS RoI pooling")
 def rois(images, top, box, class_, conf, coarse, recursive, model, weights, device, out, exist_ok, quiet, json_out,
-         style, marker_alpha, fmt):
+         style, marker_alpha, fmt, show):
     """Where deformable PS RoI pooling looks (paper Fig. 7): each RoI's k x k parts moved by the offsets of
     the classification branch for its class, exactly as the operator places them (RoI rounded, scaled
     to the feature map and shifted by -0.5; each part moved by offset x trans_std x RoI size), the
@@ -99,7 +99,7 @@ def rois(images, top, box, class_, conf, coarse, recursive, model, weights, devi
     if box and len(images) > 1:
         raise click.BadParameter("boxes belong to one image; give one IMAGE", param_hint="'--box'")
     say = reporter(quiet)
-    run = ImageRun(images)
+    run = ImageRun(images, show, say)
     p = parts.pooled_size
     with run_dir(out, exist_ok, (), images) as out_dir:
         net, dev = load(spec, weights, device, quiet)
@@ -136,7 +136,7 @@ def rois(images, top, box, class_, conf, coarse, recursive, model, weights, devi
             png = out_dir / stems[image].with_name(f"{stems[image].name}.png")
             vector = [Panel(picture, title, roi=part.roi, bins=part.bins, regular=part.regular, label=roi_label(r))
                       for r, view in zip(found, views) for part, title in view]
-            files = save_figure(png, figure, vector, fmt, columns, footer, look)
+            files = save_figure(png, figure, vector, fmt, columns, footer, look, run.window)
             step = len(views[0])
             record = rois_record(image, seen, spec.name, png, found, origins[::step], coarse, coarse_parts)
             write_json_atomic(png.with_suffix(".json"), record, expand=3)

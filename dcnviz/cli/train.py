@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from dcnviz.cli.common import (data_option, debug_option, deprecated, device_option, json_option,
-                               model_option, out_option, quiet_option, resolve_model, select_device, split_option)
+                               model_option, out_option, quiet_option, resolve_model, select_device, split_option,
+                               threads_option, use_threads)
 from dcnviz.io.results_json import json_path
 
 
@@ -51,7 +52,7 @@ def _steps(ctx, param, value):
 @click.option("--checkpoint-every", default=200, show_default=True, help="Checkpoint interval in iterations.")
 @click.option("--log-every", default=20, show_default=True, help="Log interval in iterations.")
 @device_option()
-@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
+@threads_option()
 @quiet_option()
 @json_option("Print the last log record (iteration, losses, learning rate) as one JSON object on stdout.")
 @click.option("--force", is_flag=True, help="Replace finished weights already at the output file.")
@@ -71,8 +72,6 @@ def train(model_arg, model, data, split, out, output_file, iterations, batch_siz
     Example:
       dcnviz train -m rfcn_dcn_synth --data synth/ --iterations 4000
     """
-    import torch
-
     from dcnviz.train import TrainConfig
     from dcnviz.train import train as run
 
@@ -95,10 +94,7 @@ def train(model_arg, model, data, split, out, output_file, iterations, batch_siz
         except OSError as exc:
             raise click.ClickException(f"cannot create output folder '{out}': {exc.strerror}") from None
         output_file = out / f"{model}.safetensors"
-    if threads is not None:
-        if threads < 1:
-            raise click.BadParameter(f"must be at least 1, got {threads}", param_hint="'--threads'")
-        torch.set_num_threads(threads)
+    use_threads(threads)
     dev = select_device(device)
     if steps is None:
         steps = (round(0.75 * iterations),)

@@ -98,10 +98,9 @@ class CustomModel:
         return Probe(self.layers, self.module, fill=self.fill(data))
 
     @torch.no_grad()
-    def capture(self, image_bgr: np.ndarray) -> tuple[list[LayerCall], Prep, torch.Tensor]:
-        """One forward of the image: every deformable layer call (in call order; tensors detached on the
-        CPU), the :class:`Prep` and the network input."""
-        data, prep = self.preprocess(image_bgr)
+    def run(self, data: torch.Tensor) -> list[LayerCall]:
+        """One forward of the network input ``data`` (1, 3, H, W): every deformable layer call (in call order;
+        tensors detached on the CPU)."""
         try:
             _, calls = run_until(self.module, data.to(self.device), self.layers)
         except Exception as e:  # the user's forward
@@ -112,7 +111,12 @@ class CustomModel:
         if not calls:
             raise UserError(f"{self.name}: the forward called none of its deformable layers "
                             f"({', '.join(self.layers)})")
-        return calls, prep, data
+        return calls
+
+    def capture(self, image_bgr: np.ndarray) -> tuple[list[LayerCall], Prep, torch.Tensor]:
+        """:meth:`run` on the image's network input: (the calls, the :class:`Prep`, the network input)."""
+        data, prep = self.preprocess(image_bgr)
+        return self.run(data), prep, data
 
 
 def load_custom(spec: str, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu"

@@ -3,6 +3,8 @@
 and a crop at offset (8, 8) to the input size (``croped_score``)."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -71,8 +73,9 @@ class DeepLab(nn.Module):
         return self.forward_official(data)
 
     def forward_official(self, data: torch.Tensor, rois=None, features: bool = False) -> dict[str, torch.Tensor]:
-        """The official test network on a preprocessed (1, 3, H, W) input: ``res5{a,b,c}_branch2b_offset``
-        (DCN models), ``score``, ``croped_score`` (1, C, H, W), ``softmax_prob``, and with ``features`` the
+        """The official test network on a preprocessed (N, 3, H, W) input (N = 1 as officially):
+        ``res5{a,b,c}_branch2b_offset`` (DCN models), ``score``, ``croped_score`` (N, C, H, W), ``softmax_prob``,
+        and with ``features`` the
         intermediate ``feat_*`` maps. ``rois`` must be None (accepted for a uniform signature)."""
         if rois is not None:
             raise ValueError("rois must be None for a segmentation model")
@@ -99,11 +102,20 @@ class DeepLab(nn.Module):
         """:meth:`predict` on an input already preprocessed (``data`` and ``prep`` from :meth:`preprocess`,
         e.g. by DataLoader workers); ``data`` is moved to the model's device (non-blocking from pinned
         memory)."""
+        return self.predict_inputs([data], [prep])[0]
+
+    @torch.inference_mode()
+    def predict_inputs(self, data: Sequence[torch.Tensor], preps: Sequence[Prep]) -> list[Segmentation]:
+        """:meth:`predict_input` of N inputs of the same size (``data`` (1, 3, H, W) each) in one forward, each
+        image's scores resized and labelled on its own (:func:`dcnviz.models.batching.predict_batch`)."""
         device = next(self.parameters()).device
-        out = self.forward_official(data.to(device, non_blocking=True))
-        score = out["croped_score"]
-        if tuple(prep.input_size) != tuple(prep.image_size):
-            score = F.interpolate(score, size=prep.image_size, mode="bilinear", align_corners=False)
-        labels = score[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
-        captured = {layer.offset: out[layer.offset].cpu() for layer in self.deformable_layers}
-        return Segmentation(labels, self.classes, self.palette, prep, captured)
+        out = self.forward_official(torch.cat(list(data)).to(device, non_blocking=True))
+        results = []
+        for n, prep in enumerate(preps):
+            score = out["croped_score"][n:n + 1]
+            if tuple(prep.input_size) != tuple(prep.image_size):
+                score = F.interpolate(score, size=prep.image_size, mode="bilinear", align_corners=False)
+            labels = score[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
+            captured = {layer.offset: out[layer.offset][n:n + 1].cpu() for layer in self.deformable_layers}
+            results.append(Segmentation(labels, self.classes, self.palette, prep, captured))
+        return results

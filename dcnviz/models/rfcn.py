@@ -6,6 +6,7 @@ Blob names follow the official symbols, so ``forward_official`` can be compared 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -154,7 +155,8 @@ class RFCN(nn.Module):
 
     def forward_official(self, data: torch.Tensor, rois: torch.Tensor | None = None,
                          features: bool = False) -> dict[str, torch.Tensor]:
-        """The official test network on a preprocessed (1, 3, H, W) input.
+        """The official test network on a preprocessed (1, 3, H, W) input (or N inputs of one size, (N, 3, H, W):
+        the proposals of each, its batch index in ``rois[:, 0]``).
 
         ``rois`` (R, 5) ``[0, x1, y1, x2, y2]`` in input pixels replaces the proposals when given.
         Returns the official blobs: ``res5{a,b,c}_branch2b_offset`` (DCN models), ``rpn_cls_score``,
@@ -167,10 +169,15 @@ class RFCN(nn.Module):
             out = {k: v for k, v in out.items() if not k.startswith("feat_")}
         score, prob, deltas = self.rpn(res4)
         out.update(rpn_cls_score=score, rpn_cls_prob=prob, rpn_bbox_pred=deltas)
-        if rois is None:
-            rois_np, _ = propose(prob.detach().float().cpu().numpy(), deltas.detach().float().cpu().numpy(),
-                                 self.anchors, tuple(data.shape[-2:]), 1.0, self.proposal_cfg)
-            rois = torch.from_numpy(rois_np).to(device=data.device, dtype=data.dtype)
+        if rois is None:  # each image's proposals, its batch index in column 0
+            prob_np, deltas_np = prob.detach().float().cpu().numpy(), deltas.detach().float().cpu().numpy()
+            found = []
+            for n in range(len(data)):
+                rois_np, _ = propose(prob_np[n:n + 1], deltas_np[n:n + 1], self.anchors, tuple(data.shape[-2:]), 1.0,
+                                     self.proposal_cfg)
+                rois_np[:, 0] = n
+                found.append(rois_np)
+            rois = torch.from_numpy(np.concatenate(found)).to(device=data.device, dtype=data.dtype)
         else:
             rois = torch.as_tensor(rois, device=data.device, dtype=data.dtype)
         out["rois"] = rois
@@ -211,16 +218,32 @@ class RFCN(nn.Module):
             rois = np.hstack([np.zeros((len(b), 1)), np.round(b * prep.scale)]).astype(np.float32)
             rois = torch.from_numpy(rois)
         out = self.forward_official(data, rois, features=keep_features)
+        det = self._detections(out, 0, prep, score_thresh)
+        if keep_features:
+            det.captured["features"] = out[f"feat_{self.backbone.stages[-1][-1]}_relu"]
+        return det
+
+    @torch.inference_mode()
+    def predict_inputs(self, data: Sequence[torch.Tensor], preps: Sequence[Prep], score_thresh: float | None = None
+                       ) -> list[Detections]:
+        """:meth:`predict_input` of N inputs of the same size (``data`` (1, 3, H, W) each) in one forward;
+        the proposals, box decoding and NMS per image (:func:`dcnviz.models.batching.predict_batch`)."""
+        device = next(self.parameters()).device
+        out = self.forward_official(torch.cat(list(data)).to(device, non_blocking=True))
+        return [self._detections(out, n, prep, score_thresh) for n, prep in enumerate(preps)]
+
+    def _detections(self, out: dict, n: int, prep: Prep, score_thresh: float | None) -> Detections:
+        """The detections of image ``n`` of the batch from the blobs ``out`` of :meth:`forward_official`."""
         cfg = self.detection_cfg if score_thresh is None else replace(self.detection_cfg, score_thresh=score_thresh)
-        numpy = {k: out[k].float().cpu().numpy() for k in ("rois", "cls_prob", "bbox_pred")}
+        mine = out["rois"][:, 0] == n
+        numpy = {k: out[k][mine].float().cpu().numpy() for k in ("rois", "cls_prob", "bbox_pred")}
+        numpy["rois"][:, 0] = 0
         det_boxes, scores, labels = detect(numpy["rois"], numpy["cls_prob"], numpy["bbox_pred"],
                                            prep.input_size, prep.scale, cfg)
-        keys = [layer.offset for layer in self.deformable_layers]
+        captured = {layer.offset: out[layer.offset][n:n + 1].cpu() for layer in self.deformable_layers}
         if self.head.geometry.deformable:
-            keys += self.captured_head_blobs
-        captured = {k: out[k].cpu() for k in keys}
-        if keep_features:
-            captured["features"] = out[f"feat_{self.backbone.stages[-1][-1]}_relu"]
+            captured.update({k: out[k][mine].cpu() for k in self.captured_head_blobs})
+            captured["rois"][:, 0] = 0
         return Detections(det_boxes, scores, labels, self.classes, prep, captured)
 
     @torch.inference_mode()

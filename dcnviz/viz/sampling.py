@@ -155,15 +155,20 @@ def draw_sampling_points(image_bgr: np.ndarray, xy, valid, unit_xy: tuple[float,
     for g in range(len(xy)):
         _markers(layer, xy[g][valid[g]], half, colors[g], True, look.round)
     out = _blend(out, layer, look.alpha)
+    draw_unit(out, unit_xy, half, look)
+    return out
+
+
+def draw_unit(out: np.ndarray, unit_xy: tuple[float, float], half: int, look: Style = STYLES["default"]) -> None:
+    """The activation unit at ``unit_xy`` on ``out`` (in place), for sample markers of half-width ``half``:
+    larger than them and of another shape, opaque (a green square in the paper style)."""
     if look.name == "paper":
-        unit = np.asarray([unit_xy], np.float64)
-        _markers(out, unit, half + 2, GREEN, True, False)
+        _markers(out, np.asarray([unit_xy], np.float64), half + 2, GREEN, True, False)
     else:  # dark, white, green: a diamond that stands out on green objects too
         big = 4 * half + 2
         _diamond(out, unit_xy, big + 3, RIM)
         _diamond(out, unit_xy, big + 1, OBJECT)
         _diamond(out, unit_xy, big - 1, GREEN)
-    return out
 
 
 def draw_unit_samples(image_bgr: np.ndarray, samples, look: Style = STYLES["default"]) -> np.ndarray:

@@ -17,6 +17,8 @@ import numpy as np
 from dcnviz.viz.sampling import GROUP_COLORS, STYLES, Style
 
 FORMATS = ("png", "svg", "pdf")
+# ids of the SVG groups holding the markers (each followed by -<panel>-<group or layer>), for editing and tests
+GID = {"points": "dcnviz-points", "hollow": "dcnviz-hollow", "weighted": "dcnviz-weighted"}
 # points per image pixel: the figure is as many points wide as the raster figure has pixels
 _DPI = 72
 
@@ -26,12 +28,27 @@ def _rgb(bgr) -> tuple[float, float, float]:
 
 
 @dataclass
+class Shaded:
+    """Marks each in its own colour (the effective views' weighted points and bins): ``xy`` (K, 2) square
+    markers of half-width ``half`` pixels (``rim``: with a thin dark outline), or ``rects`` (K, 4)
+    continuous-edge rectangles, outlined; ``bgr`` (K, 3) their colours, ``alpha`` (K,) their opacities."""
+
+    bgr: np.ndarray
+    alpha: np.ndarray
+    xy: np.ndarray | None = None
+    half: float = 2.0
+    rects: np.ndarray | None = None
+    rim: bool = False
+
+
+@dataclass
 class Panel:
     """One panel: the BGR ``image`` and what to draw on it.
 
     points: (G, M, 2) or (M, 2) sampling positions (x, y) with ``valid`` of shape points[..., 0]; unit: its
     (x, y); box: the unit's object [x1, y1, x2, y2] (inclusive corners); roi/bins/regular: a RoI and its
-    moved and unmoved parts as continuous-edge rectangles, with ``label``."""
+    moved and unmoved parts as continuous-edge rectangles, with ``label``; shaded: marks in their own colours
+    (:class:`Shaded`), drawn before the unit."""
 
     image: np.ndarray
     title: str
@@ -43,6 +60,7 @@ class Panel:
     bins: np.ndarray | None = None
     regular: np.ndarray | None = None
     label: str | None = None
+    shaded: Sequence[Shaded] = ()
 
 
 def vector_figure(panels: Sequence[Panel], fmt: str, columns: int | None = None, footer: str | None = None,
@@ -52,7 +70,7 @@ def vector_figure(panels: Sequence[Panel], fmt: str, columns: int | None = None,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Polygon, Rectangle
+    from matplotlib.patches import Rectangle
 
     if fmt not in ("svg", "pdf"):
         raise ValueError(f"vector format must be svg or pdf, got {fmt!r}")
@@ -111,19 +129,13 @@ def vector_figure(panels: Sequence[Panel], fmt: str, columns: int | None = None,
                 edge = "black" if look.outline else "none"
                 marker = "o" if look.round else "s"
                 ax.scatter(*centres[g][valid[g]].T, s=size, c=[color], marker=marker, edgecolors=edge,
-                           linewidths=0.8, alpha=look.alpha)
+                           linewidths=0.8, alpha=look.alpha, gid=f"{GID['points']}-{k}-{g}")
                 ax.scatter(*centres[g][~valid[g]].T, s=size, facecolors="none", marker=marker,
-                           edgecolors=[color], linewidths=1.0, alpha=look.alpha)
+                           edgecolors=[color], linewidths=1.0, alpha=look.alpha, gid=f"{GID['hollow']}-{k}-{g}")
+        for m, marks in enumerate(panel.shaded):
+            _draw_shaded(ax, marks, w, h, f"{GID['weighted']}-{k}-{m}")
         if panel.unit is not None:
-            ux, uy = np.floor(panel.unit) + 0.5
-            if look.name == "paper":
-                ax.scatter([ux], [uy], s=(2 * half + 5) ** 2, c="lime", marker="s")
-            else:
-                big = 4 * half + 2
-                ax.add_patch(Polygon([(ux, uy - big), (ux + big, uy), (ux, uy + big), (ux - big, uy)],
-                                     facecolor="lime", edgecolor="white", linewidth=1.5))
-                ax.add_patch(Polygon([(ux, uy - big - 2), (ux + big + 2, uy), (ux, uy + big + 2), (ux - big - 2, uy)],
-                                     facecolor="none", edgecolor="black", linewidth=1.0))
+            _draw_unit(ax, panel.unit, half, look)
     if footer:
         fig.text(gap / width, (title_h / 2) / height, footer, color="white", fontsize=font, va="center", wrap=True)
     buf = io.BytesIO()
@@ -132,3 +144,33 @@ def vector_figure(panels: Sequence[Panel], fmt: str, columns: int | None = None,
         fig.savefig(buf, format=fmt, facecolor=fig.get_facecolor())
     plt.close(fig)
     return buf.getvalue()
+
+
+def _draw_shaded(ax, marks: Shaded, w: int, h: int, gid: str) -> None:
+    from matplotlib.patches import Rectangle
+
+    rgba = np.concatenate([np.asarray(marks.bgr, np.float64).reshape(-1, 3)[:, ::-1] / 255,
+                           np.asarray(marks.alpha, np.float64).reshape(-1, 1)], axis=1)
+    if marks.xy is not None and len(marks.xy):
+        centres = np.floor(np.clip(np.asarray(marks.xy, np.float64), 0, [w - 1, h - 1])) + 0.5
+        ax.scatter(*centres.T, s=(2 * marks.half + 1) ** 2, c=rgba, marker="s",
+                   edgecolors=[(0, 0, 0, a) for a in rgba[:, 3]] if marks.rim else "none", linewidths=0.8, gid=gid)
+    for (x1, y1, x2, y2), color in zip(np.asarray(marks.rects if marks.rects is not None else [], np.float64)
+                                       .reshape(-1, 4), rgba):
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=2))
+
+
+def _draw_unit(ax, unit, half: float, look: Style) -> None:
+    """The unit as :func:`dcnviz.viz.sampling.draw_unit` draws it: a green diamond with a white and a dark
+    outline, or the paper's green square."""
+    from matplotlib.patches import Polygon
+
+    ux, uy = np.floor(unit) + 0.5
+    if look.name == "paper":
+        ax.scatter([ux], [uy], s=(2 * half + 5) ** 2, c="lime", marker="s")
+        return
+    big = 4 * half + 2
+    ax.add_patch(Polygon([(ux, uy - big), (ux + big, uy), (ux, uy + big), (ux - big, uy)],
+                         facecolor="lime", edgecolor="white", linewidth=1.5))
+    ax.add_patch(Polygon([(ux, uy - big - 2), (ux + big + 2, uy), (ux, uy + big + 2), (ux - big - 2, uy)],
+                         facecolor="none", edgecolor="black", linewidth=1.0))
