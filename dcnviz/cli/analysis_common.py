@@ -227,7 +227,7 @@ def emit_json(record: dict, json_out: bool) -> None:
 
         click.echo(json.dumps(record, allow_nan=False))
 
-def load_custom_model(spec: str, weights, device, quiet: bool):
+def load_custom_model(spec: str, weights, device):
     """(:class:`~dcnviz.models.custom.CustomModel` on the chosen device, the device); ``device`` is the
     --device value or a ``torch.device`` already chosen."""
     from dcnviz.models.custom import CustomModelError, load_custom

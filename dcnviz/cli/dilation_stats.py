@@ -103,7 +103,7 @@ def dilation_stats(dataset_arg, data, split, limit, compare_paper, explain, work
     say = reporter(quiet or not ctx.main)
     with contextlib.ExitStack() as stack:
         if custom:  # imported (and its usage errors reported) before the output folder is made
-            net, _ = load_custom_model(model, weights, ctx.device, quiet)
+            net, _ = load_custom_model(model, weights, ctx.device)
             name, nominal = model, {n: float(np.mean(m.dilation)) for n, m in net.layers.items()}
         else:
             name, nominal = spec.name, {short_name(l): l.dilation for l in meta.deformable_layers}

@@ -29,7 +29,7 @@ def _model(model, weights, device, quiet, layer, levels, channel, detections) ->
     if is_custom_spec(model):
         if detections:
             raise usage_error("--detection", ValueError(f"{model} has no detection head"))
-        cm, dev = load_custom_model(model, weights, device, quiet)
+        cm, dev = load_custom_model(model, weights, device)
         return SimpleNamespace(name=model, device=dev, custom=cm, names=None)
     spec, meta = resolve(model)
     names = stack(meta, layer, levels, 3)

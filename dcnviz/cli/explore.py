@@ -132,7 +132,7 @@ def explore(images, recursive, plain_model, conf, effective_at, output, open_, m
         loaded = None
         for _, path, picture in run:
             if loaded is None:  # once an image could be read: no model loaded for nothing
-                loaded = load_custom_model(model, weights, device, quiet) if custom else load(spec, weights, device,
+                loaded = load_custom_model(model, weights, device) if custom else load(spec, weights, device,
                                                                                              quiet)
                 net, dev = loaded
                 name = net.name if custom else spec.name

@@ -76,7 +76,7 @@ def offsets(images, recursive, layer, levels, at, annotation, conf, group, round
     run = ImageRun(images, show, say)
     with run_dir(out, exist_ok, (), images) as out_dir:
         if custom:
-            cm, dev = load_custom_model(model, weights, device, quiet)
+            cm, dev = load_custom_model(model, weights, device)
             say(f"{name} on {dev}: {len(images)} image{'s' * (len(images) > 1)}")
         else:
             net, dev = load(spec, weights, device, quiet)
