@@ -220,8 +220,12 @@ class RFCN(nn.Module):
             keys += self.captured_head_blobs
         captured = {k: out[k].cpu() for k in keys}
         if keep_features:
-            captured["features"] = out[f"feat_{self.backbone.stages[-1][-1]}_relu"]
+            captured["features"] = self.head_input(out)
         return Detections(det_boxes, scores, labels, self.classes, prep, captured)
+
+    def head_input(self, out: dict):
+        """What the head pools from, among the blobs of ``forward_official(..., features=True)``: res5."""
+        return out[f"feat_{self.backbone.stages[-1][-1]}_relu"]
 
     @torch.inference_mode()
     def pool_rois(self, features: torch.Tensor, rois) -> dict[str, torch.Tensor]:
