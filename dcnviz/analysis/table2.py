@@ -104,16 +104,19 @@ class DilationStats:
             for g in range(v.shape[0]):
                 acc["hist"][g, k] += np.bincount(idx[g], minlength=len(self.edges))
 
-    def add_image(self, dilation_maps: Mapping[str, object], prep, boxes, difficult=None, *, stride: float) -> None:
+    def add_image(self, dilation_maps: Mapping[str, object], prep, boxes, difficult=None, *,
+                  stride: float | Mapping[str, float]) -> None:
         """Add one image: ``dilation_maps`` layer name -> (G, Ho, Wo) effective dilation, ``prep`` its
         :class:`dcnviz.structures.Prep` (only ``scale`` is used), ``boxes`` (B, 4) GT boxes (0-based inclusive
-        original pixels) with ``difficult`` (B,) flags, ``stride`` the maps' feature stride (16 for res5)."""
-        cache: dict[tuple[int, int], np.ndarray] = {}
+        original pixels) with ``difficult`` (B,) flags, ``stride`` the maps' feature stride (16 for res5), or
+        layer name -> stride where the layers differ (FPN DCN: 8 for res3b3, 16 for res4b22, 32 for res5)."""
+        cache: dict[tuple, np.ndarray] = {}
         for layer, dilation in dilation_maps.items():
-            size = tuple(np.shape(dilation)[-2:])
-            if size not in cache:
-                cache[size] = assign_buckets(size, prep.scale, stride, boxes, difficult)
-            self.update(layer, dilation, cache[size])
+            layer_stride = stride[layer] if isinstance(stride, Mapping) else stride
+            key = (tuple(np.shape(dilation)[-2:]), layer_stride)
+            if key not in cache:
+                cache[key] = assign_buckets(key[0], prep.scale, layer_stride, boxes, difficult)
+            self.update(layer, dilation, cache[key])
         self.images += 1
 
     def state(self) -> dict:

@@ -66,7 +66,8 @@ class DilationJob:
         layers = layer_records(self.model, input_offsets(self.model, item["data"]))[::-1]  # top first, as Table 2
         maps = {layer.name: layer.effective_dilation() for layer in layers}
         one = DilationStats()
-        one.add_image(maps, item["prep"], item["boxes"], item["difficult"], stride=layers[0].feature_stride)
+        one.add_image(maps, item["prep"], item["boxes"], item["difficult"],
+                      stride={layer.name: layer.feature_stride for layer in layers})
         layers = one.state()["layers"]
         return layers, {_HIST + name: acc.pop("hist") for name, acc in layers.items()}
 
