@@ -116,7 +116,7 @@ class TestInspect:
         expected = pick_units(boxes, seen.layer().map_size, seen.prep.scale, 16, IMAGE.shape[:2])
         assert choice.source == "the segments" and [(u.kind, u.cell) for u in choice.units] == [
             (u.kind, u.cell) for u in expected]
-        with pytest.raises(ValueError, match="no deformable PS RoI pooling"):
+        with pytest.raises(ValueError, match="no deformable RoI pooling"):
             seen.box_rois([[0, 0, 10, 10]])
 
     def test_annotation_of_another_size(self, seen, tmp_path):
@@ -159,7 +159,7 @@ class TestWithoutAModel:
         assert [u.kind for u in choice.units] == ["background"] and choice.missing == ("small", "large")
         assert choice.source == "no prediction" and choice.boxes.shape == (0, 4)
         assert not seen.has_rois and seen.class_names == ()
-        with pytest.raises(ValueError, match="no deformable PS RoI pooling"):
+        with pytest.raises(ValueError, match="no deformable RoI pooling"):
             seen.box_rois([[0, 0, 10, 10]])
 
     def test_stacks(self):
