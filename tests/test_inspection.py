@@ -173,6 +173,19 @@ class TestWithoutAModel:
         with pytest.raises(ValueError, match="unique"):
             Inspection([seen.layers[0]] * 2, seen.prep, seen.image)
 
+    def test_stacks_stay_within_one_stride(self):
+        """FPN DCN: res3b3 (stride 8), res4b22 (16), res5a-c (32); a stack never crosses a stride change."""
+        names, strides = ["res3b3", "res4b22", "res5a", "res5b", "res5c"], [8, 16, 32, 32, 32]
+        assert select_layers(names, strides=strides) == [4, 3, 2]
+        assert select_layers(names, "res5b", strides=strides) == [3, 2]
+        assert select_layers(names, "res4b22", strides=strides) == [1]
+        with pytest.raises(ValueError, match=r"4 levels from res5c cross from stride 32 to res4b22 at stride 16; .*"
+                                             r"at most 3 \(res5c, res5b, res5a\)"):
+            select_layers(names, levels=4, strides=strides)
+        with pytest.raises(ValueError, match="6 levels from res5c need 6"):
+            select_layers(names, levels=6, strides=strides)
+        assert select_layers(names, levels=5) == [4, 3, 2, 1, 0]  # without strides: every layer below
+
 
 def cli(args, cwd, monkeypatch):
     monkeypatch.chdir(cwd)

@@ -142,9 +142,14 @@ RoIPooler = Callable[[np.ndarray], dict]
 
 
 def select_layers(names: Sequence[str], top: str | None = None, levels: int | None = None,
-                  default_levels: int = DEFAULT_LEVELS) -> list[int]:
+                  default_levels: int = DEFAULT_LEVELS, strides: Sequence[float] | None = None) -> list[int]:
     """Indices into ``names`` (bottom -> top) of a stack: from ``top`` (default: the last) down,
     ``levels`` of them (default: ``default_levels`` or as many as there are below ``top``), top first.
+
+    ``strides`` (the layers' feature strides) keeps a stack within layers of one stride: a layer's input
+    map is the output map of the deformable layer below it only there (FPN DCN's res5a reads res4b22's
+    output through res5a's strided 1x1 conv, res4b22 is 22 blocks above res3b3), so the default stops at
+    a change of stride and asking for more levels is an error.
 
     Raises ValueError, naming the layers there are, for no layers, an unknown ``top`` or too many ``levels``."""
     names = list(names)
@@ -154,8 +159,17 @@ def select_layers(names: Sequence[str], top: str | None = None, levels: int | No
     if top not in names:
         raise ValueError(f"the model has no deformable layer {top!r}; its deformable layers are {', '.join(names)}")
     index = names.index(top)
-    levels = min(default_levels, index + 1) if levels is None else levels
-    if not 1 <= levels <= index + 1:
+    below = index + 1  # layers a stack from ``top`` can reach
+    if strides is not None:
+        below = next((index - i for i in range(index, -1, -1) if strides[i] != strides[index]), index + 1)
+    levels_given = levels is not None
+    levels = min(default_levels, below) if levels is None else levels
+    if not 1 <= levels <= below:
+        if levels_given and below < index + 1 and levels <= index + 1:
+            lower = names[index - below]
+            raise ValueError(f"{levels} levels from {top} cross from stride {strides[index]:g} to {lower} at stride "
+                             f"{strides[index - below]:g}; a stack follows the deformable layers of one stride: at "
+                             f"most {below} ({', '.join(names[index:index - below:-1])})")
         raise ValueError(f"{levels} levels from {top} need {levels} deformable layers at or below it; there "
                          f"{'is' if index == 0 else 'are'} {index + 1} ({', '.join(names[index::-1])})")
     return list(range(index, index - levels, -1))
@@ -209,7 +223,8 @@ class Inspection:
     def stack(self, top: str | None = None, levels: int | None = None,
               default_levels: int = DEFAULT_LEVELS) -> list[LayerRecord]:
         """``levels`` layers from ``top`` down, top first (:func:`select_layers`)."""
-        return [self.layers[i] for i in select_layers(self.names, top, levels, default_levels)]
+        return [self.layers[i] for i in select_layers(self.names, top, levels, default_levels,
+                                                      [layer.feature_stride for layer in self.layers])]
 
     @property
     def image_size(self) -> tuple[int, int]:

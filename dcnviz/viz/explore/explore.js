@@ -164,11 +164,12 @@
   };
   state.levels = Math.min(DATA.default_levels, maxLevels(state.layer));
 
-  // How many levels can go down from layer index `top`: every layer below it, as long as the bottom
-  // one's input size is known.
+  // How many levels can go down from layer index `top`: every layer below it at the same feature stride
+  // (a layer's input is the output of the deformable layer below it only there: FPN DCN's res5a reads
+  // res4b22 through a strided 1x1 conv), as long as the bottom one's input size is known.
   function maxLevels(top) {
     let n = 0;
-    for (let l = top; l >= 0; l--) {
+    for (let l = top; l >= 0 && LAYERS[l].feature_stride === LAYERS[top].feature_stride; l--) {
       if (bottomInputSize(geometry(LAYERS[l]), LAYERS[l].map) !== null) n = top - l + 1;
     }
     return n;
