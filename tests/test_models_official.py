@@ -278,6 +278,20 @@ def test_mxref_folder_has_pairs():
     assert _pairs(), f"no MODEL-ref.npz files in {MXREF} or its sub-folders"
 
 
+@needs_mxref
+def test_fpn_references_cover_every_level():
+    """FPN is checked per level: the FPN references, together, must put RoIs on P2, P3, P4 and P5 (a RoI
+    reaches P5 at sqrt(w h) >= 448 px: short side 256 is too small, .ci/run adds a set at 480)."""
+    levels = set()
+    for folder, name in _pairs():
+        if name.startswith("fpn_"):
+            levels |= set(np.load(os.path.join(folder, f"{name}-ref.npz"))["roi_level"].astype(int).tolist())
+    if not levels:
+        pytest.skip("no FPN references")
+    assert levels == {0, 1, 2, 3}, (f"the FPN references have RoIs on {', '.join(f'P{l + 2}' for l in sorted(levels))}"
+                                    " only; make one with --short 480 or more")
+
+
 def compare(out: dict, ref) -> dict[str, tuple[float, float]]:
     """Every output the reference holds: name -> (max abs error, allowed)."""
     result = {}

@@ -2,10 +2,12 @@
 
 Builds an official network of the Deformable ConvNets v1 release as an MXNet 1.9.1 symbol, layer by layer
 as the official test-mode symbols build it (rfcn/symbols/resnet_v1_101_rfcn*.py, deform_*_demo.py,
-deeplab/symbols/resnet_v1_101_deeplab*.py, faster_rcnn/symbols/resnet_v1_101_rcnn*.py), fills it with
-random but well-scaled weights, saves them in the official .params format and runs MXNet's CPU forward on
-one image. The proposal layer (a Python custom op in the release) is replaced by a ``rois`` input, so the
-head runs on known RoIs; dcnviz's proposal layer has its own tests.
+deeplab/symbols/resnet_v1_101_deeplab*.py, faster_rcnn/symbols/resnet_v1_101_rcnn*.py,
+fpn/symbols/resnet_v1_101_fpn*_rcnn.py), fills it with random but well-scaled weights, saves them in the
+official .params format and runs MXNet's CPU forward on one image. The proposal layers (Python custom ops
+in the release) are replaced by a ``rois`` input, so the head runs on known RoIs; dcnviz's proposal layer
+has its own tests. FPN's RoI pooling, also a Python custom op in the release, is this tool's own
+:class:`FPNRoIPooling` (MXNet CustomOp), which also returns the level of each RoI.
 
 usage (in the MXNet venv, see tools/README.md):
     python tools/mxnet_reference.py OUT_DIR --image PATH [--models M1,M2|all] [--seed N] [--short S]
