@@ -250,6 +250,7 @@ ABSOLUTE = {"cls_prob": 1e-4, "rpn_cls_prob": 1e-4, "bbox_pred": 1e-4,
             **{f"rpn_cls_prob_p{level}": 1e-4 for level in range(2, 7)}}  # FPN: every level
 RELATIVE = 1e-3
 INPUTS = ("data", "im_info", "rois", "meta")
+PROPOSALS = ("proposal_rois", "proposal_count")  # FPN: the tool's pyramid proposals, checked on their own
 # blobs computed before the first deformable conv: they never depend on a sampling decision
 UPSTREAM = ("rpn_", "feat_pool1", "feat_res2c", "feat_res3b3", "feat_res4b22", "res5a_branch2b_offset")
 # FPN DCN chains five deformable convs (res3b3 ... res5c), each one's offsets computed from the output of
@@ -297,7 +298,7 @@ def compare(out: dict, ref) -> dict[str, tuple[float, float]]:
     """Every output the reference holds: name -> (max abs error, allowed)."""
     result = {}
     for key in ref.files:
-        if key in INPUTS:
+        if key in INPUTS or key in PROPOSALS:
             continue
         want = ref[key].astype(np.float64)
         got = out[key].detach().double().cpu().numpy()
@@ -408,6 +409,28 @@ def test_parity_with_mxnet(folder, name):
     forced.update(own)  # the offsets themselves: as dcnviz computes them there
     bad = check_against(forced, ref)
     assert not bad, f"with MXNet's offsets ({crossings} border crossings end to end): " + ", ".join(bad)
+
+
+@needs_mxref
+@pytest.mark.parametrize("folder, name", [p for p in _pairs() if p[1].startswith("fpn_")],
+                         ids=lambda v: os.path.basename(v))
+def test_pyramid_proposals_match_mxnet_tool(folder, name):
+    """FPN's proposals (dcnviz.models.proposal.propose_pyramid) on MXNet's own RPN maps of every level
+    equal, row for row, those of the reference tool's pyramid_proposal CustomOp: anchors per level,
+    grids, decoding, clipping, the ranking over levels, NMS 0.7 and the 2000 kept."""
+    from dcnviz.models.fpn import RPN_STRIDES
+    from dcnviz.models.proposal import propose_pyramid
+
+    ref = np.load(os.path.join(folder, f"{name}-ref.npz"), allow_pickle=False)
+    if "proposal_rois" not in ref.files:
+        pytest.skip("reference made without proposals")
+    model = meta_model(name)
+    levels = [(ref[f"rpn_cls_prob_p{l}"], ref[f"rpn_bbox_pred_p{l}"], anchors, stride)
+              for l, (stride, anchors) in enumerate(zip(RPN_STRIDES, model.level_anchors), start=2)]
+    rois, _ = propose_pyramid(levels, tuple(ref["data"].shape[2:]), 1.0, model.proposal_cfg)
+    count = int(ref["proposal_count"][0])
+    assert 0 < count <= 2000
+    np.testing.assert_array_equal(rois, ref["proposal_rois"][:count])
 
 
 @needs_mxref

@@ -7,7 +7,9 @@ fpn/symbols/resnet_v1_101_fpn*_rcnn.py), fills it with random but well-scaled we
 official .params format and runs MXNet's CPU forward on one image. The proposal layers (Python custom ops
 in the release) are replaced by a ``rois`` input, so the head runs on known RoIs; dcnviz's proposal layer
 has its own tests. FPN's RoI pooling, also a Python custom op in the release, is this tool's own
-:class:`FPNRoIPooling` (MXNet CustomOp), which also returns the level of each RoI.
+:class:`FPNRoIPooling` (MXNet CustomOp), which also returns the level of each RoI; FPN's proposals are also
+computed, by this tool's :class:`PyramidProposal` CustomOp on MXNet's RPN maps, and saved as
+``proposal_rois`` (2000, 5; rows past ``proposal_count`` are -1), beside the head's given RoIs.
 
 usage (in the MXNet venv, see tools/README.md):
     python tools/mxnet_reference.py OUT_DIR --image PATH [--models M1,M2|all] [--seed N] [--short S]
@@ -342,7 +344,104 @@ class FPNRoIPoolingProp(mx.operator.CustomOpProp):
         return FPNRoIPooling(self.deformable)
 
 
-def build(model, bn_train=False):
+# ----------------------------------------------------------------------------- FPN's proposals
+
+def anchors_at(base_size, ratios=(0.5, 1, 2), scales=(8,)):
+    """lib/rpn/generate_anchor.py's anchors (ratio-major, then scale), "+1" boxes around the base cell."""
+    w = h = float(base_size)
+    cx, cy = 0.5 * (w - 1), 0.5 * (h - 1)
+    out = []
+    for r in ratios:
+        rw = np.round(np.sqrt(w * h / r))
+        rh = np.round(rw * r)
+        for s in scales:
+            sw, sh = rw * s, rh * s
+            out.append([cx - 0.5 * (sw - 1), cy - 0.5 * (sh - 1), cx + 0.5 * (sw - 1), cy + 0.5 * (sh - 1)])
+    return np.array(out)
+
+
+def greedy_nms(boxes, thresh):
+    """Greedy NMS of boxes (N, 4) already in visiting order, "+1" areas, keep IoU <= thresh."""
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order, keep = np.arange(len(boxes)), []
+    while order.size:
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        inter = w * h
+        order = rest[inter / (areas[i] + areas[rest] - inter) <= thresh]
+    return np.array(keep, np.int64)
+
+
+class PyramidProposal(mx.operator.CustomOp):
+    """Test-time forward of the release's ``pyramid_proposal``: every level's anchors (scale 8 x stride)
+    decoded by its deltas on the grid int(H / stride) x int(W / stride), clipped, pooled over the levels,
+    the 12000 best, NMS 0.7, the 2000 best. Two departures, as dcnviz documents them: ties in score keep
+    index order (stable sort), and the output is not padded by random choice: rows past ``count`` are -1."""
+
+    def __init__(self, height, width, pre, post, thresh):
+        super(PyramidProposal, self).__init__()
+        self.hw, self.pre, self.post, self.thresh = (height, width), pre, post, thresh
+
+    def forward(self, is_train, req, in_data, out_data, aux):
+        boxes, scores = [], []
+        for i, stride in enumerate(FPN_RPN_STRIDES):
+            prob, deltas = in_data[i].asnumpy(), in_data[len(FPN_RPN_STRIDES) + i].asnumpy()
+            base = anchors_at(stride)
+            a = len(base)
+            h, w = int(self.hw[0] / stride), int(self.hw[1] / stride)
+            prob, deltas = prob[:, a:, :h, :w], deltas[:, :, :h, :w]
+            h, w = prob.shape[2:]
+            sx, sy = np.meshgrid(np.arange(w) * stride, np.arange(h) * stride)
+            shifts = np.stack([sx.ravel(), sy.ravel(), sx.ravel(), sy.ravel()], 1)
+            anchors = (base[None] + shifts[:, None]).reshape(-1, 4)
+            d = deltas.transpose(0, 2, 3, 1).reshape(-1, 4)
+            aw, ah = anchors[:, 2] - anchors[:, 0] + 1.0, anchors[:, 3] - anchors[:, 1] + 1.0
+            cx, cy = anchors[:, 0] + 0.5 * (aw - 1.0), anchors[:, 1] + 0.5 * (ah - 1.0)
+            pcx, pcy = d[:, 0] * aw + cx, d[:, 1] * ah + cy
+            pw, ph = np.exp(d[:, 2]) * aw, np.exp(d[:, 3]) * ah
+            b = np.stack([pcx - 0.5 * (pw - 1.0), pcy - 0.5 * (ph - 1.0), pcx + 0.5 * (pw - 1.0),
+                          pcy + 0.5 * (ph - 1.0)], 1)
+            b[:, 0::2] = np.clip(b[:, 0::2], 0, self.hw[1] - 1)
+            b[:, 1::2] = np.clip(b[:, 1::2], 0, self.hw[0] - 1)
+            boxes.append(b)  # RPN_MIN_SIZE 0: no box is filtered
+            scores.append(prob.transpose(0, 2, 3, 1).reshape(-1))
+        boxes, scores = np.concatenate(boxes), np.concatenate(scores)
+        order = np.argsort(-scores, kind="stable")[:self.pre]
+        keep = greedy_nms(boxes[order].astype(np.float32), self.thresh)[:self.post]
+        out = -np.ones((self.post, 5), np.float32)
+        out[:len(keep), 0] = 0
+        out[:len(keep), 1:] = boxes[order][keep]
+        self.assign(out_data[0], req[0], mx.nd.array(out))
+        self.assign(out_data[1], req[1], mx.nd.array([len(keep)]))
+
+    def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
+        raise NotImplementedError("test-time forward only")
+
+
+@mx.operator.register("dcnviz_pyramid_proposal")
+class PyramidProposalProp(mx.operator.CustomOpProp):
+    def __init__(self, height, width, pre="12000", post="2000", thresh="0.7"):
+        super(PyramidProposalProp, self).__init__(need_top_grad=False)
+        self.args = int(height), int(width), int(pre), int(post), float(thresh)
+
+    def list_arguments(self):
+        return (["rpn_cls_prob_stride%d" % s for s in FPN_RPN_STRIDES]
+                + ["rpn_bbox_pred_stride%d" % s for s in FPN_RPN_STRIDES])
+
+    def list_outputs(self):
+        return ["output", "count"]
+
+    def infer_shape(self, in_shape):
+        return in_shape, [[self.args[3], 5], [1]], []
+
+    def create_operator(self, ctx, shapes, dtypes):
+        return PyramidProposal(*self.args)
+
+
+def build(model, bn_train=False, input_hw=None):
     """The test network of ``model``: a Builder whose ``blobs`` maps official output names to symbols."""
     kind, classes, anchors, dcn, head, parts = MODELS[model][:6]
     b = Builder(bn_train)
@@ -352,6 +451,14 @@ def build(model, bn_train=False):
         pyramid = b.fpn_feature(*stages)
         b.fpn_rpn(pyramid, anchors)
         b.fpn_head(pyramid, mx.sym.Variable("rois"), classes, head)
+        if input_hw is not None:  # the proposals (not fed to the head, which pools the given RoIs)
+            inputs = {"rpn_cls_prob_stride%d" % s: b.blobs["rpn_cls_prob_p%d" % l]
+                      for l, s in zip(range(2, 7), FPN_RPN_STRIDES)}
+            inputs.update({"rpn_bbox_pred_stride%d" % s: b.blobs["rpn_bbox_pred_p%d" % l]
+                           for l, s in zip(range(2, 7), FPN_RPN_STRIDES)})
+            proposals = mx.sym.Custom(op_type="dcnviz_pyramid_proposal", name="proposal", height=input_hw[0],
+                                      width=input_hw[1], **inputs)
+            b.blobs.update(proposal_rois=proposals[0], proposal_count=proposals[1])
         return b
     _, _, res4, res5 = b.trunk(data, dcn)
     if kind == "deeplab":
@@ -562,7 +669,7 @@ def reference(model, out_dir, image, seed, short, rois_count=20, old_encodings=T
     if kind != "deeplab":
         feed["rois"] = make_rois(data.shape[2], data.shape[3], rois_count, np.random.RandomState(seed + 1),
                                  pyramid=kind == "fpn")
-    b = build(model)
+    b = build(model, input_hw=data.shape[2:])
     net = mx.sym.Group(list(b.blobs.values()))
     arg_shapes, _, _ = net.infer_shape(**{k: v.shape for k, v in feed.items()})
     shapes = {n: tuple(s) for n, s in zip(net.list_arguments(), arg_shapes) if n not in feed}
