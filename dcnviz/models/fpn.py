@@ -162,8 +162,7 @@ class FPN(RFCN):
                  anchor_scales=(8,), anchor_ratios=(0.5, 1, 2), deformable_roi_pool: bool = False,
                  proposal: ProposalConfig = ProposalConfig(12000, 2000, 0.7, 0.0),
                  detection: DetectionConfig = DetectionConfig(class_agnostic=False, soft_nms=0.6),
-                 test_scales: tuple[tuple[int, int], ...] = (), dim: int = 256, rpn_mid: int = 512,
-                 head_fc: int = 1024):
+                 dim: int = 256, rpn_mid: int = 512, head_fc: int = 1024):
         """``dim`` (pyramid channels), ``rpn_mid`` and ``head_fc`` are the official 256, 512, 1024 (smaller
         for tests)."""
         nn.Module.__init__(self)
@@ -173,7 +172,7 @@ class FPN(RFCN):
         self.anchors = self.level_anchors[0]
         self.rpn = PyramidRPN(dim, len(self.anchors), rpn_mid)
         self.head = FPNHead(len(classes), deformable_roi_pool, dim, head_fc)
-        self.classes, self.scales, self.test_scales = tuple(classes), tuple(scales), tuple(test_scales)
+        self.classes, self.scales = tuple(classes), tuple(scales)
         self.proposal_cfg, self.detection_cfg = proposal, detection
 
     def preprocess(self, image, scales: tuple[int, int] | None = None):

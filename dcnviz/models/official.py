@@ -74,8 +74,7 @@ def _fpn(dcn, test):
                    proposal=ProposalConfig(test["rpn_pre_nms_top_n"], test["rpn_post_nms_top_n"],
                                            test["rpn_nms_thresh"], test["rpn_min_size"]),
                    detection=DetectionConfig(test["score_thresh"], test["nms_thresh"], test["max_per_image"],
-                                             class_agnostic=False, soft_nms=test["soft_nms_thresh"]),
-                   test_scales=test["test_scales"])
+                                             class_agnostic=False, soft_nms=test["soft_nms_thresh"]))
     return factory
 
 
