@@ -335,6 +335,19 @@ class TestDilationStats:
             assert {k: v["n"] for k, v in layer.items()} == {"small": 1, "medium": 8, "large": 40, "background": 47}
             assert all(v["mean"] == 2.0 and v["std"] == 0.0 for v in layer.values())
 
+    def test_add_image_uses_each_layers_stride(self):
+        """FPN DCN's layers sit at strides 8, 16 and 32: each map is bucketed with its own stride (the same
+        map at strides 16 and 32 puts the boxes in different cells)."""
+        prep = Prep(image_size=(320, 320), scale=0.5, input_size=(160, 160))
+        maps = {"fine": effective_dilation(offsets(10, 10)), "coarse": effective_dilation(offsets(10, 10))}
+        mixed = DilationStats()
+        mixed.add_image(maps, prep, TestBuckets.BOXES, [0, 0, 0, 1, 1], stride={"fine": 16, "coarse": 32})
+        for stride, name in ((16, "fine"), (32, "coarse")):
+            alone = DilationStats()
+            alone.add_image({name: maps[name]}, prep, TestBuckets.BOXES, [0, 0, 0, 1, 1], stride=stride)
+            assert mixed.summary()[name] == alone.summary()[name]
+        assert mixed.summary()["fine"] != mixed.summary()["coarse"]
+
     def test_groups_must_not_change(self):
         stats = DilationStats()
         stats.update("res5a", np.ones((4, 2, 2)), np.zeros((2, 2), int))

@@ -392,9 +392,9 @@ class TestErrors:
         (["offsets", "--layer", "res5b", "--levels", "3"], ["'--levels'", "there are 2 (res5b, res5a)"]),
         (["offsets", "--at", "12"], ["'--at'", "expected X,Y"]),
         (["offsets", "--group", "x"], ["'--group'"]),
-        (["rois", "img.jpg", "--model", "rfcn_synth"], ["'--model'", "no deformable PS RoI pooling",
+        (["rois", "img.jpg", "--model", "rfcn_synth"], ["'--model'", "no deformable RoI pooling",
                                                         "rfcn_dcn_coco, rfcn_dcn_synth"]),
-        (["rois", "img.jpg", "--model", "deeplab_dcn_synth"], ["no deformable PS RoI pooling"]),
+        (["rois", "img.jpg", "--model", "deeplab_dcn_synth"], ["no deformable RoI pooling"]),
         (["rois", "img.jpg", "--box", "5,5,1,1"], ["'--box'", "X2 must be >= X1"]),
         (["rois", "img.jpg", "--top", "2", "--box", "1,1,5,5"], ["either --top or --box"]),
         (["receptive-field", "img.jpg", "--model", "deform_conv"], ["'--model'", "no registered plain twin"]),
@@ -456,3 +456,28 @@ class TestOfficialModel:
         assert roi["class_name"] == "dog" and roi["roi"] == pytest.approx([400, 8, 600, 56], abs=1e-9)
         assert np.shape(roi["parts"]) == (7, 7, 4)
         assert not np.allclose(roi["parts"], roi["regular_parts"])  # the random offsets moved the parts
+
+
+@pytest.fixture(scope="module")
+def fpn(tmp_path_factory, coco):
+    """fpn_dcn_coco with random weights (a 290 MB file) and the same 1000x64 image: scale 1.28 (long side
+    1280), padded to 96x1280."""
+    folder = tmp_path_factory.mktemp("fpn")
+    return write_weights("fpn_dcn_coco", folder / "fpn_dcn_coco.safetensors"), coco[1]
+
+
+def test_rois_fpn_bins_on_the_assigned_level(tmp_path, fpn):
+    """FPN DCN: deformable RoI pooling's 7x7 bins (one offset field for every class), pooled on the level
+    of the official rule: the box becomes the input RoI round(box * 1.28) = 512, 10, 767, 70, i.e.
+    sqrt(256 * 61) = 125 px, floor(2 + log2(125 / 224)) = 1 -> P3 at 1/8."""
+    weights, image = fpn
+    proc = cli(["rois", image, "--model", "fpn_dcn_coco", "--weights", weights, "--box", "400,8,599,55",
+                "--class", "dog", "-o", tmp_path / "out"], tmp_path)
+    record = record_of(proc, tmp_path / "out" / "wide.json")
+    assert record["branch"] == "shared" and record["pooled_size"] == 7
+    (roi,) = record["rois"]
+    assert roi["class_name"] == "dog" and (roi["level"], roi["spatial_scale"]) == (3, 0.125)
+    assert np.shape(roi["parts"]) == (7, 7, 4)
+    # the RoI as pooled: input pixels 512 .. 767 + 1 and 10 .. 70 + 1, in image pixels
+    assert roi["roi"] == pytest.approx([400, 10 / 1.28, 600, 71 / 1.28], abs=0.005)  # JSON: 1/100 px
+    assert not np.allclose(roi["parts"], roi["regular_parts"])  # the random offsets moved the bins

@@ -165,3 +165,46 @@ def test_detect_empty(thresh):
     boxes, scores, labels = detect(np.zeros((0, 5), np.float32), np.zeros((0, 3), np.float32),
                                    np.zeros((0, 8), np.float32), (10, 10), 1.0, DetectionConfig(thresh))
     assert boxes.shape == (0, 4) and scores.shape == (0,) and labels.shape == (0,)
+
+
+def test_pyramid_proposals_rank_every_level_together():
+    """Two levels (strides 4 and 8), one anchor each: the candidates of both are ranked together (the
+    best of level 2 comes first), each on its own grid int(H / stride), NMS across levels."""
+    from dcnviz.models.proposal import propose_pyramid
+
+    a4, a8 = np.array([[0, 0, 3, 3]], np.float64), np.array([[0, 0, 7, 7]], np.float64)
+    p4, d4 = _rpn_maps(1, 2, 2, np.array([[[0.5, 0.1], [0.2, 0.3]]]), np.zeros((1, 4, 2, 2)))
+    p8, d8 = _rpn_maps(1, 1, 1, np.array([[[0.9]]]), np.zeros((1, 4, 1, 1)))
+    rois, scores = propose_pyramid([(p4, d4, a4, 4), (p8, d8, a8, 8)], (8, 8), cfg=ProposalConfig(10, 10, 0.7, 0))
+    np.testing.assert_array_equal(scores, np.float32([0.9, 0.5, 0.3, 0.2, 0.1]))
+    np.testing.assert_array_equal(rois[:2], np.float32([[0, 0, 0, 7, 7], [0, 0, 0, 3, 3]]))
+    # NMS 0.2 across levels: every 4x4 box of level 2 lies in the 8x8 box of level 3 (IoU 16/64 = 0.25)
+    rois, scores = propose_pyramid([(p4, d4, a4, 4), (p8, d8, a8, 8)], (8, 8), cfg=ProposalConfig(10, 10, 0.2, 0))
+    np.testing.assert_array_equal(scores, np.float32([0.9]))
+    # pre-NMS top 2 over both levels
+    _, scores = propose_pyramid([(p4, d4, a4, 4), (p8, d8, a8, 8)], (8, 8), cfg=ProposalConfig(2, 10, 0.7, 0))
+    np.testing.assert_array_equal(scores, np.float32([0.9, 0.5]))
+
+
+def test_soft_nms_by_hand():
+    """Gaussian soft-NMS (official ``soft_nms``): keep the best, rescore the rest by exp(-IoU^2 / sigma),
+    re-rank; nothing is dropped, ``max_keep`` caps the count."""
+    boxes = np.array([[0, 0, 9, 9], [0, 0, 9, 4], [20, 20, 29, 29]], np.float64)  # IoU(0, 1) = 0.5
+    scores = np.array([0.9, 0.8, 0.7])
+    keep, kept = B.soft_nms(boxes, scores, 0.6)
+    # box 1 drops to 0.8 * exp(-0.25 / 0.6) = 0.527 < 0.7: the disjoint box comes second
+    np.testing.assert_array_equal(keep, [0, 2, 1])
+    np.testing.assert_allclose(kept, [0.9, 0.7, 0.8 * np.exp(-0.25 / 0.6)], rtol=1e-12)
+    keep, _ = B.soft_nms(boxes, scores, 0.6, max_keep=2)
+    np.testing.assert_array_equal(keep, [0, 2])
+
+
+def test_detect_with_soft_nms_keeps_rescored_overlaps():
+    """cfg.soft_nms replaces the per-class NMS: an overlapping box is kept with a lower score."""
+    rois = np.array([[0, 0, 0, 9, 9], [0, 0, 0, 9, 4]], np.float32)
+    prob = np.array([[0.1, 0.9], [0.2, 0.8]], np.float32)
+    deltas = np.zeros((2, 8), np.float32)
+    hard = detect(rois, prob, deltas, (50, 50), 1.0, DetectionConfig(nms_thresh=0.3, class_agnostic=False))
+    soft = detect(rois, prob, deltas, (50, 50), 1.0, DetectionConfig(class_agnostic=False, soft_nms=0.6))
+    assert len(hard[1]) == 1 and len(soft[1]) == 2
+    np.testing.assert_allclose(soft[1], [0.9, 0.8 * np.exp(-0.25 / 0.6)], rtol=1e-6)

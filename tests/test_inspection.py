@@ -116,7 +116,7 @@ class TestInspect:
         expected = pick_units(boxes, seen.layer().map_size, seen.prep.scale, 16, IMAGE.shape[:2])
         assert choice.source == "the segments" and [(u.kind, u.cell) for u in choice.units] == [
             (u.kind, u.cell) for u in expected]
-        with pytest.raises(ValueError, match="no deformable PS RoI pooling"):
+        with pytest.raises(ValueError, match="no deformable RoI pooling"):
             seen.box_rois([[0, 0, 10, 10]])
 
     def test_annotation_of_another_size(self, seen, tmp_path):
@@ -159,7 +159,7 @@ class TestWithoutAModel:
         assert [u.kind for u in choice.units] == ["background"] and choice.missing == ("small", "large")
         assert choice.source == "no prediction" and choice.boxes.shape == (0, 4)
         assert not seen.has_rois and seen.class_names == ()
-        with pytest.raises(ValueError, match="no deformable PS RoI pooling"):
+        with pytest.raises(ValueError, match="no deformable RoI pooling"):
             seen.box_rois([[0, 0, 10, 10]])
 
     def test_stacks(self):
@@ -172,6 +172,19 @@ class TestWithoutAModel:
             seen.stack(levels=3)
         with pytest.raises(ValueError, match="unique"):
             Inspection([seen.layers[0]] * 2, seen.prep, seen.image)
+
+    def test_stacks_stay_within_one_stride(self):
+        """FPN DCN: res3b3 (stride 8), res4b22 (16), res5a-c (32); a stack never crosses a stride change."""
+        names, strides = ["res3b3", "res4b22", "res5a", "res5b", "res5c"], [8, 16, 32, 32, 32]
+        assert select_layers(names, strides=strides) == [4, 3, 2]
+        assert select_layers(names, "res5b", strides=strides) == [3, 2]
+        assert select_layers(names, "res4b22", strides=strides) == [1]
+        with pytest.raises(ValueError, match=r"4 levels from res5c cross from stride 32 to res4b22 at stride 16; .*"
+                                             r"at most 3 \(res5c, res5b, res5a\)"):
+            select_layers(names, levels=4, strides=strides)
+        with pytest.raises(ValueError, match="6 levels from res5c need 6"):
+            select_layers(names, levels=6, strides=strides)
+        assert select_layers(names, levels=5) == [4, 3, 2, 1, 0]  # without strides: every layer below
 
 
 def cli(args, cwd, monkeypatch):

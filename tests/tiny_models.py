@@ -5,6 +5,7 @@ import torch
 
 from dcnviz.data.classes import voc_palette
 from dcnviz.models.deeplab import DeepLab
+from dcnviz.models.fpn import FPN
 from dcnviz.models.registry import ModelSpec
 from dcnviz.models.resnet import DeformableSpec, ResNetV1
 from dcnviz.models.rcnn import FasterRCNN
@@ -40,6 +41,17 @@ def rcnn(deformable: bool, seed: int = 0) -> FasterRCNN:
     torch.manual_seed(seed)
     model = FasterRCNN(backbone(DeformableSpec(4, 2) if deformable else None), DET_CLASSES, SCALES,
                        anchor_scales=(2, 4), deformable_roi_pool=deformable, head_mid=8, head_fc=16, rpn_mid=8)
+    return randomize(model, seed).eval()
+
+
+def fpn(deformable: bool, seed: int = 0) -> FPN:
+    """FPN at tiny width: undilated stride-32 res5; with ``deformable`` the official deformable blocks
+    (res3b, res4b, res5a, res5b at this depth) and deformable RoI pooling."""
+    torch.manual_seed(seed)
+    trunk = ResNetV1(units=(1, 2, 1, 2), widths=(4, 4, 8, 8), stem=8, res5_dilation=1,
+                     deformable=DeformableSpec(4, 1) if deformable else None,
+                     deformable_blocks=("res3b", "res4a", "res5a", "res5b"))
+    model = FPN(trunk, DET_CLASSES, SCALES, deformable_roi_pool=deformable, dim=8, rpn_mid=8, head_fc=16)
     return randomize(model, seed).eval()
 
 

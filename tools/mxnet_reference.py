@@ -2,10 +2,14 @@
 
 Builds an official network of the Deformable ConvNets v1 release as an MXNet 1.9.1 symbol, layer by layer
 as the official test-mode symbols build it (rfcn/symbols/resnet_v1_101_rfcn*.py, deform_*_demo.py,
-deeplab/symbols/resnet_v1_101_deeplab*.py, faster_rcnn/symbols/resnet_v1_101_rcnn*.py), fills it with
-random but well-scaled weights, saves them in the official .params format and runs MXNet's CPU forward on
-one image. The proposal layer (a Python custom op in the release) is replaced by a ``rois`` input, so the
-head runs on known RoIs; dcnviz's proposal layer has its own tests.
+deeplab/symbols/resnet_v1_101_deeplab*.py, faster_rcnn/symbols/resnet_v1_101_rcnn*.py,
+fpn/symbols/resnet_v1_101_fpn*_rcnn.py), fills it with random but well-scaled weights, saves them in the
+official .params format and runs MXNet's CPU forward on one image. The proposal layers (Python custom ops
+in the release) are replaced by a ``rois`` input, so the head runs on known RoIs; dcnviz's proposal layer
+has its own tests. FPN's RoI pooling, also a Python custom op in the release, is this tool's own
+:class:`FPNRoIPooling` (MXNet CustomOp), which also returns the level of each RoI; FPN's proposals are also
+computed, by this tool's :class:`PyramidProposal` CustomOp on MXNet's RPN maps, and saved as
+``proposal_rois`` (2000, 5; rows past ``proposal_count`` are -1), beside the head's given RoIs.
 
 usage (in the MXNet venv, see tools/README.md):
     python tools/mxnet_reference.py OUT_DIR --image PATH [--models M1,M2|all] [--seed N] [--short S]
@@ -49,7 +53,13 @@ MODELS = {
     "deeplab_cityscapes": ("deeplab", 19, 0, None, None, 0, 1024, 2048),
     "rcnn_dcn_coco": ("rcnn", 81, 12, (4, 2), "deformable_roi_pool", 7, 600, 1000),
     "rcnn_coco": ("rcnn", 81, 12, None, "roi_pool", 7, 600, 1000),
+    # FPN: deformable res3b3, res4b22 and res5 (offset convs 3x3 pad 1), 3 anchors per level, 800/1280
+    "fpn_dcn_coco": ("fpn", 81, 3, (4, 1), "deformable_roi_pool", 7, 800, 1280),
+    "fpn_coco": ("fpn", 81, 3, None, "roi_pool", 7, 800, 1280),
 }
+FPN_RPN_STRIDES = (4, 8, 16, 32, 64)
+FPN_POOL_STRIDES = (4, 8, 16, 32)
+IMAGE_STRIDE = {"fpn": 32}  # official IMAGE_STRIDE: zero padding of the resized image
 TRUNK_TAPS = ("pool1", "res2c_relu", "res3b3_relu", "res4b22_relu", "res5c_relu")
 
 
@@ -106,23 +116,26 @@ class Builder:
         c = self.bn(self.conv(b, name + "_branch2c", out, 1), "bn%s_branch2c" % tag)
         return self.relu(mx.sym.broadcast_add(x_short, c, name=name), name + "_relu")
 
-    def trunk(self, data, dcn):
-        """ResNet-v1-101 with a dilated, stride-1 res5; returns (res4b22_relu, res5c_relu)."""
+    def trunk(self, data, dcn, dilated=True, dcn_blocks=("res5a", "res5b", "res5c")):
+        """ResNet-v1-101 with a dilated, stride-1 res5 (``dilated``, R-FCN, Faster R-CNN, DeepLab), or a
+        stride-2 undilated one (FPN); ``dcn`` makes the branch2b of ``dcn_blocks`` deformable. Returns the
+        outputs of res2, res3, res4 and res5."""
         x = self.relu(self.bn(self.conv(data, "conv1", 64, 7, 2, 3), "bn_conv1"), "conv1_relu")
         x = mx.sym.Pooling(data=x, name="pool1", kernel=(3, 3), stride=(2, 2), pool_type="max",
                            pooling_convention="full")
         self.blobs["feat_pool1"] = x
         stages = [(2, ["a", "b", "c"], 64, 256, 1), (3, ["a", "b1", "b2", "b3"], 128, 512, 2),
-                  (4, ["a"] + ["b%d" % i for i in range(1, 23)], 256, 1024, 2), (5, ["a", "b", "c"], 512, 2048, 1)]
+                  (4, ["a"] + ["b%d" % i for i in range(1, 23)], 256, 1024, 2),
+                  (5, ["a", "b", "c"], 512, 2048, 1 if dilated else 2)]
+        outputs = []
         for stage, blocks, mid, out, stride in stages:
             for i, b in enumerate(blocks):
-                res5 = stage == 5
-                x = self.block(x, "res%d%s" % (stage, b), mid, out, stride if i == 0 else 1, i == 0,
-                               dcn=dcn if res5 else None, dilate=2 if res5 else 1)
+                name = "res%d%s" % (stage, b)
+                x = self.block(x, name, mid, out, stride if i == 0 else 1, i == 0,
+                               dcn=dcn if name in dcn_blocks else None, dilate=2 if stage == 5 and dilated else 1)
             self.blobs["feat_res%d%s_relu" % (stage, blocks[-1])] = x
-            if stage == 4:
-                res4 = x
-        return res4, x
+            outputs.append(x)
+        return outputs
 
     def rpn(self, x, anchors):
         r = self.relu(self.conv(x, "rpn_conv_3x3", 512, 3, 1, 1, bias=True), "rpn_relu")
@@ -187,6 +200,60 @@ class Builder:
         self.blobs.update(cls_score=cls_score, cls_prob=mx.sym.SoftmaxActivation(cls_score, name="cls_prob"),
                           bbox_pred=mx.sym.FullyConnected(f, name="bbox_pred", num_hidden=4 * classes))
 
+    def fpn_feature(self, c2, c3, c4, c5):
+        """get_fpn_feature: laterals, nearest x2 top-down sums, 3x3 smoothing; P6 3x3/2 on res5."""
+        top = self.conv(c5, "fpn_p5_1x1", 256, bias=True)
+        p = {"fpn_p5": self.conv(top, "fpn_p5", 256, 3, 1, 1, bias=True),
+             "fpn_p6": self.conv(c5, "fpn_p6", 256, 3, 2, 1, bias=True)}
+        for level, c in ((4, c4), (3, c3), (2, c2)):
+            up = mx.sym.UpSampling(top, scale=2, sample_type="nearest", name="fpn_p%d_upsample" % (level + 1))
+            top = mx.sym.ElementWiseSum(up, self.conv(c, "fpn_p%d_1x1" % level, 256, bias=True),
+                                        name="fpn_p%d_sum" % level)
+            p["fpn_p%d" % level] = self.conv(top, "fpn_p%d" % level, 256, 3, 1, 1, bias=True)
+        self.blobs.update(p)
+        return p
+
+    def fpn_rpn(self, pyramid, anchors):
+        """get_rpn_subnet on every level, one set of weights (rpn_conv, rpn_cls_score, rpn_bbox_pred)."""
+        shared = {n: (mx.sym.Variable(n + "_weight"), mx.sym.Variable(n + "_bias"))
+                  for n in ("rpn_conv", "rpn_cls_score", "rpn_bbox_pred")}
+
+        def conv(x, layer, suffix, filters, kernel, pad):
+            w, b = shared[layer]
+            return mx.sym.Convolution(data=x, weight=w, bias=b, name=layer + "_" + suffix, num_filter=filters,
+                                      kernel=(kernel, kernel), pad=(pad, pad))
+        for level in range(2, 7):
+            suffix = "p%d" % level
+            r = self.relu(conv(pyramid["fpn_" + suffix], "rpn_conv", suffix, 512, 3, 1), "rpn_relu_" + suffix)
+            score = conv(r, "rpn_cls_score", suffix, 2 * anchors, 1, 0)
+            t1 = mx.sym.Reshape(score, shape=(0, 2, -1, 0), name="rpn_cls_score_t1_" + suffix)
+            prob = mx.sym.SoftmaxActivation(t1, mode="channel", name="rpn_cls_prob_" + suffix)
+            self.blobs.update({
+                "rpn_cls_score_" + suffix: score,
+                "rpn_cls_prob_" + suffix: mx.sym.Reshape(prob, shape=(0, 2 * anchors, -1, 0),
+                                                         name="rpn_cls_prob_t_" + suffix),
+                "rpn_bbox_pred_" + suffix: conv(r, "rpn_bbox_pred", suffix, 4 * anchors, 1, 0)})
+
+    def fpn_head(self, pyramid, rois, classes, head):
+        """fpn_roi_pooling (this tool's CustomOp, see FPNRoIPooling) -> 2fc -> cls_score, bbox_pred."""
+        deformable = head == "deformable_roi_pool"
+        inputs = {"data_p%d" % l: pyramid["fpn_p%d" % l] for l in range(2, 6)}
+        if deformable:
+            for l in range(2, 6):
+                inputs["offset_weight_p%d" % l] = mx.sym.Variable("offset_p%d_weight" % l)
+                inputs["offset_bias_p%d" % l] = mx.sym.Variable("offset_p%d_bias" % l)
+        outs = mx.sym.Custom(rois=rois, op_type="dcnviz_fpn_roi_pooling", name="fpn_roi_pooling",
+                             with_deformable=str(deformable), **inputs)
+        pooled, level = outs[0], outs[1]
+        self.blobs.update(fpn_roi_pooling=pooled, roi_level=level)
+        if deformable:
+            self.blobs["offset_reshape"] = outs[2]
+        f = self.relu(mx.sym.FullyConnected(pooled, name="fc_new_1", num_hidden=1024), "fc_new_1_relu")
+        f = self.relu(mx.sym.FullyConnected(f, name="fc_new_2", num_hidden=1024), "fc_new_2_relu")
+        cls_score = mx.sym.FullyConnected(f, name="cls_score", num_hidden=classes)
+        self.blobs.update(cls_score=cls_score, cls_prob=mx.sym.SoftmaxActivation(cls_score, name="cls_prob"),
+                          bbox_pred=mx.sym.FullyConnected(f, name="bbox_pred", num_hidden=4 * classes))
+
     def deeplab_head(self, data, feat, classes):
         f = self.relu(self.conv(feat, "fc6", 1024, bias=True), "relu_fc6")
         score = self.conv(f, "score", classes, bias=True)
@@ -196,12 +263,204 @@ class Builder:
         self.blobs.update(score=score, croped_score=crop, softmax_prob=mx.sym.softmax(crop, axis=1, name="softmax"))
 
 
-def build(model, bn_train=False):
+# ----------------------------------------------------------------------------- FPN's RoI pooling
+
+def fpn_levels(rois):
+    """The level (0..3 = P2..P5) of each RoI, by the rule of the release's fpn_roi_pooling operator, on the
+    float32 RoIs as MXNet hands them to a Python operator."""
+    w = rois[:, 3] - rois[:, 1] + 1
+    h = rois[:, 4] - rois[:, 2] + 1
+    return np.clip(np.floor(2 + np.log2(np.sqrt(w * h) / 224)), 0, len(FPN_POOL_STRIDES) - 1)
+
+
+class FPNRoIPooling(mx.operator.CustomOp):
+    """Test-time forward of the release's ``fpn_roi_pooling``: each RoI pooled (7x7) on its level at
+    1/stride, by ROIPooling, or by deformable RoI pooling (DeformablePSROIPooling, group_size 1) whose
+    offsets come from that level's fc ``offset_p<L>`` on a no_trans pooling; rows back in RoI order.
+    Outputs: the pooled features, the level of each RoI, and (deformable) the (R, 2, 7, 7) offsets."""
+
+    def __init__(self, deformable):
+        super(FPNRoIPooling, self).__init__()
+        self.deformable = deformable
+
+    def forward(self, is_train, req, in_data, out_data, aux):
+        rois = in_data[-1]
+        level = fpn_levels(rois.asnumpy())
+        pieces, offsets, order = [], [], []
+        for i, stride in enumerate(FPN_POOL_STRIDES):
+            idx = np.where(level == i)[0]
+            if len(idx) == 0:
+                continue
+            r = mx.nd.take(rois, mx.nd.array(idx, ctx=rois.context))
+            feat = in_data[i]
+            if self.deformable:
+                common = dict(group_size=1, pooled_size=7, part_size=7, sample_per_part=4, output_dim=256,
+                              spatial_scale=1.0 / stride)
+                t = mx.nd.contrib.DeformablePSROIPooling(data=feat, rois=r, no_trans=True, **common)
+                off = mx.nd.FullyConnected(t, weight=in_data[4 + 2 * i], bias=in_data[5 + 2 * i],
+                                           num_hidden=98).reshape((-1, 2, 7, 7))
+                pieces.append(mx.nd.contrib.DeformablePSROIPooling(data=feat, rois=r, trans=off, no_trans=False,
+                                                                   trans_std=0.1, **common))
+                offsets.append(off)
+            else:
+                pieces.append(mx.nd.ROIPooling(feat, r, pooled_size=(7, 7), spatial_scale=1.0 / stride))
+            order.append(idx)
+        # the rows come level by level; put them back in RoI order
+        back = mx.nd.array(np.argsort(np.concatenate(order)), ctx=rois.context)
+        self.assign(out_data[0], req[0], mx.nd.take(mx.nd.concat(*pieces, dim=0), back))
+        self.assign(out_data[1], req[1], mx.nd.array(level, ctx=rois.context))
+        if self.deformable:
+            self.assign(out_data[2], req[2], mx.nd.take(mx.nd.concat(*offsets, dim=0), back))
+
+    def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
+        raise NotImplementedError("test-time forward only")
+
+
+@mx.operator.register("dcnviz_fpn_roi_pooling")
+class FPNRoIPoolingProp(mx.operator.CustomOpProp):
+    def __init__(self, with_deformable="False"):
+        super(FPNRoIPoolingProp, self).__init__(need_top_grad=False)
+        self.deformable = with_deformable == "True"
+
+    def list_arguments(self):
+        args = ["data_p%d" % l for l in range(2, 6)]
+        if self.deformable:
+            for l in range(2, 6):
+                args += ["offset_weight_p%d" % l, "offset_bias_p%d" % l]
+        return args + ["rois"]
+
+    def list_outputs(self):
+        return ["output", "level"] + (["offset"] if self.deformable else [])
+
+    def infer_shape(self, in_shape):
+        r = in_shape[-1][0]
+        if self.deformable:
+            for i in range(4):
+                in_shape[4 + 2 * i], in_shape[5 + 2 * i] = [98, 7 * 7 * 256], [98]
+        outs = [[r, in_shape[0][1], 7, 7], [r]] + ([[r, 2, 7, 7]] if self.deformable else [])
+        return in_shape, outs, []
+
+    def create_operator(self, ctx, shapes, dtypes):
+        return FPNRoIPooling(self.deformable)
+
+
+# ----------------------------------------------------------------------------- FPN's proposals
+
+def anchors_at(base_size, ratios=(0.5, 1, 2), scales=(8,)):
+    """lib/rpn/generate_anchor.py's anchors (ratio-major, then scale), "+1" boxes around the base cell."""
+    w = h = float(base_size)
+    cx, cy = 0.5 * (w - 1), 0.5 * (h - 1)
+    out = []
+    for r in ratios:
+        rw = np.round(np.sqrt(w * h / r))
+        rh = np.round(rw * r)
+        for s in scales:
+            sw, sh = rw * s, rh * s
+            out.append([cx - 0.5 * (sw - 1), cy - 0.5 * (sh - 1), cx + 0.5 * (sw - 1), cy + 0.5 * (sh - 1)])
+    return np.array(out)
+
+
+def greedy_nms(boxes, thresh):
+    """Greedy NMS of boxes (N, 4) already in visiting order, "+1" areas, keep IoU <= thresh."""
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order, keep = np.arange(len(boxes)), []
+    while order.size:
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        inter = w * h
+        order = rest[inter / (areas[i] + areas[rest] - inter) <= thresh]
+    return np.array(keep, np.int64)
+
+
+class PyramidProposal(mx.operator.CustomOp):
+    """Test-time forward of the release's ``pyramid_proposal``: every level's anchors (scale 8 x stride)
+    decoded by its deltas on the grid int(H / stride) x int(W / stride), clipped, pooled over the levels,
+    the 12000 best, NMS 0.7, the 2000 best. Two departures, as dcnviz documents them: ties in score keep
+    index order (stable sort), and the output is not padded by random choice: rows past ``count`` are -1."""
+
+    def __init__(self, height, width, pre, post, thresh):
+        super(PyramidProposal, self).__init__()
+        self.hw, self.pre, self.post, self.thresh = (height, width), pre, post, thresh
+
+    def forward(self, is_train, req, in_data, out_data, aux):
+        boxes, scores = [], []
+        for i, stride in enumerate(FPN_RPN_STRIDES):
+            prob, deltas = in_data[i].asnumpy(), in_data[len(FPN_RPN_STRIDES) + i].asnumpy()
+            base = anchors_at(stride)
+            a = len(base)
+            h, w = int(self.hw[0] / stride), int(self.hw[1] / stride)
+            prob, deltas = prob[:, a:, :h, :w], deltas[:, :, :h, :w]
+            h, w = prob.shape[2:]
+            sx, sy = np.meshgrid(np.arange(w) * stride, np.arange(h) * stride)
+            shifts = np.stack([sx.ravel(), sy.ravel(), sx.ravel(), sy.ravel()], 1)
+            anchors = (base[None] + shifts[:, None]).reshape(-1, 4)
+            d = deltas.transpose(0, 2, 3, 1).reshape(-1, 4)
+            aw, ah = anchors[:, 2] - anchors[:, 0] + 1.0, anchors[:, 3] - anchors[:, 1] + 1.0
+            cx, cy = anchors[:, 0] + 0.5 * (aw - 1.0), anchors[:, 1] + 0.5 * (ah - 1.0)
+            pcx, pcy = d[:, 0] * aw + cx, d[:, 1] * ah + cy
+            pw, ph = np.exp(d[:, 2]) * aw, np.exp(d[:, 3]) * ah
+            b = np.stack([pcx - 0.5 * (pw - 1.0), pcy - 0.5 * (ph - 1.0), pcx + 0.5 * (pw - 1.0),
+                          pcy + 0.5 * (ph - 1.0)], 1)
+            b[:, 0::2] = np.clip(b[:, 0::2], 0, self.hw[1] - 1)
+            b[:, 1::2] = np.clip(b[:, 1::2], 0, self.hw[0] - 1)
+            boxes.append(b)  # RPN_MIN_SIZE 0: no box is filtered
+            scores.append(prob.transpose(0, 2, 3, 1).reshape(-1))
+        boxes, scores = np.concatenate(boxes), np.concatenate(scores)
+        order = np.argsort(-scores, kind="stable")[:self.pre]
+        keep = greedy_nms(boxes[order].astype(np.float32), self.thresh)[:self.post]
+        out = -np.ones((self.post, 5), np.float32)
+        out[:len(keep), 0] = 0
+        out[:len(keep), 1:] = boxes[order][keep]
+        self.assign(out_data[0], req[0], mx.nd.array(out))
+        self.assign(out_data[1], req[1], mx.nd.array([len(keep)]))
+
+    def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
+        raise NotImplementedError("test-time forward only")
+
+
+@mx.operator.register("dcnviz_pyramid_proposal")
+class PyramidProposalProp(mx.operator.CustomOpProp):
+    def __init__(self, height, width, pre="12000", post="2000", thresh="0.7"):
+        super(PyramidProposalProp, self).__init__(need_top_grad=False)
+        self.args = int(height), int(width), int(pre), int(post), float(thresh)
+
+    def list_arguments(self):
+        return (["rpn_cls_prob_stride%d" % s for s in FPN_RPN_STRIDES]
+                + ["rpn_bbox_pred_stride%d" % s for s in FPN_RPN_STRIDES])
+
+    def list_outputs(self):
+        return ["output", "count"]
+
+    def infer_shape(self, in_shape):
+        return in_shape, [[self.args[3], 5], [1]], []
+
+    def create_operator(self, ctx, shapes, dtypes):
+        return PyramidProposal(*self.args)
+
+
+def build(model, bn_train=False, input_hw=None):
     """The test network of ``model``: a Builder whose ``blobs`` maps official output names to symbols."""
     kind, classes, anchors, dcn, head, parts = MODELS[model][:6]
     b = Builder(bn_train)
     data = mx.sym.Variable("data")
-    res4, res5 = b.trunk(data, dcn)
+    if kind == "fpn":
+        stages = b.trunk(data, dcn, dilated=False, dcn_blocks=("res3b3", "res4b22", "res5a", "res5b", "res5c"))
+        pyramid = b.fpn_feature(*stages)
+        b.fpn_rpn(pyramid, anchors)
+        b.fpn_head(pyramid, mx.sym.Variable("rois"), classes, head)
+        if input_hw is not None:  # the proposals (not fed to the head, which pools the given RoIs)
+            inputs = {"rpn_cls_prob_stride%d" % s: b.blobs["rpn_cls_prob_p%d" % l]
+                      for l, s in zip(range(2, 7), FPN_RPN_STRIDES)}
+            inputs.update({"rpn_bbox_pred_stride%d" % s: b.blobs["rpn_bbox_pred_p%d" % l]
+                           for l, s in zip(range(2, 7), FPN_RPN_STRIDES)})
+            proposals = mx.sym.Custom(op_type="dcnviz_pyramid_proposal", name="proposal", height=input_hw[0],
+                                      width=input_hw[1], **inputs)
+            b.blobs.update(proposal_rois=proposals[0], proposal_count=proposals[1])
+        return b
+    _, _, res4, res5 = b.trunk(data, dcn)
     if kind == "deeplab":
         b.deeplab_head(data, res5, classes)
         return b
@@ -216,8 +475,9 @@ def build(model, bn_train=False):
 
 # ----------------------------------------------------------------------------- input
 
-def load_image(path, short, long_):
-    """lib/utils/image.py of the release: BGR read, resize by short side (long side capped), RGB minus means."""
+def load_image(path, short, long_, stride=0):
+    """lib/utils/image.py of the release: BGR read, resize by short side (long side capped), zero padding
+    to multiples of ``stride`` (FPN's IMAGE_STRIDE), RGB minus means; im_info holds the padded size."""
     im = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if im is None:
         sys.exit("cannot read image %s" % path)
@@ -225,25 +485,35 @@ def load_image(path, short, long_):
     if np.round(scale * max(im.shape[:2])) > long_:
         scale = float(long_) / max(im.shape[:2])
     im = cv2.resize(im, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    if stride:
+        padded = np.zeros((int(np.ceil(im.shape[0] / float(stride)) * stride),
+                           int(np.ceil(im.shape[1] / float(stride)) * stride), 3))
+        padded[:im.shape[0], :im.shape[1]] = im
+        im = padded
     data = np.zeros((1, 3) + im.shape[:2])
     for i in range(3):
         data[0, i] = im[:, :, 2 - i] - PIXEL_MEANS_BGR[2 - i]
     return data.astype(np.float32), np.array([[im.shape[0], im.shape[1], scale]], np.float32)
 
 
-def make_rois(height, width, count, rng):
+def make_rois(height, width, count, rng, pyramid=False):
     """Clipped boxes like proposals: the whole image, the corners and edges, tiny and degenerate boxes,
-    .5 corners (rounded half away from zero), then random boxes. [0, x1, y1, x2, y2] in input pixels."""
+    .5 corners (rounded half away from zero), then random boxes. [0, x1, y1, x2, y2] in input pixels.
+    With ``pyramid`` (FPN), squares on both sides of each level boundary of fpn_roi_pooling that fits
+    (sqrt(w h) = 112, 224, 448 with the "+1" sizes) come after the first nine."""
     X, Y = width - 1.0, height - 1.0
     boxes = [[0, 0, X, Y], [0, 0, 40, 40], [X - 40, Y - 40, X, Y], [X - 70, 0, X, Y], [0, Y - 50, X, Y],
              [60, 60, 60, 60], [80.5, 50.5, 86.5, 57.5], [10.5, 20.5, X / 2 + 0.5, Y / 2 + 0.5], [X - 4, Y - 4, X, Y]]
+    if pyramid:
+        boxes += [[0, 0, side - 1, side - 1] for edge in (112, 224, 448) for side in (edge - 1, edge)
+                  if side <= min(width, height)]
     boxes = boxes[:count]
     while len(boxes) < count:
         w, h = rng.uniform(8, 0.8 * width), rng.uniform(8, 0.8 * height)
         x1, y1 = rng.uniform(0, width - w), rng.uniform(0, height - h)
         boxes.append([x1, y1, x1 + w, y1 + h])
     b = np.clip(np.array(boxes, np.float64), 0, [X, Y, X, Y])
-    return np.hstack([np.zeros((count, 1)), b]).astype(np.float32)
+    return np.hstack([np.zeros((len(b), 1)), b]).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- weights
@@ -275,9 +545,17 @@ def rescaled_layers(model):
     (offset convs in pixels, RoI offsets normalised (x trans_std 0.1 = 10% of the RoI), scores in logits,
     box deltas in training units)."""
     kind, _, _, dcn, head = MODELS[model][:5]
-    targets = {"res5%s_branch2b_offset" % s: 1.5 for s in "abc"} if dcn else {}
+    blocks = ["res5%s" % s for s in "abc"] + (["res3b3", "res4b22"] if kind == "fpn" else [])
+    targets = {b + "_branch2b_offset": 1.5 for b in blocks} if dcn else {}
     if kind == "deeplab":
         targets["score"] = 3.0
+        return targets
+    if kind == "fpn":
+        # the shared RPN measured on P4; each level's offset fc on the offsets of the RoIs of its level
+        targets.update({"rpn_cls_score/rpn_cls_score_p4": 2.0, "rpn_bbox_pred/rpn_bbox_pred_p4": 0.3,
+                        "cls_score": 1.5, "bbox_pred": 1.0})
+        if head == "deformable_roi_pool":
+            targets.update({"offset_p%d/fpn_roi_pooling_offset" % l: 1.0 for l in range(2, 6)})
         return targets
     targets.update(rpn_cls_score=2.0, rpn_bbox_pred=0.3)
     if kind == "rfcn":
@@ -292,6 +570,13 @@ def rescaled_layers(model):
     return targets
 
 
+def internal(internals, blob):
+    """The symbol of an internal blob: ``NAME_output`` for single-output layers, ``NAME`` as MXNet names the
+    outputs of a multi-output operator (``fpn_roi_pooling_level``)."""
+    names = internals.list_outputs()
+    return internals[blob + "_output" if blob + "_output" in names else blob]
+
+
 def calibrate(model, arg, feed):
     """Two forwards of the calibration network (every BN normalising with its input's statistics): the
     first scales the offset convs (they change res5's statistics), the second records every BN's input
@@ -299,18 +584,24 @@ def calibrate(model, arg, feed):
     b = build(model, bn_train=True)
     internals = mx.sym.Group(list(b.blobs.values())).get_internals()
     targets = rescaled_layers(model)
-    outputs = [internals[name.split("/")[-1] + "_output"] for name in targets]
-    group = mx.sym.Group(outputs + [m for _, m, _ in b.bn_stats] + [v for _, _, v in b.bn_stats])
+    outputs = [internal(internals, name.split("/")[-1]) for name in targets]
+    # FPN: the level of each RoI, to measure each level's offset fc on its own RoIs
+    levels = [internal(internals, "fpn_roi_pooling_level")] if "roi_level" in b.blobs else []
+    group = mx.sym.Group(outputs + levels + [m for _, m, _ in b.bn_stats] + [v for _, _, v in b.bn_stats])
     for step in ("offsets", "heads"):
         args = {k: mx.nd.array(v) for k, v in dict(arg, **feed).items() if k in group.list_arguments()}
         outs = [o.asnumpy() for o in group.bind(mx.cpu(), args=args, grad_req="null").forward(is_train=False)]
         for (name, target), out in zip(targets.items(), outs):
             layer = name.split("/")[0]
+            if layer.startswith("offset_p"):
+                out = out[outs[len(targets)] == int(layer[-1]) - 2]
+                if not out.size:
+                    continue  # no RoI on this level: nothing to measure
             if ("_branch2b_offset" in layer) == (step == "offsets"):
                 factor = target / max(float(np.sqrt(np.mean(np.square(out, dtype=np.float64)))), 1e-12)
                 for suffix in ("_weight", "_bias"):
                     arg[layer + suffix] = (arg[layer + suffix] * factor).astype(np.float32)
-    stats = outs[len(targets):]
+    stats = outs[len(targets) + len(levels):]
     n = len(b.bn_stats)
     aux = {}
     for (name, _, _), mean, var in zip(b.bn_stats, stats[:n], stats[n:]):
@@ -373,11 +664,12 @@ def reference(model, out_dir, image, seed, short, rois_count=20, old_encodings=T
     short = short or MODELS[model][6]
     long_ = int(round(long_ * short / MODELS[model][6]))  # keep the release's aspect cap at a reduced size
     rng = np.random.RandomState(seed)
-    data, im_info = load_image(image, short, long_)
+    data, im_info = load_image(image, short, long_, IMAGE_STRIDE.get(kind, 0))
     feed = {"data": data}
     if kind != "deeplab":
-        feed["rois"] = make_rois(data.shape[2], data.shape[3], rois_count, np.random.RandomState(seed + 1))
-    b = build(model)
+        feed["rois"] = make_rois(data.shape[2], data.shape[3], rois_count, np.random.RandomState(seed + 1),
+                                 pyramid=kind == "fpn")
+    b = build(model, input_hw=data.shape[2:])
     net = mx.sym.Group(list(b.blobs.values()))
     arg_shapes, _, _ = net.infer_shape(**{k: v.shape for k, v in feed.items()})
     shapes = {n: tuple(s) for n, s in zip(net.list_arguments(), arg_shapes) if n not in feed}
@@ -397,6 +689,7 @@ def reference(model, out_dir, image, seed, short, rois_count=20, old_encodings=T
     seconds = time.time() - start
     blobs = dict(zip(b.blobs, outs))
     meta = dict(model=model, seed=seed, image=os.path.abspath(image), short=short, long=long_,
+                stride=IMAGE_STRIDE.get(kind, 0),
                 scale=float(im_info[0, 2]), mxnet=mx.__version__, forward_s=round(seconds, 3))
     np.savez(os.path.join(out_dir, "%s-ref.npz" % model), im_info=im_info, meta=np.array(json.dumps(meta)),
              **feed, **blobs)

@@ -111,7 +111,10 @@ class PooledRoI:
     corners, original pixels), the class whose offsets move the parts, the head's probability for it on
     this RoI (``cls_prob``, before box regression), the detection's score (None for a box), the
     ``parts`` (:class:`~dcnviz.analysis.RoIParts`), and what they were computed from: the RoI row as
-    pooled (network-input pixels) and its part offsets (2C, P, P)."""
+    pooled (network-input pixels), its part offsets (2C, P, P) for R-FCN's class-specific offsets or
+    (2, P, P) for the one offset field of deformable RoI pooling (Faster R-CNN, FPN: the same bins for
+    every class), the ``spatial_scale`` it was pooled at and, for FPN, the pyramid ``level`` (2..5 for
+    P2..P5) the RoI was assigned to."""
 
     source: str
     box: np.ndarray
@@ -122,17 +125,31 @@ class PooledRoI:
     parts: RoIParts
     pooled_roi: np.ndarray | None = None
     offset: np.ndarray | None = None
+    spatial_scale: float | None = None
+    level: int | None = None
+
+    @property
+    def offset_class(self) -> int:
+        """The channel pair of ``offset`` that moves the parts: the class for class-specific offsets, 0 for
+        one shared offset field."""
+        return self.class_id if self.offset.shape[0] > 2 else 0
 
 
 # A RoI pooler: (R, 5) [0, x1, y1, x2, y2] input-pixel RoIs -> the head's blobs, at least ``rois``,
-# ``rfcn_cls_offset`` (R, 2C, P, P) and ``cls_prob`` (R, C).
+# ``cls_prob`` (R, C) and the part offsets: R-FCN's ``rfcn_cls_offset`` (R, 2C, P, P), or ``offset_reshape``
+# (R, 2, P, P) of deformable RoI pooling (Faster R-CNN, FPN; FPN adds ``roi_level`` (R,), 0..3 = P2..P5).
 RoIPooler = Callable[[np.ndarray], dict]
 
 
 def select_layers(names: Sequence[str], top: str | None = None, levels: int | None = None,
-                  default_levels: int = DEFAULT_LEVELS) -> list[int]:
+                  default_levels: int = DEFAULT_LEVELS, strides: Sequence[float] | None = None) -> list[int]:
     """Indices into ``names`` (bottom -> top) of a stack: from ``top`` (default: the last) down,
     ``levels`` of them (default: ``default_levels`` or as many as there are below ``top``), top first.
+
+    ``strides`` (the layers' feature strides) keeps a stack within layers of one stride: a layer's input
+    map is the output map of the deformable layer below it only there (FPN DCN's res5a reads res4b22's
+    output through res5a's strided 1x1 conv, res4b22 is 22 blocks above res3b3), so the default stops at
+    a change of stride and asking for more levels is an error.
 
     Raises ValueError, naming the layers there are, for no layers, an unknown ``top`` or too many ``levels``."""
     names = list(names)
@@ -142,8 +159,17 @@ def select_layers(names: Sequence[str], top: str | None = None, levels: int | No
     if top not in names:
         raise ValueError(f"the model has no deformable layer {top!r}; its deformable layers are {', '.join(names)}")
     index = names.index(top)
-    levels = min(default_levels, index + 1) if levels is None else levels
-    if not 1 <= levels <= index + 1:
+    below = index + 1  # layers a stack from ``top`` can reach
+    if strides is not None:
+        below = next((index - i for i in range(index, -1, -1) if strides[i] != strides[index]), index + 1)
+    levels_given = levels is not None
+    levels = min(default_levels, below) if levels is None else levels
+    if not 1 <= levels <= below:
+        if levels_given and below < index + 1 and levels <= index + 1:
+            lower = names[index - below]
+            raise ValueError(f"{levels} levels from {top} cross from stride {strides[index]:g} to {lower} at stride "
+                             f"{strides[index - below]:g}; a stack follows the deformable layers of one stride: at "
+                             f"most {below} ({', '.join(names[index:index - below:-1])})")
         raise ValueError(f"{levels} levels from {top} need {levels} deformable layers at or below it; there "
                          f"{'is' if index == 0 else 'are'} {index + 1} ({', '.join(names[index::-1])})")
     return list(range(index, index - levels, -1))
@@ -169,8 +195,9 @@ class Inspection:
         prep: the image's :class:`~dcnviz.structures.Prep`; image: the BGR uint8 (H, W, 3) image.
         result: the prediction (:class:`~dcnviz.structures.Detections` / ``Segmentation``) or None.
         class_names: the model's classes (default: the result's).
-        roi_pooler, part_geometry: for models with deformable PS RoI pooling, a :data:`RoIPooler` and the
-            operator's parameters (``spatial_scale``, ``pooled_size``, ``part_size``, ``trans_std``).
+        roi_pooler, part_geometry: for models with deformable (PS) RoI pooling, a :data:`RoIPooler` and the
+            operator's parameters (``spatial_scale``, ``pooled_size``, ``part_size``, ``trans_std``; FPN:
+            ``spatial_scale`` is P2's, level l pools at ``spatial_scale / 2**l``).
     """
 
     def __init__(self, layers: Sequence[LayerRecord], prep, image: np.ndarray, result=None, *,
@@ -196,7 +223,8 @@ class Inspection:
     def stack(self, top: str | None = None, levels: int | None = None,
               default_levels: int = DEFAULT_LEVELS) -> list[LayerRecord]:
         """``levels`` layers from ``top`` down, top first (:func:`select_layers`)."""
-        return [self.layers[i] for i in select_layers(self.names, top, levels, default_levels)]
+        return [self.layers[i] for i in select_layers(self.names, top, levels, default_levels,
+                                                      [layer.feature_stride for layer in self.layers])]
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -266,7 +294,7 @@ class Inspection:
 
     @property
     def has_rois(self) -> bool:
-        """Whether RoI parts can be computed (a model with deformable PS RoI pooling)."""
+        """Whether RoI parts can be computed (a model with deformable (PS) RoI pooling)."""
         return self.roi_pooler is not None
 
     def detection_rois(self, indices: Sequence[int] | None = None) -> list[PooledRoI]:
@@ -286,7 +314,7 @@ class Inspection:
 
     def _pool(self, source: str, boxes: np.ndarray, classes, scores) -> list[PooledRoI]:
         if self.roi_pooler is None:
-            raise ValueError("this model has no deformable PS RoI pooling")
+            raise ValueError("this model has no deformable RoI pooling")
         if not len(boxes):
             return []
         # the RoIs as the official demos (and ``predict(boxes=...)``) make them: scaled, rounded
@@ -296,13 +324,20 @@ class Inspection:
         if classes is None:
             classes = 1 + prob[:, 1:].argmax(axis=1)  # class 0 is background
         g = self.part_geometry
-        return [PooledRoI(source, boxes[k], int(c), self.class_names[int(c)], float(prob[k, c]),
-                          None if scores is None else float(scores[k]),
-                          roi_parts(blobs["rois"][k], blobs["rfcn_cls_offset"][k], int(c), scale=self.prep.scale,
-                                    spatial_scale=g.spatial_scale, pooled_size=g.pooled_size,
-                                    part_size=g.part_size, trans_std=g.trans_std),
-                          np.asarray(blobs["rois"][k], np.float64), np.asarray(blobs["rfcn_cls_offset"][k]))
-                for k, c in enumerate(classes)]
+        offsets = blobs["rfcn_cls_offset"] if "rfcn_cls_offset" in blobs else blobs["offset_reshape"]
+        levels = np.asarray(blobs["roi_level"], np.int64) if "roi_level" in blobs else None
+        found = []
+        for k, c in enumerate(classes):
+            level = None if levels is None else int(levels[k])
+            spatial_scale = g.spatial_scale if level is None else g.spatial_scale / 2 ** level
+            offset, row = np.asarray(offsets[k]), np.asarray(blobs["rois"][k], np.float64)
+            parts = roi_parts(row, offset, int(c) if offset.shape[0] > 2 else 0, scale=self.prep.scale,
+                              spatial_scale=spatial_scale, pooled_size=g.pooled_size, part_size=g.part_size,
+                              trans_std=g.trans_std)
+            found.append(PooledRoI(source, boxes[k], int(c), self.class_names[int(c)], float(prob[k, c]),
+                                   None if scores is None else float(scores[k]), parts, row, offset, spatial_scale,
+                                   None if level is None else 2 + level))
+        return found
 
     def coarse_parts(self, roi: PooledRoI, parts: int) -> RoIParts:
         """``roi``'s parts in a ``parts`` x ``parts`` view (the paper's Fig. 7 draws 3x3): its P x P offsets
@@ -310,14 +345,14 @@ class Inspection:
         rule as a ``parts`` x ``parts`` pooling would place them. A summary for the eye; the operator pools
         the P x P parts of ``roi.parts``."""
         g = self.part_geometry
-        return roi_parts(roi.pooled_roi, pool_offsets(roi.offset, parts), roi.class_id, scale=self.prep.scale,
-                         spatial_scale=g.spatial_scale, pooled_size=parts, part_size=parts, trans_std=g.trans_std)
+        return roi_parts(roi.pooled_roi, pool_offsets(roi.offset, parts), roi.offset_class, scale=self.prep.scale,
+                         spatial_scale=roi.spatial_scale, pooled_size=parts, part_size=parts, trans_std=g.trans_std)
 
 
 def inspect(model, image) -> Inspection:
-    """Run a registered model (``dcnviz.load_model``: R-FCN or DeepLab) once on ``image`` (a path or a
+    """Run a registered model (``dcnviz.load_model``: R-FCN, Faster R-CNN, FPN or DeepLab) once on ``image`` (a path or a
     BGR uint8 (H, W, 3) array) and keep everything the analysis views read: the prediction, every
-    deformable layer's offsets and geometry, and for deformable PS RoI pooling the head's input, so that
+    deformable layer's offsets and geometry, and for deformable (PS) RoI pooling the head's input, so that
     RoI parts of any box are computed later by the head alone."""
     if isinstance(image, (str, os.PathLike)):
         from dcnviz.io.images import read_image

@@ -115,7 +115,7 @@ def stack(net, layer: str | None, levels: int | None, default_levels: int) -> li
     names = [short_name(l) for l in net.deformable_layers]
     try:
         return [names[i] for i in select_layers(names, None if layer is None else layer.removesuffix("_branch2b"),
-                                                levels, default_levels)]
+                                                levels, default_levels, [l.feature_stride for l in net.deformable_layers])]
     except ValueError as e:
         raise usage_error("--levels" if levels is not None and "levels" in str(e) else "--layer", e) from None
 

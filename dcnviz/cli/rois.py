@@ -1,4 +1,6 @@
-"""``dcnviz rois``: the parts of deformable PS RoI pooling, moved by their learned offsets (paper Fig. 7).
+"""``dcnviz rois``: the parts of deformable (PS) RoI pooling, moved by their learned offsets (paper Fig. 7):
+R-FCN's position-sensitive parts, or the bins of Faster R-CNN's and FPN's deformable RoI pooling (FPN: on
+the pyramid level the RoI is assigned to).
 
 Output (``OUT`` = runs/rois, …)::
 
@@ -21,21 +23,18 @@ DEFAULT_TOP = 3
 
 
 def _resolve(model: str | None):
-    """(spec, part geometry); a model without deformable PS RoI pooling is a usage error of --model."""
+    """(spec, part geometry); a model without deformable (PS) RoI pooling is a usage error of --model."""
     from dcnviz.models import get_spec, list_models
 
-    def parts(spec):
-        return getattr(meta_model(spec), "part_geometry", None)  # None: no PS RoI pooling at all
+    def deformable(spec):
+        geometry = getattr(meta_model(spec), "part_geometry", None)  # None: no RoI pooling at all
+        return geometry if geometry is not None and geometry.deformable else None
 
     spec = resolve_model(model, None, DEFAULT_MODEL)
-    geometry = parts(spec)
-    def position_sensitive(geometry):  # Faster R-CNN's deformable RoI pooling (one group) is not shown yet
-        return geometry is not None and geometry.deformable and geometry.group_size > 1
-
-    if not position_sensitive(geometry):
-        have = [n for n in list_models() if get_spec(n).task == "detection"
-                and position_sensitive(parts(get_spec(n)))]
-        raise click.BadParameter(f"{spec.name!r} has no deformable PS RoI pooling (models that have it: "
+    geometry = deformable(spec)
+    if geometry is None:
+        have = [n for n in list_models() if get_spec(n).task == "detection" and deformable(get_spec(n))]
+        raise click.BadParameter(f"{spec.name!r} has no deformable RoI pooling (models that have it: "
                                  f"{', '.join(have)})", param_hint="'--model'")
     return spec, geometry
 
@@ -55,13 +54,14 @@ def _resolve(model: str | None):
               help="Also show each RoI in a K x K view beside the model's own parts (the paper's Fig. 7 uses 3): "
                    "its offsets averaged over K x K windows of the parts.")
 @click.option("-r", "--recursive", is_flag=True, help="Also search the subfolders of an IMAGE folder.")
-@analysis_options("rois", "deformable PS RoI pooling")
+@analysis_options("rois", "deformable (PS) RoI pooling")
 def rois(images, top, box, class_, conf, coarse, recursive, model, weights, device, out, exist_ok, quiet, json_out,
          style, marker_alpha, fmt, show):
-    """Where deformable PS RoI pooling looks (paper Fig. 7): each RoI's k x k parts moved by the offsets of
-    the classification branch for its class, exactly as the operator places them (RoI rounded, scaled
-    to the feature map and shifted by -0.5; each part moved by offset x trans_std x RoI size), the
-    unmoved parts drawn faintly beneath.
+    """Where deformable (PS) RoI pooling looks (paper Fig. 7): each RoI's k x k parts moved by their
+    offsets (R-FCN: the classification branch's, for the RoI's class; Faster R-CNN and FPN: the one offset
+    field of deformable RoI pooling, the same bins for every class; FPN: on the pyramid level the RoI is
+    assigned to), exactly as the operator places them (RoI rounded, scaled to the feature map and shifted
+    by -0.5; each part moved by offset x trans_std x RoI size), the unmoved parts drawn faintly beneath.
 
     IMAGE is an image file, a folder or a quoted glob, or several. The RoIs are the model's best
     detections (--top) or given boxes (--box); either way the head pools those boxes as its RoIs, so the
@@ -121,13 +121,15 @@ def rois(images, top, box, class_, conf, coarse, recursive, model, weights, devi
                              f"{' of class ' + class_ if class_ else ''}; lower --conf or give --box")
                     continue
                 found = seen.detection_rois(chosen)
-            views = [[(r.parts, f"{roi_label(r)}: {p}x{p} parts ({r.source} {k + 1})")] for k, r in enumerate(found)]
+            views = [[(r.parts, f"{roi_label(r)}: {p}x{p} parts ({r.source} {k + 1}"
+                               f"{'' if r.level is None else f', on P{r.level}'})")] for k, r in enumerate(found)]
             coarse_parts = None
             if coarse is not None:
                 coarse_parts = [seen.coarse_parts(r, coarse) for r in found]
                 for view, r, c in zip(views, found, coarse_parts):
                     view.append((c, f"{roi_label(r)}: {coarse}x{coarse} view of the {p}x{p} offsets"))
-            footer = (f"{spec.name}: RoI as pooled (yellow), its parts moved by the class's offsets x trans_std "
+            whose = "the class's" if parts.group_size > 1 else "their"
+            footer = (f"{spec.name}: RoI as pooled (yellow), its parts moved by {whose} offsets x trans_std "
                       f"{parts.trans_std:g} (red), unmoved parts faint")
             panels = [draw_pooled_roi(picture, r, part, look) for r, view in zip(found, views) for part, _ in view]
             titles = [title for view in views for _, title in view]

@@ -9,13 +9,16 @@ Official keys look like ``arg:res5a_branch2b_offset_weight`` or ``aux:bn4b22_bra
     rpn_conv_3x3, rpn_cls_score, rpn_bbox_pred          -> rpn.<layer>
     conv_new_1, rfcn_*, fc6, score, upsampling          -> head.<layer>
     offset, fc_new_1, fc_new_2, cls_score, bbox_pred    -> head.<layer>   (Faster R-CNN)
+    offset_p<L> (FPN)                                   -> head.offset_p<L>
+    rpn_conv (FPN's RPN, shared by the levels)          -> rpn.rpn_conv
+    fpn_p<L>, fpn_p<L>_1x1                              -> neck.<layer>
 
 with parameter suffixes ``_weight/_bias`` -> ``.weight/.bias`` and BatchNorm ``_gamma/_beta`` (arg),
 ``_moving_mean/_moving_var`` (aux) -> ``.weight/.bias/.running_mean/.running_var``.
 
 ``official_params.json`` holds every key and shape of the released networks, with the optional
 ``rfcn_bbox_*_test`` / ``bbox_pred_*_test`` keys (official.md §2a): the spec's list for the six R-FCN and
-DeepLab networks; for ``rcnn_dcn_coco`` and ``rcnn_coco`` the names and shapes MXNet's ``infer_shape``
+DeepLab networks; for ``rcnn_dcn_coco``, ``rcnn_coco``, ``fpn_dcn_coco`` and ``fpn_coco`` the names and shapes MXNet's ``infer_shape``
 gives for the official test symbols as ``tools/mxnet_reference.py`` builds them.
 """
 from __future__ import annotations
@@ -29,7 +32,7 @@ _BLOCK = r"(\d)([a-z]\d*)"
 _CONV_SUFFIX = {"weight": "weight", "bias": "bias"}
 _BN_SUFFIX = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_var": "running_var"}
 _AUX = {"moving_mean", "moving_var"}
-RPN_LAYERS = ("rpn_conv_3x3", "rpn_cls_score", "rpn_bbox_pred")
+RPN_LAYERS = ("rpn_conv_3x3", "rpn_conv", "rpn_cls_score", "rpn_bbox_pred")
 HEAD_LAYERS = ("conv_new_1", "rfcn_cls", "rfcn_bbox", "rfcn_cls_offset_t", "rfcn_bbox_offset_t",
                "fc6", "score", "upsampling",
                "offset", "fc_new_1", "fc_new_2", "cls_score", "bbox_pred")  # Faster R-CNN's 2fc head
@@ -68,8 +71,10 @@ def official_to_torch(key: str) -> str:
         return f"backbone.conv1.{suffix}"
     if layer in RPN_LAYERS:
         return f"rpn.{layer}.{suffix}"
-    if layer in HEAD_LAYERS:
+    if layer in HEAD_LAYERS or re.fullmatch(r"offset_p[2-5]", layer):
         return f"head.{layer}.{suffix}"
+    if re.fullmatch(r"fpn_p[2-6](_1x1)?", layer):
+        return f"neck.{layer}.{suffix}"
     raise KeyError(key)
 
 
@@ -87,7 +92,7 @@ def torch_to_official(key: str) -> str:
             name = f"res{m[1]}{m[2]}_{module}_{param}"
     elif parts[0] == "backbone" and len(parts) == 3 and parts[1] == "bn_conv1" and param in bn:
         name = f"bn_conv1_{bn[param]}"
-    elif len(parts) == 3 and parts[0] in ("backbone", "rpn", "head"):
+    elif len(parts) == 3 and parts[0] in ("backbone", "rpn", "head", "neck"):
         name = f"{parts[1]}_{param}"
     else:
         raise KeyError(key)

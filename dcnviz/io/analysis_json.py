@@ -95,11 +95,15 @@ def roi_record(roi, panel: tuple[int, int]) -> dict:
     or ``--box``; inclusive corners), the class whose offsets move the parts, the detection's own score
     (None for a ``--box``) and the RoI head's probability for the class on this very box
     (``head_probability``, before box regression), the RoI as pooled and its moved and regular parts
-    (continuous edges), and where its panel starts in the figure."""
-    return {"source": roi.source, "box": _px(roi.box), "class_id": roi.class_id, "class_name": roi.class_name,
-            "detection_score": _value(roi.detection_score), "head_probability": _value(roi.probability),
-            "panel": list(panel), "roi": _px(roi.parts.roi), "parts": _px(roi.parts.bins),
-            "regular_parts": _px(roi.parts.regular)}
+    (continuous edges), and where its panel starts in the figure; for FPN the pyramid ``level`` (2..5) it
+    was pooled on and that level's ``spatial_scale``."""
+    record = {"source": roi.source, "box": _px(roi.box), "class_id": roi.class_id, "class_name": roi.class_name,
+              "detection_score": _value(roi.detection_score), "head_probability": _value(roi.probability),
+              "panel": list(panel), "roi": _px(roi.parts.roi), "parts": _px(roi.parts.bins),
+              "regular_parts": _px(roi.parts.regular)}
+    if roi.level is not None:
+        record.update(level=roi.level, spatial_scale=roi.spatial_scale)
+    return record
 
 
 def rois_record(path, inspection, model: str, figure, rois, panels, coarse: int | None = None,
@@ -114,8 +118,11 @@ def rois_record(path, inspection, model: str, figure, rois, panels, coarse: int 
             rec["coarse"] = {"size": coarse, "rule": f"the {g.part_size}x{g.part_size} offsets averaged over "
                                                       f"{coarse}x{coarse} adaptive windows",
                              "parts": _px(c.bins), "regular_parts": _px(c.regular)}
+    # R-FCN's parts move by the classification branch's class-specific offsets; deformable RoI pooling
+    # (Faster R-CNN, FPN) has one offset field, shared by every class and both outputs
     record.update(pooled_size=g.pooled_size, part_size=g.part_size, trans_std=g.trans_std,
-                  spatial_scale=g.spatial_scale, branch="classification", rois=records)
+                  spatial_scale=g.spatial_scale, branch="classification" if g.group_size > 1 else "shared",
+                  rois=records)
     return record
 
 

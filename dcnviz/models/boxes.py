@@ -61,3 +61,31 @@ def nms(boxes: np.ndarray, scores: np.ndarray, thresh: float, max_keep: int | No
         inter = w * h
         order = rest[inter / (areas[i] + areas[rest] - inter) <= thresh]
     return np.asarray(keep, dtype=np.int64)
+
+
+def soft_nms(boxes: np.ndarray, scores: np.ndarray, sigma: float, max_keep: int | None = None):
+    """Gaussian soft-NMS of the official ``soft_nms`` (``lib/nms/nms.py``, FPN's test setting): visit
+    boxes by decreasing (current) score, keep one, multiply every remaining score by
+    ``exp(-IoU**2 / sigma)`` (IoU with "+1" against the kept box), re-rank; nothing is dropped, at most
+    ``max_keep`` are kept.
+
+    Returns the kept indices in visiting order and their rescored scores (float64). Deviation: ties are
+    visited in index order (stable sort), as in :func:`nms`."""
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(-scores, kind="stable")
+    current = scores[order].astype(np.float64)
+    keep, kept_scores = [], []
+    while order.size > 0 and (max_keep is None or len(keep) < max_keep):
+        i = order[0]
+        keep.append(i)
+        kept_scores.append(current[0])
+        rest = order[1:]
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        inter = w * h
+        overlap = inter / (areas[i] + areas[rest] - inter)
+        current = current[1:] * np.exp(-overlap ** 2 / sigma)
+        rank = np.argsort(-current, kind="stable")
+        order, current = rest[rank], current[rank]
+    return np.asarray(keep, dtype=np.int64), np.asarray(kept_scores, dtype=np.float64)

@@ -36,7 +36,8 @@ def layer_stack(model: nn.Module, top: str | None = None, levels: int | None = N
 
     layers = list(model.deformable_layers)
     top = None if top is None else top.removesuffix(_SUFFIX)
-    return [layers[i] for i in select_layers([short_name(layer) for layer in layers], top, levels, default_levels)]
+    return [layers[i] for i in select_layers([short_name(layer) for layer in layers], top, levels, default_levels,
+                                             [layer.feature_stride for layer in layers])]
 
 
 @torch.inference_mode()

@@ -60,6 +60,24 @@ def _rcnn(dcn, test):
     return factory
 
 
+def _fpn(dcn, test):
+    def factory():
+        from dcnviz.models.fpn import FPN
+        from dcnviz.models.postprocess import DetectionConfig
+        from dcnviz.models.proposal import ProposalConfig
+        from dcnviz.models.resnet import DeformableSpec, ResNetV1
+
+        backbone = ResNetV1(deformable=DeformableSpec(4, 1) if dcn else None, res5_dilation=1,
+                            deformable_blocks=("res3b3", "res4b22", "res5a", "res5b", "res5c"))
+        return FPN(backbone, COCO_CLASSES, (800, 1280), test["anchor_scales"], test["anchor_ratios"],
+                   deformable_roi_pool=dcn,
+                   proposal=ProposalConfig(test["rpn_pre_nms_top_n"], test["rpn_post_nms_top_n"],
+                                           test["rpn_nms_thresh"], test["rpn_min_size"]),
+                   detection=DetectionConfig(test["score_thresh"], test["nms_thresh"], test["max_per_image"],
+                                             class_agnostic=False, soft_nms=test["soft_nms_thresh"]))
+    return factory
+
+
 def _deeplab(dcn):
     def factory():
         from dcnviz.models.deeplab import DeepLab
@@ -95,6 +113,17 @@ _register("rcnn_dcn_coco", _rcnn((4, 2), _COCO_TEST), "detection", "coco", COCO_
           "pooling, 2fc head", twin="rcnn_coco")
 _register("rcnn_coco", _rcnn(None, _COCO_TEST), "detection", "coco", COCO_CLASSES, COCO_PALETTE, (600, 1000),
           _COCO_TEST, "Faster R-CNN, ResNet-v1-101, dilated res5, 7x7 RoI max pooling, 2fc head")
+# experiments/fpn/cfgs/resnet_v1_101_coco_trainval_fpn{,_dcn}_end2end_ohem.yaml (TEST): images padded to
+# multiples of 32, RPN on P2-P6 with 3 anchors (scale 8), 12000/2000/0.7, soft-NMS 0.6 (NMS 0.3 unused),
+# 100 per image; TEST_SCALES are six scales, dcnviz's default is one (see dcnviz.models.fpn)
+_FPN_TEST = dict(_COCO_TEST, rpn_pre_nms_top_n=12000, rpn_post_nms_top_n=2000, anchor_scales=(8,), image_stride=32,
+                 rpn_feat_stride=(4, 8, 16, 32, 64), soft_nms_thresh=0.6,
+                 test_scales=((480, 800), (576, 900), (688, 1100), (800, 1200), (1200, 1600), (1400, 2000)))
+_register("fpn_dcn_coco", _fpn(True, _FPN_TEST), "detection", "coco", COCO_CLASSES, COCO_PALETTE, (800, 1280),
+          _FPN_TEST, "Deformable FPN (+OHEM), ResNet-v1-101: deformable res3b3, res4b22, res5 (4 groups) and "
+          "deformable 7x7 RoI pooling on P2-P5, 2fc head", twin="fpn_coco")
+_register("fpn_coco", _fpn(False, _FPN_TEST), "detection", "coco", COCO_CLASSES, COCO_PALETTE, (800, 1280),
+          _FPN_TEST, "FPN (+OHEM), ResNet-v1-101, P2-P6, 7x7 RoI max pooling on P2-P5, 2fc head")
 _register("deeplab_dcn_cityscapes", _deeplab((1, 1)), "segmentation", "cityscapes", CITYSCAPES_CLASSES,
           CITYSCAPES_PALETTE, (1024, 2048), _SEG_TEST, "Deformable DeepLab, ResNet-v1-101, deformable res5 (1 group)",
           twin="deeplab_cityscapes")

@@ -7,7 +7,8 @@ A path is read by :func:`dcnviz.io.images.read_image` (the one image reader: EXI
 decompression-bomb limit, one-line :class:`~dcnviz.errors.ImageError`), giving BGR ``uint8`` as the
 official code's ``cv2.imread``; :func:`to_network_input` resizes so that the short side is ``short``
 unless the long side would exceed ``long`` (then the long side is ``long``), bilinear
-(``cv2.INTER_LINEAR``), no padding; the network input is **RGB** with the means subtracted in float64
+(``cv2.INTER_LINEAR``), no padding (FPN: zero padding at the bottom and right up to a multiple of
+``IMAGE_STRIDE`` 32, before the means are subtracted, so the padding reads ``-mean``); the network input is **RGB** with the means subtracted in float64
 (as the official transform does before ``mx.nd.array`` makes it float32) and no division by a std:
 channel 0 = R - 123.15, 1 = G - 115.90, 2 = B - 103.06, in the 0..255 scale.
 """
@@ -58,11 +59,21 @@ def to_network_input(image_bgr: np.ndarray, scale: float) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32))
 
 
-def preprocess(image, scales: tuple[int, int]) -> tuple[torch.Tensor, Prep]:
+def preprocess(image, scales: tuple[int, int], stride: int = 0) -> tuple[torch.Tensor, Prep]:
     """Image (path or BGR uint8 array) -> network input (1, 3, H, W) float32 (RGB, means subtracted)
-    and the :class:`~dcnviz.structures.Prep` that maps input pixels back to the image."""
+    and the :class:`~dcnviz.structures.Prep` that maps input pixels back to the image. ``stride`` > 0
+    pads the resized image with zeros (bottom, right) to multiples of ``stride`` (official
+    ``resize(stride=IMAGE_STRIDE)``); ``Prep.input_size`` is then the padded size, as the official
+    ``im_info``."""
     im = as_image(image)
     h, w = im.shape[:2]
     scale = resize_scale(h, w, *scales)
+    if stride > 0:
+        if scale != 1.0:
+            im = cv2.resize(im, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+        rh, rw = im.shape[:2]
+        im = np.pad(im, ((0, -rh % stride), (0, -rw % stride), (0, 0)))
+        data = to_network_input(im, 1.0)[None]
+        return data, Prep(image_size=(h, w), scale=scale, input_size=tuple(data.shape[2:]))
     data = to_network_input(im, scale)[None]
     return data, Prep(image_size=(h, w), scale=scale, input_size=tuple(data.shape[2:]))

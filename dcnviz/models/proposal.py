@@ -1,7 +1,9 @@
-"""The RPN proposal step of the official Python op ``rfcn/operator_py/proposal.py`` (official.md §4.3).
+"""The RPN proposal step of the official Python ops ``rfcn/operator_py/proposal.py`` (official.md §4.3)
+and, over the levels of a feature pyramid, ``fpn/operator_py/pyramid_proposal.py`` (same steps, the
+candidates of every level ranked together).
 
 Deviation from the official code: when fewer than ``post_nms_top_n`` boxes survive NMS, the official
-op pads the output to exactly that many by **random** choice among the kept boxes (``npr.choice``);
+ops pad the output to exactly that many by **random** choice among the kept boxes (``npr.choice``);
 dcnviz returns only the kept boxes, so the result is deterministic and has no duplicates (R <= 300).
 Padding only repeats RoIs, so the detections after per-class NMS are the same up to duplicates of
 kept boxes. Ties in score are resolved by index (see :func:`dcnviz.models.boxes.nms`).
@@ -45,18 +47,33 @@ def propose(rpn_cls_prob: np.ndarray, rpn_bbox_pred: np.ndarray, anchors: np.nda
     As in the official op, the grid is ``int(H / stride) x int(W / stride)`` taken from the *input* size,
     so a feature map one cell larger (e.g. 38x63 for 600x1000) loses its last row and column.
     """
+    boxes, scores = level_candidates(rpn_cls_prob, rpn_bbox_pred, anchors, input_hw, im_scale, cfg.min_size,
+                                     cfg.feature_stride)
+    return select(boxes, scores, cfg)
+
+
+def level_candidates(rpn_cls_prob: np.ndarray, rpn_bbox_pred: np.ndarray, anchors: np.ndarray,
+                     input_hw: tuple[int, int], im_scale: float, min_size: float,
+                     stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """The decoded, clipped boxes (K, 4) of one feature map and their foreground scores (K,), before any
+    ranking, in the official (y, x, anchor) order, without those smaller than ``min_size * im_scale``."""
     num_anchors = anchors.shape[0]
-    height, width = int(input_hw[0] / cfg.feature_stride), int(input_hw[1] / cfg.feature_stride)
+    height, width = int(input_hw[0] / stride), int(input_hw[1] / stride)
     scores = rpn_cls_prob[:, num_anchors:, :height, :width]
     deltas = rpn_bbox_pred[:, :, :height, :width]
     height, width = scores.shape[2:]  # a map smaller than the grid keeps its own size (official _clip_pad)
     scores = scores.transpose(0, 2, 3, 1).reshape(-1)
     deltas = deltas.transpose(0, 2, 3, 1).reshape(-1, 4)
-    proposals = B.clip(B.decode(shifted_anchors(anchors, height, width, cfg.feature_stride), deltas), *input_hw)
+    proposals = B.clip(B.decode(shifted_anchors(anchors, height, width, stride), deltas), *input_hw)
     ws = proposals[:, 2] - proposals[:, 0] + 1
     hs = proposals[:, 3] - proposals[:, 1] + 1
-    keep = np.where((ws >= cfg.min_size * im_scale) & (hs >= cfg.min_size * im_scale))[0]
-    proposals, scores = proposals[keep], scores[keep]
+    keep = np.where((ws >= min_size * im_scale) & (hs >= min_size * im_scale))[0]
+    return proposals[keep], scores[keep]
+
+
+def select(proposals: np.ndarray, scores: np.ndarray, cfg: ProposalConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The official ranking of candidate boxes: the ``pre_nms_top_n`` best, NMS, the ``post_nms_top_n``
+    best; returns rois (R, 5) float32 ``[0, x1, y1, x2, y2]`` and scores (R,) float32."""
     order = np.argsort(-scores, kind="stable")
     if cfg.pre_nms_top_n > 0:
         order = order[: cfg.pre_nms_top_n]
@@ -67,3 +84,14 @@ def propose(rpn_cls_prob: np.ndarray, rpn_bbox_pred: np.ndarray, anchors: np.nda
     rois = np.zeros((len(keep), 5), dtype=np.float32)
     rois[:, 1:] = proposals[keep]
     return rois, scores[keep].astype(np.float32)
+
+
+def propose_pyramid(levels, input_hw: tuple[int, int], im_scale: float = 1.0,
+                    cfg: ProposalConfig = ProposalConfig(12000, 2000, 0.7, 0.0)) -> tuple[np.ndarray, np.ndarray]:
+    """Proposals over the levels of a feature pyramid (``fpn/operator_py/pyramid_proposal.py``): every
+    level's candidates (:func:`level_candidates` with that level's stride and anchors), pooled, then
+    ranked together by :func:`select`. ``levels`` is a sequence of (rpn_cls_prob, rpn_bbox_pred, anchors,
+    stride), finest first as the official op concatenates them (strides 4, 8, 16, 32, 64)."""
+    found = [level_candidates(prob, deltas, anchors, input_hw, im_scale, cfg.min_size, stride)
+             for prob, deltas, anchors, stride in levels]
+    return select(np.concatenate([b for b, _ in found]), np.concatenate([s for _, s in found]), cfg)

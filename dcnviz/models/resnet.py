@@ -6,8 +6,11 @@ with the width and depth as parameters so that smaller models can reuse the same
   plus the shortcut (identity, or branch1 1x1 -> BN in the first block of a stage), then ReLU;
   the stride-2 step of res3a/res4a sits on the **1x1** convs (branch2a and branch1);
 - the last stage (res5) runs at stride 1 with dilation 2 (pad 2) in every branch2b, so the output
-  stride stays 16; with ``deformable`` set, its three branch2b convs are deformable, each fed by an
-  ordinary offset conv ``branch2b_offset`` (3x3, with bias) on the branch2a output;
+  stride stays 16 (R-FCN, Faster R-CNN, DeepLab); FPN's res5 (``res5_dilation=1``) runs at stride 2
+  (on res5a's 1x1 convs, as res3a/res4a), without dilation, for an output stride of 32;
+- with ``deformable`` set, the branch2b convs of ``deformable_blocks`` (default: res5's three) are
+  deformable, each fed by an ordinary offset conv ``branch2b_offset`` (3x3, with bias) on the branch2a
+  output (FPN DCN also makes res3b3 and res4b22 deformable);
 - every conv has no bias; BatchNorm uses the stored statistics with eps 1e-5 (frozen); for inference
   :mod:`dcnviz.models.mxnet_cpu` folds it into the convs as MXNet's CPU executor does.
 
@@ -48,11 +51,12 @@ class FrozenBatchNorm2d(nn.Module):
 
 @dataclass(frozen=True)
 class DeformableSpec:
-    """Geometry of the deformable res5 branch2b convs of one model.
+    """Geometry of the deformable branch2b convs of one model.
 
     ``deformable_groups`` 4 with offset dilation 2 for the R-FCN COCO model (72 offset channels);
-    1 with offset dilation 1 for DeepLab DCN and ``deform_conv`` (18 channels). The deformable conv
-    itself is always 3x3, dilation 2, pad 2, stride 1."""
+    1 with offset dilation 1 for DeepLab DCN and ``deform_conv`` (18 channels); 4 with offset dilation 1
+    for FPN DCN. The deformable conv itself is 3x3, stride 1, with its block's dilation (2 in a dilated
+    res5, else 1) and pad."""
 
     deformable_groups: int
     offset_dilation: int
@@ -133,52 +137,71 @@ class ResNetV1(nn.Module):
     ``units`` blocks per stage (res2..res5), ``widths`` the bottleneck (mid) width per stage, outputs
     ``expansion * width``. The official ResNet-101 is ``units=(3, 4, 23, 3), widths=(64, 128, 256, 512),
     stem=64``. ``forward`` returns the res4 output (RPN input, ``4*widths[2]`` channels, stride 16) and the
-    res5 output (``4*widths[3]`` channels, stride 16)."""
+    res5 output (``4*widths[3]`` channels, stride 16, or 32 with ``res5_dilation=1``).
+    ``deformable_blocks`` names the blocks whose branch2b is deformable when ``deformable`` is set (default:
+    every res5 block)."""
 
     def __init__(self, units=(3, 4, 23, 3), widths=(64, 128, 256, 512), stem: int = 64, expansion: int = 4,
-                 deformable: DeformableSpec | None = None):
+                 deformable: DeformableSpec | None = None, res5_dilation: int = 2,
+                 deformable_blocks: tuple[str, ...] | None = None):
         super().__init__()
         self.conv1 = nn.Conv2d(3, stem, 7, 2, 3, bias=False)
         self.bn_conv1 = FrozenBatchNorm2d(stem)
         self.stages: list[list[str]] = []
-        channels = stem
+        self.strides: dict[str, int] = {}  # block name -> input pixels per cell of its output
+        channels, stride_so_far = stem, 4
+        strided = (3, 4) if res5_dilation > 1 else (3, 4, 5)
+        if deformable_blocks is None:
+            deformable_blocks = tuple(block_names(5, units[3]))
         for stage, (count, mid) in enumerate(zip(units, widths), start=2):
             names = block_names(stage, count)
-            last = stage == 5
+            dilation = res5_dilation if stage == 5 else 1
             for i, name in enumerate(names):
-                stride = 2 if i == 0 and stage in (3, 4) else 1
-                block = Bottleneck(channels, mid, expansion * mid, stride, 2 if last else 1, shortcut=i == 0,
-                                   deformable=deformable if last else None)
+                stride = 2 if i == 0 and stage in strided else 1
+                stride_so_far *= stride
+                block = Bottleneck(channels, mid, expansion * mid, stride, dilation, shortcut=i == 0,
+                                   deformable=deformable if name in deformable_blocks else None)
                 self.add_module(name, block)
+                self.strides[name] = stride_so_far
                 channels = expansion * mid
             self.stages.append(names)
         self.out_channels = (expansion * widths[2], expansion * widths[3])
+        self.stage_channels = tuple(expansion * w for w in widths)
         self.deformable = deformable
+        self.deformable_blocks = tuple(n for names in self.stages for n in names
+                                       if deformable is not None and n in deformable_blocks)
 
     @property
     def deformable_layers(self) -> list[DeformableLayer]:
-        """Geometry of each deformable conv, in forward order (res5a, res5b, res5c)."""
+        """Geometry of each deformable conv, in forward order (res5a, res5b, res5c; FPN DCN: res3b3,
+        res4b22 first)."""
         if self.deformable is None:
             return []
         od = self.deformable.offset_dilation
-        return [DeformableLayer(name=n + "_branch2b", offset=n + "_branch2b_offset", kernel_size=3, dilation=2,
-                                padding=2, stride=1, deformable_groups=self.deformable.deformable_groups,
-                                offset_kernel_size=3, offset_dilation=od, offset_padding=od)
-                for n in self.stages[-1]]
+        return [DeformableLayer(name=n + "_branch2b", offset=n + "_branch2b_offset", kernel_size=3,
+                                dilation=getattr(self, n).dilation, padding=getattr(self, n).dilation, stride=1,
+                                deformable_groups=self.deformable.deformable_groups, offset_kernel_size=3,
+                                offset_dilation=od, offset_padding=od, feature_stride=self.strides[n])
+                for n in self.deformable_blocks]
 
-    def forward(self, x: torch.Tensor, taps: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``taps``, when a dict, receives the offset maps ``resXY_branch2b_offset`` and the official
-        intermediate blobs ``feat_pool1`` and ``feat_<last block of each stage>_relu``."""
+    def stage_outputs(self, x: torch.Tensor, taps: dict | None = None) -> list[torch.Tensor]:
+        """The outputs of res2, res3, res4 and res5. ``taps``, when a dict, receives the offset maps
+        ``resXY_branch2b_offset`` and the official intermediate blobs ``feat_pool1`` and
+        ``feat_<last block of each stage>_relu``."""
         x = F.relu(self.bn_conv1(self.conv1(x)))
         x = F.max_pool2d(x, 3, 2, 0, ceil_mode=True)
         if taps is not None:
             taps["feat_pool1"] = x
-        res4 = x
-        for stage, names in enumerate(self.stages, start=2):
+        outputs = []
+        for names in self.stages:
             for name in names:
                 x = getattr(self, name)(x, taps, name)
             if taps is not None:
                 taps[f"feat_{names[-1]}_relu"] = x
-            if stage == 4:
-                res4 = x
-        return res4, x
+            outputs.append(x)
+        return outputs
+
+    def forward(self, x: torch.Tensor, taps: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The res4 and res5 outputs (see :meth:`stage_outputs` for ``taps``)."""
+        outputs = self.stage_outputs(x, taps)
+        return outputs[2], outputs[3]

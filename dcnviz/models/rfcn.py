@@ -220,7 +220,7 @@ class RFCN(nn.Module):
         out = self.forward_official(data, rois, features=keep_features)
         det = self._detections(out, 0, prep, score_thresh)
         if keep_features:
-            det.captured["features"] = out[f"feat_{self.backbone.stages[-1][-1]}_relu"]
+            det.captured["features"] = self.head_input(out)
         return det
 
     @torch.inference_mode()
@@ -245,6 +245,10 @@ class RFCN(nn.Module):
             captured.update({k: out[k][mine].cpu() for k in self.captured_head_blobs})
             captured["rois"][:, 0] = 0
         return Detections(det_boxes, scores, labels, self.classes, prep, captured)
+
+    def head_input(self, out: dict):
+        """What the head pools from, among the blobs of ``forward_official(..., features=True)``: res5."""
+        return out[f"feat_{self.backbone.stages[-1][-1]}_relu"]
 
     @torch.inference_mode()
     def pool_rois(self, features: torch.Tensor, rois) -> dict[str, torch.Tensor]:

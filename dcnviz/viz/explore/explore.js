@@ -184,7 +184,8 @@
   state.levels = Math.min(DATA.default_levels, maxLevels(state.layer));
 
   // How many levels can go down from layer index `top`: consecutive layers that compose (each reads the
-  // output of the one below), as long as the bottom one's input size is known.
+  // output of the one below; FPN DCN's res5a does not: it reads res4b22 through a strided 1x1 conv), as
+  // long as the bottom one's input size is known.
   function maxLevels(top) {
     let n = 0;
     for (let l = top; l >= 0; l--) {
