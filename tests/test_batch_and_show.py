@@ -156,3 +156,19 @@ def test_a_figure_command_shows_its_figure(tmp_path, monkeypatch):
     png = tmp_path / "runs" / "offsets" / f"{SAMPLES[0].stem}_res5c.png"
     ((picture, caption),) = shown
     assert caption == str(png.relative_to(tmp_path)) and np.array_equal(picture, read_image(png))
+
+
+@pytest.mark.parametrize("family", ["rcnn", "fpn"])
+def test_faster_rcnn_and_fpn_batch_equals_one_at_a_time(family):
+    """Faster R-CNN batches its forward like R-FCN (proposals per image); FPN runs its inputs one by one
+    (its pyramid proposal layer takes one image) — either way the results are those of predict."""
+    import tiny_models
+
+    net = getattr(tiny_models, family)(True).eval()
+    rng = np.random.default_rng(0)
+    images = [(rng.random((50, 70, 3)) * 255).astype(np.uint8) for _ in range(3)]
+    one_by_one = [net.predict(im, score_thresh=0.0) for im in images]
+    batched = predict_batch(net, images, score_thresh=0.0)
+    for one, many in zip(one_by_one, batched):
+        assert len(one) > 0 and np.array_equal(one.labels, many.labels)
+        assert np.allclose(one.boxes, many.boxes, atol=1e-4) and np.allclose(one.scores, many.scores, atol=1e-5)

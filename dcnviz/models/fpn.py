@@ -26,6 +26,7 @@ single-scale line and its training scale), unless ``test_scales`` asks for the o
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ from dcnviz.models.proposal import ProposalConfig, propose_pyramid
 from dcnviz.models.resnet import ResNetV1
 from dcnviz.models.rfcn import RFCN, PartGeometry
 from dcnviz.ops import deform_roi_pool
-from dcnviz.structures import Detections
+from dcnviz.structures import Detections, Prep
 
 RPN_STRIDES = (4, 8, 16, 32, 64)  # P2 .. P6
 POOL_STRIDES = (4, 8, 16, 32)  # P2 .. P5, where RoIs are pooled
@@ -227,6 +228,12 @@ class FPN(RFCN):
         out = {"rois": rois}
         self.head(pyramid, rois, out)
         return {k: v.cpu() for k, v in out.items()}
+
+    def predict_inputs(self, data: Sequence[torch.Tensor], preps: Sequence[Prep], score_thresh: float | None = None
+                       ) -> list[Detections]:
+        """One forward per input (``--batch`` gains nothing here): the pyramid proposal layer, like the
+        official one, takes one image at a time."""
+        return [self.predict_input(d, prep, score_thresh=score_thresh) for d, prep in zip(data, preps)]
 
     @torch.inference_mode()
     def predict(self, image, boxes=None, score_thresh: float | None = None, keep_features: bool = False,
