@@ -40,7 +40,7 @@ from dcnviz.models.postprocess import DetectionConfig, class_candidates, suppres
 from dcnviz.models.preprocess import preprocess
 from dcnviz.models.proposal import ProposalConfig, propose_pyramid
 from dcnviz.models.resnet import ResNetV1
-from dcnviz.models.rfcn import RFCN, PartGeometry
+from dcnviz.models.rfcn import RFCN, RPN, PartGeometry
 from dcnviz.ops import deform_roi_pool
 from dcnviz.structures import Detections, Prep
 
@@ -82,22 +82,11 @@ class FPNNeck(nn.Module):
         return out
 
 
-class PyramidRPN(nn.Module):
+class PyramidRPN(RPN):
     """``get_rpn_subnet``: ``rpn_conv`` (3x3, 512, ReLU) -> ``rpn_cls_score`` (2A) and ``rpn_bbox_pred``
-    (4A), the same weights on every level; the probabilities as :class:`~dcnviz.models.rfcn.RPN`'s."""
+    (4A), the same weights on every level; the outputs as :class:`~dcnviz.models.rfcn.RPN`'s."""
 
-    def __init__(self, in_channels: int, num_anchors: int, mid: int = 512):
-        super().__init__()
-        self.rpn_conv = nn.Conv2d(in_channels, mid, 3, 1, 1)
-        self.rpn_cls_score = nn.Conv2d(mid, 2 * num_anchors, 1)
-        self.rpn_bbox_pred = nn.Conv2d(mid, 4 * num_anchors, 1)
-
-    def forward(self, x: torch.Tensor):
-        r = F.relu(self.rpn_conv(x))
-        score = self.rpn_cls_score(r)
-        n, c, h, w = score.shape
-        prob = F.softmax(score.reshape(n, 2, -1, w), dim=1).reshape(n, c, h, w)
-        return score, prob, self.rpn_bbox_pred(r)
+    conv_name = "rpn_conv"
 
 
 class FPNHead(nn.Module):

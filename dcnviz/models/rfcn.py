@@ -30,14 +30,16 @@ class RPN(nn.Module):
     channel A + a}, i.e. background scores in channels 0..A-1 and foreground in A..2A-1) and
     ``rpn_bbox_pred`` (N, 4A, h, w; channel 4a + k is delta k = dx, dy, dw, dh of anchor a)."""
 
+    conv_name = "rpn_conv_3x3"  # the official parameter name of the 3x3 conv (FPN's is rpn_conv)
+
     def __init__(self, in_channels: int, num_anchors: int, mid: int = 512):
         super().__init__()
-        self.rpn_conv_3x3 = nn.Conv2d(in_channels, mid, 3, 1, 1)
+        setattr(self, self.conv_name, nn.Conv2d(in_channels, mid, 3, 1, 1))
         self.rpn_cls_score = nn.Conv2d(mid, 2 * num_anchors, 1)
         self.rpn_bbox_pred = nn.Conv2d(mid, 4 * num_anchors, 1)
 
     def forward(self, x: torch.Tensor):
-        r = F.relu(self.rpn_conv_3x3(x))
+        r = F.relu(getattr(self, self.conv_name)(x))
         score = self.rpn_cls_score(r)
         n, c, h, w = score.shape
         prob = F.softmax(score.reshape(n, 2, -1, w), dim=1).reshape(n, c, h, w)
