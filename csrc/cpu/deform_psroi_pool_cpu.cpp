@@ -59,39 +59,26 @@ void forward_kernel(const T* input, const T* rois, const T* offset, T* output, c
   });
 }
 
-// Adds lane l's samples of grid q, each spreading diff to its four corners with the forward's weights,
-// to the gradient plane gx in for_each_sample's order. The lane's valid rows and columns are first
-// gathered into a few registers' worth of compact arrays (the grid holds them lane-innermost, a cache
-// line apart).
+// Adds lane l's samples of grid q to the gradient plane gx in for_each_sample's order, with the
+// corner terms w of LaneKernels::spread. Off-map samples add +0 at an in-bounds element, which is
+// cheaper than a branch. This scalar loop is most of the backward's time: each element must sum its
+// terms in the official order, so the updates cannot be vectorised across RoIs or regrouped.
 template <typename T>
-void scatter(const LaneGrid<T>& q, int64_t l, T diff, int64_t S, T* gx) {
-  constexpr int64_t kMax = 16;  // rows (and columns) gathered at a time
+void scatter(const LaneGrid<T>& q, int64_t l, const T* w, int64_t S, T* gx) {
   T* base = gx + q.batch[l];
-  for (int64_t r0 = 0; r0 < S; r0 += kMax)
-    for (int64_t c0 = 0; c0 < S; c0 += kMax) {
-      int64_t row[kMax], dy[kMax], col[kMax], dx[kMax], rows = 0, cols = 0;
-      T ly[kMax], lx[kMax];
-      for (int64_t r = r0; r < std::min(S, r0 + kMax); ++r) {
-        const int64_t at = r * kLanes + l;
-        row[rows] = q.row[at], dy[rows] = q.dy[at], ly[rows] = q.ly[at];
-        rows += q.row_ok[at] != T(0);
-      }
-      for (int64_t c = c0; c < std::min(S, c0 + kMax); ++c) {
-        const int64_t at = c * kLanes + l;
-        col[cols] = q.col[at], dx[cols] = q.dx[at], lx[cols] = q.lx[at];
-        cols += q.col_ok[at] != T(0);
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        T* p0 = base + row[r];
-        for (int64_t c = 0; c < cols; ++c) {
-          T* p = p0 + col[c];
-          p[0] += (T(1) - ly[r]) * (T(1) - lx[c]) * diff;
-          p[dx[c]] += (T(1) - ly[r]) * lx[c] * diff;
-          p[dy[r]] += ly[r] * (T(1) - lx[c]) * diff;
-          p[dy[r] + dx[c]] += ly[r] * lx[c] * diff;
-        }
-      }
+  w += l;
+  for (int64_t r = 0; r < S; ++r) {
+    const int64_t dy = q.dy[r * kLanes + l];
+    T* row = base + q.row[r * kLanes + l];
+    for (int64_t c = 0; c < S; ++c, w += 4 * kLanes) {
+      const int64_t dx = q.dx[c * kLanes + l];
+      T* p = row + q.col[c * kLanes + l];
+      p[0] += w[0];
+      p[dx] += w[kLanes];
+      p[dy] += w[2 * kLanes];
+      p[dy + dx] += w[3 * kLanes];
     }
+  }
 }
 
 // Input gradient: each sample spreads grad/count to its four corners with the forward's weights. Split
@@ -122,15 +109,16 @@ void backward_kernel(const T* grad, const T* input, const T* rois, const T* offs
     std::vector<ChannelBin> bins;
     LaneGrids<T> scratch = bin_grids.scratch(P * P);
     std::vector<LaneGrid<T>> grids;
-    T diffs[kLanes * 64];  // grad/count of bin j of lane l at j*kLanes + l (a channel has at most P*P bins)
-    std::vector<T> more_diffs;  // for P > 8
+    std::vector<T> diff;  // grad/count of bin j of lane l at j*kLanes + l (0 past the last RoI)
+    const int64_t bin_terms = S * S * 4 * kLanes;
+    std::vector<T> corner_terms;  // LaneKernels::spread's terms of bin j at j*bin_terms
     for (int64_t channel = begin; channel < end; ++channel) {
       channel_bins<T>(channel, g, bins);
       for (int64_t b = 0; b < g.batch; ++b) std::fill_n(grad_input + (b * g.channels + channel) * plane, plane, T(0));
       const T* x = input + channel * plane;
       T* gx = grad_input + channel * plane;
-      if (bins.size() > 64) more_diffs.resize(bins.size() * kLanes);
-      T* diff = bins.size() > 64 ? more_diffs.data() : diffs;
+      diff.resize(bins.size() * kLanes);
+      corner_terms.resize(bins.size() * bin_terms);
       for (int64_t block = 0; block < blocks; ++block) {
         const int64_t n0 = block * kLanes, lanes = std::min(kLanes, g.rois - n0);
         grids.clear();
@@ -139,20 +127,23 @@ void backward_kernel(const T* grad, const T* input, const T* rois, const T* offs
           grids.push_back(q);
           T dvdx[kLanes] = {}, dvdy[kLanes] = {};
           if constexpr (kOffset) lane_kernels<T>().add_slopes(q, x, S, dvdx, dvdy);
-          for (int64_t l = 0; l < lanes; ++l) {
+          for (int64_t l = 0; l < kLanes; ++l) {
             const int64_t index = (n0 + l) * roi_stride + bins[j].out, count = q.count[l];
             const T d = count > 0 ? grad[index] / T(count) : T(0);  // a bin without samples adds nothing
             diff[j * kLanes + l] = d;
             if constexpr (kOffset) {
+              if (l >= lanes) continue;
               const RoiFrame<T>& f = frames[n0 + l];
               terms[2 * index] = count > 0 ? dvdx[l] * trans_std * d * f.width : T(0);
               terms[2 * index + 1] = count > 0 ? dvdy[l] * trans_std * d * f.height : T(0);
             }
           }
         }
+        for (size_t j = 0; j < bins.size(); ++j)
+          lane_kernels<T>().spread(grids[j], diff.data() + j * kLanes, S, corner_terms.data() + j * bin_terms);
         for (int64_t l = 0; l < lanes; ++l)  // the scatter, in the order (RoI, bin, sample)
           for (size_t j = 0; j < bins.size(); ++j)
-            if (grids[j].count[l] > 0) scatter(grids[j], l, diff[j * kLanes + l], S, gx);
+            if (grids[j].count[l] > 0) scatter(grids[j], l, corner_terms.data() + j * bin_terms, S, gx);
       }
     }
   });

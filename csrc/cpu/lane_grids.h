@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "../pooling.h"
@@ -98,6 +100,7 @@ struct LaneKernels {
                const DeformPoolGeometry& g);
   void (*add_samples)(const LaneGrid<T>& q, const T* x, int64_t sample_per_part, T* sum);
   void (*add_slopes)(const LaneGrid<T>& q, const T* x, int64_t sample_per_part, T* dvdx, T* dvdy);
+  void (*spread)(const LaneGrid<T>& q, const T* diff, int64_t sample_per_part, T* w);
 };
 
 template <typename T>
@@ -105,11 +108,16 @@ LaneKernels<T> lane_kernels_default();
 template <typename T>
 LaneKernels<T> lane_kernels_avx512();
 
+// AVX-512 where the CPU has it, unless DCNVIZ_CPU_ISA=baseline (the tests compare the two, which give
+// the same bits).
 template <typename T>
 const LaneKernels<T>& lane_kernels() {
-  static const LaneKernels<T> kernels = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")
-                                            ? lane_kernels_avx512<T>()
-                                            : lane_kernels_default<T>();
+  static const LaneKernels<T> kernels = [] {
+    const char* isa = std::getenv("DCNVIZ_CPU_ISA");
+    const bool baseline = isa != nullptr && std::string(isa) == "baseline";
+    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+    return avx512 && !baseline ? lane_kernels_avx512<T>() : lane_kernels_default<T>();
+  }();
   return kernels;
 }
 
