@@ -1,4 +1,5 @@
-// The lane loops of lane_grids.h for AVX-512 (picked at run time where the CPU has AVX512F and AVX512DQ: gathers make the lane loops vector loops).
+// The lane loops of lane_grids.h for AVX-512, picked at run time where the CPU has AVX512F and
+// AVX512DQ: gathers make the lane loops vector loops.
 #include "lane_grids.h"
 
 namespace dcnviz {
@@ -11,7 +12,8 @@ namespace lanes_avx512 {
 
 template <typename T>
 LaneKernels<T> lane_kernels_avx512() {
-  return {&lanes_avx512::fill<T>, &lanes_avx512::add_samples<T>, &lanes_avx512::add_slopes<T>, &lanes_avx512::spread<T>};
+  return {&lanes_avx512::fill<T>, &lanes_avx512::add_samples<T>, &lanes_avx512::add_slopes<T>,
+          &lanes_avx512::spread<T>};
 }
 
 template LaneKernels<float> lane_kernels_avx512<float>();
