@@ -30,11 +30,13 @@ def threads(n):
         torch.set_num_threads(old)
 
 
-def forward_backward(fn, inputs, wrt, seed=0):
-    """fn(*inputs) and the gradients of <fn, g> for a fixed random g, with respect to inputs[i], i in wrt."""
+def forward_backward(fn, inputs, wrt, seed=0, grad_dtype=None):
+    """fn(*inputs) and the gradients of <fn, g> for a fixed random g (drawn in float32, rounded to
+    grad_dtype if given, then given the output's dtype), with respect to inputs[i], i in wrt."""
     inputs = [t.detach().clone().requires_grad_(i in wrt) if t is not None else None for i, t in enumerate(inputs)]
     out = fn(*inputs)
-    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+    g = g.to(grad_dtype or out.dtype).to(out.dtype)
     return [out.detach()] + list(torch.autograd.grad(out, [inputs[i] for i in wrt], g))
 
 
@@ -50,23 +52,26 @@ def conv_case(dtype):
 
 def pool_cases(dtype):
     """(name, fn, inputs, wrt) of the pooling ops, with more RoIs than one lane block (16) and more work
-    items than one thread's grain, so that 2 threads really split it."""
+    items than one thread's grain, so that 2 threads really split it. The RoIs are inputs[1]."""
     x, rois, kw = random_case(batch=2, output_dim=6, group_size=3, pooled_size=3, height=13, width=15, rois=40,
                               dtype=dtype)
     gen = torch.Generator().manual_seed(1)
     off = torch.randn(40, 2 * 3, 3, 3, generator=gen, dtype=dtype)  # 3 offset classes of 2 channels each
     dkw = dict(kw, part_size=3, sample_per_part=3)
-    yield "psroi_pool", lambda x: psroi_pool(x, rois, **kw), [x], [0]
-    yield "deform_psroi_pool", lambda x, off: deform_psroi_pool(x, rois, off, trans_std=0.1, **dkw), [x, off], [0, 1]
-    yield "deform_psroi_pool no-trans", lambda x: deform_psroi_pool(x, rois, None, **dkw), [x], [0]
+    yield "psroi_pool", lambda x, rois: psroi_pool(x, rois, **kw), [x, rois], [0]
+    yield ("deform_psroi_pool", lambda x, rois, off: deform_psroi_pool(x, rois, off, trans_std=0.1, **dkw),
+           [x, rois, off], [0, 2])
+    yield "deform_psroi_pool no-trans", lambda x, rois: deform_psroi_pool(x, rois, None, **dkw), [x, rois], [0]
     x1 = x[:, :8].contiguous()
     off1 = torch.randn(40, 2, 3, 3, generator=gen, dtype=dtype)
-    yield ("deform_roi_pool", lambda x, off: deform_roi_pool(x, rois, off, spatial_scale=kw["spatial_scale"],
-                                                             pooled_size=3, sample_per_part=2, trans_std=0.2),
-           [x1, off1], [0, 1])
+    yield ("deform_roi_pool", lambda x, rois, off: deform_roi_pool(x, rois, off, spatial_scale=kw["spatial_scale"],
+                                                                   pooled_size=3, sample_per_part=2, trans_std=0.2),
+           [x1, rois, off1], [0, 2])
 
 
 def all_cases(dtype):
+    """(name, fn, inputs, wrt). Where the op samples is given by inputs[1] (deform_conv2d: offsets;
+    pools: RoIs) and, for the pools with offsets, inputs[2]."""
     yield ("deform_conv2d", *conv_case(dtype))
     yield from pool_cases(dtype)
 

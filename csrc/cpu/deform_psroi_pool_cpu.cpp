@@ -28,6 +28,7 @@
 #include "../pooling.h"
 #include "../pooling_checks.h"
 #include "lane_grids.h"
+#include "reduced_precision.h"
 
 namespace dcnviz {
 namespace {
@@ -178,6 +179,10 @@ at::Tensor deform_psroi_pool_forward_cpu(const at::Tensor& input, const at::Tens
                                          int64_t part_size, int64_t sample_per_part, double trans_std) {
   const DeformPoolGeometry g = check_deform_psroi_pool(input, rois, offset, spatial_scale, output_dim, group_size,
                                                        pooled_size, part_size, sample_per_part, trans_std);
+  if (reduced_precision(input))
+    return deform_psroi_pool_forward_cpu(upcast(input), upcast(rois), upcast(offset), spatial_scale, output_dim,
+                                         group_size, pooled_size, part_size, sample_per_part, trans_std)
+        .to(input.scalar_type());
   auto output = at::empty({g.rois, output_dim, pooled_size, pooled_size}, input.options());
   if (output.numel() == 0) return output;
   const auto x = input.contiguous(), r = rois.contiguous();
@@ -196,6 +201,12 @@ std::tuple<at::Tensor, at::Tensor> deform_psroi_pool_backward_cpu(
   const DeformPoolGeometry g = check_deform_psroi_pool(input, rois, offset, spatial_scale, output_dim, group_size,
                                                        pooled_size, part_size, sample_per_part, trans_std);
   check_pool_grad_output(grad_output, input, g, "deform_psroi_pool");
+  if (reduced_precision(input)) {
+    auto [gi, go] = deform_psroi_pool_backward_cpu(upcast(grad_output), upcast(input), upcast(rois), upcast(offset),
+                                                   spatial_scale, output_dim, group_size, pooled_size, part_size,
+                                                   sample_per_part, trans_std);
+    return {gi.to(input.scalar_type()), go.to(input.scalar_type())};
+  }
   if (grad_output.numel() == 0 || input.numel() == 0) {
     return {at::zeros_like(input, at::MemoryFormat::Contiguous),
             g.has_offset ? at::zeros_like(*offset, at::MemoryFormat::Contiguous) : at::empty({0}, input.options())};
