@@ -30,7 +30,8 @@ import numpy as np
 
 import dcnviz
 
-from dcnviz.cli.common import deprecated, model_options, parse_classes, resolve_model, select_device, source_options
+from dcnviz.cli.common import deprecated, model_dtype, model_options, parse_classes, resolve_model, select_device, \
+    source_options
 from dcnviz.errors import ImageError
 from dcnviz.io.images import find_images, read_image, write_bytes_atomic, write_image_atomic, write_json_atomic, \
     write_png_palette_atomic
@@ -248,7 +249,7 @@ def run_video(task: str, video: Path, predictor: Callable[[np.ndarray], object],
 @click.option("--hide-labels", is_flag=True, help="Draw boxes without class and score.")
 @click.option("--hide-conf", is_flag=True, help="Draw the class without the score.")
 @click.pass_context
-def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet, json_out, conf,
+def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet, json_out, dtype, conf,
            classes, max_det, save_coco, save_txt, save_conf, imgsz, line_width, hide_labels, hide_conf):
     """Detect objects in images: SOURCE is an image, a folder or a quoted glob ('photos/*.jpg').
 
@@ -272,7 +273,7 @@ def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet
                       line_width=line_width, hide_labels=hide_labels, hide_conf=hide_conf,
                       trained_sizes=_trained_sizes(spec))
     _run(ctx, "detection", images, videos, spec, weights, device, out, exist_ok, opts,
-         lambda net: lambda image: filter_detections(net.predict(image), conf, keep, max_det), imgsz)
+         lambda net: lambda image: filter_detections(net.predict(image), conf, keep, max_det), imgsz, dtype)
 
 
 @click.command()
@@ -284,7 +285,7 @@ def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet
 @click.option("--side-by-side", is_flag=True, help="Save image | colour mask | overlay side by side in OUT/vis.")
 @imgsz_option
 @click.pass_context
-def segment(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet, json_out, overlay_alpha,
+def segment(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet, json_out, dtype, overlay_alpha,
             old_alpha, side_by_side, imgsz):
     """Label every pixel of images: SOURCE is an image, a folder or a quoted glob ('photos/*.jpg').
 
@@ -305,7 +306,7 @@ def segment(ctx, sources, recursive, model, weights, device, out, exist_ok, quie
     opts = RunOptions(model=spec.name, alpha=overlay_alpha, quiet=quiet, json=json_out, side_by_side=side_by_side,
                       trained_sizes=_trained_sizes(spec))
     _run(ctx, "segmentation", images, videos, spec, weights, device, out, exist_ok, opts, lambda net: net.predict,
-         imgsz)
+         imgsz, dtype)
 
 
 def split_sources(sources: Sequence[str], recursive: bool) -> tuple[list[Path], list[Path]]:
@@ -321,13 +322,14 @@ def split_sources(sources: Sequence[str], recursive: bool) -> tuple[list[Path], 
 
 def _run(ctx: click.Context, task: str, images: Sequence[Path], videos: Sequence[Path], spec, weights: Path | None,
          device: str, out: Path, exist_ok: bool, opts: RunOptions, make_predictor: Callable,
-         imgsz: int | None = None) -> None:
-    """Choose the device, create the output folder, load the model, run; exit 1 if inputs failed."""
+         imgsz: int | None = None, dtype: str = "float32") -> None:
+    """Choose the device, create the output folder, load the model (in ``dtype``), run; exit 1 if inputs
+    failed."""
     dev = select_device(device)
     failed = 0
     planned = planned_outputs(task, images, opts.save_coco, opts.save_txt)
     with run_dir(out, exist_ok, SUBDIRS[task], [*images, *videos], planned) as out_dir:
-        net = dcnviz.load_model(spec.name, weights, dev)
+        net = dcnviz.load_model(spec.name, weights, dev).to(model_dtype(dtype))
         if imgsz is not None:
             net.scales = test_scales(net.scales, imgsz)
         if not opts.quiet:

@@ -98,12 +98,13 @@ class DeepLab(nn.Module):
     def predict_input(self, data: torch.Tensor, prep: Prep) -> Segmentation:
         """:meth:`predict` on an input already preprocessed (``data`` and ``prep`` from :meth:`preprocess`,
         e.g. by DataLoader workers); ``data`` is moved to the model's device (non-blocking from pinned
-        memory)."""
-        device = next(self.parameters()).device
-        out = self.forward_official(data.to(device, non_blocking=True))
+        memory) and given its dtype (a model cast with ``.to(torch.bfloat16)`` runs in bfloat16); the
+        captured offsets are float32 whatever the model's dtype."""
+        param = next(self.parameters())
+        out = self.forward_official(data.to(param.device, param.dtype, non_blocking=True))
         score = out["croped_score"]
         if tuple(prep.input_size) != tuple(prep.image_size):
             score = F.interpolate(score, size=prep.image_size, mode="bilinear", align_corners=False)
         labels = score[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
-        captured = {layer.offset: out[layer.offset].cpu() for layer in self.deformable_layers}
+        captured = {layer.offset: out[layer.offset].float().cpu() for layer in self.deformable_layers}
         return Segmentation(labels, self.classes, self.palette, prep, captured)

@@ -200,9 +200,10 @@ class RFCN(nn.Module):
                       keep_features: bool = False) -> Detections:
         """:meth:`predict` on an input already preprocessed (``data`` and ``prep`` from :meth:`preprocess`,
         e.g. by DataLoader workers); ``data`` is moved to the model's device (non-blocking from pinned
-        memory)."""
-        device = next(self.parameters()).device
-        data = data.to(device, non_blocking=True)
+        memory) and given its dtype (a model cast with ``.to(torch.bfloat16)`` runs in bfloat16, RoIs
+        included); the captured blobs are float32 whatever the model's dtype."""
+        param = next(self.parameters())
+        data = data.to(param.device, param.dtype, non_blocking=True)
         rois = None
         if boxes is not None:
             b = np.asarray(boxes, dtype=np.float64)
@@ -218,7 +219,7 @@ class RFCN(nn.Module):
         keys = [layer.offset for layer in self.deformable_layers]
         if self.head.geometry.deformable:
             keys += self.captured_head_blobs
-        captured = {k: out[k].cpu() for k in keys}
+        captured = {k: out[k].float().cpu() for k in keys}
         if keep_features:
             captured["features"] = out[f"feat_{self.backbone.stages[-1][-1]}_relu"]
         return Detections(det_boxes, scores, labels, self.classes, prep, captured)
