@@ -12,8 +12,8 @@ SAMPLE = Path(__file__).parent.parent / "samples" / "synth_mixed.jpg"
 
 
 def _detections(tmp_path, *args):
-    result = CliRunner().invoke(main, ["detect", str(SAMPLE), "-o", str(tmp_path / "_".join(args or ["f32"])), "-q",
-                                       "--json", *args])
+    result = CliRunner().invoke(main, ["detect", str(SAMPLE), "-m", "rfcn_dcn_synth", "-q", "-o",
+                                       str(tmp_path / "_".join(args or ["f32"])), "--json", *args])
     assert result.exit_code == 0, result.output
     return json.loads(result.output.splitlines()[0])["detections"]
 
@@ -34,3 +34,28 @@ def test_half_contradicting_dtype_is_a_usage_error(tmp_path):
                                        "float32"])
     assert result.exit_code == 2 and "--half means bfloat16" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def _points(tmp_path, *args):
+    result = CliRunner().invoke(main, ["offsets", str(SAMPLE), "-m", "rfcn_dcn_synth", "-q", "-o",
+                                       str(tmp_path / "_".join(["o", *args])), "--json", *args])
+    assert result.exit_code == 0, result.output
+    return list(_numbers([unit["points"] for unit in json.loads(result.output.splitlines()[0])["units"]]))
+
+
+def _numbers(nested):
+    for v in nested:
+        yield from _numbers(v) if isinstance(v, list) else [v]
+
+
+def test_offsets_bfloat16_samples_where_float32_samples(tmp_path):
+    want, got = _points(tmp_path), _points(tmp_path, "--half")
+    assert want and len(got) == len(want)
+    assert max(abs(g - w) for g, w in zip(got, want)) <= 1.5  # image pixels
+
+
+def test_custom_models_refuse_bfloat16(tmp_path):
+    model = Path(__file__).parent / "custom_models.py"
+    result = CliRunner().invoke(main, ["offsets", str(SAMPLE), "-m", f"{model}:dcnv1", "-o", str(tmp_path / "c"),
+                                       "--dtype", "bfloat16"])
+    assert result.exit_code == 2 and "runs in float32" in result.output, result.output

@@ -151,6 +151,11 @@ def model_dtype(dtype: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
 
 
+def in_dtype(net, dtype: str):
+    """A loaded model (float32) in a ``--dtype`` precision."""
+    return net if dtype == "float32" else net.to(model_dtype(dtype))
+
+
 def out_option(default: str | os.PathLike, help: str | None = None) -> Callable:
     """``-o/--out DIR``: always a folder (a command that writes one file also takes ``--output-file``)."""
     return click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",

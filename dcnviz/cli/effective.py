@@ -22,8 +22,8 @@ from dcnviz.cli.analysis_common import (analysis_options, choose_units, custom_s
 from dcnviz.models.custom import is_custom_spec
 
 
-def _registered(model, weights, device, quiet, layer, levels, channel, detections, picture, image, at, annotation,
-                conf, say) -> SimpleNamespace:
+def _registered(model, weights, device, quiet, dtype, layer, levels, channel, detections, picture, image, at,
+                annotation, conf, say) -> SimpleNamespace:
     """Everything the views need of a registered model: its Inspection, probe, input, stack, units."""
     from dcnviz.analysis import inspect
     from dcnviz.analysis.units import KINDS
@@ -36,7 +36,7 @@ def _registered(model, weights, device, quiet, layer, levels, channel, detection
     width = meta.backbone.get_submodule(f"{names[0]}.branch2b").weight.shape[0]
     if channel is not None and channel >= width:
         raise usage_error("--channel", ValueError(f"{channel}: {names[0]} has {width} channels"))
-    net, dev = load(spec, weights, device, quiet)
+    net, dev = load(spec, weights, device, quiet, dtype)
     seen = inspect(net, picture)
     for k in detections:
         if k >= len(seen.result):
@@ -48,14 +48,14 @@ def _registered(model, weights, device, quiet, layer, levels, channel, detection
                            composed=len(names), units=units)
 
 
-def _custom(model, weights, device, quiet, layer, levels, channel, detections, picture, image, at,
+def _custom(model, weights, device, quiet, dtype, layer, levels, channel, detections, picture, image, at,
             say) -> SimpleNamespace:
     """The same for a ``FILE.py:FUNCTION`` model (no detections; units at --at or on the background)."""
     from dcnviz.analysis.custom import composable_levels
 
     if detections:
         raise usage_error("--detection", ValueError(f"{model} has no detection head"))
-    cm, dev = load_custom_model(model, weights, device, quiet)
+    cm, dev = load_custom_model(model, weights, device, quiet, dtype)
     seen, data, names = custom_stack(cm, picture, layer, levels, compose=False)
     width = cm.layers[names[0]].weight.shape[0]
     if channel is not None and channel >= width:
@@ -80,7 +80,7 @@ def _custom(model, weights, device, quiet, layer, levels, channel, detections, p
 # no --style/--format: the heat map and the weight shading have no paper style or vector form yet
 @analysis_options("effective", figures=False)
 def effective(image, detections, channel, bound, cell, layer, levels, at, annotation, conf, group, round_, model,
-              weights, device, out, exist_ok, quiet, json_out):
+              weights, device, out, exist_ok, quiet, json_out, dtype):
     """DCNv2's effective views of nodes (Zhu et al. 2019, Figs. 1-2).
 
     A node is the deformable layer --layer's own output at a unit's cell, summed over channels (or
@@ -116,10 +116,11 @@ def effective(image, detections, channel, bound, cell, layer, levels, at, annota
     with run_dir(out, exist_ok, (), [image]) as out_dir:
         picture = read_image(image)
         if custom:
-            s = _custom(model, weights, device, quiet, layer, levels, channel, detections, picture, image, at, say)
+            s = _custom(model, weights, device, quiet, dtype, layer, levels, channel, detections, picture, image, at,
+                        say)
         else:
-            s = _registered(model, weights, device, quiet, layer, levels, channel, detections, picture, image, at,
-                            annotation, conf, say)
+            s = _registered(model, weights, device, quiet, dtype, layer, levels, channel, detections, picture, image,
+                            at, annotation, conf, say)
         seen, units = s.seen, s.units
         prep, result = seen.prep, seen.result
         samples = [seen.samples(u, s.names[0], s.composed, group=group, round=round_) for u in units]

@@ -30,7 +30,7 @@ import numpy as np
 
 import dcnviz
 
-from dcnviz.cli.common import deprecated, model_dtype, model_options, parse_classes, resolve_model, select_device, \
+from dcnviz.cli.common import deprecated, in_dtype, model_options, parse_classes, resolve_model, select_device, \
     source_options
 from dcnviz.errors import ImageError
 from dcnviz.io.images import find_images, read_image, write_bytes_atomic, write_image_atomic, write_json_atomic, \
@@ -329,7 +329,7 @@ def _run(ctx: click.Context, task: str, images: Sequence[Path], videos: Sequence
     failed = 0
     planned = planned_outputs(task, images, opts.save_coco, opts.save_txt)
     with run_dir(out, exist_ok, SUBDIRS[task], [*images, *videos], planned) as out_dir:
-        net = dcnviz.load_model(spec.name, weights, dev).to(model_dtype(dtype))
+        net = in_dtype(dcnviz.load_model(spec.name, weights, dev), dtype)
         if imgsz is not None:
             net.scales = test_scales(net.scales, imgsz)
         if not opts.quiet:

@@ -57,7 +57,7 @@ def _resolve(model: str | None):
 @click.option("-r", "--recursive", is_flag=True, help="Also search the subfolders of an IMAGE folder.")
 @analysis_options("rois", "deformable PS RoI pooling")
 def rois(images, top, box, class_, conf, coarse, recursive, model, weights, device, out, exist_ok, quiet, json_out,
-         style, marker_alpha, fmt):
+         style, marker_alpha, fmt, dtype):
     """Where deformable PS RoI pooling looks (paper Fig. 7): each RoI's k x k parts moved by the offsets of
     the classification branch for its class, exactly as the operator places them (RoI rounded, scaled
     to the feature map and shifted by -0.5; each part moved by offset x trans_std x RoI size), the
@@ -102,7 +102,7 @@ def rois(images, top, box, class_, conf, coarse, recursive, model, weights, devi
     run = ImageRun(images)
     p = parts.pooled_size
     with run_dir(out, exist_ok, (), images) as out_dir:
-        net, dev = load(spec, weights, device, quiet)
+        net, dev = load(spec, weights, device, quiet, dtype)
         say(f"{spec.name} on {dev}: {len(images)} image{'s' * (len(images) > 1)}")
         stems = output_names(images)
         for i, image, picture in run:

@@ -228,10 +228,10 @@ class RFCN(nn.Module):
     def pool_rois(self, features: torch.Tensor, rois) -> dict[str, torch.Tensor]:
         """The head alone on ``features`` (``predict(..., keep_features=True).captured["features"]``) with
         ``rois`` (R, 5) ``[0, x1, y1, x2, y2]`` in input pixels: the head's blobs (:class:`RFCNHead`) and
-        ``rois``, on the CPU. They equal what ``predict(image, boxes=...)`` computes for those RoIs, since
-        the head sees the same input; only the backbone is not run again."""
+        ``rois``, float32 on the CPU. They equal what ``predict(image, boxes=...)`` computes for those RoIs,
+        since the head sees the same input; only the backbone is not run again."""
         device = next(self.parameters()).device
         rois = torch.as_tensor(rois, device=device, dtype=features.dtype)
         out = {"rois": rois}
         self.head(features.to(device), rois, out)
-        return {k: v.cpu() for k, v in out.items()}
+        return {k: v.float().cpu() for k, v in out.items()}
