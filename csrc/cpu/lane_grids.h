@@ -50,14 +50,12 @@ void channel_bins(int64_t channel, const DeformPoolGeometry& g, std::vector<Chan
 }
 
 // The frames of kLanes RoIs, field by field (RoiFrame's fields; an unusable RoI or a lane past the
-// last RoI has usable 0 and zero fields), and where each lane's offsets start (offset element of the
-// RoI's first cell, 0 for an unusable lane or without offsets).
+// last RoI has usable 0 and zero fields).
 template <typename T>
 struct LaneFrames {
   T y_start[kLanes], x_start[kLanes], height[kLanes], width[kLanes], bin_h[kLanes], bin_w[kLanes];
   T sub_h[kLanes], sub_w[kLanes], usable[kLanes];
-  int64_t batch[kLanes];   // the batch image as an element offset: batch * channels * H * W
-  int64_t offset[kLanes];  // offset_index(n, cell 0)
+  int64_t batch[kLanes];  // the batch image as an element offset: batch * channels * H * W
 };
 
 // The LaneFrames of every block of kLanes RoIs.
@@ -74,7 +72,6 @@ std::vector<LaneFrames<T>> lane_frames(const std::vector<RoiFrame<T>>& frames, c
       f.bin_h[l] = r.bin_h, f.bin_w[l] = r.bin_w, f.sub_h[l] = r.sub_h, f.sub_w[l] = r.sub_w;
       f.usable[l] = usable ? T(1) : T(0);
       f.batch[l] = usable ? r.batch * g.channels * g.height * g.width : 0;
-      f.offset[l] = usable && g.has_offset ? offset_index(n, BinCell{0, 0}, g) : 0;
     }
   }
   return blocks;
@@ -95,8 +92,8 @@ struct LaneGrid {
 // The lane loops, compiled once per instruction set (lane_kernels_*.cpp) and picked at run time.
 template <typename T>
 struct LaneKernels {
-  // Bin (ph, pw) with offset cell `cell` (offset + f.offset[l] + cell: the lane's dx, part_size**2 on: dy).
-  void (*fill)(const LaneGrid<T>& q, const LaneFrames<T>& f, const T* offset, int64_t cell, int64_t ph, int64_t pw,
+  // Bin (ph, pw) moved by the lanes' offsets dx[l], dy[l] (not read without offsets).
+  void (*fill)(const LaneGrid<T>& q, const LaneFrames<T>& f, const T* dx, const T* dy, int64_t ph, int64_t pw,
                const DeformPoolGeometry& g);
   void (*add_samples)(const LaneGrid<T>& q, const T* x, int64_t sample_per_part, T* sum);
   void (*add_slopes)(const LaneGrid<T>& q, const T* x, int64_t sample_per_part, T* dvdx, T* dvdy);
@@ -135,9 +132,10 @@ class LaneGrids {
     return {i, i + m, i + 2 * m, i + 3 * m, v, v + m, v + 2 * m, v + 3 * m, i + 4 * m, i + 4 * m + kLanes};
   }
 
-  // Grid k becomes bin `bin` of the RoIs of frames f.
-  void fill(int64_t k, const LaneFrames<T>& f, const T* offset, const ChannelBin& bin, const DeformPoolGeometry& g) {
-    lane_kernels<T>().fill((*this)[k], f, offset, bin.cell.offset, bin.ph, bin.pw, g);
+  // Grid k becomes bin `bin` of the RoIs of frames f, moved by their offsets dx[l], dy[l].
+  void fill(int64_t k, const LaneFrames<T>& f, const T* dx, const T* dy, const ChannelBin& bin,
+            const DeformPoolGeometry& g) {
+    lane_kernels<T>().fill((*this)[k], f, dx, dy, bin.ph, bin.pw, g);
   }
 
  private:
@@ -158,7 +156,8 @@ class BinGrids {
   static constexpr int64_t kMaxTableBytes = int64_t(64) << 20;
 
   BinGrids(const std::vector<RoiFrame<T>>& frames, const T* offset, const DeformPoolGeometry& g)
-      : frames_(lane_frames(frames, g)), offset_(offset), g_(g), blocks_(int64_t(frames_.size())) {
+      : frames_(lane_frames(frames, g)), g_(g), blocks_(int64_t(frames_.size())) {
+    if (g.has_offset) transpose_offsets(offset);
     const int64_t P = g.pooled_size, grids = g.num_classes * P * P * blocks_;
     const int64_t grid_bytes = kLanes * (4 * g.sample_per_part * int64_t(sizeof(int64_t) + sizeof(T)) + 16);
     if (g.channels_each_class == 1 || grids * grid_bytes > kMaxTableBytes) return;
@@ -168,7 +167,7 @@ class BinGrids {
         const int64_t ph = grid / P % P, pw = grid % P;
         const ChannelBin bin{ph, pw, 0, grid, bin_cell<T>(grid / (P * P) * g.channels_each_class, ph, pw, g)};
         for (int64_t block = 0; block < blocks_; ++block)
-          table_[0].fill(grid * blocks_ + block, frames_[block], offset, bin, g);
+          table_[0].fill(grid * blocks_ + block, frames_[block], dx(bin, block), dy(bin, block), bin, g);
       }
     });
   }
@@ -182,13 +181,32 @@ class BinGrids {
   // Threads call it at once: it only reads the table.
   LaneGrid<T> get(const ChannelBin& bin, int64_t block, LaneGrids<T>& scratch, int64_t k) {
     if (!table_.empty()) return table_[0][bin.grid * blocks_ + block];
-    scratch.fill(k, frames_[block], offset_, bin, g_);
+    scratch.fill(k, frames_[block], dx(bin, block), dy(bin, block), bin, g_);
     return scratch[k];
   }
 
  private:
+  // The offsets element-major, RoI-minor ([offset element][RoI], RoIs padded to whole blocks with 0), so
+  // that the kLanes RoIs of a block read their offsets of one cell from one run of memory: read in
+  // place, each RoI's cell is a cache line of its own (the R-FCN class offsets are 31 KB per RoI).
+  void transpose_offsets(const T* offset) {
+    const int64_t per_roi = g_.num_classes * 2 * g_.part_size * g_.part_size, padded = blocks_ * kLanes;
+    offsets_.assign(per_roi * padded, T(0));
+    at::parallel_for(0, per_roi, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t n = 0; n < g_.rois; ++n)
+        for (int64_t e = begin; e < end; ++e) offsets_[e * padded + n] = offset[n * per_roi + e];
+    });
+  }
+
+  const T* dx(const ChannelBin& bin, int64_t block) const {
+    return offsets_.data() + bin.cell.offset * blocks_ * kLanes + block * kLanes;
+  }
+  const T* dy(const ChannelBin& bin, int64_t block) const {
+    return dx(bin, block) + g_.part_size * g_.part_size * blocks_ * kLanes;
+  }
+
   const std::vector<LaneFrames<T>> frames_;
-  const T* offset_;
+  std::vector<T> offsets_;  // empty without offsets
   const DeformPoolGeometry& g_;
   int64_t blocks_;
   std::vector<LaneGrids<T>> table_;  // empty or one table
