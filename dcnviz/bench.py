@@ -4,8 +4,10 @@
 Shapes (600x1000 image, stride-16 features):
     res5 deformable conv: input (1, 512, 38, 63), weight (512, 512, 3, 3), stride 1, padding 2,
     dilation 2, offsets ~ N(0, 2 px), deformable_groups 4 and 1;
-    R-FCN head deformable PS RoI pooling: input (1, 81*49, 38, 63), 300 random RoIs, pooled/group/part
-    size 7, sample_per_part 4, trans_std 0.1, offsets (300, 2*81, 7, 7) ~ N(0, 1); and its no-trans mode.
+    R-FCN head deformable PS RoI pooling (COCO): class scores, input (1, 81*49, 38, 63) with offsets
+    (300, 2*81, 7, 7) ~ N(0, 1), and its no-trans mode next to ``psroi_pool`` of the same input; boxes,
+    input (1, 8*49, 38, 63) with offsets (300, 2, 7, 7); 300 random RoIs, pooled/group/part size 7,
+    sample_per_part 4, trans_std 0.1.
 """
 from __future__ import annotations
 
@@ -115,21 +117,33 @@ def _random_rois(n: int, image_hw: tuple[int, int], gen: torch.Generator) -> tor
 
 
 def _pool_cases(device: torch.device, gen: torch.Generator) -> list[_Case]:
-    from dcnviz.ops import deform_psroi_pool
+    """The four pooling calls of the R-FCN head at its real shapes, and ``psroi_pool`` of the class
+    input for the no-trans comparison."""
+    from dcnviz.ops import deform_psroi_pool, psroi_pool
 
     s = HEAD
-    k, g = s["classes"], s["group"]
-    x = torch.randn(1, k * g * g, *s["feature"], generator=gen).to(device).requires_grad_()
-    rois = _random_rois(s["rois"], s["image"], gen).to(device)
-    off = torch.randn(s["rois"], 2 * k, g, g, generator=gen).to(device).requires_grad_()
-    kw = dict(spatial_scale=s["spatial_scale"], output_dim=k, group_size=g, pooled_size=g, part_size=g,
+    k, g, n = s["classes"], s["group"], s["rois"]
+    rois = _random_rois(n, s["image"], gen).to(device)
+    kw = dict(spatial_scale=s["spatial_scale"], group_size=g, pooled_size=g, part_size=g,
               sample_per_part=s["sample_per_part"])
-    case = f"head {s['rois']} rois"
-    return [
-        _Case("deform_psroi_pool", "dcnviz", case,
-              lambda: deform_psroi_pool(x, rois, off, trans_std=s["trans_std"], **kw), [x, off]),
-        _Case("deform_psroi_pool", "dcnviz", case + " no-trans", lambda: deform_psroi_pool(x, rois, None, **kw), [x]),
-    ]
+    cases = []
+    # (case, output channels, offset classes): class scores with one offset class per class; boxes (4
+    # coordinates x 2, class-agnostic) with one shared offset class.
+    for name, out, classes in (("cls", k, k), ("bbox", 8, 1)):
+        x = torch.randn(1, out * g * g, *s["feature"], generator=gen).to(device).requires_grad_()
+        off = torch.randn(n, 2 * classes, g, g, generator=gen).to(device).requires_grad_()
+        case = f"head {name} {n} rois"
+        cases.append(_Case("deform_psroi_pool", "dcnviz", case,
+                           lambda x=x, off=off, out=out: deform_psroi_pool(x, rois, off, output_dim=out,
+                                                                            trans_std=s["trans_std"], **kw),
+                           [x, off]))
+        if name == "cls":
+            cases.append(_Case("deform_psroi_pool", "dcnviz", case + " no-trans",
+                               lambda x=x, out=out: deform_psroi_pool(x, rois, None, output_dim=out, **kw), [x]))
+            cases.append(_Case("psroi_pool", "dcnviz", case,
+                               lambda x=x, out=out: psroi_pool(x, rois, spatial_scale=s["spatial_scale"],
+                                                               output_dim=out, group_size=g, pooled_size=g), [x]))
+    return cases
 
 
 def run_ops(device: str = "cpu", repeats: int = 5, ops: tuple[str, ...] = OPS, seed: int = 0) -> list[Timing]:

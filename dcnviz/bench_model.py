@@ -14,7 +14,8 @@ import time
 
 import click
 
-from dcnviz.cli.common import device_option, json_option, model_option, threads_option, use_threads
+from dcnviz.cli.common import (apply_options, device_option, dtype_options, json_option, model_option, threads_option,
+                               use_threads)
 
 
 def _size(ctx, param, value):
@@ -26,36 +27,51 @@ def _size(ctx, param, value):
     return int(m[1]), int(m[2])
 
 
-def time_forward(name: str, device: str = "cpu", size: tuple[int, int] | None = None, repeats: int = 3,
-                 seed: int = 0) -> dict:
-    """Median seconds of ``forward_official`` on a random (1, 3, H, W) input after one warm-up run.
+def time_forwards(cases: list[tuple[str, str]], device: str = "cpu", size: tuple[int, int] | None = None,
+                  repeats: int = 3, seed: int = 0) -> list[dict]:
+    """Median seconds of ``forward_official`` for each ``(model name, dtype)`` case ("float32" or
+    "bfloat16") on one random (1, 3, H, W) input, after one warm-up round. The cases take turns within
+    each repeat, so a change in machine load affects them alike and their ratios stay meaningful.
 
-    ``size`` defaults to the model's test scales (short x long side: 600x1000 for R-FCN, 1024x2048 for
-    Cityscapes DeepLab), the largest input its preprocessing produces."""
+    ``size`` defaults to the first model's test scales (short x long side: 600x1000 for R-FCN, 1024x2048
+    for Cityscapes DeepLab), the largest input its preprocessing produces."""
     import torch
 
+    from dcnviz.cli.common import model_dtype
     from dcnviz.models import get_spec
     from dcnviz.models.mxnet_cpu import mxnet_cpu_inference
 
-    spec = get_spec(name)
-    h, w = size or spec.scales
-    torch.manual_seed(seed)
+    h, w = size or get_spec(cases[0][0]).scales
     dev = torch.device(device)
-    net = mxnet_cpu_inference(spec.factory().eval()).to(dev)
+    torch.manual_seed(seed)
     data = (torch.randn(1, 3, h, w) * 60).to(dev)
+    nets = []
+    for name, dtype in cases:
+        torch.manual_seed(seed)
+        nets.append(mxnet_cpu_inference(get_spec(name).factory().eval()).to(dev, model_dtype(dtype)))
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    times, rois = [], None
+    times: list[list[float]] = [[] for _ in cases]
+    rois: list[int | None] = [None] * len(cases)
     with torch.inference_mode():
         for i in range(repeats + 1):
-            sync()
-            start = time.perf_counter()
-            out = net.forward_official(data)
-            sync()
-            if i:  # the first run warms up caches and kernels
-                times.append(time.perf_counter() - start)
-            rois = int(out["rois"].shape[0]) if "rois" in out else None
-    return {"model": name, "device": str(dev), "threads": torch.get_num_threads(), "input": [h, w],
-            "median_s": statistics.median(times), "runs_s": times, "rois": rois, "torch": torch.__version__}
+            for k, ((_, dtype), net) in enumerate(zip(cases, nets)):
+                x = data.to(model_dtype(dtype))
+                sync()
+                start = time.perf_counter()
+                out = net.forward_official(x)
+                sync()
+                if i:  # the first round warms up caches and kernels
+                    times[k].append(time.perf_counter() - start)
+                rois[k] = int(out["rois"].shape[0]) if "rois" in out else None
+    return [{"model": name, "dtype": dtype, "device": str(dev), "threads": torch.get_num_threads(), "input": [h, w],
+             "median_s": statistics.median(ts), "runs_s": ts, "rois": r, "torch": torch.__version__}
+            for (name, dtype), ts, r in zip(cases, times, rois)]
+
+
+def time_forward(name: str, device: str = "cpu", size: tuple[int, int] | None = None, repeats: int = 3,
+                 seed: int = 0) -> dict:
+    """:func:`time_forwards` of one model in float32."""
+    return time_forwards([(name, "float32")], device, size, repeats, seed)[0]
 
 
 @click.command("model")
@@ -67,11 +83,17 @@ def time_forward(name: str, device: str = "cpu", size: tuple[int, int] | None = 
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
               help="Timed runs after one warm-up; the median is reported.")
 @threads_option()
+@click.option("--compare", metavar="NAME",
+              help="Also time this model (e.g. the plain twin rfcn_synth of rfcn_dcn_synth) on the same input, "
+                   "interleaved, and print the time ratio.")
+@apply_options(dtype_options())
 @json_option("Print JSON instead of a line of text.")
-def model(name_arg, model, device, size, repeats, threads, json_out):
+def model(name_arg, model, device, size, repeats, threads, compare, dtype, json_out):
     """Time one full forward of a model (-m NAME; random weights) at its official test size.
 
-    The positional NAME of earlier releases still works (deprecated)."""
+    With --compare PLAIN the two models run in turn within each repeat and the ratio of their medians is
+    printed; with --dtype bfloat16 the model also runs in float32, in turn, for the bfloat16/float32
+    ratio. The positional NAME of earlier releases still works (deprecated)."""
     from dcnviz.cli.common import deprecated, resolve_model, select_device
 
     if name_arg is not None:
@@ -82,13 +104,26 @@ def model(name_arg, model, device, size, repeats, threads, json_out):
     if model is None:
         raise click.UsageError("Missing option '-m' / '--model'.")
     name = resolve_model(model, None).name
+    cases = [(name, dtype)] + ([(name, "float32")] if dtype != "float32" else [])
+    if compare is not None:
+        cases.append((resolve_model(compare, None).name, dtype))
     dev = str(select_device(device))
     use_threads(threads)
-    r = time_forward(name, dev, size, repeats)
+    runs = time_forwards(cases, dev, size, repeats)
+    ratios = {}
+    if dtype != "float32":
+        ratios[f"{dtype}/float32"] = runs[0]["median_s"] / runs[1]["median_s"]
+    if compare is not None:
+        ratios[f"{name}/{cases[-1][0]}"] = runs[0]["median_s"] / runs[-1]["median_s"]
     if json_out:
-        click.echo(json.dumps(r, indent=2))
+        click.echo(json.dumps(dict(runs[0], compared=runs[1:], ratios=ratios) if len(runs) > 1 else runs[0],
+                              indent=2))
         return
-    rois = f", {r['rois']} RoIs" if r["rois"] is not None else ""
-    click.echo(f"{name}: {r['median_s'] * 1e3:.0f} ms median of {repeats} (input {r['input'][0]}x{r['input'][1]}"
-               f"{rois}; {r['device']}, {r['threads']} threads, torch {r['torch']}; runs "
-               + ", ".join(f"{t * 1e3:.0f}" for t in r["runs_s"]) + " ms)")
+    for r in runs:
+        rois = f", {r['rois']} RoIs" if r["rois"] is not None else ""
+        kind = f" ({r['dtype']})" if len(runs) > 1 else ""
+        click.echo(f"{r['model']}{kind}: {r['median_s'] * 1e3:.0f} ms median of {repeats} (input "
+                   f"{r['input'][0]}x{r['input'][1]}{rois}; {r['device']}, {r['threads']} threads, torch "
+                   f"{r['torch']}; runs " + ", ".join(f"{t * 1e3:.0f}" for t in r["runs_s"]) + " ms)")
+    for what, ratio in ratios.items():
+        click.echo(f"ratio {what}: {ratio:.2f} (medians, interleaved runs)")

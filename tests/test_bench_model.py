@@ -38,3 +38,18 @@ def test_bench_model_text_and_size(tiny):
 def test_bench_model_bad_arguments(tiny, args, match):
     result = CliRunner().invoke(bench_model, args)
     assert result.exit_code == 2 and match in result.output
+
+
+def test_bench_model_compare_and_dtype(tiny):
+    result = CliRunner().invoke(bench_model, ["-m", "tiny_rfcn_dcn", "--compare", "tiny_deeplab", "--dtype", "bfloat16",
+                                              "--size", "48x80", "--repeats", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.output)
+    assert (r["model"], r["dtype"]) == ("tiny_rfcn_dcn", "bfloat16")
+    assert [(c["model"], c["dtype"]) for c in r["compared"]] == [("tiny_rfcn_dcn", "float32"),
+                                                                  ("tiny_deeplab", "bfloat16")]
+    assert r["ratios"]["bfloat16/float32"] == r["median_s"] / r["compared"][0]["median_s"]
+    assert r["ratios"]["tiny_rfcn_dcn/tiny_deeplab"] == r["median_s"] / r["compared"][1]["median_s"]
+    text = CliRunner().invoke(bench_model, ["-m", "tiny_rfcn_dcn", "--compare", "tiny_rfcn_dcn", "--half",
+                                            "--size", "48x80", "--repeats", "1"]).output
+    assert "ratio bfloat16/float32: " in text and "ratio tiny_rfcn_dcn/tiny_rfcn_dcn: " in text

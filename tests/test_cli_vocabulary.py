@@ -27,12 +27,15 @@ def _long(option: click.Option) -> str:
 SHARED = {_long(o): o for o in map(_declared, [
     common.model_option(), common.weights_option(), common.device_option(), common.out_option("runs/x"),
     common.exist_ok_option(), common.quiet_option(), common.json_option("x"), common.data_option(),
-    common.split_option(), *common.figure_options(), common.show_option()])}
+    common.split_option(), *common.figure_options(), common.show_option(), *common.dtype_options()])}
 RUN = {"--model", "--weights", "--device", "--out", "--exist-ok", "--quiet", "--json"}
 DATASET = {"--data", "--split"}
 # Offered by the commands that draw figures (--show also by detect/segment); checked for their meaning
 # wherever they appear.
 FIGURES = {"--style", "--marker-alpha", "--format", "--show"}
+# The model's precision, offered (at least) by these commands; checked for its meaning wherever it appears.
+DTYPE = {"--dtype", "--half"}
+WITH_DTYPE = {"detect", "segment", "offsets", "rois", "receptive-field", "effective", "dilation-stats"}
 
 # Commands that offer less than RUN, with what they offer and why (a command not listed needs all of RUN).
 LESS = {
@@ -89,7 +92,10 @@ def test_shared_options_mean_the_same_everywhere(name):
         assert _shape(have) == _shape(want), (name, long)
         assert ", ".join(sorted(want.opts, key=len)) in help_text, (name, long)  # e.g. "-m, --model"
     expected, _ = LESS.get(name, (RUN | (DATASET if name in WITH_DATASET else set()), ""))
-    assert offered - FIGURES == expected, (name, sorted(expected - offered), sorted(offered - FIGURES - expected))
+    assert offered - FIGURES - DTYPE == expected, (name, sorted(expected - offered),
+                                                   sorted(offered - FIGURES - DTYPE - expected))
+    if name in WITH_DTYPE:
+        assert DTYPE <= offered, name
     if "--split" in options:
         default = SPLIT_DEFAULT.get(name, common.DEFAULT_SPLIT)
         assert options["--split"].default == default

@@ -22,6 +22,7 @@
 
 #include "../checked_math.h"
 #include "../sampling.h"
+#include "reduced_precision.h"
 
 namespace dcnviz {
 namespace {
@@ -256,6 +257,13 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_,
                              const std::optional<at::Tensor>& bias, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                              int64_t dh, int64_t dw, int64_t groups, int64_t dgroups) {
   const Geometry g = check_geometry(input, offset_, weight, sh, sw, ph, pw, dh, dw, groups, dgroups);
+  if (reduced_precision(input)) {
+    TORCH_CHECK(!bias.has_value() || !bias->defined() || bias->dtype() == input.dtype(),
+                "deform_conv2d: bias must have shape (F,) and the input's dtype and device");
+    return deform_conv2d_cpu(upcast(input), upcast(offset_), upcast(weight), upcast(bias), sh, sw, ph, pw, dh, dw,
+                             groups, dgroups)
+        .to(input.scalar_type());
+  }
   // The GEMMs run in the op's own dtype even inside an autocast region (autocast would lower them).
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   at::Tensor output = at::zeros({g.N, g.F, g.Ho, g.Wo}, input.options());
@@ -300,6 +308,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
               "deform_conv2d backward: grad_output must have shape (N, F, Ho, Wo)");
   TORCH_CHECK(grad_output_.dtype() == input.dtype() && grad_output_.device() == input.device(),
               "deform_conv2d backward: grad_output must have the input's dtype and device");
+  if (reduced_precision(input)) {
+    auto [gx, go, gw, gb] = deform_conv2d_backward_cpu(upcast(grad_output_), upcast(input), upcast(offset_),
+                                                       upcast(weight), sh, sw, ph, pw, dh, dw, groups, dgroups);
+    const auto type = input.scalar_type();
+    return {gx.to(type), go.to(type), gw.to(type), gb.to(type)};
+  }
   const at::Tensor grad_output = grad_output_.contiguous(), offset = offset_.contiguous();
   const at::Tensor x_cl = input.permute({0, 2, 3, 1}).contiguous();
   const int64_t K = g.K(), P = g.P(), CgK = g.Cg() * K;

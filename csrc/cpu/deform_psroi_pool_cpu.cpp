@@ -3,8 +3,12 @@
 //
 // Work is channel-major: one input plane (H*W values, a few KiB) is sampled by every RoI before the next
 // plane, so the samples hit cache. RoI-major order (one output bin after another, as on the GPU) would
-// pull a different plane for every bin and stream the whole input once per RoI. RoI frames, bin cells
-// and sample grids are computed once where they repeat, not per output element (dpsroi_grids.h).
+// pull a different plane for every bin and stream the whole input once per RoI.
+//
+// Within a plane, kLanes RoIs are sampled side by side (lane_grids.h): their sample grids are laid out
+// lane-innermost, so the loops over lanes are vector loops (AVX-512 gathers where the CPU has them,
+// picked at run time), while each lane adds its own samples in the official order. Results are
+// bitwise those of one bin at a time, on every instruction set.
 //
 // Robustness: a RoI whose batch index is outside [0, N) or not finite, or with a non-finite corner, is
 // never used to index memory; its bins are 0 and it receives no gradient (the Python wrapper rejects
@@ -23,45 +27,59 @@
 
 #include "../pooling.h"
 #include "../pooling_checks.h"
-#include "dpsroi_grids.h"
+#include "lane_grids.h"
+#include "reduced_precision.h"
 
 namespace dcnviz {
 namespace {
 
-// Work items are (channel, RoI) pairs, channel-major, so that a thread's range covers whole planes.
+// Work items are (channel, block of kLanes RoIs) pairs, channel-major, so that a thread's range covers
+// whole planes.
 template <typename T>
 void forward_kernel(const T* input, const T* rois, const T* offset, T* output, const DeformPoolGeometry& g) {
   const std::vector<RoiFrame<T>> frames = roi_frames(rois, g);
   const int64_t P = g.pooled_size, plane = g.height * g.width, roi_stride = g.output_dim * P * P;
-  const BinGrids<T> bin_grids(frames, offset, g);
-  bin_grids.with_source([&](auto grid_of) {
-    at::parallel_for(0, g.channels * g.rois, 64, [&](int64_t begin, int64_t end) {
-      std::vector<ChannelBin> bins;
-      SampleGrids<T> scratch = bin_grids.scratch();
-      for (int64_t item = begin; item < end;) {
-        const int64_t channel = item / g.rois, n_begin = item % g.rois;
-        const int64_t n_end = std::min(g.rois, n_begin + (end - item));
-        channel_bins<T>(channel, g, bins);
-        for (int64_t n = n_begin; n < n_end; ++n) {
-          const RoiFrame<T>& f = frames[n];
-          T* out = output + n * roi_stride;
-          if (f.batch < 0) {
-            for (const ChannelBin& bin : bins) out[bin.out] = T(0);
-            continue;
-          }
-          const T* x = input + (f.batch * g.channels + channel) * plane;
-          for (const ChannelBin& bin : bins) {
-            const auto [grids, k] = grid_of(n, bin, scratch);
-            const int64_t count = grids->count(k);
-            T sum = T(0);
-            grids->for_each(k, g.width, [&](const Corners<T>& c) { sum += bilinear(c, x); });
-            out[bin.out] = count == 0 ? T(0) : sum / T(count);
-          }
-        }
-        item += n_end - n_begin;
+  BinGrids<T> bin_grids(frames, offset, g);
+  const int64_t blocks = bin_grids.blocks();
+  at::parallel_for(0, g.channels * blocks, 4, [&](int64_t begin, int64_t end) {
+    std::vector<ChannelBin> bins;
+    LaneGrids<T> scratch = bin_grids.scratch(1);
+    int64_t binned = -1;  // the channel whose bins `bins` holds
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t channel = item / blocks, n0 = item % blocks * kLanes, lanes = std::min(kLanes, g.rois - n0);
+      if (channel != binned) channel_bins<T>(channel, g, bins), binned = channel;
+      const T* x = input + channel * plane;
+      for (const ChannelBin& bin : bins) {
+        const LaneGrid<T> q = bin_grids.get(bin, item % blocks, scratch, 0);
+        T sum[kLanes] = {};
+        lane_kernels<T>().add_samples(q, x, g.sample_per_part, sum);
+        for (int64_t l = 0; l < lanes; ++l)  // an unusable RoI or a bin without samples has count 0
+          output[(n0 + l) * roi_stride + bin.out] = q.count[l] == 0 ? T(0) : sum[l] / T(q.count[l]);
       }
-    });
+    }
   });
+}
+
+// Adds lane l's samples of grid q to the gradient plane gx in for_each_sample's order, with the
+// corner terms w of LaneKernels::spread. Off-map samples add +0 at an in-bounds element, which is
+// cheaper than a branch. This scalar loop is most of the backward's time: each element must sum its
+// terms in the official order, so the updates cannot be vectorised across RoIs or regrouped.
+template <typename T>
+void scatter(const LaneGrid<T>& q, int64_t l, const T* w, int64_t S, T* gx) {
+  T* base = gx + q.batch[l];
+  w += l;
+  for (int64_t r = 0; r < S; ++r) {
+    const int64_t dy = q.dy[r * kLanes + l];
+    T* row = base + q.row[r * kLanes + l];
+    for (int64_t c = 0; c < S; ++c, w += 4 * kLanes) {
+      const int64_t dx = q.dx[c * kLanes + l];
+      T* p = row + q.col[c * kLanes + l];
+      p[0] += w[0];
+      p[dx] += w[kLanes];
+      p[dy] += w[2 * kLanes];
+      p[dy + dx] += w[3 * kLanes];
+    }
+  }
 }
 
 // Input gradient: each sample spreads grad/count to its four corners with the forward's weights. Split
@@ -84,47 +102,51 @@ void backward_kernel(const T* grad, const T* input, const T* rois, const T* offs
                      const DeformPoolGeometry& g) {
   const std::vector<RoiFrame<T>> frames = roi_frames(rois, g);
   const int64_t P = g.pooled_size, plane = g.height * g.width, roi_stride = g.output_dim * P * P;
+  const int64_t S = g.sample_per_part;
   const T trans_std = static_cast<T>(g.trans_std);
-  const BinGrids<T> bin_grids(frames, offset, g);
-  bin_grids.with_source([&](auto grid_of) {
-    at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
-      std::vector<ChannelBin> bins;
-      SampleGrids<T> scratch = bin_grids.scratch();
-      for (int64_t channel = begin; channel < end; ++channel) {
-        channel_bins<T>(channel, g, bins);
-        for (int64_t b = 0; b < g.batch; ++b) std::fill_n(grad_input + (b * g.channels + channel) * plane, plane, T(0));
-        for (int64_t n = 0; n < g.rois; ++n) {
-          const RoiFrame<T>& f = frames[n];
-          if (f.batch < 0) {  // an unusable RoI adds nothing
-            if constexpr (kOffset)
-              for (const ChannelBin& bin : bins) terms[2 * (n * roi_stride + bin.out)] = terms[2 * (n * roi_stride + bin.out) + 1] = T(0);
-            continue;
-          }
-          const T* x = input + (f.batch * g.channels + channel) * plane;
-          T* gx = grad_input + (f.batch * g.channels + channel) * plane;
-          for (const ChannelBin& bin : bins) {
-            const int64_t index = n * roi_stride + bin.out;
-            const auto [grids, k] = grid_of(n, bin, scratch);
-            const int64_t count = grids->count(k);  // a bin without samples adds nothing
-            T dvdx = T(0), dvdy = T(0), diff = T(0);
-            if (count > 0) {
-              diff = grad[index] / T(count);
-              grids->for_each(k, g.width, [&](const Corners<T>& c) {
-                if constexpr (kOffset) add_bilinear_slopes(c, x, dvdx, dvdy);
-                gx[c.i00] += c.w00() * diff;
-                gx[c.i00 + c.dx] += c.w01() * diff;
-                gx[c.i00 + c.dy] += c.w10() * diff;
-                gx[c.i00 + c.dy + c.dx] += c.w11() * diff;
-              });
-            }
+  BinGrids<T> bin_grids(frames, offset, g);
+  const int64_t blocks = bin_grids.blocks();
+  at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<ChannelBin> bins;
+    LaneGrids<T> scratch = bin_grids.scratch(P * P);
+    std::vector<LaneGrid<T>> grids;
+    std::vector<T> diff;  // grad/count of bin j of lane l at j*kLanes + l (0 past the last RoI)
+    const int64_t bin_terms = S * S * 4 * kLanes;
+    std::vector<T> corner_terms;  // LaneKernels::spread's terms of bin j at j*bin_terms
+    for (int64_t channel = begin; channel < end; ++channel) {
+      channel_bins<T>(channel, g, bins);
+      for (int64_t b = 0; b < g.batch; ++b) std::fill_n(grad_input + (b * g.channels + channel) * plane, plane, T(0));
+      const T* x = input + channel * plane;
+      T* gx = grad_input + channel * plane;
+      diff.resize(bins.size() * kLanes);
+      corner_terms.resize(bins.size() * bin_terms);
+      for (int64_t block = 0; block < blocks; ++block) {
+        const int64_t n0 = block * kLanes, lanes = std::min(kLanes, g.rois - n0);
+        grids.clear();
+        for (size_t j = 0; j < bins.size(); ++j) {
+          const LaneGrid<T> q = bin_grids.get(bins[j], block, scratch, j);
+          grids.push_back(q);
+          T dvdx[kLanes] = {}, dvdy[kLanes] = {};
+          if constexpr (kOffset) lane_kernels<T>().add_slopes(q, x, S, dvdx, dvdy);
+          for (int64_t l = 0; l < kLanes; ++l) {
+            const int64_t index = (n0 + l) * roi_stride + bins[j].out, count = q.count[l];
+            const T d = count > 0 ? grad[index] / T(count) : T(0);  // a bin without samples adds nothing
+            diff[j * kLanes + l] = d;
             if constexpr (kOffset) {
-              terms[2 * index] = count > 0 ? dvdx * trans_std * diff * f.width : T(0);
-              terms[2 * index + 1] = count > 0 ? dvdy * trans_std * diff * f.height : T(0);
+              if (l >= lanes) continue;
+              const RoiFrame<T>& f = frames[n0 + l];
+              terms[2 * index] = count > 0 ? dvdx[l] * trans_std * d * f.width : T(0);
+              terms[2 * index + 1] = count > 0 ? dvdy[l] * trans_std * d * f.height : T(0);
             }
           }
         }
+        for (size_t j = 0; j < bins.size(); ++j)
+          lane_kernels<T>().spread(grids[j], diff.data() + j * kLanes, S, corner_terms.data() + j * bin_terms);
+        for (int64_t l = 0; l < lanes; ++l)  // the scatter, in the order (RoI, bin, sample)
+          for (size_t j = 0; j < bins.size(); ++j)
+            if (grids[j].count[l] > 0) scatter(grids[j], l, corner_terms.data() + j * bin_terms, S, gx);
       }
-    });
+    }
   });
 }
 
@@ -157,6 +179,10 @@ at::Tensor deform_psroi_pool_forward_cpu(const at::Tensor& input, const at::Tens
                                          int64_t part_size, int64_t sample_per_part, double trans_std) {
   const DeformPoolGeometry g = check_deform_psroi_pool(input, rois, offset, spatial_scale, output_dim, group_size,
                                                        pooled_size, part_size, sample_per_part, trans_std);
+  if (reduced_precision(input))
+    return deform_psroi_pool_forward_cpu(upcast(input), upcast(rois), upcast(offset), spatial_scale, output_dim,
+                                         group_size, pooled_size, part_size, sample_per_part, trans_std)
+        .to(input.scalar_type());
   auto output = at::empty({g.rois, output_dim, pooled_size, pooled_size}, input.options());
   if (output.numel() == 0) return output;
   const auto x = input.contiguous(), r = rois.contiguous();
@@ -175,6 +201,12 @@ std::tuple<at::Tensor, at::Tensor> deform_psroi_pool_backward_cpu(
   const DeformPoolGeometry g = check_deform_psroi_pool(input, rois, offset, spatial_scale, output_dim, group_size,
                                                        pooled_size, part_size, sample_per_part, trans_std);
   check_pool_grad_output(grad_output, input, g, "deform_psroi_pool");
+  if (reduced_precision(input)) {
+    auto [gi, go] = deform_psroi_pool_backward_cpu(upcast(grad_output), upcast(input), upcast(rois), upcast(offset),
+                                                   spatial_scale, output_dim, group_size, pooled_size, part_size,
+                                                   sample_per_part, trans_std);
+    return {gi.to(input.scalar_type()), go.to(input.scalar_type())};
+  }
   if (grad_output.numel() == 0 || input.numel() == 0) {
     return {at::zeros_like(input, at::MemoryFormat::Contiguous),
             g.has_offset ? at::zeros_like(*offset, at::MemoryFormat::Contiguous) : at::empty({0}, input.options())};

@@ -18,6 +18,7 @@
 
 #include "../pooling.h"
 #include "../pooling_checks.h"
+#include "reduced_precision.h"
 
 namespace dcnviz {
 namespace {
@@ -118,6 +119,9 @@ void input_grad_kernel(const T* grad, const T* rois, T* grad_input, const PoolGe
 at::Tensor psroi_pool_forward_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale,
                                   int64_t output_dim, int64_t group_size, int64_t pooled_size) {
   const PoolGeometry g = check_psroi_pool(input, rois, spatial_scale, output_dim, group_size, pooled_size);
+  if (reduced_precision(input))
+    return psroi_pool_forward_cpu(upcast(input), upcast(rois), spatial_scale, output_dim, group_size, pooled_size)
+        .to(input.scalar_type());
   auto output = at::empty({g.rois, output_dim, pooled_size, pooled_size}, input.options());
   if (output.numel() == 0) return output;
   const auto x = input.contiguous(), r = rois.contiguous();
@@ -131,6 +135,10 @@ at::Tensor psroi_pool_backward_cpu(const at::Tensor& grad_output, const at::Tens
                                    double spatial_scale, int64_t output_dim, int64_t group_size, int64_t pooled_size) {
   const PoolGeometry g = check_psroi_pool(input, rois, spatial_scale, output_dim, group_size, pooled_size);
   check_pool_grad_output(grad_output, input, g, "psroi_pool");
+  if (reduced_precision(input))
+    return psroi_pool_backward_cpu(upcast(grad_output), upcast(input), upcast(rois), spatial_scale, output_dim,
+                                   group_size, pooled_size)
+        .to(input.scalar_type());
   if (grad_output.numel() == 0 || input.numel() == 0) return at::zeros_like(input, at::MemoryFormat::Contiguous);
   auto grad_input = at::empty_like(input, at::MemoryFormat::Contiguous);  // input_grad_kernel writes it all
   const auto dy = grad_output.contiguous(), r = rois.contiguous();

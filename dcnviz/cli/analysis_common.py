@@ -10,8 +10,8 @@ from typing import Callable, Sequence
 import click
 import numpy as np
 
-from dcnviz.cli.common import (apply_options, debug_option, figure_options, json_option, resolve_model, run_options,
-                               select_device, show_option)
+from dcnviz.cli.common import (apply_options, debug_option, dtype_options, figure_options, in_dtype, json_option,
+                               resolve_model, run_options, select_device, show_option)
 from dcnviz.errors import UserError
 
 DEFAULT_MODEL = "rfcn_dcn_synth"
@@ -21,11 +21,11 @@ SAMPLES = "synth_*.jpg"
 def analysis_options(command: str, needs: str = "deformable conv layers",
                      figures: bool = True) -> Callable[[Callable], Callable]:
     """--model (a registered model with ``needs``, default :data:`DEFAULT_MODEL`), --weights, --device,
-    --out runs/<command>, --exist-ok, --quiet, --json, with ``figures`` --style, --marker-alpha, --format,
-    --show, and --debug."""
+    --out runs/<command>, --exist-ok, --quiet, --json, with ``figures`` --style, --marker-alpha, --format
+    and --show, then --dtype/--half and --debug."""
     return apply_options(run_options(command, f"Registered model with {needs}; default: {DEFAULT_MODEL}.")
                          + [json_option("Print each image's JSON record on stdout (JSON Lines), as written to OUT.")]
-                         + (figure_options() + [show_option()] if figures else []) + [debug_option])
+                         + (figure_options() + [show_option()] if figures else []) + dtype_options() + [debug_option])
 
 
 def unit_options(levels_help: str) -> Callable[[Callable], Callable]:
@@ -120,12 +120,12 @@ def stack(net, layer: str | None, levels: int | None, default_levels: int) -> li
         raise usage_error("--levels" if levels is not None and "levels" in str(e) else "--layer", e) from None
 
 
-def load(spec, weights, device: str, quiet: bool):
-    """The model with its weights on the chosen device."""
+def load(spec, weights, device: str, quiet: bool, dtype: str = "float32"):
+    """The model with its weights on the chosen device, in ``dtype`` (a ``--dtype`` value)."""
     import dcnviz
 
     dev = select_device(device)
-    return dcnviz.load_model(spec.name, weights, dev), dev
+    return in_dtype(dcnviz.load_model(spec.name, weights, dev), dtype), dev
 
 
 def sample_images() -> list[Path]:
@@ -227,10 +227,14 @@ def emit_json(record: dict, json_out: bool) -> None:
 
         click.echo(json.dumps(record, allow_nan=False))
 
-def load_custom_model(spec: str, weights, device):
+def load_custom_model(spec: str, weights, device, dtype: str = "float32"):
     """(:class:`~dcnviz.models.custom.CustomModel` on the chosen device, the device); ``device`` is the
-    --device value or a ``torch.device`` already chosen."""
+    --device value or a ``torch.device`` already chosen. Custom models run in float32 only (their
+    preprocessing is the user's)."""
     from dcnviz.models.custom import CustomModelError, load_custom
+
+    if dtype != "float32":
+        raise usage_error("--dtype", ValueError(f"a FILE.py:FUNCTION model runs in float32, not {dtype}"))
 
     if weights is not None and weights.suffix.lower() != ".safetensors":
         raise usage_error("--weights", ValueError(f"{weights}: a FILE.py:FUNCTION model takes .safetensors "

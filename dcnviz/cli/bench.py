@@ -29,7 +29,8 @@ bench.add_command(dataset)
               help="Timed runs per measurement (after one warm-up); the median is reported.")
 @click.option("--op", "ops", type=click.Choice(["conv", "pool"]), multiple=True,
               help="Only these operators (repeatable): conv = deform_conv2d at res5, pool = "
-                   "deform_psroi_pool at the R-FCN head. Default: both. conv2d is always timed.")
+                   "deform_psroi_pool at the R-FCN head (cls, cls no-trans, bbox) and psroi_pool. Default: both. "
+                   "conv2d is always timed.")
 def ops(device, json_out, threads, repeats, ops):
     """Forward and forward+backward time of the operators at the R-FCN sizes, with torchvision's
     deform_conv2d and a plain conv2d of the same shape for comparison (ratios are to conv2d)."""

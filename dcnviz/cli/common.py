@@ -119,6 +119,43 @@ def device_option(default: str = "auto") -> Callable:
                         help="auto, cpu, cuda or cuda:N; auto uses the first GPU if there is one.")
 
 
+def _dtype(ctx: click.Context, param, value: str | None) -> str:
+    half = ctx.meta.pop("dcnviz_half", False)
+    if half and value not in (None, "bfloat16"):
+        raise click.BadParameter(f"--half means bfloat16, not {value}", param_hint="'--dtype'")
+    return "bfloat16" if half else (value or "float32")
+
+
+def _half(ctx: click.Context, param, value: bool) -> None:
+    ctx.meta["dcnviz_half"] = value
+
+
+def dtype_options() -> list[Callable[[Callable], Callable]]:
+    """--dtype float32|bfloat16 (the value the command receives as ``dtype``) and --half, its alias for
+    bfloat16: the precision the model computes in."""
+    return [
+        click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None, callback=_dtype,
+                     help="Precision the model runs in: bfloat16 casts weights and input (the deformable ops "
+                          "compute in float32 on rounded values; about 3 significant digits)  "
+                          "[default: float32]"),
+        # Eager, so that --dtype's callback sees it whatever their order on the command line.
+        click.option("--half", is_flag=True, is_eager=True, expose_value=False, callback=_half,
+                     help="Same as --dtype bfloat16 (the half-precision type dcnviz supports on CPU and GPU)."),
+    ]
+
+
+def model_dtype(dtype: str):
+    """The torch dtype of a ``--dtype`` value."""
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+
+
+def in_dtype(net, dtype: str):
+    """A loaded model (float32) in a ``--dtype`` precision."""
+    return net if dtype == "float32" else net.to(model_dtype(dtype))
+
+
 def out_option(default: str | os.PathLike, help: str | None = None) -> Callable:
     """``-o/--out DIR``: always a folder (a command that writes one file also takes ``--output-file``)."""
     return click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
@@ -198,12 +235,13 @@ def run_options(command: str, model_help: str) -> list[Callable[[Callable], Call
 
 def model_options(task: str) -> Callable[[Callable], Callable]:
     """Options of a command that runs a ``task`` ("detection"/"segmentation") model over images:
-    --model, --weights, --device, --out, --exist-ok, --quiet, --json, --debug."""
+    --model, --weights, --device, --out, --exist-ok, --quiet, --json, --dtype/--half, --debug."""
     command = TASK_COMMANDS[task]
     options = run_options(command, f"Registered model name (see 'dcnviz models'); default: the bundled "
                                    f"{task} model.") + [
         json_option("Print one JSON object per image on stdout (JSON Lines; schema in "
                     f"dcnviz/schemas/{'detections' if task == 'detection' else task}.schema.json)."),
+        *dtype_options(),
         debug_option,
     ]
 

@@ -16,7 +16,7 @@ import click
 import numpy as np
 
 from dcnviz.cli.analysis_common import analysis_options, emit_json, load_custom_model, reporter, resolve
-from dcnviz.cli.common import (data_option, dataset_run_options, deprecated, finish_processes, run_folder,
+from dcnviz.cli.common import (data_option, dataset_run_options, deprecated, finish_processes, in_dtype, run_folder,
                                split_option, start_processes)
 from dcnviz.io.results_json import json_path
 from dcnviz.models.custom import is_custom_spec
@@ -54,7 +54,7 @@ def table(summary: dict, paper: dict | None) -> list[str]:
 @dataset_run_options
 @analysis_options("dilation-stats", figures=False)
 def dilation_stats(dataset_arg, data, split, limit, compare_paper, explain, workers, resume, save_every, model,
-                   weights, device, out, exist_ok, quiet, json_out):
+                   weights, device, out, exist_ok, quiet, json_out, dtype):
     """Effective dilation of the deformable filters by object size (paper Table 2) over --data, a
     VOC-layout folder (JPEGImages/, Annotations/*.xml with 1-based boxes, ImageSets/Main/SPLIT.txt).
 
@@ -103,13 +103,13 @@ def dilation_stats(dataset_arg, data, split, limit, compare_paper, explain, work
     say = reporter(quiet or not ctx.main)
     with contextlib.ExitStack() as stack:
         if custom:  # imported (and its usage errors reported) before the output folder is made
-            net, _ = load_custom_model(model, weights, ctx.device)
+            net, _ = load_custom_model(model, weights, ctx.device, dtype)
             name, nominal = model, {n: float(np.mean(m.dilation)) for n, m in net.layers.items()}
         else:
             name, nominal = spec.name, {short_name(l): l.dilation for l in meta.deformable_layers}
         out_dir = run_folder(stack, out, exist_ok, resume, ctx)
         if not custom:
-            net = dcnviz.load_model(spec.name, weights, ctx.device)
+            net = in_dtype(dcnviz.load_model(spec.name, weights, ctx.device), dtype)
         say(f"{name} on {ctx.device}{f' x {ctx.world} processes' if ctx.world > 1 else ''}: {dataset}, "
             f"split {split}")
         run = run_stats(net, dataset, split, limit, ctx=ctx, workers=default_workers() if workers is None else workers,

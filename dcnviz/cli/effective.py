@@ -24,12 +24,12 @@ from dcnviz.errors import UserError
 from dcnviz.models.custom import is_custom_spec
 
 
-def _model(model, weights, device, quiet, layer, levels, channel, detections) -> SimpleNamespace:
+def _model(model, weights, device, quiet, dtype, layer, levels, channel, detections) -> SimpleNamespace:
     """The model of the run, loaded once, its options checked before any weights are read where they can be."""
     if is_custom_spec(model):
         if detections:
             raise usage_error("--detection", ValueError(f"{model} has no detection head"))
-        cm, dev = load_custom_model(model, weights, device)
+        cm, dev = load_custom_model(model, weights, device, dtype)
         return SimpleNamespace(name=model, device=dev, custom=cm, names=None)
     spec, meta = resolve(model)
     names = stack(meta, layer, levels, 3)
@@ -38,7 +38,7 @@ def _model(model, weights, device, quiet, layer, levels, channel, detections) ->
     width = meta.backbone.get_submodule(f"{names[0]}.branch2b").weight.shape[0]
     if channel is not None and channel >= width:
         raise usage_error("--channel", ValueError(f"{channel}: {names[0]} has {width} channels"))
-    net, dev = load(spec, weights, device, quiet)
+    net, dev = load(spec, weights, device, quiet, dtype)
     return SimpleNamespace(name=spec.name, device=dev, custom=None, net=net, names=names)
 
 
@@ -86,7 +86,7 @@ def _image(m, picture, image, layer, levels, channel, detections, at, annotation
 @unit_options("Deformable layers at or below the node's layer whose sampling points are weighed; default: 3.")
 @analysis_options("effective")
 def effective(images, recursive, detections, channel, bound, cell, layer, levels, at, annotation, conf, group, round_,
-              model, weights, device, out, exist_ok, quiet, json_out, style, marker_alpha, fmt, show):
+              model, weights, device, out, exist_ok, quiet, json_out, style, marker_alpha, fmt, show, dtype):
     """DCNv2's effective views of nodes (Zhu et al. 2019, Figs. 1-2).
 
     A node is the deformable layer --layer's own output at a unit's cell, summed over channels (or
@@ -122,7 +122,7 @@ def effective(images, recursive, detections, channel, bound, cell, layer, levels
     say = reporter(quiet)
     run = ImageRun(images, show, say)
     with run_dir(out, exist_ok, (), images) as out_dir:
-        m = _model(model, weights, device, quiet, layer, levels, channel, detections)
+        m = _model(model, weights, device, quiet, dtype, layer, levels, channel, detections)
         say(f"{m.name} on {m.device}: {len(images)} image{'s' * (len(images) > 1)}")
         stems = output_names(images)
         for i, path, picture in run:

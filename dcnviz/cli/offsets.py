@@ -33,7 +33,7 @@ def check_group(group, groups: list[int], name: str) -> None:
 @unit_options("Deformable layers to go down through, from --layer; default: 3 (or as many as there are).")
 @analysis_options("offsets")
 def offsets(images, recursive, layer, levels, at, annotation, conf, group, round_, model, weights, device, out, exist_ok,
-            quiet, json_out, style, marker_alpha, fmt, show):
+            quiet, json_out, style, marker_alpha, fmt, show, dtype):
     """Where deformable filters sample: the composed sampling locations of activation units (paper Fig. 6).
 
     For each IMAGE (files, folders, quoted globs; default: the bundled samples/synth_*.jpg) it follows --levels deformable layers down
@@ -76,10 +76,10 @@ def offsets(images, recursive, layer, levels, at, annotation, conf, group, round
     run = ImageRun(images, show, say)
     with run_dir(out, exist_ok, (), images) as out_dir:
         if custom:
-            cm, dev = load_custom_model(model, weights, device)
+            cm, dev = load_custom_model(model, weights, device, dtype)
             say(f"{name} on {dev}: {len(images)} image{'s' * (len(images) > 1)}")
         else:
-            net, dev = load(spec, weights, device, quiet)
+            net, dev = load(spec, weights, device, quiet, dtype)
             say(f"{name} on {dev}: {len(images)} image{'s' * (len(images) > 1)}, {' > '.join(names)}")
         stems = output_names(images)
         for i, path, image in run:

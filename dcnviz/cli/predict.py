@@ -30,8 +30,8 @@ import numpy as np
 
 import dcnviz
 
-from dcnviz.cli.common import (TASK_COMMANDS, deprecated, model_options, parse_classes, resolve_model, select_device,
-                               show_option, source_options)
+from dcnviz.cli.common import (TASK_COMMANDS, deprecated, in_dtype, model_options, parse_classes, resolve_model,
+                               select_device, show_option, source_options)
 from dcnviz.errors import ImageError
 from dcnviz.io.images import find_images, read_image, write_bytes_atomic, write_image_atomic, write_json_atomic, \
     write_png_palette_atomic
@@ -283,7 +283,7 @@ def run_video(task: str, video: Path, predictor: Callable[[np.ndarray], object],
 @batch_option
 @show_option()
 @click.pass_context
-def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet, json_out, conf,
+def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet, json_out, dtype, conf,
            classes, max_det, save_coco, save_txt, save_conf, imgsz, line_width, hide_labels, hide_conf, batch, show):
     """Detect objects in images: SOURCE is an image, a folder or a quoted glob ('photos/*.jpg').
 
@@ -307,7 +307,7 @@ def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet
                       line_width=line_width, hide_labels=hide_labels, hide_conf=hide_conf,
                       trained_sizes=_trained_sizes(spec), batch=batch)
     _run(ctx, "detection", images, videos, spec, weights, device, out, exist_ok, opts,
-         lambda found: [filter_detections(d, conf, keep, max_det) for d in found], imgsz, show)
+         lambda found: [filter_detections(d, conf, keep, max_det) for d in found], imgsz, show, dtype)
 
 
 @click.command()
@@ -321,7 +321,7 @@ def detect(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet
 @batch_option
 @show_option()
 @click.pass_context
-def segment(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet, json_out, overlay_alpha,
+def segment(ctx, sources, recursive, model, weights, device, out, exist_ok, quiet, json_out, dtype, overlay_alpha,
             old_alpha, side_by_side, imgsz, batch, show):
     """Label every pixel of images: SOURCE is an image, a folder or a quoted glob ('photos/*.jpg').
 
@@ -341,7 +341,7 @@ def segment(ctx, sources, recursive, model, weights, device, out, exist_ok, quie
     spec = resolve_model(model, "segmentation")
     opts = RunOptions(model=spec.name, alpha=overlay_alpha, quiet=quiet, json=json_out, side_by_side=side_by_side,
                       trained_sizes=_trained_sizes(spec), batch=batch)
-    _run(ctx, "segmentation", images, videos, spec, weights, device, out, exist_ok, opts, list, imgsz, show)
+    _run(ctx, "segmentation", images, videos, spec, weights, device, out, exist_ok, opts, list, imgsz, show, dtype)
 
 
 def split_sources(sources: Sequence[str], recursive: bool) -> tuple[list[Path], list[Path]]:
@@ -357,9 +357,10 @@ def split_sources(sources: Sequence[str], recursive: bool) -> tuple[list[Path], 
 
 def _run(ctx: click.Context, task: str, images: Sequence[Path], videos: Sequence[Path], spec, weights: Path | None,
          device: str, out: Path, exist_ok: bool, opts: RunOptions, keep: Callable[[list], list],
-         imgsz: int | None = None, show: bool = False) -> None:
-    """Choose the device, create the output folder, load the model, run; exit 1 if inputs failed. ``keep``
-    filters the model's results of a batch (e.g. by score); ``show`` opens a window for the results."""
+         imgsz: int | None = None, show: bool = False, dtype: str = "float32") -> None:
+    """Choose the device, create the output folder, load the model (in ``dtype``), run; exit 1 if inputs
+    failed. ``keep`` filters the model's results of a batch (e.g. by score); ``show`` opens a window for the
+    results."""
     from dcnviz.models.batching import predict_batch
     from dcnviz.viz.show import open_window
 
@@ -367,7 +368,7 @@ def _run(ctx: click.Context, task: str, images: Sequence[Path], videos: Sequence
     failed = 0
     planned = planned_outputs(task, images, opts.save_coco, opts.save_txt)
     with run_dir(out, exist_ok, SUBDIRS[task], [*images, *videos], planned) as out_dir:
-        net = dcnviz.load_model(spec.name, weights, dev)
+        net = in_dtype(dcnviz.load_model(spec.name, weights, dev), dtype)
         if imgsz is not None:
             net.scales = test_scales(net.scales, imgsz)
         if not opts.quiet:

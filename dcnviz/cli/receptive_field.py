@@ -58,7 +58,7 @@ def _plain_inspection(seen, stack_, geometries):
 @unit_options("Deformable layers to go down through, from --layer; default: 2, as in the paper's figure.")
 @analysis_options("receptive-field")
 def receptive_field(images, plain, recursive, layer, levels, at, annotation, conf, group, round_, model, weights,
-                    device, out, exist_ok, quiet, json_out, style, marker_alpha, fmt, show):
+                    device, out, exist_ok, quiet, json_out, style, marker_alpha, fmt, show, dtype):
     """Fixed vs adaptive receptive field (paper Fig. 5): the sampling points of the same units through the
     plain model's ordinary convs (top row) and its deformable twin's deformable convs (bottom row).
 
@@ -91,7 +91,7 @@ def receptive_field(images, plain, recursive, layer, levels, at, annotation, con
     say = reporter(quiet)
     run = ImageRun(images, show, say)
     with run_dir(out, exist_ok, (), images) as out_dir:
-        net, dev = load(spec, weights, device, quiet)
+        net, dev = load(spec, weights, device, quiet, dtype)
         say(f"{spec.name} on {dev}: {len(images)} image{'s' * (len(images) > 1)}, {' > '.join(names)}")
         stems = output_names(images)
         for i, image, picture in run:

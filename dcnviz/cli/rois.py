@@ -56,7 +56,7 @@ def _resolve(model: str | None):
 @click.option("-r", "--recursive", is_flag=True, help="Also search the subfolders of an IMAGE folder.")
 @analysis_options("rois", "deformable (PS) RoI pooling")
 def rois(images, top, box, class_, conf, coarse, recursive, model, weights, device, out, exist_ok, quiet, json_out,
-         style, marker_alpha, fmt, show):
+         style, marker_alpha, fmt, show, dtype):
     """Where deformable (PS) RoI pooling looks (paper Fig. 7): each RoI's k x k parts moved by their
     offsets (R-FCN: the classification branch's, for the RoI's class; Faster R-CNN and FPN: the one offset
     field of deformable RoI pooling, the same bins for every class; FPN: on the pyramid level the RoI is
@@ -102,7 +102,7 @@ def rois(images, top, box, class_, conf, coarse, recursive, model, weights, devi
     run = ImageRun(images, show, say)
     p = parts.pooled_size
     with run_dir(out, exist_ok, (), images) as out_dir:
-        net, dev = load(spec, weights, device, quiet)
+        net, dev = load(spec, weights, device, quiet, dtype)
         say(f"{spec.name} on {dev}: {len(images)} image{'s' * (len(images) > 1)}")
         stems = output_names(images)
         for i, image, picture in run:

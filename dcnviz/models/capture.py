@@ -53,9 +53,10 @@ def capture_offsets(model: nn.Module, image) -> tuple[dict[str, torch.Tensor], P
 @torch.inference_mode()
 def input_offsets(model: nn.Module, data: torch.Tensor) -> dict[str, torch.Tensor]:
     """:func:`capture_offsets` of an input already preprocessed by ``model.preprocess`` (e.g. in DataLoader
-    workers); ``data`` is moved to the model's device (non-blocking from pinned memory)."""
+    workers); ``data`` is moved to the model's device (non-blocking from pinned memory) and given its dtype."""
     taps: dict[str, torch.Tensor] = {}
-    model.backbone(data.to(next(model.parameters()).device, non_blocking=True), taps)
+    param = next(model.parameters())
+    model.backbone(data.to(param.device, param.dtype, non_blocking=True), taps)
     return {layer.offset: taps[layer.offset].float().cpu() for layer in model.deformable_layers}
 
 

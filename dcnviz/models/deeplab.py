@@ -101,21 +101,22 @@ class DeepLab(nn.Module):
     def predict_input(self, data: torch.Tensor, prep: Prep) -> Segmentation:
         """:meth:`predict` on an input already preprocessed (``data`` and ``prep`` from :meth:`preprocess`,
         e.g. by DataLoader workers); ``data`` is moved to the model's device (non-blocking from pinned
-        memory)."""
+        memory) and given its dtype (a model cast with ``.to(torch.bfloat16)`` runs in bfloat16); the
+        captured offsets are float32 whatever the model's dtype."""
         return self.predict_inputs([data], [prep])[0]
 
     @torch.inference_mode()
     def predict_inputs(self, data: Sequence[torch.Tensor], preps: Sequence[Prep]) -> list[Segmentation]:
         """:meth:`predict_input` of N inputs of the same size (``data`` (1, 3, H, W) each) in one forward, each
         image's scores resized and labelled on its own (:func:`dcnviz.models.batching.predict_batch`)."""
-        device = next(self.parameters()).device
-        out = self.forward_official(torch.cat(list(data)).to(device, non_blocking=True))
+        param = next(self.parameters())
+        out = self.forward_official(torch.cat(list(data)).to(param.device, param.dtype, non_blocking=True))
         results = []
         for n, prep in enumerate(preps):
             score = out["croped_score"][n:n + 1]
             if tuple(prep.input_size) != tuple(prep.image_size):
                 score = F.interpolate(score, size=prep.image_size, mode="bilinear", align_corners=False)
             labels = score[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
-            captured = {layer.offset: out[layer.offset][n:n + 1].cpu() for layer in self.deformable_layers}
+            captured = {layer.offset: out[layer.offset][n:n + 1].float().cpu() for layer in self.deformable_layers}
             results.append(Segmentation(labels, self.classes, self.palette, prep, captured))
         return results

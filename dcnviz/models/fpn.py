@@ -216,7 +216,7 @@ class FPN(RFCN):
         rois = torch.as_tensor(rois, device=device, dtype=pyramid["fpn_p2"].dtype)
         out = {"rois": rois}
         self.head(pyramid, rois, out)
-        return {k: v.cpu() for k, v in out.items()}
+        return {k: v.float().cpu() for k, v in out.items()}
 
     def predict_inputs(self, data: Sequence[torch.Tensor], preps: Sequence[Prep], score_thresh: float | None = None
                        ) -> list[Detections]:

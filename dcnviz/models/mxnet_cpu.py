@@ -22,7 +22,10 @@ from dcnviz.models.resnet import FrozenBatchNorm2d, ResNetV1
 class OneDNNConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` (same parameters and state dict) that runs float32 CPU inputs through oneDNN on
     channels-last tensors, whatever the thread count and shape (``F.conv2d`` picks its CPU algorithm by
-    those); its output is channels-last. Other dtypes and devices go through ``F.conv2d``."""
+    those); its output is channels-last. bfloat16 CPU inputs go through ``F.conv2d`` on channels-last
+    tensors (its bfloat16 kernels, AMX where the CPU has it; on contiguous tensors it converted layouts
+    around every call, which cost as much as the convolutions). Other dtypes and devices go through
+    ``F.conv2d`` as they are."""
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> OneDNNConv2d:
@@ -32,11 +35,14 @@ class OneDNNConv2d(nn.Conv2d):
         return new.train(conv.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cl = torch.channels_last
         if (x.device.type == "cpu" and x.dtype == torch.float32 and self.padding_mode == "zeros"
                 and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
-            cl = torch.channels_last
             return torch.mkldnn_convolution(x.contiguous(memory_format=cl), self.weight.contiguous(memory_format=cl),
                                             self.bias, self.padding, self.stride, self.dilation, self.groups)
+        if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+            return self._conv_forward(x.contiguous(memory_format=cl), self.weight.contiguous(memory_format=cl),
+                                      self.bias)
         return super().forward(x)
 
 

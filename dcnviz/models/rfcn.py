@@ -209,9 +209,10 @@ class RFCN(nn.Module):
                       keep_features: bool = False) -> Detections:
         """:meth:`predict` on an input already preprocessed (``data`` and ``prep`` from :meth:`preprocess`,
         e.g. by DataLoader workers); ``data`` is moved to the model's device (non-blocking from pinned
-        memory)."""
-        device = next(self.parameters()).device
-        data = data.to(device, non_blocking=True)
+        memory) and given its dtype (a model cast with ``.to(torch.bfloat16)`` runs in bfloat16, RoIs
+        included); the captured blobs are float32 whatever the model's dtype."""
+        param = next(self.parameters())
+        data = data.to(param.device, param.dtype, non_blocking=True)
         rois = None
         if boxes is not None:
             b = np.asarray(boxes, dtype=np.float64)
@@ -230,8 +231,8 @@ class RFCN(nn.Module):
                        ) -> list[Detections]:
         """:meth:`predict_input` of N inputs of the same size (``data`` (1, 3, H, W) each) in one forward;
         the proposals, box decoding and NMS per image (:func:`dcnviz.models.batching.predict_batch`)."""
-        device = next(self.parameters()).device
-        out = self.forward_official(torch.cat(list(data)).to(device, non_blocking=True))
+        param = next(self.parameters())
+        out = self.forward_official(torch.cat(list(data)).to(param.device, param.dtype, non_blocking=True))
         return [self._detections(out, n, prep, score_thresh) for n, prep in enumerate(preps)]
 
     def _detections(self, out: dict, n: int, prep: Prep, score_thresh: float | None) -> Detections:
@@ -242,9 +243,9 @@ class RFCN(nn.Module):
         numpy["rois"][:, 0] = 0
         det_boxes, scores, labels = detect(numpy["rois"], numpy["cls_prob"], numpy["bbox_pred"],
                                            prep.input_size, prep.scale, cfg)
-        captured = {layer.offset: out[layer.offset][n:n + 1].cpu() for layer in self.deformable_layers}
+        captured = {layer.offset: out[layer.offset][n:n + 1].float().cpu() for layer in self.deformable_layers}
         if self.head.geometry.deformable:
-            captured.update({k: out[k][mine].cpu() for k in self.captured_head_blobs})
+            captured.update({k: out[k][mine].float().cpu() for k in self.captured_head_blobs})
             captured["rois"][:, 0] = 0
         return Detections(det_boxes, scores, labels, self.classes, prep, captured)
 
@@ -256,10 +257,10 @@ class RFCN(nn.Module):
     def pool_rois(self, features: torch.Tensor, rois) -> dict[str, torch.Tensor]:
         """The head alone on ``features`` (``predict(..., keep_features=True).captured["features"]``) with
         ``rois`` (R, 5) ``[0, x1, y1, x2, y2]`` in input pixels: the head's blobs (:class:`RFCNHead`) and
-        ``rois``, on the CPU. They equal what ``predict(image, boxes=...)`` computes for those RoIs, since
-        the head sees the same input; only the backbone is not run again."""
+        ``rois``, float32 on the CPU. They equal what ``predict(image, boxes=...)`` computes for those RoIs,
+        since the head sees the same input; only the backbone is not run again."""
         device = next(self.parameters()).device
         rois = torch.as_tensor(rois, device=device, dtype=features.dtype)
         out = {"rois": rois}
         self.head(features.to(device), rois, out)
-        return {k: v.cpu() for k, v in out.items()}
+        return {k: v.float().cpu() for k, v in out.items()}

@@ -20,11 +20,11 @@ def tensor(t, name: str, ndim: int, shape_doc: str) -> None:
 
 
 def floating(t: torch.Tensor, name: str) -> None:
-    allowed = (torch.float32, torch.float64) if t.device.type == "cpu" else (
-        torch.float32, torch.float64, torch.float16, torch.bfloat16)
+    # bfloat16 and float16 compute in float32 on every device (CPU: upcast copies; CUDA: opmath).
+    allowed = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
     if t.dtype not in allowed:
         names = ", ".join(str(d).replace("torch.", "") for d in allowed)
-        raise TypeError(f"{name} must be one of {names} on {t.device.type}, got {str(t.dtype).replace('torch.', '')}")
+        raise TypeError(f"{name} must be one of {names}, got {str(t.dtype).replace('torch.', '')}")
 
 
 def same(ref: torch.Tensor, ref_name: str, **others: torch.Tensor | None) -> None:

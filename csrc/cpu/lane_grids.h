@@ -1,0 +1,215 @@
+// Sample grids of the deform_psroi_pool CPU kernels (deform_psroi_pool_cpu.cpp) for kLanes RoIs at once:
+// the same output bin of kLanes consecutive RoIs, laid out lane-innermost (sample row i of lane l at
+// i*kLanes + l), so that every loop over lanes is a plain array loop the compiler vectorises (with
+// gathers where the CPU has them, see lane_kernels.inc). The formulas are those of csrc/pooling.h,
+// written out lane-wise: each lane computes exactly what pooling.h computes for one bin.
+#pragma once
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "../pooling.h"
+
+namespace dcnviz {
+
+constexpr int64_t kLanes = 16;
+
+// Every RoI's frame (batch index -1: unusable RoI).
+template <typename T>
+std::vector<RoiFrame<T>> roi_frames(const T* rois, const DeformPoolGeometry& g) {
+  std::vector<RoiFrame<T>> frames(g.rois);
+  for (int64_t n = 0; n < g.rois; ++n) frames[n] = dpsroi_frame<T>(rois + n * 5, g);
+  return frames;
+}
+
+// An output bin of one input channel: with group_size == pooled_size a channel has one bin per RoI,
+// with group_size 1 it has all pooled_size**2.
+struct ChannelBin {
+  int64_t ph, pw;
+  int64_t out;   // (ctop*P + ph)*P + pw: the bin's element within one RoI's output
+  int64_t grid;  // (offset class*P + ph)*P + pw: the bin's sample grid, which all channels of the class share
+  BinCell cell;
+};
+
+template <typename T>
+void channel_bins(int64_t channel, const DeformPoolGeometry& g, std::vector<ChannelBin>& bins) {
+  const int64_t P = g.pooled_size, G = g.group_size;
+  const int64_t ctop = channel / (G * G), gh = channel / G % G, gw = channel % G;
+  bins.clear();
+  for (int64_t ph = 0; ph < P; ++ph) {
+    if (group_of(ph, G, P) != gh) continue;
+    for (int64_t pw = 0; pw < P; ++pw)
+      if (group_of(pw, G, P) == gw)
+        bins.push_back({ph, pw, (ctop * P + ph) * P + pw, (ctop / g.channels_each_class * P + ph) * P + pw,
+                        bin_cell<T>(ctop, ph, pw, g)});
+  }
+}
+
+// The frames of kLanes RoIs, field by field (RoiFrame's fields; an unusable RoI or a lane past the
+// last RoI has usable 0 and zero fields).
+template <typename T>
+struct LaneFrames {
+  T y_start[kLanes], x_start[kLanes], height[kLanes], width[kLanes], bin_h[kLanes], bin_w[kLanes];
+  T sub_h[kLanes], sub_w[kLanes], usable[kLanes];
+  int64_t batch[kLanes];  // the batch image as an element offset: batch * channels * H * W
+};
+
+// The LaneFrames of every block of kLanes RoIs.
+template <typename T>
+std::vector<LaneFrames<T>> lane_frames(const std::vector<RoiFrame<T>>& frames, const DeformPoolGeometry& g) {
+  std::vector<LaneFrames<T>> blocks((g.rois + kLanes - 1) / kLanes);
+  for (size_t k = 0; k < blocks.size(); ++k) {
+    LaneFrames<T>& f = blocks[k];
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const int64_t n = int64_t(k) * kLanes + l;
+      const bool usable = n < g.rois && frames[n].batch >= 0;
+      const RoiFrame<T> r = usable ? frames[n] : RoiFrame<T>{0, T(0), T(0), T(0), T(0), T(0), T(0), T(0), T(0)};
+      f.y_start[l] = r.y_start, f.x_start[l] = r.x_start, f.height[l] = r.height, f.width[l] = r.width;
+      f.bin_h[l] = r.bin_h, f.bin_w[l] = r.bin_w, f.sub_h[l] = r.sub_h, f.sub_w[l] = r.sub_w;
+      f.usable[l] = usable ? T(1) : T(0);
+      f.batch[l] = usable ? r.batch * g.channels * g.height * g.width : 0;
+    }
+  }
+  return blocks;
+}
+
+// One bin of kLanes RoIs. Each sample row and column of a lane is an AxisSample held field by field:
+// the plane offset of its first pixel (row: i0*W, column: i0), its step to the second (row: 0 or W,
+// column: 0 or 1), its fraction and whether it lies on the map (1 or 0, in T so that every lane loop
+// works on one element width). An off-map axis is {0, 0, 0}, so reading it stays in bounds.
+template <typename T>
+struct LaneGrid {
+  int64_t *row, *dy, *col, *dx;
+  T *ly, *lx, *row_ok, *col_ok;
+  int64_t* batch;  // LaneFrames::batch
+  int64_t* count;  // valid rows * valid columns (0 for an unusable RoI)
+};
+
+// The lane loops, compiled once per instruction set (lane_kernels_*.cpp) and picked at run time.
+template <typename T>
+struct LaneKernels {
+  // Bin (ph, pw) moved by the lanes' offsets dx[l], dy[l] (not read without offsets).
+  void (*fill)(const LaneGrid<T>& q, const LaneFrames<T>& f, const T* dx, const T* dy, int64_t ph, int64_t pw,
+               const DeformPoolGeometry& g);
+  void (*add_samples)(const LaneGrid<T>& q, const T* x, int64_t sample_per_part, T* sum);
+  void (*add_slopes)(const LaneGrid<T>& q, const T* x, int64_t sample_per_part, T* dvdx, T* dvdy);
+  void (*spread)(const LaneGrid<T>& q, const T* diff, int64_t sample_per_part, T* w);
+};
+
+template <typename T>
+LaneKernels<T> lane_kernels_default();
+template <typename T>
+LaneKernels<T> lane_kernels_avx512();
+
+// AVX-512 where the CPU has it, unless DCNVIZ_CPU_ISA=baseline (the tests compare the two, which give
+// the same bits).
+template <typename T>
+const LaneKernels<T>& lane_kernels() {
+  static const LaneKernels<T> kernels = [] {
+    const char* isa = std::getenv("DCNVIZ_CPU_ISA");
+    const bool baseline = isa != nullptr && std::string(isa) == "baseline";
+    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+    return avx512 && !baseline ? lane_kernels_avx512<T>() : lane_kernels_default<T>();
+  }();
+  return kernels;
+}
+
+// Storage for `size` LaneGrids of sample_per_part rows and columns.
+template <typename T>
+class LaneGrids {
+ public:
+  LaneGrids(int64_t size, int64_t sample_per_part)
+      : s_(sample_per_part), index_(size * index_size()), value_(size * 4 * s_ * kLanes) {}
+
+  LaneGrid<T> operator[](int64_t k) {
+    int64_t* i = index_.data() + k * index_size();
+    T* v = value_.data() + k * 4 * s_ * kLanes;
+    const int64_t m = s_ * kLanes;
+    return {i, i + m, i + 2 * m, i + 3 * m, v, v + m, v + 2 * m, v + 3 * m, i + 4 * m, i + 4 * m + kLanes};
+  }
+
+  // Grid k becomes bin `bin` of the RoIs of frames f, moved by their offsets dx[l], dy[l].
+  void fill(int64_t k, const LaneFrames<T>& f, const T* dx, const T* dy, const ChannelBin& bin,
+            const DeformPoolGeometry& g) {
+    lane_kernels<T>().fill((*this)[k], f, dx, dy, bin.ph, bin.pw, g);
+  }
+
+ private:
+  int64_t index_size() const { return 4 * s_ * kLanes + 2 * kLanes; }
+  int64_t s_;
+  std::vector<int64_t> index_;
+  std::vector<T> value_;
+};
+
+// The grids of each (bin, block of kLanes RoIs). The grid of bin (ph, pw) of RoI n depends on the
+// offset class, not on the output channel: when a class has several channels (no_trans mode, where all
+// output_dim channels form one class; the R-FCN offset branch pools 162 per bin), each grid is computed
+// once per call into a table (3 MB there for 300 RoIs). Otherwise, or when the table would exceed
+// kMaxTableBytes (very many RoIs and offset classes), a thread fills each grid just before using it.
+template <typename T>
+class BinGrids {
+ public:
+  static constexpr int64_t kMaxTableBytes = int64_t(64) << 20;
+
+  BinGrids(const std::vector<RoiFrame<T>>& frames, const T* offset, const DeformPoolGeometry& g)
+      : frames_(lane_frames(frames, g)), g_(g), blocks_(int64_t(frames_.size())) {
+    if (g.has_offset) transpose_offsets(offset);
+    const int64_t P = g.pooled_size, grids = g.num_classes * P * P * blocks_;
+    const int64_t grid_bytes = kLanes * (4 * g.sample_per_part * int64_t(sizeof(int64_t) + sizeof(T)) + 16);
+    if (g.channels_each_class == 1 || grids * grid_bytes > kMaxTableBytes) return;
+    table_.emplace_back(grids, g.sample_per_part);
+    at::parallel_for(0, g.num_classes * P * P, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t grid = begin; grid < end; ++grid) {
+        const int64_t ph = grid / P % P, pw = grid % P;
+        const ChannelBin bin{ph, pw, 0, grid, bin_cell<T>(grid / (P * P) * g.channels_each_class, ph, pw, g)};
+        for (int64_t block = 0; block < blocks_; ++block)
+          table_[0].fill(grid * blocks_ + block, frames_[block], dx(bin, block), dy(bin, block), bin, g);
+      }
+    });
+  }
+
+  int64_t blocks() const { return blocks_; }
+
+  // Room for `bins` grids that a thread fills itself (none when there is a table).
+  LaneGrids<T> scratch(int64_t bins) const { return LaneGrids<T>(table_.empty() ? bins : 0, g_.sample_per_part); }
+
+  // The grid of `bin` for the RoIs of `block`, filled into slot k of `scratch` when there is no table.
+  // Threads call it at once: it only reads the table.
+  LaneGrid<T> get(const ChannelBin& bin, int64_t block, LaneGrids<T>& scratch, int64_t k) {
+    if (!table_.empty()) return table_[0][bin.grid * blocks_ + block];
+    scratch.fill(k, frames_[block], dx(bin, block), dy(bin, block), bin, g_);
+    return scratch[k];
+  }
+
+ private:
+  // The offsets element-major, RoI-minor ([offset element][RoI], RoIs padded to whole blocks with 0), so
+  // that the kLanes RoIs of a block read their offsets of one cell from one run of memory: read in
+  // place, each RoI's cell is a cache line of its own (the R-FCN class offsets are 31 KB per RoI).
+  void transpose_offsets(const T* offset) {
+    const int64_t per_roi = g_.num_classes * 2 * g_.part_size * g_.part_size, padded = blocks_ * kLanes;
+    offsets_.assign(per_roi * padded, T(0));
+    at::parallel_for(0, per_roi, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t n = 0; n < g_.rois; ++n)
+        for (int64_t e = begin; e < end; ++e) offsets_[e * padded + n] = offset[n * per_roi + e];
+    });
+  }
+
+  const T* dx(const ChannelBin& bin, int64_t block) const {
+    return offsets_.data() + bin.cell.offset * blocks_ * kLanes + block * kLanes;
+  }
+  const T* dy(const ChannelBin& bin, int64_t block) const {
+    return dx(bin, block) + g_.part_size * g_.part_size * blocks_ * kLanes;
+  }
+
+  const std::vector<LaneFrames<T>> frames_;
+  std::vector<T> offsets_;  // empty without offsets
+  const DeformPoolGeometry& g_;
+  int64_t blocks_;
+  std::vector<LaneGrids<T>> table_;  // empty or one table
+};
+
+}  // namespace dcnviz

@@ -1,0 +1,22 @@
+// The lane loops of lane_grids.h for AVX-512, picked at run time where the CPU has AVX512F and
+// AVX512DQ: gathers make the lane loops vector loops.
+#include "lane_grids.h"
+
+namespace dcnviz {
+namespace lanes_avx512 {
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2,tune=icelake-server,prefer-vector-width=512")
+#include "lane_kernels.inc"
+#pragma GCC pop_options
+}  // namespace lanes_avx512
+
+template <typename T>
+LaneKernels<T> lane_kernels_avx512() {
+  return {&lanes_avx512::fill<T>, &lanes_avx512::add_samples<T>, &lanes_avx512::add_slopes<T>,
+          &lanes_avx512::spread<T>};
+}
+
+template LaneKernels<float> lane_kernels_avx512<float>();
+template LaneKernels<double> lane_kernels_avx512<double>();
+
+}  // namespace dcnviz

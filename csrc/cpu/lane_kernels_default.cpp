@@ -1,0 +1,19 @@
+// The lane loops of lane_grids.h for the build's default instruction set (x86-64 baseline; also
+// what DCNVIZ_CPU_ISA=baseline picks).
+#include "lane_grids.h"
+
+namespace dcnviz {
+namespace lanes_default {
+#include "lane_kernels.inc"
+}  // namespace lanes_default
+
+template <typename T>
+LaneKernels<T> lane_kernels_default() {
+  return {&lanes_default::fill<T>, &lanes_default::add_samples<T>, &lanes_default::add_slopes<T>,
+          &lanes_default::spread<T>};
+}
+
+template LaneKernels<float> lane_kernels_default<float>();
+template LaneKernels<double> lane_kernels_default<double>();
+
+}  // namespace dcnviz

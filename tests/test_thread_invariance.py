@@ -1,0 +1,112 @@
+"""The CPU kernels give the same bits whatever the thread count (1 vs 2 threads), forward and backward,
+for every op; and deform_psroi_pool's AVX-512 lane loops give the bits of its x86-64 baseline loops.
+
+Why bitwise equality is the right bar: every kernel splits work so that each output or gradient element
+is computed by one thread, in an order fixed by the data, never by the split (deform_conv2d: columns
+per (image, group), weight gradient one GEMM per group; the pooling ops: one input channel per thread in
+the backward, per-bin terms summed in a fixed order for the offset gradient). The GEMMs of deform_conv2d
+split their output among threads, not the reduction, so no tolerance is needed there either; if a
+BLAS ever splits the reduction, the test says so instead of hiding it behind a tolerance.
+"""
+import contextlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dcnviz.ops import deform_conv2d, deform_psroi_pool, deform_roi_pool, psroi_pool
+from test_psroi_pool import random_case
+
+
+@contextlib.contextmanager
+def threads(n):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def forward_backward(fn, inputs, wrt, seed=0, grad_dtype=None):
+    """fn(*inputs) and the gradients of <fn, g> for a fixed random g (drawn in float32, rounded to
+    grad_dtype if given, then given the output's dtype), with respect to inputs[i], i in wrt."""
+    inputs = [t.detach().clone().requires_grad_(i in wrt) if t is not None else None for i, t in enumerate(inputs)]
+    out = fn(*inputs)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+    g = g.to(grad_dtype or out.dtype).to(out.dtype)
+    return [out.detach()] + list(torch.autograd.grad(out, [inputs[i] for i in wrt], g))
+
+
+def conv_case(dtype):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 12, 14, generator=gen, dtype=dtype)
+    w = torch.randn(8, 8, 3, 3, generator=gen, dtype=dtype)  # groups 2
+    b = torch.randn(8, generator=gen, dtype=dtype)
+    off = torch.randn(2, 2 * 2 * 9, 12, 14, generator=gen, dtype=dtype) * 2  # deformable_groups 2
+    fn = lambda x, off, w, b: deform_conv2d(x, off, w, b, padding=2, dilation=2, groups=2, deformable_groups=2)
+    return fn, [x, off, w, b], [0, 1, 2, 3]
+
+
+def pool_cases(dtype):
+    """(name, fn, inputs, wrt) of the pooling ops, with more RoIs than one lane block (16) and more work
+    items than one thread's grain, so that 2 threads really split it. The RoIs are inputs[1]."""
+    x, rois, kw = random_case(batch=2, output_dim=6, group_size=3, pooled_size=3, height=13, width=15, rois=40,
+                              dtype=dtype)
+    gen = torch.Generator().manual_seed(1)
+    off = torch.randn(40, 2 * 3, 3, 3, generator=gen, dtype=dtype)  # 3 offset classes of 2 channels each
+    dkw = dict(kw, part_size=3, sample_per_part=3)
+    yield "psroi_pool", lambda x, rois: psroi_pool(x, rois, **kw), [x, rois], [0]
+    yield ("deform_psroi_pool", lambda x, rois, off: deform_psroi_pool(x, rois, off, trans_std=0.1, **dkw),
+           [x, rois, off], [0, 2])
+    yield "deform_psroi_pool no-trans", lambda x, rois: deform_psroi_pool(x, rois, None, **dkw), [x, rois], [0]
+    x1 = x[:, :8].contiguous()
+    off1 = torch.randn(40, 2, 3, 3, generator=gen, dtype=dtype)
+    yield ("deform_roi_pool", lambda x, rois, off: deform_roi_pool(x, rois, off, spatial_scale=kw["spatial_scale"],
+                                                                   pooled_size=3, sample_per_part=2, trans_std=0.2),
+           [x1, rois, off1], [0, 2])
+
+
+def all_cases(dtype):
+    """(name, fn, inputs, wrt). Where the op samples is given by inputs[1] (deform_conv2d: offsets;
+    pools: RoIs) and, for the pools with offsets, inputs[2]."""
+    yield ("deform_conv2d", *conv_case(dtype))
+    yield from pool_cases(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_and_two_threads_give_the_same_bits(dtype):
+    for name, fn, inputs, wrt in all_cases(dtype):
+        with threads(1):
+            one = forward_backward(fn, inputs, wrt)
+        with threads(2):
+            two = forward_backward(fn, inputs, wrt)
+        for i, (a, b) in enumerate(zip(one, two)):
+            what = "forward" if i == 0 else f"gradient {i - 1}"
+            assert torch.equal(a, b), f"{name} {dtype} {what}: max |1 thread - 2 threads| = {(a - b).abs().max()}"
+
+
+_ISA_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from test_thread_invariance import forward_backward, pool_cases
+torch.save([forward_backward(fn, inputs, wrt) for dtype in (torch.float32, torch.float64)
+            for _, fn, inputs, wrt in pool_cases(dtype)], sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"),
+                    reason="the CPU has no AVX-512: only the baseline loops run here")
+def test_avx512_and_baseline_loops_give_the_same_bits(tmp_path):
+    results = {}
+    for isa in ("auto", "baseline"):
+        path = tmp_path / f"{isa}.pt"
+        env = dict(os.environ, DCNVIZ_CPU_ISA=isa)
+        script = _ISA_SCRIPT.format(tests=os.path.dirname(__file__))
+        subprocess.run([sys.executable, "-c", script, str(path)], env=env, check=True)
+        results[isa] = torch.load(path)
+    for case_auto, case_base in zip(results["auto"], results["baseline"], strict=True):
+        for a, b in zip(case_auto, case_base, strict=True):
+            assert torch.equal(a, b), f"max |AVX-512 - baseline| = {(a - b).abs().max()}"
