@@ -339,10 +339,59 @@ def crossings_by_layer(model, out: dict, ref) -> list[int]:
     return counts
 
 
-def check_against(out: dict, ref, allow_downstream: bool = False, upstream=UPSTREAM) -> list[str]:
+# normalised offsets of deformable (PS) RoI pooling, and the blobs computed from its pooled features
+ROI_OFFSETS = ("rfcn_cls_offset", "rfcn_bbox_offset", "offset_reshape")
+AFTER_ROI_POOLING = ("deformable_roi_pool", "psroipooled_", "fpn_roi_pooling", "cls_score", "cls_prob", "bbox_pred")
+
+
+def roi_border_crossings(model, out: dict, ref) -> int:
+    """Samples of deformable (PS) RoI pooling that one side takes and the other skips.
+
+    The operator skips a sample at x < -0.5 or x > W - 0.5 (likewise y) and averages the others, so RoI
+    offsets equal to ~1e-5 that straddle that cut change the bin by a finite amount (seen in CI: the
+    whole-image RoI of rcnn_dcn_coco sampled x = -0.500006 in dcnviz, -0.499985 in MXNet, and its bin
+    differed by 0.3). Every offset class's bins are checked, each RoI on its map (FPN: its level's)."""
+    from dcnviz.ops.reference.pooling import deform_bin_starts
+
+    g = getattr(model.head, "geometry", None)
+    if g is None or not g.deformable or "rois" not in ref.files:
+        return 0
+    rois = torch.from_numpy(ref["rois"]).double()
+    maps = model.head_input(out)
+    if "roi_level" in ref.files:  # FPN: each RoI pooled on the map of its level, at that level's scale
+        from dcnviz.models.fpn import POOL_STRIDES
+
+        groups = [(ref["roi_level"].astype(np.int64) == level, 1.0 / stride, maps[f"fpn_p{level + 2}"].shape[-2:])
+                  for level, stride in enumerate(POOL_STRIDES)]
+    else:
+        groups = [(np.ones(len(rois), bool), g.spatial_scale, maps.shape[-2:])]
+    steps = torch.arange(g.sample_per_part, dtype=torch.float64)
+    count = 0
+    for key in (k for k in ROI_OFFSETS if k in ref.files):
+        for mine, scale, (h, w) in groups:
+            if not mine.any():
+                continue
+            sides = []
+            for offset in (out[key].double().cpu()[mine], torch.from_numpy(ref[key][mine]).double()):
+                classes = torch.arange(offset.shape[1] // 2)
+                _, _, ws, hs, bin_w, bin_h = deform_bin_starts(
+                    rois[mine], offset, classes, batch_size=1, spatial_scale=scale, pooled_size=g.pooled_size,
+                    part_size=g.part_size, trans_std=g.trans_std, dtype=torch.float64)
+                x = ws[..., None] + steps * (bin_w / g.sample_per_part)[:, None, None, None, None]
+                y = hs[..., None] + steps * (bin_h / g.sample_per_part)[:, None, None, None, None]
+                inside_x, inside_y = (x >= -0.5) & (x <= w - 0.5), (y >= -0.5) & (y <= h - 0.5)
+                sides.append(inside_y[..., :, None] & inside_x[..., None, :])
+            count += int((sides[0] != sides[1]).sum())
+    return count
+
+
+def check_against(out: dict, ref, allow_downstream: bool = False, upstream=UPSTREAM,
+                  skip: tuple[str, ...] = ()) -> list[str]:
+    """The blobs beyond their tolerance; with ``allow_downstream`` only those starting with ``upstream``
+    count, and those starting with ``skip`` never do."""
     result = compare(out, ref)
     return [f"{k} {e:.3g} > {a:.3g}" for k, (e, a) in result.items()
-            if not e <= a and not (allow_downstream and not k.startswith(upstream))]
+            if not e <= a and not (allow_downstream and not k.startswith(upstream)) and not k.startswith(skip)]
 
 
 @needs_mxref
@@ -360,7 +409,10 @@ def test_parity_with_mxnet(folder, name):
     only when the two offset fields put a sample on opposite sides of the DCNv1 hard border, counted by
     :func:`border_crossings`; FPN DCN: see ``UPSTREAM_FPN_DCN``), and with MXNet's offset maps fed to the
     deformable convs, where every output must match, the offset maps as each offset conv computes them
-    there (from inputs made with MXNet's offsets below it). FPN: each RoI must go to MXNet's level."""
+    there (from inputs made with MXNet's offsets below it). In either pass, the blobs computed from the
+    pooled RoI features are not compared when a sample of deformable RoI pooling falls on opposite sides of
+    the operator's cut (:func:`roi_border_crossings`); the RoI offsets still are. FPN: each RoI must go to
+    MXNet's level."""
     ref = np.load(os.path.join(folder, f"{name}-ref.npz"), allow_pickle=False)
     params = os.path.join(folder, f"{name}-0000.params")
     _, state, _ = read_weights(params, name)
@@ -376,8 +428,9 @@ def test_parity_with_mxnet(folder, name):
         out = model.forward_official(data, rois, features=True)
     by_layer = crossings_by_layer(model, out, ref)
     crossings = sum(by_layer)
+    at_rois = roi_border_crossings(model, out, ref)
     # the errors, for the log (pytest -rP): absolute for probabilities and deltas, else relative to the scale
-    print(name, f"{crossings} border crossings;", ", ".join(
+    print(name, f"{crossings} border crossings, {at_rois} in RoI pooling;", ", ".join(
         f"{k} {e if k in ABSOLUTE else e / max(float(np.abs(ref[k]).max()), 1e-30):.2g}"
         for k, (e, _) in compare(out, ref).items() if not k.startswith("feat_")))
     if "roi_level" in ref.files:  # FPN: every level has RoIs it is checked on, the rule gives MXNet's levels
@@ -387,7 +440,8 @@ def test_parity_with_mxnet(folder, name):
     if chained:  # the offset maps up to the first layer whose samples cross the border (they differ after it)
         first = next((i for i, c in enumerate(by_layer) if c), len(by_layer) - 1)
         upstream = UPSTREAM_FPN_DCN[:2] + tuple(layer.offset for layer in model.deformable_layers[:first + 1])
-    bad = check_against(out, ref, allow_downstream=crossings > 0 or chained, upstream=upstream)
+    bad = check_against(out, ref, allow_downstream=crossings > 0 or chained, upstream=upstream,
+                        skip=AFTER_ROI_POOLING if at_rois else ())
     assert not bad, "end to end: " + ", ".join(bad)
     if not model.deformable_layers:
         return
@@ -407,8 +461,10 @@ def test_parity_with_mxnet(folder, name):
         for hook in hooks:
             hook.remove()
     forced.update(own)  # the offsets themselves: as dcnviz computes them there
-    bad = check_against(forced, ref)
-    assert not bad, f"with MXNet's offsets ({crossings} border crossings end to end): " + ", ".join(bad)
+    forced_at_rois = roi_border_crossings(model, forced, ref)  # the RoI offsets are still dcnviz's own
+    bad = check_against(forced, ref, skip=AFTER_ROI_POOLING if forced_at_rois else ())
+    assert not bad, (f"with MXNet's offsets ({crossings} border crossings end to end, {forced_at_rois} in RoI "
+                     "pooling here): " + ", ".join(bad))
 
 
 @needs_mxref
