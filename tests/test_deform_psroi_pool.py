@@ -136,6 +136,25 @@ class TestDeformPSRoIPool:
         torch.library.opcheck(torch.ops.dcnviz._deform_psroi_pool_backward.default,
                               (dy, x, rois, offset, *kwargs.values()))
 
+    @pytest.mark.parametrize("num_classes", [0, 1, 3])
+    def test_group_one_channels_last_is_bitwise_the_same(self, num_classes):
+        """group_size 1 on a channels-last input runs a kernel of its own (a vector loop over each sample's
+        channels) whose output is bin-major in memory: the same bits as the contiguous input's, also for
+        inf/NaN inputs, a RoI off the map and more RoIs than one lane block; the fake kernel gives its strides."""
+        for dtype in (torch.float32, torch.float64):
+            x, rois, offset, kwargs = random_case(batch=2, output_dim=6, group_size=1, pooled_size=3, rois=37,
+                                                  num_classes=max(num_classes, 1), offset=num_classes > 0, dtype=dtype)
+            x[0, 2, 3, 4], x[1, 0, 5, 6] = float("inf"), float("nan")
+            rois[1, 1:] = torch.tensor([-90.0, -90.0, -70.0, -70.0], dtype=dtype)
+            want = deform_psroi_pool(x, rois, offset, **kwargs)
+            got = deform_psroi_pool(x.contiguous(memory_format=torch.channels_last), rois, offset, **kwargs)
+            assert got.shape == want.shape and got.permute(2, 3, 0, 1).is_contiguous()
+            assert torch.equal(got.nan_to_num(), want.nan_to_num()) and torch.equal(got.isnan(), want.isnan())
+            assert got[1].abs().max() == 0 and want.isnan().any()
+        x = x.nan_to_num(posinf=1.0).contiguous(memory_format=torch.channels_last)  # opcheck compares with NaN != NaN
+        args = (x.requires_grad_(), rois, None if offset is None else offset.requires_grad_(), *kwargs.values())
+        torch.library.opcheck(torch.ops.dcnviz.deform_psroi_pool.default, args)
+
     def test_noncontiguous(self):
         x, rois, offset, kwargs = random_case(num_classes=2, output_dim=4)
         x_nc = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)

@@ -153,3 +153,36 @@ def test_deformable_offsets_change_the_output():
         ref = plain.forward_official(data)["score"]
     torch.testing.assert_close(still, ref, rtol=1e-5, atol=1e-5)
     assert (moved - ref).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("rois", [5, 400])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_rfcn_offset_branches_equal_the_pooled_convs(rois, channels_last):
+    """The head's rfcn_cls_offset / rfcn_bbox_offset, computed as per-bin GEMMs of the pooled features where
+    that is cheaper (5 RoIs on a 20x30 map) and as the official 1x1 convs then pooling otherwise (400
+    RoIs), equal the official order of operations to float32 rounding; the bias appears only in bins
+    that have samples (RoI 1 lies off the map: all its bins are 0)."""
+    from dcnviz.models.rfcn import RFCNHead
+    from dcnviz.ops import deform_psroi_pool
+
+    torch.manual_seed(0)
+    head = RFCNHead(32, 4, parts=3, deformable=True, mid=24).eval()
+    for conv in (head.rfcn_cls_offset_t, head.rfcn_bbox_offset_t):
+        torch.nn.init.normal_(conv.bias)
+    h = torch.randn(2, 24, 20, 30).relu()
+    if channels_last:
+        h = h.contiguous(memory_format=torch.channels_last)
+    x1, y1 = torch.rand(rois) * 400 - 40, torch.rand(rois) * 260 - 30
+    boxes = torch.stack([torch.randint(0, 2, (rois,)).float(), x1, y1, x1 + torch.rand(rois) * 200,
+                         y1 + torch.rand(rois) * 150], 1)
+    boxes[1, 1:] = torch.tensor([-300.0, -300.0, -200.0, -200.0])
+    g = head.geometry
+    common = dict(spatial_scale=g.spatial_scale, group_size=3, pooled_size=3, part_size=3, sample_per_part=4)
+    with torch.inference_mode():
+        got = head._offsets(h, boxes, common)
+        want = [deform_psroi_pool(conv(h), boxes, None, output_dim=k, **common)
+                for conv, k in ((head.rfcn_cls_offset_t, 8), (head.rfcn_bbox_offset_t, 2))]
+    for a, b in zip(got, want, strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert a[1].abs().max() == 0 and b[0].abs().max() > 0

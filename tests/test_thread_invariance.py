@@ -67,6 +67,13 @@ def pool_cases(dtype):
     yield ("deform_roi_pool", lambda x, rois, off: deform_roi_pool(x, rois, off, spatial_scale=kw["spatial_scale"],
                                                                    pooled_size=3, sample_per_part=2, trans_std=0.2),
            [x1, rois, off1], [0, 2])
+    # group_size 1 on channels-last input: the channel-vector kernel (bin-major output), with 3 offset classes
+    x6 = x[:, :6].contiguous(memory_format=torch.channels_last)
+    gkw = dict(dkw, output_dim=6, group_size=1)
+    yield ("deform_psroi_pool group 1 channels-last",
+           lambda x, rois, off: deform_psroi_pool(x, rois, off, trans_std=0.1, **gkw), [x6, rois, off], [0, 2])
+    yield ("deform_psroi_pool group 1 channels-last no-trans",
+           lambda x, rois: deform_psroi_pool(x, rois, None, **gkw), [x6, rois], [0])
 
 
 def all_cases(dtype):

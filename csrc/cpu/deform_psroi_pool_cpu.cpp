@@ -60,6 +60,39 @@ void forward_kernel(const T* input, const T* rois, const T* offset, T* output, c
   });
 }
 
+// group_size 1 on a channels-last input (the paper's deformable RoI pooling, and the pooled features of
+// the R-FCN head's offset branches): all channels of an offset class share each bin's samples, so one
+// sample's corners and weights serve a contiguous run of channels, a vector loop over the class's
+// channels. The output is bin-major in memory, (P, P, R, C), so that those runs are written in place
+// too (and the head's per-bin GEMMs read it as it is). Work items are (offset class, bin, block of
+// kLanes RoIs); each output element is written by one item and bitwise equal to forward_kernel's
+// (add_samples_cl).
+template <typename T>
+void forward_kernel_channels_last(const T* input, const T* rois, const T* offset, T* output,
+                                  const DeformPoolGeometry& g) {
+  const std::vector<RoiFrame<T>> frames = roi_frames(rois, g);
+  const int64_t P = g.pooled_size, bins = P * P, each = g.channels_each_class;
+  BinGrids<T> bin_grids(frames, offset, g);
+  const int64_t blocks = bin_grids.blocks();
+  at::parallel_for(0, g.num_classes * bins * blocks, 1, [&](int64_t begin, int64_t end) {
+    LaneGrids<T> scratch = bin_grids.scratch(1);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t block = item % blocks, bin = item / blocks % bins, cls = item / (blocks * bins);
+      const int64_t ph = bin / P, pw = bin % P, first = cls * each;
+      const ChannelBin cb{ph, pw, 0, cls * bins + bin, bin_cell<T>(first, ph, pw, g)};
+      const LaneGrid<T> q = bin_grids.get(cb, block, scratch, 0);
+      for (int64_t l = 0; l < std::min(kLanes, g.rois - block * kLanes); ++l) {
+        const int64_t count = q.count[l];
+        T* out = output + (bin * g.rois + block * kLanes + l) * g.output_dim + first;
+        std::fill_n(out, each, T(0));
+        if (count == 0) continue;  // an unusable RoI or a bin without samples
+        lane_kernels<T>().add_samples_cl(q, l, input, g.channels, first, each, g.sample_per_part, out);
+        for (int64_t k = 0; k < each; ++k) out[k] /= T(count);
+      }
+    }
+  });
+}
+
 // Adds lane l's samples of grid q to the gradient plane gx in for_each_sample's order, with the
 // corner terms w of LaneKernels::spread. Off-map samples add +0 at an in-bounds element, which is
 // cheaper than a branch. This scalar loop is most of the backward's time: each element must sum its
@@ -183,10 +216,21 @@ at::Tensor deform_psroi_pool_forward_cpu(const at::Tensor& input, const at::Tens
     return deform_psroi_pool_forward_cpu(upcast(input), upcast(rois), upcast(offset), spatial_scale, output_dim,
                                          group_size, pooled_size, part_size, sample_per_part, trans_std)
         .to(input.scalar_type());
-  auto output = at::empty({g.rois, output_dim, pooled_size, pooled_size}, input.options());
+  const bool bin_major = group_size == 1 && !input.is_contiguous() && input.is_contiguous(at::MemoryFormat::ChannelsLast);
+  auto output = bin_major ? at::empty({pooled_size, pooled_size, g.rois, output_dim}, input.options()).permute({2, 3, 0, 1})
+                          : at::empty({g.rois, output_dim, pooled_size, pooled_size}, input.options());
   if (output.numel() == 0) return output;
-  const auto x = input.contiguous(), r = rois.contiguous();
+  const auto r = rois.contiguous();
   const auto t = g.has_offset ? offset->contiguous() : at::Tensor();
+  if (bin_major) {
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_psroi_pool_forward_cpu", [&] {
+      forward_kernel_channels_last<scalar_t>(input.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(),
+                                             g.has_offset ? t.data_ptr<scalar_t>() : nullptr,
+                                             output.data_ptr<scalar_t>(), g);
+    });
+    return output;
+  }
+  const auto x = input.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_psroi_pool_forward_cpu", [&] {
     forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(),
                              g.has_offset ? t.data_ptr<scalar_t>() : nullptr, output.data_ptr<scalar_t>(), g);

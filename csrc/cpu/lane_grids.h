@@ -96,6 +96,9 @@ struct LaneKernels {
   void (*fill)(const LaneGrid<T>& q, const LaneFrames<T>& f, const T* dx, const T* dy, int64_t ph, int64_t pw,
                const DeformPoolGeometry& g);
   void (*add_samples)(const LaneGrid<T>& q, const T* x, int64_t sample_per_part, T* sum);
+  // Lane l's samples of a channels-last image, for n channels from `first` (C channels in all).
+  void (*add_samples_cl)(const LaneGrid<T>& q, int64_t l, const T* x, int64_t C, int64_t first, int64_t n,
+                         int64_t sample_per_part, T* acc);
   void (*add_slopes)(const LaneGrid<T>& q, const T* x, int64_t sample_per_part, T* dvdx, T* dvdy);
   void (*spread)(const LaneGrid<T>& q, const T* diff, int64_t sample_per_part, T* w);
 };

@@ -94,9 +94,7 @@ class RFCNHead(nn.Module):
         if g.deformable:
             common = dict(spatial_scale=g.spatial_scale, group_size=g.group_size, pooled_size=g.pooled_size,
                           part_size=g.part_size, sample_per_part=g.sample_per_part)
-            cls_off = deform_psroi_pool(self.rfcn_cls_offset_t(h), rois, None, output_dim=2 * self.num_classes,
-                                        **common)
-            bbox_off = deform_psroi_pool(self.rfcn_bbox_offset_t(h), rois, None, output_dim=2, **common)
+            cls_off, bbox_off = self._offsets(h, rois, common)
             out["rfcn_cls_offset"], out["rfcn_bbox_offset"] = cls_off, bbox_off
             pooled_cls = deform_psroi_pool(cls_maps, rois, cls_off, output_dim=self.num_classes,
                                            trans_std=g.trans_std, **common)
@@ -110,6 +108,40 @@ class RFCNHead(nn.Module):
         out["cls_score"] = pooled_cls.mean(dim=(2, 3))
         out["cls_prob"] = F.softmax(out["cls_score"], dim=1)
         out["bbox_pred"] = pooled_loc.mean(dim=(2, 3))
+
+
+    def _offsets(self, h: torch.Tensor, rois: torch.Tensor, common: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """``rfcn_cls_offset`` and ``rfcn_bbox_offset``: the official no_trans position-sensitive pooling of
+        the 1x1 convs ``rfcn_cls_offset_t`` and ``rfcn_bbox_offset_t`` of ``h``.
+
+        Pooling without offsets averages fixed bilinear samples, so it commutes with a 1x1 conv: the
+        pooled output of channel c in bin b equals row c of the conv weight times the average of h over
+        that bin's samples, plus the bias where the bin has samples (a bin without any is 0 either way).
+        When that is cheaper, h is pooled once per (RoI, bin) over all its channels and each bin gets
+        its P*P-th of the weight rows as one small GEMM. At the R-FCN COCO head (300 RoIs on a 38x63
+        map) this is 8x fewer multiply-adds than the 7938-channel conv over the whole map, and no 76 MB
+        map: the same values, rounded differently (to float32 rounding; the MXNet parity tests hold)."""
+        convs = (self.rfcn_cls_offset_t, self.rfcn_bbox_offset_t)
+        outs = tuple(conv.out_channels // (self.geometry.group_size ** 2) for conv in convs)
+        n, c, height, width = h.shape
+        p2 = self.geometry.pooled_size ** 2
+        # multiply-adds: pooling all channels (4 corners per sample) + the GEMMs, against the convs
+        pooled_cost = rois.shape[0] * p2 * c * (4 * self.geometry.sample_per_part ** 2 + sum(outs))
+        if self.geometry.group_size != self.geometry.pooled_size or pooled_cost >= n * height * width * c * p2 * sum(outs):
+            return tuple(deform_psroi_pool(conv(h), rois, None, output_dim=k, **common) for conv, k in zip(convs, outs))
+        single = dict(common, group_size=1)
+        # channels-last: the pooling kernel's vector loop runs over a pixel's channels
+        hc = h.contiguous(memory_format=torch.channels_last) if h.device.type == "cpu" else h
+        features = deform_psroi_pool(hc, rois, None, output_dim=c, **single)  # (R, C, P, P)
+        has_samples = deform_psroi_pool(h.new_ones(n, 1, height, width), rois, None, output_dim=1, **single)
+        by_bin = features.flatten(2).permute(2, 0, 1)  # (P*P, R, C)
+        result = []
+        for conv, k in zip(convs, outs):
+            # conv channel (k_out * P + ph) * P + pw: bin-major weight (P*P, C, k) and bias (P*P, 1, k)
+            weight = conv.weight.view(k, p2, c).permute(1, 2, 0)
+            out = torch.bmm(by_bin, weight) + conv.bias.view(k, p2).t().unsqueeze(1)
+            result.append(out.permute(1, 2, 0).unflatten(2, (self.geometry.pooled_size,) * 2) * has_samples)
+        return tuple(result)
 
 
 class RFCN(nn.Module):

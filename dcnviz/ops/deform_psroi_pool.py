@@ -35,7 +35,9 @@ def deform_psroi_pool(
                ``2t`` is **dx** and ``2t + 1`` is **dy** (x first, unlike the conv);
                ``output_dim`` must be a multiple of ``num_classes_trans``: output channel ``ctop`` uses
                offset class ``ctop // (output_dim // num_classes_trans)``
-        output (R, output_dim, pooled_size, pooled_size)
+        output (R, output_dim, pooled_size, pooled_size); on the CPU, for a channels-last input with
+               ``group_size=1``, laid out bin-major in memory ((pooled_size, pooled_size, R, output_dim),
+               which a per-bin GEMM reads as it is; the same values, bitwise)
 
     Semantics (official.md §3.2): RoI corners are rounded half away from zero, scaled by
     ``spatial_scale`` and shifted by -0.5 (the end corner is ``round(x2) + 1``); each bin is moved by
@@ -87,6 +89,9 @@ class DeformPSRoIPool(nn.Module):
 
 @torch.library.register_fake("dcnviz::deform_psroi_pool")
 def _fake(input, rois, offset, spatial_scale, output_dim, group_size, pooled_size, *args):
+    if group_size == 1 and input.device.type == "cpu" and not input.is_contiguous() \
+            and input.is_contiguous(memory_format=torch.channels_last):  # the CPU kernel's bin-major output
+        return input.new_empty((pooled_size, pooled_size, rois.shape[0], output_dim)).permute(2, 3, 0, 1)
     return input.new_empty((rois.shape[0], output_dim, pooled_size, pooled_size))
 
 
