@@ -281,6 +281,13 @@ class TestOutputs:
         with run_dir(tmp_path / "mine", True, ["vis"], []) as folder:
             pass
         assert folder.is_dir()
+        with run_dir(tmp_path / "a" / "b" / "c", False, [], []) as folder:  # parents made for it go too
+            pass
+        assert not (tmp_path / "a").exists()
+        (tmp_path / "a" / "b2").mkdir(parents=True)
+        with run_dir(tmp_path / "a" / "b" / "c", False, [], []) as folder:  # up to one still in use
+            pass
+        assert (tmp_path / "a" / "b2").is_dir() and not (tmp_path / "a" / "b").exists()
 
     def test_output_names(self, tmp_path):
         flat = [tmp_path / "a.jpg", tmp_path / "b.png"]
@@ -307,7 +314,7 @@ class TestBadInputsCLI:
             make(tmp_path / name)
         proc = run_cli(["detect", name, "--model", "fake-det", "--device", "cpu"], cwd=tmp_path)
         assert_one_line_error(proc, 1, fragment)
-        assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+        assert not (tmp_path / "runs").exists()  # neither runs/detect nor the runs/ it was made in
 
     def test_folder_without_images(self, tmp_path):
         (tmp_path / "empty").mkdir()

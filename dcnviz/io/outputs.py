@@ -117,16 +117,21 @@ def run_dir(out: str | os.PathLike, exist_ok: bool, subdirs: Sequence[str],
     """Context manager around ``increment_dir`` for one run: checks the inputs are not overwritten
     (``check_not_inputs`` with the planned ``outputs``, relative to the folder, before creating
     anything), yields the folder, and on exit removes it again only if this call
-    created it and nothing was written into it (e.g. every image failed or the model did not load)."""
+    created it and nothing was written into it (e.g. every image failed or the model did not load), with
+    the folders above it that it created (``runs/`` of ``runs/detect``), if they are empty then."""
     if exist_ok:
         check_not_inputs(out, subdirs, inputs, outputs)
     existed = exist_ok and Path(out).is_dir()
+    new_parents = [p for p in Path(out).parents if not p.exists()]  # nearest first
     folder = increment_dir(out, exist_ok=exist_ok)
     try:
         yield folder
     finally:
         if not existed:
             _remove_if_empty(folder, subdirs)
+            for parent in new_parents:
+                with contextlib.suppress(OSError):  # not empty (e.g. another run's folder): keep it
+                    parent.rmdir()
 
 
 def _remove_if_empty(folder: Path, subdirs: Sequence[str]) -> None:
