@@ -6,7 +6,8 @@
 // to a contiguous run of channels. Per chunk:
 //   1. im2col: columns (G, B*P, K*C/G), one row per (conv group, output position), tap-major, parallel
 //      over positions;
-//   2. GEMM:   out_g (F/G, B*P) = W_g (F/G, K*C/G) @ columns_g^T, with the weight permuted to tap-major.
+//   2. GEMM:   out_g (F/G, B*P) = W_g (F/G, K*C/G) @ columns_g^T, with the weight permuted to tap-major;
+//      for one image it writes the output rows in place.
 // Backward: grad_weight += grad_out @ columns, grad_columns = grad_out^T @ W, col2im (parallel over
 // channel blocks, so no two threads write the same element) and the offset gradient (parallel over
 // positions, summing over the group's channels). csrc/cuda/deform_conv_cuda.cu has the same structure.
@@ -145,6 +146,26 @@ std::array<int64_t, 4> corner_offsets(const Corners<T>& q, int64_t C) {
   return {q.i00 * C, (q.i00 + q.dx) * C, (q.i00 + q.dy) * C, (q.i00 + q.dy + q.dx) * C};
 }
 
+// dst[c] = w0*v0[c] + w1*v1[c] + w2*v2[c] + w3*v3[c]: the bilinear blend of one sample over a run of
+// channels, the whole of im2col's arithmetic. Cloned for AVX-512 and AVX2 and picked at load time:
+// the x86-64 baseline build does it 4 floats at a time. Each clone does the same multiplications and
+// additions in the same order (no FMA contraction, see setup.py), so every clone gives the same bits.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define DCNVIZ_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DCNVIZ_CLONES
+#endif
+DCNVIZ_CLONES void blend(float* __restrict dst, const float* __restrict v0, const float* __restrict v1,
+                         const float* __restrict v2, const float* __restrict v3, float w0, float w1, float w2,
+                         float w3, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) dst[c] = w0 * v0[c] + w1 * v1[c] + w2 * v2[c] + w3 * v3[c];
+}
+DCNVIZ_CLONES void blend(double* __restrict dst, const double* __restrict v0, const double* __restrict v1,
+                         const double* __restrict v2, const double* __restrict v3, double w0, double w1,
+                         double w2, double w3, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) dst[c] = w0 * v0[c] + w1 * v1[c] + w2 * v2[c] + w3 * v3[c];
+}
+
 // Columns (G, B*P, K*C/G): row (conv group, b*P + p), tap-major and channel-minor within the row, so
 // that each tap of a sample fills a contiguous run from contiguous channels-last input (the weight is
 // permuted to match). A sample outside the map is exactly 0 (not 0 * value, which would be NaN next
@@ -170,7 +191,7 @@ void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, 
             }
             const T *v0 = image + a[0] + r.lo, *v1 = image + a[1] + r.lo, *v2 = image + a[2] + r.lo,
                     *v3 = image + a[3] + r.lo;
-            for (int64_t c = 0; c < n; ++c) dst[c] = w0 * v0[c] + w1 * v1[c] + w2 * v2[c] + w3 * v3[c];
+            blend(dst, v0, v1, v2, v3, w0, w1, w2, w3, n);
           }
         });
       }
@@ -266,24 +287,33 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_,
   }
   // The GEMMs run in the op's own dtype even inside an autocast region (autocast would lower them).
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  at::Tensor output = at::zeros({g.N, g.F, g.Ho, g.Wo}, input.options());
+  at::Tensor output = at::empty({g.N, g.F, g.Ho, g.Wo}, input.options());
   const int64_t K = g.K(), P = g.P(), CgK = g.Cg() * K;
+  if (output.numel() > 0 && CgK == 0) output.zero_();
   if (output.numel() > 0 && CgK > 0) {
+    // A channels-last input is used as it is (its permute is already contiguous).
     const at::Tensor offset = offset_.contiguous(), x_cl = input.permute({0, 2, 3, 1}).contiguous();
-    const at::Tensor w = tap_major(weight, g).view({g.G, g.Fg(), CgK, 1, 1});
+    const at::Tensor w = tap_major(weight, g);
     const int64_t B = chunk_size(g, x_cl.element_size());
     at::Tensor columns = scratch(g.G * B * P * CgK, x_cl.options());
     AT_DISPATCH_FLOATING_TYPES(x_cl.scalar_type(), "deform_conv2d_cpu", [&] {
       for (int64_t n0 = 0; n0 < g.N; n0 += B) {
         const int64_t nb = std::min(B, g.N - n0);
-        im2col(x_cl.data_ptr<scalar_t>() + n0 * g.H * g.W * g.C, offset.data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P,
-               g, nb, columns.data_ptr<scalar_t>());
-        const at::Tensor cols = columns.narrow(0, 0, g.G * nb * P * CgK).view({g.G, nb, g.Ho, g.Wo, CgK});
-        // out_g = W_g @ cols_g^T, as a 1x1 convolution of the channels-last columns: oneDNN runs it at
-        // about twice the speed of MKL's sgemm on AMD CPUs, with no layout change of the columns.
+        im2col(x_cl.const_data_ptr<scalar_t>() + n0 * g.H * g.W * g.C,
+               offset.const_data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P, g, nb, columns.mutable_data_ptr<scalar_t>());
+        const at::Tensor cols = columns.narrow(0, 0, g.G * nb * P * CgK).view({g.G, nb * P, CgK});
         for (int64_t gi = 0; gi < g.G; ++gi) {
-          const at::Tensor out = at::conv2d(cols[gi].permute({0, 3, 1, 2}), w[gi]);
-          output.narrow(0, n0, nb).narrow(1, gi * g.Fg(), g.Fg()).copy_(out);
+          // out_g (Fg, P) = W_g @ cols_g^T. One image: the BLAS writes the output's rows in place (its
+          // result is the row-major (Fg, P) block, a column-major (P, Fg) matrix with leading dimension
+          // P), no copy and no zero fill. Several images: one GEMM over all their positions (small
+          // maps), then the (Fg, B, P) result is moved into place.
+          if (nb == 1) {
+            at::Tensor out = output[n0].view({g.F, P}).narrow(0, gi * g.Fg(), g.Fg());
+            at::mm_out(out, w[gi], cols[gi].t());
+          } else {
+            const at::Tensor out = at::mm(w[gi], cols[gi].t()).view({g.Fg(), nb, P}).transpose(0, 1);
+            output.narrow(0, n0, nb).narrow(1, gi * g.Fg(), g.Fg()).view({nb, g.Fg(), P}).copy_(out);
+          }
         }
       }
     });
