@@ -80,14 +80,18 @@ int64_t chunk_size(const Geometry& g, int64_t elem_size) {
   return std::max<int64_t>(1, std::min({g.N, want, fit}));
 }
 
-// Scratch space for the columns, kept per thread between calls: a fresh buffer of tens of MB per call
-// costs more in page faults than the im2col itself (the allocator hands large blocks back to the OS).
-// Up to kKeepBytes is kept; a larger request, or one made while the kept buffer is still in use, gets a
-// buffer of its own.
-at::Tensor scratch(int64_t numel, const at::TensorOptions& options) {
+// Scratch space, kept per thread between calls: a fresh buffer of many MB costs more in page faults
+// than filling it (the allocator hands large blocks back to the OS; at the res5 shape a fresh 9 MB
+// weight buffer costs ~4 ms of faults, the whole im2col ~5 ms). One kept buffer per use, up to
+// kKeepBytes each; a larger request, or one made while the kept buffer is still in use, gets a buffer of
+// its own.
+enum class Scratch { kColumns, kWeight, kGradWeight, kCount };
+
+at::Tensor scratch(Scratch use, int64_t numel, const at::TensorOptions& options) {
   constexpr int64_t kKeepBytes = int64_t(256) << 20;
   const int64_t bytes = numel * static_cast<int64_t>(options.dtype().itemsize());
-  thread_local at::Tensor kept;
+  thread_local std::array<at::Tensor, static_cast<size_t>(Scratch::kCount)> kept_buffers;
+  at::Tensor& kept = kept_buffers[static_cast<size_t>(use)];
   if (bytes > kKeepBytes || (kept.defined() && kept.storage().use_count() > 1)) {
     return at::empty({numel}, options);
   }
@@ -269,9 +273,11 @@ at::Tensor group_rows(const at::Tensor& t, int64_t n0, int64_t B, int64_t gi, co
   return t.narrow(0, n0, B).narrow(1, gi * g.Fg(), g.Fg()).transpose(0, 1).reshape({g.Fg(), B * g.P()});
 }
 
-// weight (F, C/G, kh, kw) -> (G, F/G, K*C/G), tap-major like the columns.
+// weight (F, C/G, kh, kw) -> (G, F/G, K*C/G), tap-major like the columns (in a kept buffer).
 at::Tensor tap_major(const at::Tensor& weight, const Geometry& g) {
-  return weight.reshape({g.G, g.Fg(), g.Cg(), g.K()}).transpose(2, 3).reshape({g.G, g.Fg(), g.K() * g.Cg()});
+  at::Tensor w = scratch(Scratch::kWeight, weight.numel(), weight.options()).view({g.G, g.Fg(), g.K(), g.Cg()});
+  w.copy_(weight.reshape({g.G, g.Fg(), g.Cg(), g.K()}).transpose(2, 3));
+  return w.view({g.G, g.Fg(), g.K() * g.Cg()});
 }
 
 at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_, const at::Tensor& weight,
@@ -295,7 +301,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_,
     const at::Tensor offset = offset_.contiguous(), x_cl = input.permute({0, 2, 3, 1}).contiguous();
     const at::Tensor w = tap_major(weight, g);
     const int64_t B = chunk_size(g, x_cl.element_size());
-    at::Tensor columns = scratch(g.G * B * P * CgK, x_cl.options());
+    at::Tensor columns = scratch(Scratch::kColumns, g.G * B * P * CgK, x_cl.options());
     AT_DISPATCH_FLOATING_TYPES(x_cl.scalar_type(), "deform_conv2d_cpu", [&] {
       for (int64_t n0 = 0; n0 < g.N; n0 += B) {
         const int64_t nb = std::min(B, g.N - n0);
@@ -349,12 +355,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   const int64_t K = g.K(), P = g.P(), CgK = g.Cg() * K;
   at::Tensor grad_x_cl = at::zeros_like(x_cl);
   at::Tensor grad_offset = at::zeros_like(offset);
-  at::Tensor grad_w = at::zeros({g.G, g.Fg(), CgK}, weight.options());  // tap-major, as the columns
+  // tap-major, as the columns; the first chunk's GEMM overwrites it (no zero fill)
+  at::Tensor grad_w = scratch(Scratch::kGradWeight, g.G * g.Fg() * CgK, weight.options()).view({g.G, g.Fg(), CgK});
+  if (grad_output.numel() == 0 || CgK == 0) grad_w.zero_();
   at::Tensor grad_bias = grad_output.sum({0, 2, 3});
   if (grad_output.numel() > 0 && CgK > 0) {
     const int64_t B = chunk_size(g, x_cl.element_size());
     const at::Tensor w = tap_major(weight, g);
-    at::Tensor columns = scratch(g.G * B * P * CgK, x_cl.options());
+    at::Tensor columns = scratch(Scratch::kColumns, g.G * B * P * CgK, x_cl.options());
     AT_DISPATCH_FLOATING_TYPES(x_cl.scalar_type(), "deform_conv2d_backward_cpu", [&] {
       for (int64_t n0 = 0; n0 < g.N; n0 += B) {
         const int64_t nb = std::min(B, g.N - n0);
@@ -364,7 +372,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
         im2col(x, off, g, nb, columns.data_ptr<scalar_t>());
         for (int64_t gi = 0; gi < g.G; ++gi) {
           const at::Tensor gout = group_rows(grad_output, n0, nb, gi, g);
-          grad_w[gi].addmm_(gout, cols[gi]);
+          at::Tensor gw = grad_w[gi];
+          if (n0 == 0) {
+            at::mm_out(gw, gout, cols[gi]);
+          } else {
+            gw.addmm_(gout, cols[gi]);
+          }
           // The group's columns are no longer needed: they now receive grad_columns = grad_out^T @ W.
           at::Tensor gcol = cols[gi];
           at::mm_out(gcol, gout.t(), w[gi]);
