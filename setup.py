@@ -80,8 +80,10 @@ def _extension():
     rel = lambda pattern: sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     # No FMA contraction: the CPU kernels give the same bits whichever instruction set runs them.
-    cxx = ["-O3", "-std=c++20", "-ffp-contract=off"]
-    link = []
+    # -fopenmp: at::parallel_for is an OpenMP loop compiled into the caller; without it every kernel
+    # here ran on one thread. The extension then shares torch's libgomp (same soname, already loaded).
+    cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fopenmp"]
+    link = ["-fopenmp"]
     if os.environ.get("DCNVIZ_ASAN", "0").lower() in ("1", "true", "on", "yes"):
         cxx += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
         link += ["-fsanitize=address"]

@@ -6,7 +6,8 @@
 // to a contiguous run of channels. Per chunk:
 //   1. im2col: columns (G, B*P, K*C/G), one row per (conv group, output position), tap-major, parallel
 //      over positions;
-//   2. GEMM:   out_g (F/G, B*P) = W_g (F/G, K*C/G) @ columns_g^T, with the weight permuted to tap-major.
+//   2. GEMM:   out_g (F/G, B*P) = W_g (F/G, K*C/G) @ columns_g^T, with the weight permuted to tap-major;
+//      for one image it writes the output rows in place.
 // Backward: grad_weight += grad_out @ columns, grad_columns = grad_out^T @ W, col2im (parallel over
 // channel blocks, so no two threads write the same element) and the offset gradient (parallel over
 // positions, summing over the group's channels). csrc/cuda/deform_conv_cuda.cu has the same structure.
@@ -15,9 +16,14 @@
 #include <ATen/Parallel.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "../checked_math.h"
@@ -79,14 +85,18 @@ int64_t chunk_size(const Geometry& g, int64_t elem_size) {
   return std::max<int64_t>(1, std::min({g.N, want, fit}));
 }
 
-// Scratch space for the columns, kept per thread between calls: a fresh buffer of tens of MB per call
-// costs more in page faults than the im2col itself (the allocator hands large blocks back to the OS).
-// Up to kKeepBytes is kept; a larger request, or one made while the kept buffer is still in use, gets a
-// buffer of its own.
-at::Tensor scratch(int64_t numel, const at::TensorOptions& options) {
+// Scratch space, kept per thread between calls: a fresh buffer of many MB costs more in page faults
+// than filling it (the allocator hands large blocks back to the OS; at the res5 shape a fresh 9 MB
+// weight buffer costs ~4 ms of faults, the whole im2col ~5 ms). One kept buffer per use, up to
+// kKeepBytes each; a larger request, or one made while the kept buffer is still in use, gets a buffer of
+// its own.
+enum class Scratch { kColumns, kWeight, kGradWeight, kCount };
+
+at::Tensor scratch(Scratch use, int64_t numel, const at::TensorOptions& options) {
   constexpr int64_t kKeepBytes = int64_t(256) << 20;
   const int64_t bytes = numel * static_cast<int64_t>(options.dtype().itemsize());
-  thread_local at::Tensor kept;
+  thread_local std::array<at::Tensor, static_cast<size_t>(Scratch::kCount)> kept_buffers;
+  at::Tensor& kept = kept_buffers[static_cast<size_t>(use)];
   if (bytes > kKeepBytes || (kept.defined() && kept.storage().use_count() > 1)) {
     return at::empty({numel}, options);
   }
@@ -145,6 +155,55 @@ std::array<int64_t, 4> corner_offsets(const Corners<T>& q, int64_t C) {
   return {q.i00 * C, (q.i00 + q.dx) * C, (q.i00 + q.dy) * C, (q.i00 + q.dy + q.dx) * C};
 }
 
+// dst[c] = w0*v0[c] + w1*v1[c] + w2*v2[c] + w3*v3[c]: the bilinear blend of one sample over a run of
+// channels, the whole of im2col's arithmetic. Cloned for AVX-512 and AVX2 and picked at load time:
+// the x86-64 baseline build does it 4 floats at a time. Each clone does the same multiplications and
+// additions in the same order (no FMA contraction, see setup.py), so every clone gives the same bits.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define DCNVIZ_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DCNVIZ_CLONES
+#endif
+DCNVIZ_CLONES void blend(float* __restrict dst, const float* __restrict v0, const float* __restrict v1,
+                         const float* __restrict v2, const float* __restrict v3, float w0, float w1, float w2,
+                         float w3, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) dst[c] = w0 * v0[c] + w1 * v1[c] + w2 * v2[c] + w3 * v3[c];
+}
+DCNVIZ_CLONES void blend(double* __restrict dst, const double* __restrict v0, const double* __restrict v1,
+                         const double* __restrict v2, const double* __restrict v3, double w0, double w1,
+                         double w2, double w3, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) dst[c] = w0 * v0[c] + w1 * v1[c] + w2 * v2[c] + w3 * v3[c];
+}
+
+// The float blend (and the zero fill of a sample outside the map) with non-temporal stores, for whole
+// 64-byte lines: the columns (tens of MB) are written once and read back by the GEMM from memory
+// anyway, and streaming stores skip reading each line in before it is overwritten. Same operations in
+// the same order as blend(), so the same bits. Only on x86-64 CPUs with AVX-512, for runs that start
+// on a 64-byte boundary and are whole lines (channel counts divisible by 16); blend() elsewhere.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define DCNVIZ_STREAM_STORES 1
+__attribute__((target("avx512f"))) void blend_stream(float* dst, const float* v0, const float* v1, const float* v2,
+                                                     const float* v3, float w0, float w1, float w2, float w3,
+                                                     int64_t n, bool zero) {
+  if (zero) {
+    for (int64_t c = 0; c < n; c += 16) _mm512_stream_ps(dst + c, _mm512_setzero_ps());
+    return;
+  }
+  const __m512 a0 = _mm512_set1_ps(w0), a1 = _mm512_set1_ps(w1), a2 = _mm512_set1_ps(w2), a3 = _mm512_set1_ps(w3);
+  for (int64_t c = 0; c < n; c += 16) {
+    __m512 s = _mm512_add_ps(_mm512_mul_ps(a0, _mm512_loadu_ps(v0 + c)), _mm512_mul_ps(a1, _mm512_loadu_ps(v1 + c)));
+    s = _mm512_add_ps(s, _mm512_mul_ps(a2, _mm512_loadu_ps(v2 + c)));
+    s = _mm512_add_ps(s, _mm512_mul_ps(a3, _mm512_loadu_ps(v3 + c)));
+    _mm512_stream_ps(dst + c, s);
+  }
+}
+
+bool can_stream() {
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  return avx512;
+}
+#endif
+
 // Columns (G, B*P, K*C/G): row (conv group, b*P + p), tap-major and channel-minor within the row, so
 // that each tap of a sample fills a contiguous run from contiguous channels-last input (the weight is
 // permuted to match). A sample outside the map is exactly 0 (not 0 * value, which would be NaN next
@@ -153,7 +212,16 @@ template <typename T>
 void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, T* columns) {
   const int64_t BP = B * g.P(), Cg = g.Cg(), CgK = Cg * g.K();
   const auto runs = channel_runs(g, 0, g.C);
+#ifdef DCNVIZ_STREAM_STORES
+  const bool stream = can_stream();
+#endif
   at::parallel_for(0, BP, std::max<int64_t>(1, 4096 / (g.C * g.K())), [&](int64_t begin, int64_t end) {
+#ifdef DCNVIZ_STREAM_STORES
+    // the streamed stores are weakly ordered: fence them before the GEMM (another thread) reads them
+    struct Fence {
+      ~Fence() { _mm_sfence(); }
+    } fence;
+#endif
     for (int64_t bp = begin; bp < end; ++bp) {
       const Position pos = position(g, bp);
       const T* image = x_cl + pos.b * g.H * g.W * g.C;
@@ -164,13 +232,22 @@ void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, 
           for (const Run& r : runs[dg]) {
             T* __restrict__ dst = columns + (r.gi * BP + bp) * CgK + k * Cg + (r.lo - r.gi * Cg);
             const int64_t n = r.hi - r.lo;
+#ifdef DCNVIZ_STREAM_STORES
+            if constexpr (std::is_same_v<T, float>) {
+              if (stream && n % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 64 == 0) {
+                blend_stream(dst, image + a[0] + r.lo, image + a[1] + r.lo, image + a[2] + r.lo, image + a[3] + r.lo,
+                             w0, w1, w2, w3, n, !q.valid);
+                continue;
+              }
+            }
+#endif
             if (!q.valid) {
               std::fill(dst, dst + n, T(0));
               continue;
             }
             const T *v0 = image + a[0] + r.lo, *v1 = image + a[1] + r.lo, *v2 = image + a[2] + r.lo,
                     *v3 = image + a[3] + r.lo;
-            for (int64_t c = 0; c < n; ++c) dst[c] = w0 * v0[c] + w1 * v1[c] + w2 * v2[c] + w3 * v3[c];
+            blend(dst, v0, v1, v2, v3, w0, w1, w2, w3, n);
           }
         });
       }
@@ -248,9 +325,11 @@ at::Tensor group_rows(const at::Tensor& t, int64_t n0, int64_t B, int64_t gi, co
   return t.narrow(0, n0, B).narrow(1, gi * g.Fg(), g.Fg()).transpose(0, 1).reshape({g.Fg(), B * g.P()});
 }
 
-// weight (F, C/G, kh, kw) -> (G, F/G, K*C/G), tap-major like the columns.
+// weight (F, C/G, kh, kw) -> (G, F/G, K*C/G), tap-major like the columns (in a kept buffer).
 at::Tensor tap_major(const at::Tensor& weight, const Geometry& g) {
-  return weight.reshape({g.G, g.Fg(), g.Cg(), g.K()}).transpose(2, 3).reshape({g.G, g.Fg(), g.K() * g.Cg()});
+  at::Tensor w = scratch(Scratch::kWeight, weight.numel(), weight.options()).view({g.G, g.Fg(), g.K(), g.Cg()});
+  w.copy_(weight.reshape({g.G, g.Fg(), g.Cg(), g.K()}).transpose(2, 3));
+  return w.view({g.G, g.Fg(), g.K() * g.Cg()});
 }
 
 at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_, const at::Tensor& weight,
@@ -266,24 +345,33 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_,
   }
   // The GEMMs run in the op's own dtype even inside an autocast region (autocast would lower them).
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  at::Tensor output = at::zeros({g.N, g.F, g.Ho, g.Wo}, input.options());
+  at::Tensor output = at::empty({g.N, g.F, g.Ho, g.Wo}, input.options());
   const int64_t K = g.K(), P = g.P(), CgK = g.Cg() * K;
+  if (output.numel() > 0 && CgK == 0) output.zero_();
   if (output.numel() > 0 && CgK > 0) {
+    // A channels-last input is used as it is (its permute is already contiguous).
     const at::Tensor offset = offset_.contiguous(), x_cl = input.permute({0, 2, 3, 1}).contiguous();
-    const at::Tensor w = tap_major(weight, g).view({g.G, g.Fg(), CgK, 1, 1});
+    const at::Tensor w = tap_major(weight, g);
     const int64_t B = chunk_size(g, x_cl.element_size());
-    at::Tensor columns = scratch(g.G * B * P * CgK, x_cl.options());
+    at::Tensor columns = scratch(Scratch::kColumns, g.G * B * P * CgK, x_cl.options());
     AT_DISPATCH_FLOATING_TYPES(x_cl.scalar_type(), "deform_conv2d_cpu", [&] {
       for (int64_t n0 = 0; n0 < g.N; n0 += B) {
         const int64_t nb = std::min(B, g.N - n0);
-        im2col(x_cl.data_ptr<scalar_t>() + n0 * g.H * g.W * g.C, offset.data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P,
-               g, nb, columns.data_ptr<scalar_t>());
-        const at::Tensor cols = columns.narrow(0, 0, g.G * nb * P * CgK).view({g.G, nb, g.Ho, g.Wo, CgK});
-        // out_g = W_g @ cols_g^T, as a 1x1 convolution of the channels-last columns: oneDNN runs it at
-        // about twice the speed of MKL's sgemm on AMD CPUs, with no layout change of the columns.
+        im2col(x_cl.const_data_ptr<scalar_t>() + n0 * g.H * g.W * g.C,
+               offset.const_data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P, g, nb, columns.mutable_data_ptr<scalar_t>());
+        const at::Tensor cols = columns.narrow(0, 0, g.G * nb * P * CgK).view({g.G, nb * P, CgK});
         for (int64_t gi = 0; gi < g.G; ++gi) {
-          const at::Tensor out = at::conv2d(cols[gi].permute({0, 3, 1, 2}), w[gi]);
-          output.narrow(0, n0, nb).narrow(1, gi * g.Fg(), g.Fg()).copy_(out);
+          // out_g (Fg, P) = W_g @ cols_g^T. One image: the BLAS writes the output's rows in place (its
+          // result is the row-major (Fg, P) block, a column-major (P, Fg) matrix with leading dimension
+          // P), no copy and no zero fill. Several images: one GEMM over all their positions (small
+          // maps), then the (Fg, B, P) result is moved into place.
+          if (nb == 1) {
+            at::Tensor out = output[n0].view({g.F, P}).narrow(0, gi * g.Fg(), g.Fg());
+            at::mm_out(out, w[gi], cols[gi].t());
+          } else {
+            const at::Tensor out = at::mm(w[gi], cols[gi].t()).view({g.Fg(), nb, P}).transpose(0, 1);
+            output.narrow(0, n0, nb).narrow(1, gi * g.Fg(), g.Fg()).view({nb, g.Fg(), P}).copy_(out);
+          }
         }
       }
     });
@@ -319,12 +407,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   const int64_t K = g.K(), P = g.P(), CgK = g.Cg() * K;
   at::Tensor grad_x_cl = at::zeros_like(x_cl);
   at::Tensor grad_offset = at::zeros_like(offset);
-  at::Tensor grad_w = at::zeros({g.G, g.Fg(), CgK}, weight.options());  // tap-major, as the columns
+  // tap-major, as the columns; the first chunk's GEMM overwrites it (no zero fill)
+  at::Tensor grad_w = scratch(Scratch::kGradWeight, g.G * g.Fg() * CgK, weight.options()).view({g.G, g.Fg(), CgK});
+  if (grad_output.numel() == 0 || CgK == 0) grad_w.zero_();
   at::Tensor grad_bias = grad_output.sum({0, 2, 3});
   if (grad_output.numel() > 0 && CgK > 0) {
     const int64_t B = chunk_size(g, x_cl.element_size());
     const at::Tensor w = tap_major(weight, g);
-    at::Tensor columns = scratch(g.G * B * P * CgK, x_cl.options());
+    at::Tensor columns = scratch(Scratch::kColumns, g.G * B * P * CgK, x_cl.options());
     AT_DISPATCH_FLOATING_TYPES(x_cl.scalar_type(), "deform_conv2d_backward_cpu", [&] {
       for (int64_t n0 = 0; n0 < g.N; n0 += B) {
         const int64_t nb = std::min(B, g.N - n0);
@@ -334,7 +424,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
         im2col(x, off, g, nb, columns.data_ptr<scalar_t>());
         for (int64_t gi = 0; gi < g.G; ++gi) {
           const at::Tensor gout = group_rows(grad_output, n0, nb, gi, g);
-          grad_w[gi].addmm_(gout, cols[gi]);
+          at::Tensor gw = grad_w[gi];
+          if (n0 == 0) {
+            at::mm_out(gw, gout, cols[gi]);
+          } else {
+            gw.addmm_(gout, cols[gi]);
+          }
           // The group's columns are no longer needed: they now receive grad_columns = grad_out^T @ W.
           at::Tensor gcol = cols[gi];
           at::mm_out(gcol, gout.t(), w[gi]);
