@@ -28,6 +28,7 @@
 
 #include "../checked_math.h"
 #include "../sampling.h"
+#include "cpu_isa.h"
 #include "reduced_precision.h"
 
 namespace dcnviz {
@@ -178,7 +179,7 @@ DCNVIZ_CLONES void blend(double* __restrict dst, const double* __restrict v0, co
 // The float blend (and the zero fill of a sample outside the map) with non-temporal stores, for whole
 // 64-byte lines: the columns (tens of MB) are written once and read back by the GEMM from memory
 // anyway, and streaming stores skip reading each line in before it is overwritten. Same operations in
-// the same order as blend(), so the same bits. Only on x86-64 CPUs with AVX-512, for runs that start
+// the same order as blend(), so the same bits. Only where use_avx512() (cpu_isa.h), for runs that start
 // on a 64-byte boundary and are whole lines (channel counts divisible by 16); blend() elsewhere.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
 #define DCNVIZ_STREAM_STORES 1
@@ -198,10 +199,6 @@ __attribute__((target("avx512f"))) void blend_stream(float* dst, const float* v0
   }
 }
 
-bool can_stream() {
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  return avx512;
-}
 #endif
 
 // Columns (G, B*P, K*C/G): row (conv group, b*P + p), tap-major and channel-minor within the row, so
@@ -213,7 +210,7 @@ void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, 
   const int64_t BP = B * g.P(), Cg = g.Cg(), CgK = Cg * g.K();
   const auto runs = channel_runs(g, 0, g.C);
 #ifdef DCNVIZ_STREAM_STORES
-  const bool stream = can_stream();
+  const bool stream = use_avx512();
 #endif
   at::parallel_for(0, BP, std::max<int64_t>(1, 4096 / (g.C * g.K())), [&](int64_t begin, int64_t end) {
 #ifdef DCNVIZ_STREAM_STORES

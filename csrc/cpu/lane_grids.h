@@ -8,11 +8,10 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <string>
 #include <vector>
 
 #include "../pooling.h"
+#include "cpu_isa.h"
 
 namespace dcnviz {
 
@@ -108,16 +107,10 @@ LaneKernels<T> lane_kernels_default();
 template <typename T>
 LaneKernels<T> lane_kernels_avx512();
 
-// AVX-512 where the CPU has it, unless DCNVIZ_CPU_ISA=baseline (the tests compare the two, which give
-// the same bits).
+// AVX-512 or the x86-64 baseline loops, as use_avx512() picks.
 template <typename T>
 const LaneKernels<T>& lane_kernels() {
-  static const LaneKernels<T> kernels = [] {
-    const char* isa = std::getenv("DCNVIZ_CPU_ISA");
-    const bool baseline = isa != nullptr && std::string(isa) == "baseline";
-    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-    return avx512 && !baseline ? lane_kernels_avx512<T>() : lane_kernels_default<T>();
-  }();
+  static const LaneKernels<T> kernels = use_avx512() ? lane_kernels_avx512<T>() : lane_kernels_default<T>();
   return kernels;
 }
 
