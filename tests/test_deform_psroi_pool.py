@@ -204,6 +204,32 @@ class TestDeformPSRoIPool:
             if want is not None:
                 torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
+    @pytest.mark.parametrize("case", [
+        dict(height=40, width=44, pooled_size=1, group_size=1, sample_per_part=4),  # 40-px bins: no window fits
+        dict(height=9, width=5, sample_per_part=4),  # a map narrower than the window
+        dict(height=30, width=30, pooled_size=2, group_size=2, sample_per_part=3, rois=12)],  # both kinds
+        ids=["large-bins", "narrow-map", "mixed"])
+    def test_backward_beyond_the_window(self, case):
+        """The CPU backward spreads a bin's gradient on a fixed 8x8 window where its samples fit and with a
+        general path elsewhere (large bins, maps under 8 pixels wide): both match the reference."""
+        x, rois, offset, kwargs = random_case(spatial_scale=1.0, trans_std=0.1, **case)
+        for want, got in zip(forward_backward(reference.deform_psroi_pool, x, rois, offset, kwargs),
+                             forward_backward(deform_psroi_pool, x, rois, offset, kwargs)):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+    def test_backward_nonfinite_grad_touches_only_sampled_pixels(self):
+        """An infinite upstream gradient reaches exactly the pixels a bin samples (as in a sample-by-sample
+        scatter), not the rest of the window around them. (Where the reference adds inf * 0 for a corner
+        of weight 0, giving NaN, the merged weight gives inf: both not finite.)"""
+        x, rois, offset, kwargs = random_case(height=20, width=24, rois=3, spatial_scale=1.0, pooled_size=2,
+                                              group_size=2, part_size=2, sample_per_part=2, offset=False)
+        dy = torch.zeros(3, 2, 2, 2, dtype=x.dtype)
+        dy[1, 0, 1, 1] = float("inf")
+        _, gx, _ = forward_backward(deform_psroi_pool, x, rois, None, kwargs, dy=dy)
+        _, want, _ = forward_backward(reference.deform_psroi_pool, x, rois, None, kwargs, dy=dy)
+        assert torch.equal(torch.isfinite(gx), torch.isfinite(want))
+        assert not torch.isfinite(gx).all()
+
     def test_group_size_one_is_deformable_roi_pooling(self):
         """With one group every bin of output channel c reads input channel c."""
         x, rois, offset, kwargs = random_case(output_dim=3, group_size=1, pooled_size=5, part_size=5)

@@ -29,6 +29,7 @@
 #include "../pooling_checks.h"
 #include "lane_grids.h"
 #include "reduced_precision.h"
+#include "separable_bin.h"
 
 namespace dcnviz {
 namespace {
@@ -93,36 +94,19 @@ void forward_kernel_channels_last(const T* input, const T* rois, const T* offset
   });
 }
 
-// Adds lane l's samples of grid q to the gradient plane gx in for_each_sample's order, with the
-// corner terms w of LaneKernels::spread. Off-map samples add +0 at an in-bounds element, which is
-// cheaper than a branch. This scalar loop is most of the backward's time: each element must sum its
-// terms in the official order, so the updates cannot be vectorised across RoIs or regrouped.
-template <typename T>
-void scatter(const LaneGrid<T>& q, int64_t l, const T* w, int64_t S, T* gx) {
-  T* base = gx + q.batch[l];
-  w += l;
-  for (int64_t r = 0; r < S; ++r) {
-    const int64_t dy = q.dy[r * kLanes + l];
-    T* row = base + q.row[r * kLanes + l];
-    for (int64_t c = 0; c < S; ++c, w += 4 * kLanes) {
-      const int64_t dx = q.dx[c * kLanes + l];
-      T* p = row + q.col[c * kLanes + l];
-      p[0] += w[0];
-      p[dx] += w[kLanes];
-      p[dy] += w[2 * kLanes];
-      p[dy + dx] += w[3 * kLanes];
-    }
-  }
-}
-
-// Input gradient: each sample spreads grad/count to its four corners with the forward's weights. Split
-// by input channel: only the bins of one (ctop, gh, gw) touch a plane, so threads never write the same
-// element, and each element sums its terms in a fixed order (RoI, bin, sample) whatever the threads.
+// Input gradient: each bin spreads grad/count over the pixels its samples touch, as the outer product of
+// its row and column weights (separable_bin.h): on a window of kWindow x kWindow pixels computed for
+// kLanes RoIs at once (BinWindow), or with SeparableBin for a bin too large for the window. Split by
+// input channel: only the bins of one (ctop, gh, gw) touch a plane, so threads never write the same
+// element, and each element sums its terms in a fixed order (RoI, bin) whatever the threads.
 //
 // Offset gradient: the slope of each sample's bilinear value along x and y, times trans_std * roi size *
 // grad/count, summed over the bin. Several bins (every ctop of an offset class, every bin of a part
-// cell) can share an offset cell across channels, so each bin's term goes to `terms` (R, output_dim,
-// P, P, 2) here, and reduce_offset_grad sums them per cell in a fixed order.
+// cell) can share an offset cell across channels, so each bin's term goes to `terms` here, and
+// reduce_offset_grad sums them per cell in a fixed order.
+//
+// `grad` and `terms` are bin-major, (output_dim * P * P, R) and (output_dim * P * P, R, 2), so that the
+// lanes of a block read and write one run of memory rather than a cache line per RoI.
 //
 // grad_input and terms come uninitialised: a thread zeroes the planes of its channels just before it
 // accumulates into them (in cache, and in parallel, where a separate zero fill of the whole gradient
@@ -134,74 +118,97 @@ template <typename T, bool kOffset>
 void backward_kernel(const T* grad, const T* input, const T* rois, const T* offset, T* grad_input, T* terms,
                      const DeformPoolGeometry& g) {
   const std::vector<RoiFrame<T>> frames = roi_frames(rois, g);
-  const int64_t P = g.pooled_size, plane = g.height * g.width, roi_stride = g.output_dim * P * P;
-  const int64_t S = g.sample_per_part;
+  const int64_t P = g.pooled_size, plane = g.height * g.width;
+  const int64_t S = g.sample_per_part, W = g.width;
   const T trans_std = static_cast<T>(g.trans_std);
+  const LaneKernels<T>& kernels = lane_kernels<T>();
   BinGrids<T> bin_grids(frames, offset, g);
   const int64_t blocks = bin_grids.blocks();
   at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
     std::vector<ChannelBin> bins;
     LaneGrids<T> scratch = bin_grids.scratch(P * P);
     std::vector<LaneGrid<T>> grids;
-    std::vector<T> diff;  // grad/count of bin j of lane l at j*kLanes + l (0 past the last RoI)
-    const int64_t bin_terms = S * S * 4 * kLanes;
-    std::vector<T> corner_terms;  // LaneKernels::spread's terms of bin j at j*bin_terms
+    std::vector<BinWindow<T>> windows(P * P);
+    std::vector<T> diff(P * P * kLanes);       // grad/count of bin j of lane l at j*kLanes + l (0 past the last RoI)
+    std::vector<T> large_slopes(P * P * kLanes * 2);  // add_slopes' dv/dx, dv/dy where a lane does not fit
+    SeparableBin<T> large(S, W);
     for (int64_t channel = begin; channel < end; ++channel) {
       channel_bins<T>(channel, g, bins);
       for (int64_t b = 0; b < g.batch; ++b) std::fill_n(grad_input + (b * g.channels + channel) * plane, plane, T(0));
       const T* x = input + channel * plane;
       T* gx = grad_input + channel * plane;
-      diff.resize(bins.size() * kLanes);
-      corner_terms.resize(bins.size() * bin_terms);
       for (int64_t block = 0; block < blocks; ++block) {
         const int64_t n0 = block * kLanes, lanes = std::min(kLanes, g.rois - n0);
         grids.clear();
         for (size_t j = 0; j < bins.size(); ++j) {
           const LaneGrid<T> q = bin_grids.get(bins[j], block, scratch, j);
           grids.push_back(q);
-          T dvdx[kLanes] = {}, dvdy[kLanes] = {};
-          if constexpr (kOffset) lane_kernels<T>().add_slopes(q, x, S, dvdx, dvdy);
-          for (int64_t l = 0; l < kLanes; ++l) {
-            const int64_t index = (n0 + l) * roi_stride + bins[j].out, count = q.count[l];
-            const T d = count > 0 ? grad[index] / T(count) : T(0);  // a bin without samples adds nothing
-            diff[j * kLanes + l] = d;
-            if constexpr (kOffset) {
-              if (l >= lanes) continue;
-              const RoiFrame<T>& f = frames[n0 + l];
-              terms[2 * index] = count > 0 ? dvdx[l] * trans_std * d * f.width : T(0);
-              terms[2 * index + 1] = count > 0 ? dvdy[l] * trans_std * d * f.height : T(0);
+          T* d = diff.data() + j * kLanes;
+          for (int64_t l = 0; l < kLanes; ++l)  // a bin without samples adds nothing
+            d[l] = l < lanes && q.count[l] > 0 ? grad[bins[j].out * g.rois + n0 + l] / T(q.count[l]) : T(0);
+          BinWindow<T>& w = windows[j];
+          kernels.window(q, d, S, g.height, W, w);
+          if constexpr (kOffset) {
+            bool all_fit = true;
+            for (int64_t l = 0; l < lanes; ++l) all_fit &= w.fits[l] || q.count[l] == 0;
+            if (!all_fit) {
+              T* dv = large_slopes.data() + j * 2 * kLanes;
+              std::fill_n(dv, 2 * kLanes, T(0));
+              kernels.add_slopes(q, x, S, dv, dv + kLanes);
             }
           }
         }
-        for (size_t j = 0; j < bins.size(); ++j)
-          lane_kernels<T>().spread(grids[j], diff.data() + j * kLanes, S, corner_terms.data() + j * bin_terms);
-        for (int64_t l = 0; l < lanes; ++l)  // the scatter, in the order (RoI, bin, sample)
-          for (size_t j = 0; j < bins.size(); ++j)
-            if (grids[j].count[l] > 0) scatter(grids[j], l, corner_terms.data() + j * bin_terms, S, gx);
+        for (int64_t l = 0; l < lanes; ++l)
+          for (size_t j = 0; j < bins.size(); ++j) {
+            const LaneGrid<T>& q = grids[j];
+            const BinWindow<T>& w = windows[j];
+            const int64_t index = bins[j].out * g.rois + n0 + l;
+            const T d = diff[j * kLanes + l];
+            T dv[2] = {T(0), T(0)};  // dv/dx, dv/dy
+            const bool sampled = q.count[l] > 0;  // else an unusable RoI or a bin without samples: no gradient
+            if (sampled && w.fits[l]) {
+              const int64_t at = q.batch[l] + w.row0[l] * W + w.col0[l];
+              kernels.window_backward(w, l, W, d, x + at, gx + at, kOffset ? dv : nullptr);
+            } else if (sampled) {
+              large.set(q, l);
+              large.scatter(d, gx);
+              dv[0] = large_slopes[j * 2 * kLanes + l], dv[1] = large_slopes[(j * 2 + 1) * kLanes + l];
+            }
+            if constexpr (kOffset) {
+              const RoiFrame<T>& f = frames[n0 + l];
+              terms[2 * index] = sampled ? dv[0] * trans_std * d * f.width : T(0);
+              terms[2 * index + 1] = sampled ? dv[1] * trans_std * d * f.height : T(0);
+            }
+          }
       }
     }
   });
 }
 
-// Sums the per-bin terms into the offset cells (grad_offset comes uninitialised), split by (RoI, offset
-// class), which own disjoint cells; within a cell the order is (ctop, ph, pw).
+// Sums the bin-major terms into the offset cells (grad_offset comes uninitialised), split by offset
+// class, which own disjoint cells: a class's cells of every RoI are summed in `acc` ([cell][RoI][dx, dy]),
+// a contiguous run per bin, in the order (ctop, ph, pw), then written out.
 template <typename T>
 void reduce_offset_grad(const T* terms, T* grad_offset, const DeformPoolGeometry& g) {
-  const int64_t P = g.pooled_size, roi_stride = g.output_dim * P * P, cell_step = g.part_size * g.part_size;
-  std::vector<BinCell> cells(roi_stride);
-  for (int64_t ctop = 0; ctop < g.output_dim; ++ctop)
-    for (int64_t ph = 0; ph < P; ++ph)
-      for (int64_t pw = 0; pw < P; ++pw) cells[(ctop * P + ph) * P + pw] = bin_cell<T>(ctop, ph, pw, g);
-  const int64_t class_stride = g.channels_each_class * P * P;
-  at::parallel_for(0, g.rois * g.num_classes, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      std::fill_n(grad_offset + task * 2 * cell_step, 2 * cell_step, T(0));  // the task's cells, dx then dy
-      const int64_t n = task / g.num_classes, first = task % g.num_classes * class_stride;
-      for (int64_t i = first; i < first + class_stride; ++i) {
-        const int64_t dx = offset_index(n, cells[i], g), index = n * roi_stride + i;
-        grad_offset[dx] += terms[2 * index];
-        grad_offset[dx + cell_step] += terms[2 * index + 1];
+  const int64_t P = g.pooled_size, R = g.rois, cells = g.part_size * g.part_size;
+  const int64_t class_bins = g.channels_each_class * P * P, per_roi = g.num_classes * 2 * cells;
+  at::parallel_for(0, g.num_classes, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> acc(cells * R * 2);
+    for (int64_t cls = begin; cls < end; ++cls) {
+      std::fill(acc.begin(), acc.end(), T(0));
+      for (int64_t i = cls * class_bins; i < (cls + 1) * class_bins; ++i) {
+        const int64_t ctop = i / (P * P), ph = i / P % P, pw = i % P;
+        const int64_t cell = bin_cell<T>(ctop, ph, pw, g).offset - cls * 2 * cells;
+        const T* __restrict t = terms + i * R * 2;
+        T* __restrict a = acc.data() + cell * R * 2;
+        for (int64_t e = 0; e < R * 2; ++e) a[e] += t[e];
       }
+      for (int64_t n = 0; n < R; ++n)
+        for (int64_t cell = 0; cell < cells; ++cell) {
+          T* out = grad_offset + n * per_roi + cls * 2 * cells + cell;
+          out[0] = acc[(cell * R + n) * 2];
+          out[cells] = acc[(cell * R + n) * 2 + 1];
+        }
     }
   });
 }
@@ -259,9 +266,10 @@ std::tuple<at::Tensor, at::Tensor> deform_psroi_pool_backward_cpu(
   auto grad_input = at::empty_like(input, at::MemoryFormat::Contiguous);
   auto grad_offset = g.has_offset ? at::empty_like(*offset, at::MemoryFormat::Contiguous)
                                   : at::empty({0}, input.options());
-  auto terms = g.has_offset ? at::empty({g.rois, output_dim, pooled_size, pooled_size, 2}, input.options())
+  auto terms = g.has_offset ? at::empty({output_dim * pooled_size * pooled_size, g.rois, 2}, input.options())
                             : at::Tensor();
-  const auto dy = grad_output.contiguous(), x = input.contiguous(), r = rois.contiguous();
+  const auto dy = grad_output.reshape({g.rois, -1}).t().contiguous();  // bin-major (see backward_kernel)
+  const auto x = input.contiguous(), r = rois.contiguous();
   const auto t = g.has_offset ? offset->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_psroi_pool_backward_cpu", [&] {
     if (g.has_offset) {

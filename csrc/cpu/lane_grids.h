@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "../pooling.h"
@@ -83,9 +84,27 @@ std::vector<LaneFrames<T>> lane_frames(const std::vector<RoiFrame<T>>& frames, c
 template <typename T>
 struct LaneGrid {
   int64_t *row, *dy, *col, *dx;
+  int64_t* y;  // the row's pixel index (row / W)
   T *ly, *lx, *row_ok, *col_ok;
   int64_t* batch;  // LaneFrames::batch
   int64_t* count;  // valid rows * valid columns (0 for an unusable RoI)
+};
+
+// The deform_psroi_pool backward's view of one bin of kLanes RoIs (separable_bin.h): a window of
+// kWindow x kWindow pixels around the pixels each lane's samples touch, with the bin's column weights
+// ax and row weights ay, and the weights bx, by of its bilinear slopes (+1 at each valid sample's
+// second pixel, -1 at its first); weight k of lane l at k*kLanes + l. A lane whose samples span more
+// than kWindow rows or columns (a bin over ~6 pixels), on a map narrower than kWindow, or with a
+// non-finite grad/count does not fit and takes SeparableBin and add_slopes instead.
+constexpr int64_t kWindow = 8;
+
+template <typename T>
+struct BinWindow {
+  T ax[kWindow * kLanes], ay[kWindow * kLanes], bx[kWindow * kLanes], by[kWindow * kLanes];
+  int64_t col0[kLanes];  // the window's first column (at most W - kWindow)
+  int64_t row0[kLanes];  // its first row
+  int64_t rows[kLanes];  // rows the samples span (at most kWindow where the lane fits)
+  bool fits[kLanes];
 };
 
 // The lane loops, compiled once per instruction set (lane_kernels_*.cpp) and picked at run time.
@@ -99,7 +118,10 @@ struct LaneKernels {
   void (*add_samples_cl)(const LaneGrid<T>& q, int64_t l, const T* x, int64_t C, int64_t first, int64_t n,
                          int64_t sample_per_part, T* acc);
   void (*add_slopes)(const LaneGrid<T>& q, const T* x, int64_t sample_per_part, T* dvdx, T* dvdy);
-  void (*spread)(const LaneGrid<T>& q, const T* diff, int64_t sample_per_part, T* w);
+  void (*window)(const LaneGrid<T>& q, const T* d, int64_t sample_per_part, int64_t H, int64_t W, BinWindow<T>& w);
+  // Lane l's input gradient for grad/count d added to g, and (slopes not null) its slope sums dv/dx,
+  // dv/dy on x; x and g point at the window's first pixel of their planes.
+  void (*window_backward)(const BinWindow<T>& w, int64_t l, int64_t W, T d, const T* x, T* g, T* slopes);
 };
 
 template <typename T>
@@ -125,7 +147,7 @@ class LaneGrids {
     int64_t* i = index_.data() + k * index_size();
     T* v = value_.data() + k * 4 * s_ * kLanes;
     const int64_t m = s_ * kLanes;
-    return {i, i + m, i + 2 * m, i + 3 * m, v, v + m, v + 2 * m, v + 3 * m, i + 4 * m, i + 4 * m + kLanes};
+    return {i, i + m, i + 2 * m, i + 3 * m, i + 4 * m, v, v + m, v + 2 * m, v + 3 * m, i + 5 * m, i + 5 * m + kLanes};
   }
 
   // Grid k becomes bin `bin` of the RoIs of frames f, moved by their offsets dx[l], dy[l].
@@ -135,7 +157,7 @@ class LaneGrids {
   }
 
  private:
-  int64_t index_size() const { return 4 * s_ * kLanes + 2 * kLanes; }
+  int64_t index_size() const { return 5 * s_ * kLanes + 2 * kLanes; }
   int64_t s_;
   std::vector<int64_t> index_;
   std::vector<T> value_;
@@ -155,7 +177,7 @@ class BinGrids {
       : frames_(lane_frames(frames, g)), g_(g), blocks_(int64_t(frames_.size())) {
     if (g.has_offset) transpose_offsets(offset);
     const int64_t P = g.pooled_size, grids = g.num_classes * P * P * blocks_;
-    const int64_t grid_bytes = kLanes * (4 * g.sample_per_part * int64_t(sizeof(int64_t) + sizeof(T)) + 16);
+    const int64_t grid_bytes = kLanes * (g.sample_per_part * int64_t(5 * sizeof(int64_t) + 4 * sizeof(T)) + 16);
     if (g.channels_each_class == 1 || grids * grid_bytes > kMaxTableBytes) return;
     table_.emplace_back(grids, g.sample_per_part);
     at::parallel_for(0, g.num_classes * P * P, 1, [&](int64_t begin, int64_t end) {

@@ -12,8 +12,7 @@ namespace lanes_avx512 {
 
 template <typename T>
 LaneKernels<T> lane_kernels_avx512() {
-  return {&lanes_avx512::fill<T>, &lanes_avx512::add_samples<T>, &lanes_avx512::add_samples_cl<T>, &lanes_avx512::add_slopes<T>,
-          &lanes_avx512::spread<T>};
+  return lanes_avx512::table<T>();
 }
 
 template LaneKernels<float> lane_kernels_avx512<float>();

@@ -9,8 +9,7 @@ namespace lanes_default {
 
 template <typename T>
 LaneKernels<T> lane_kernels_default() {
-  return {&lanes_default::fill<T>, &lanes_default::add_samples<T>, &lanes_default::add_samples_cl<T>, &lanes_default::add_slopes<T>,
-          &lanes_default::spread<T>};
+  return lanes_default::table<T>();
 }
 
 template LaneKernels<float> lane_kernels_default<float>();
