@@ -32,12 +32,34 @@ class OneDNNConv2d(nn.Conv2d):
         new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                   conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
         new.weight, new.bias = conv.weight, conv.bias
+        # stored channels-last once, as forward reads it: a 3x3 weight was otherwise copied on every call
+        new.weight.data = new.weight.data.contiguous(memory_format=torch.channels_last)
         return new.train(conv.training)
+
+    def _onednn(self, x: torch.Tensor) -> bool:
+        return (x.device.type == "cpu" and x.dtype == torch.float32 and self.padding_mode == "zeros"
+                and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+    def fused(self, x: torch.Tensor, shortcut: torch.Tensor | None = None) -> torch.Tensor:
+        """``relu(self(x) [+ shortcut])`` as one oneDNN convolution with post-ops (the add, then the ReLU;
+        the same bits as the separate ops), where ``forward`` would take oneDNN and nothing needs a
+        gradient (the fused op has no backward); otherwise as separate ops."""
+        grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad
+                                            or (shortcut is not None and shortcut.requires_grad))
+        if not self._onednn(x) or grad:
+            y = self(x)
+            return torch.relu(y if shortcut is None else shortcut + y)
+        cl = torch.channels_last
+        x, w = x.contiguous(memory_format=cl), self.weight.contiguous(memory_format=cl)
+        args = (self.bias, self.padding, self.stride, self.dilation, self.groups)
+        if shortcut is None:
+            return torch.ops.mkldnn._convolution_pointwise(x, w, *args, "relu", [], "")
+        return torch.ops.mkldnn._convolution_pointwise.binary(x, shortcut.contiguous(memory_format=cl), w, *args,
+                                                              "add", None, "relu", [], "")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cl = torch.channels_last
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and self.padding_mode == "zeros"
-                and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        if self._onednn(x):
             return torch.mkldnn_convolution(x.contiguous(memory_format=cl), self.weight.contiguous(memory_format=cl),
                                             self.bias, self.padding, self.stride, self.dilation, self.groups)
         if x.device.type == "cpu" and x.dtype == torch.bfloat16:

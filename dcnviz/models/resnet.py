@@ -93,6 +93,16 @@ def block_names(stage: int, count: int) -> list[str]:
     return [f"res{stage}a"] + [f"res{stage}b{i}" for i in range(1, count)]
 
 
+def conv_bn_relu(conv: nn.Module, bn: nn.Module, x: torch.Tensor, shortcut: torch.Tensor | None = None) -> torch.Tensor:
+    """``relu(bn(conv(x)) [+ shortcut])``. Where the BatchNorm is folded into a oneDNN conv
+    (:func:`dcnviz.models.mxnet_cpu.mxnet_cpu_inference`), one call with the add and the ReLU as oneDNN
+    post-ops (``OneDNNConv2d.fused``), the same bits without the passes over the map in between."""
+    if isinstance(bn, nn.Identity) and hasattr(conv, "fused"):
+        return conv.fused(x, shortcut)
+    y = bn(conv(x))
+    return F.relu(y if shortcut is None else shortcut + y)
+
+
 class Bottleneck(nn.Module):
     """One ResNet-v1 bottleneck with official layer names; optionally a deformable branch2b."""
 
@@ -117,18 +127,16 @@ class Bottleneck(nn.Module):
         self.deformable = deformable
 
     def forward(self, x: torch.Tensor, taps: dict | None = None, name: str = "") -> torch.Tensor:
-        a = F.relu(self.bn2a(self.branch2a(x)))
+        a = conv_bn_relu(self.branch2a, self.bn2a, x)
         if self.deformable is None:
-            b = self.branch2b(a)
+            b = conv_bn_relu(self.branch2b, self.bn2b, a)
         else:
             offset = self.branch2b_offset(a)
             if taps is not None:
                 taps[name + "_branch2b_offset"] = offset
-            b = self.branch2b(a, offset)
-        b = F.relu(self.bn2b(b))
-        c = self.bn2c(self.branch2c(b))
+            b = F.relu(self.bn2b(self.branch2b(a, offset)))
         shortcut = self.bn1(self.branch1(x)) if hasattr(self, "branch1") else x
-        return F.relu(shortcut + c)
+        return conv_bn_relu(self.branch2c, self.bn2c, b, shortcut)
 
 
 class ResNetV1(nn.Module):
@@ -188,7 +196,7 @@ class ResNetV1(nn.Module):
         """The outputs of res2, res3, res4 and res5. ``taps``, when a dict, receives the offset maps
         ``resXY_branch2b_offset`` and the official intermediate blobs ``feat_pool1`` and
         ``feat_<last block of each stage>_relu``."""
-        x = F.relu(self.bn_conv1(self.conv1(x)))
+        x = conv_bn_relu(self.conv1, self.bn_conv1, x)
         x = F.max_pool2d(x, 3, 2, 0, ceil_mode=True)
         if taps is not None:
             taps["feat_pool1"] = x
