@@ -95,3 +95,25 @@ def test_onednn_conv_is_a_conv(stride, padding, dilation, groups, bias):
     x64 = x.detach().double()
     assert torch.equal(OneDNNConv2d.from_conv(conv64)(x64), F.conv2d(x64, conv64.weight, conv64.bias, stride, padding,
                                                                      dilation, groups))
+
+
+@pytest.mark.parametrize("with_shortcut", [False, True])
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_fused_relu_and_add_are_the_separate_ops(with_shortcut, kernel):
+    """OneDNNConv2d.fused (ReLU and residual add as oneDNN post-ops) gives the bits of conv, add and ReLU
+    run one after another, and falls back to those ops where a gradient is needed."""
+    g = torch.Generator().manual_seed(kernel)
+    conv = OneDNNConv2d.from_conv(nn.Conv2d(16, 24, kernel, padding=kernel // 2))
+    x = torch.randn(2, 16, 9, 11, generator=g).contiguous(memory_format=torch.channels_last)
+    shortcut = torch.randn(2, 24, 9, 11, generator=g) if with_shortcut else None
+    with torch.inference_mode():
+        y = conv(x)
+        want = torch.relu(y if shortcut is None else shortcut + y)
+        got = conv.fused(x, shortcut)
+    assert torch.equal(got, want)
+    assert (got == 0).any() and (got > 0).any()  # the ReLU did something
+    x.requires_grad_()
+    out = conv.fused(x, shortcut)
+    out.sum().backward()
+    torch.testing.assert_close(out.detach(), want)
+    assert x.grad is not None
