@@ -246,8 +246,11 @@ def test_load_model_bad_arguments(tmp_path):
 
 MXREF = os.environ.get("DCNVIZ_MXREF")
 # max |dcnviz - MXNet| allowed: absolute for probabilities and box deltas, else relative to max |MXNet|
+# FPN's per-level RPN probabilities get 2e-4: MXNet's own float32 rounding moves them by up to 1.5e-4 (the
+# float64 model against MXNet on 29 fpn_coco references, P2/P3 worst), and dcnviz's float32 lands at ~0.6x that
+# distance from MXNet, so 1e-4 failed now and then (CI seed 98681: 1.01e-4 on P2, where float64 is 1.5e-4 away)
 ABSOLUTE = {"cls_prob": 1e-4, "rpn_cls_prob": 1e-4, "bbox_pred": 1e-4,
-            **{f"rpn_cls_prob_p{level}": 1e-4 for level in range(2, 7)}}  # FPN: every level
+            **{f"rpn_cls_prob_p{level}": 2e-4 for level in range(2, 7)}}  # FPN: every level
 RELATIVE = 1e-3
 INPUTS = ("data", "im_info", "rois", "meta")
 PROPOSALS = ("proposal_rois", "proposal_count")  # FPN: the tool's pyramid proposals, checked on their own
@@ -402,8 +405,9 @@ def test_parity_with_mxnet(folder, name):
 
     dcnviz runs as ``load_model`` returns it: float32, BatchNorms folded and convs run as in MXNet's CPU
     executor (:mod:`dcnviz.models.mxnet_cpu`), so both sides round nearly alike; on the references made
-    here rpn_cls_prob then differs by at most ~6e-5, against up to 1.8e-4 for the unfolded float32 model
-    and 1.35e-4 even in float64 (MXNet's own float32 rounding, with res4 activations up to ~30).
+    here rpn_cls_prob then differs by at most ~6e-5 (FPN's P2: ~1e-4, see ``ABSOLUTE``), against up to
+    1.8e-4 for the unfolded float32 model and 1.35e-4 even in float64 (MXNet's own float32 rounding, with res4
+    activations up to ~30).
 
     The forward runs twice for DCN models: end to end (outputs after the first deformable conv may differ
     only when the two offset fields put a sample on opposite sides of the DCNv1 hard border, counted by
