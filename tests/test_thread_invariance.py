@@ -1,5 +1,6 @@
 """The CPU kernels give the same bits whatever the thread count (1 vs 2 threads), forward and backward,
-for every op; and deform_psroi_pool's AVX-512 lane loops give the bits of its x86-64 baseline loops.
+for every op; and the AVX-512 loops (deform_psroi_pool's lane loops, deform_conv2d's backward scatter and
+slope sums) give the bits of the generic x86-64 baseline loops.
 
 Why bitwise equality is the right bar: every kernel splits work so that each output or gradient element
 is computed by one thread, in an order fixed by the data, never by the split (deform_conv2d: columns
@@ -76,10 +77,25 @@ def pool_cases(dtype):
            lambda x, rois: deform_psroi_pool(x, rois, None, **gkw), [x6, rois], [0])
 
 
+def wide_conv_cases(dtype):
+    """deform_conv2d with channel runs of whole 16-float vectors and a partial one (40 channels; 2 conv
+    groups of 24), offsets putting many samples on the clamped last row or column (two corners one pixel):
+    the AVX-512 loops of the backward against the generic ones."""
+    gen = torch.Generator().manual_seed(2)
+    for c, groups, dgroups in ((40, 1, 1), (48, 2, 1), (48, 1, 3)):
+        x = torch.randn(1, c, 9, 11, generator=gen, dtype=dtype)
+        w = torch.randn(16, c // groups, 3, 3, generator=gen, dtype=dtype)
+        off = torch.randn(1, 2 * dgroups * 9, 9, 11, generator=gen, dtype=dtype) * 3
+        fn = lambda x, off, w, groups=groups, dgroups=dgroups: deform_conv2d(
+            x, off, w, None, padding=1, groups=groups, deformable_groups=dgroups)
+        yield f"deform_conv2d C={c} groups={groups} dgroups={dgroups}", fn, [x, off, w], [0, 1, 2]
+
+
 def all_cases(dtype):
     """(name, fn, inputs, wrt). Where the op samples is given by inputs[1] (deform_conv2d: offsets;
     pools: RoIs) and, for the pools with offsets, inputs[2]."""
     yield ("deform_conv2d", *conv_case(dtype))
+    yield from wide_conv_cases(dtype)
     yield from pool_cases(dtype)
 
 
@@ -98,9 +114,9 @@ def test_one_and_two_threads_give_the_same_bits(dtype):
 _ISA_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {tests!r})
-from test_thread_invariance import forward_backward, pool_cases
+from test_thread_invariance import forward_backward, pool_cases, wide_conv_cases
 torch.save([forward_backward(fn, inputs, wrt) for dtype in (torch.float32, torch.float64)
-            for _, fn, inputs, wrt in pool_cases(dtype)], sys.argv[1])
+            for cases in (pool_cases, wide_conv_cases) for _, fn, inputs, wrt in cases(dtype)], sys.argv[1])
 """
 
 

@@ -28,6 +28,7 @@
 
 #include "../checked_math.h"
 #include "../sampling.h"
+#include "conv_backward_simd.h"
 #include "cpu_isa.h"
 #include "reduced_precision.h"
 
@@ -257,6 +258,7 @@ void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, 
 template <typename T>
 void col2im(const T* grad_columns, const T* offset_chunk, const Geometry& g, int64_t B, T* grad_x_cl) {
   const int64_t BP = B * g.P(), Cg = g.Cg(), CgK = Cg * g.K();
+  [[maybe_unused]] const bool avx512 = use_avx512();
   at::parallel_for(0, g.C, 1, [&](int64_t c_begin, int64_t c_end) {
     const auto runs = channel_runs(g, c_begin, c_end);
     for (int64_t bp = 0; bp < BP; ++bp) {
@@ -269,12 +271,17 @@ void col2im(const T* grad_columns, const T* offset_chunk, const Geometry& g, int
           const auto a = corner_offsets(q, g.C);
           const T w[4] = {q.w00(), q.w01(), q.w10(), q.w11()};
           for (const Run& r : runs[dg]) {
-            const T* __restrict__ src = grad_columns + (r.gi * BP + bp) * CgK + k * Cg + (r.lo - r.gi * Cg);
-            // One pass per corner: two corners may be the same pixel (clamped edge), never overlapping runs.
-            for (int i = 0; i < 4; ++i) {
-              T* __restrict__ dst = image + a[i] + r.lo;
-              for (int64_t c = 0; c < r.hi - r.lo; ++c) dst[c] += w[i] * src[c];
+            const T* src = grad_columns + (r.gi * BP + bp) * CgK + k * Cg + (r.lo - r.gi * Cg);
+            T* const dst[4] = {image + a[0] + r.lo, image + a[1] + r.lo, image + a[2] + r.lo, image + a[3] + r.lo};
+#ifdef DCNVIZ_CONV_AVX512
+            if constexpr (std::is_same_v<T, float>) {
+              if (avx512) {
+                scatter_corners_avx512(dst, w, src, r.hi - r.lo);
+                continue;
+              }
             }
+#endif
+            scatter_corners(dst, w, src, r.hi - r.lo);
           }
         });
       }
@@ -283,12 +290,14 @@ void col2im(const T* grad_columns, const T* offset_chunk, const Geometry& g, int
 }
 
 // grad_offset_chunk (B, 2*DG*K, Ho, Wo): derivative of each sample's bilinear blend with the forward's
-// floor-based corners (zero along a clamped axis, zero outside), summed over the group's channels.
+// floor-based corners (zero along a clamped axis, zero outside), summed over the group's channels in
+// lane partial sums added in a fixed tree (SlopeSums), so the AVX-512 loop gives the generic loop's bits.
 template <typename T>
 void offset_grad(const T* grad_columns, const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B,
                  T* grad_offset_chunk) {
   const int64_t K = g.K(), P = g.P(), BP = B * P, Cg = g.Cg(), CgK = Cg * K;
   const auto runs = channel_runs(g, 0, g.C);
+  [[maybe_unused]] const bool avx512 = use_avx512();
   at::parallel_for(0, BP, std::max<int64_t>(1, 4096 / (g.C * K)), [&](int64_t begin, int64_t end) {
     for (int64_t bp = begin; bp < end; ++bp) {
       const Position pos = position(g, bp);
@@ -298,14 +307,22 @@ void offset_grad(const T* grad_columns, const T* x_cl, const T* offset_chunk, co
           T gy = T(0), gx = T(0);
           if (q.valid) {
             const auto a = corner_offsets(q, g.C);
-            const T *v00 = image + a[0], *v01 = image + a[1], *v10 = image + a[2], *v11 = image + a[3];
+            SlopeSums<T> sums;
             for (const Run& r : runs[dg]) {
-              const T* gc = grad_columns + (r.gi * BP + bp) * CgK + k * Cg - r.gi * Cg;
-              for (int64_t c = r.lo; c < r.hi; ++c) {
-                gy += gc[c] * ((T(1) - q.lx) * (v10[c] - v00[c]) + q.lx * (v11[c] - v01[c]));
-                gx += gc[c] * ((T(1) - q.ly) * (v01[c] - v00[c]) + q.ly * (v11[c] - v10[c]));
+              const T* gc = grad_columns + (r.gi * BP + bp) * CgK + k * Cg + (r.lo - r.gi * Cg);
+              const T *v00 = image + a[0] + r.lo, *v01 = image + a[1] + r.lo, *v10 = image + a[2] + r.lo,
+                      *v11 = image + a[3] + r.lo;
+#ifdef DCNVIZ_CONV_AVX512
+              if constexpr (std::is_same_v<T, float>) {
+                if (avx512) {
+                  add_slopes_avx512(sums, gc, v00, v01, v10, v11, q.ly, q.lx, r.hi - r.lo);
+                  continue;
+                }
               }
+#endif
+              add_slopes(sums, gc, v00, v01, v10, v11, q.ly, q.lx, r.hi - r.lo);
             }
+            sums.total(gy, gx);
           }
           T* out = grad_offset_chunk + ((pos.b * g.DG + dg) * K + k) * 2 * P + pos.p;  // channel 2k: dy, 2k+1: dx
           out[0] = gy;
