@@ -197,12 +197,28 @@ class TestDeformConv2d:
         torch.library.opcheck(torch.ops.dcnviz._deform_conv2d_backward.default, (dy, *args[:3], *args[4:]))
 
     def test_opcheck_backward_op_channels_last(self):
-        """The fake backward gives the real one's (contiguous) strides for channels-last input, weight and
-        offset, so that compiled graphs allocate what the kernel returns."""
+        """The fake backward gives the real one's strides for channels-last input, weight and offset (the
+        input gradient channels-last, the others contiguous), so that compiled graphs allocate what the
+        kernel returns."""
         (x, offset, weight, b, dy), kw = random_case(*RANDOM_SHAPES[2], dtype=torch.float32)
         x, offset, weight = (t.contiguous(memory_format=torch.channels_last) for t in (x, offset, weight))
         args = op_args(x, offset, weight, b, **kw)
         torch.library.opcheck(torch.ops.dcnviz._deform_conv2d_backward.default, (dy, *args[:3], *args[4:]))
+
+    def test_channels_last_in_channels_last_out(self):
+        """On the CPU a channels-last input gives a channels-last output and input gradient (torch's conv2d
+        convention: no layout round trip between the convs of a channels-last network); the fake kernels
+        agree (opcheck), and the values are the NCHW path's up to GEMM rounding (tested above)."""
+        (x, offset, weight, b, dy), kw = random_case(*RANDOM_SHAPES[2], dtype=torch.float32)
+        x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+        y = deform_conv2d(x, offset, weight, b, **kw)
+        (gx,) = torch.autograd.grad(y, [x], dy)
+        assert not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last)
+        assert not gx.is_contiguous() and gx.is_contiguous(memory_format=torch.channels_last)
+        y_nchw = deform_conv2d(x.detach().contiguous(), offset, weight, b, **kw)
+        assert y_nchw.is_contiguous()
+        torch.testing.assert_close(y, y_nchw)
+        torch.library.opcheck(torch.ops.dcnviz.deform_conv2d.default, op_args(x, offset, weight, b, **kw))
 
     @pytest.mark.parametrize("impl", sorted(IMPLS))
     @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), 1e30, -1e30])

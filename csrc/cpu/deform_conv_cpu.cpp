@@ -7,7 +7,8 @@
 //   1. im2col: columns (G, B*P, K*C/G), one row per (conv group, output position), tap-major, parallel
 //      over positions;
 //   2. GEMM:   out_g (F/G, B*P) = W_g (F/G, K*C/G) @ columns_g^T, with the weight permuted to tap-major;
-//      for one image it writes the output rows in place.
+//      it writes the output in place: NCHW rows for one image, or, for a channels-last input, the
+//      channels-last output (which then needs no layout change before the next conv).
 // Backward: grad_weight += grad_out @ columns, grad_columns = grad_out^T @ W, col2im (parallel over
 // channel blocks, so no two threads write the same element) and the offset gradient (parallel over
 // positions, summing over the group's channels). csrc/cuda/deform_conv_cuda.cu has the same structure.
@@ -31,6 +32,7 @@
 #include "conv_backward_simd.h"
 #include "cpu_isa.h"
 #include "reduced_precision.h"
+#include "transpose.h"
 
 namespace dcnviz {
 namespace {
@@ -334,16 +336,49 @@ void offset_grad(const T* grad_columns, const T* x_cl, const T* offset_chunk, co
 }
 
 // Rows [g*Fg, (g+1)*Fg) of a (B, F, Ho, Wo) block of a batch tensor as an (Fg, B*P) matrix (a view
-// when B == 1).
+// when B == 1 or the tensor is channels-last).
 at::Tensor group_rows(const at::Tensor& t, int64_t n0, int64_t B, int64_t gi, const Geometry& g) {
   return t.narrow(0, n0, B).narrow(1, gi * g.Fg(), g.Fg()).transpose(0, 1).reshape({g.Fg(), B * g.P()});
 }
 
 // weight (F, C/G, kh, kw) -> (G, F/G, K*C/G), tap-major like the columns (in a kept buffer).
 at::Tensor tap_major(const at::Tensor& weight, const Geometry& g) {
-  at::Tensor w = scratch(Scratch::kWeight, weight.numel(), weight.options()).view({g.G, g.Fg(), g.K(), g.Cg()});
-  w.copy_(weight.reshape({g.G, g.Fg(), g.Cg(), g.K()}).transpose(2, 3));
+  const at::Tensor src = weight.contiguous();
+  at::Tensor w = scratch(Scratch::kWeight, weight.numel(), weight.options());
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "tap_major", [&] {
+    transpose_batched(src.const_data_ptr<scalar_t>(), w.mutable_data_ptr<scalar_t>(), g.F, g.Cg(), g.K());
+  });
   return w.view({g.G, g.Fg(), g.K() * g.Cg()});
+}
+
+// Whether the input is channels-last (and not also NCHW-contiguous, as with one channel or a 1x1 map):
+// then the output and the input gradient are channels-last too, as with torch's conv2d. The fake
+// kernels in dcnviz/ops/deform_conv.py follow the same rule.
+bool channels_last(const at::Tensor& input) {
+  return input.permute({0, 2, 3, 1}).is_contiguous() && !input.is_contiguous();
+}
+
+// input (N, C, H, W) as a contiguous (N, H, W, C) tensor: itself when it is channels-last already.
+at::Tensor to_channels_last(const at::Tensor& input) {
+  const at::Tensor permuted = input.permute({0, 2, 3, 1});
+  if (permuted.is_contiguous()) return permuted;
+  const at::Tensor src = input.contiguous();
+  at::Tensor out = at::empty(permuted.sizes(), input.options());
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "to_channels_last", [&] {
+    transpose_batched(src.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), src.size(0), src.size(1),
+                      src.size(2) * src.size(3));
+  });
+  return out;
+}
+
+// x_cl (N, H, W, C) as an NCHW-contiguous (N, C, H, W) tensor.
+at::Tensor to_nchw(const at::Tensor& x_cl) {
+  at::Tensor out = at::empty({x_cl.size(0), x_cl.size(3), x_cl.size(1), x_cl.size(2)}, x_cl.options());
+  AT_DISPATCH_FLOATING_TYPES(x_cl.scalar_type(), "to_nchw", [&] {
+    transpose_batched(x_cl.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), x_cl.size(0),
+                      x_cl.size(1) * x_cl.size(2), x_cl.size(3));
+  });
+  return out;
 }
 
 at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_, const at::Tensor& weight,
@@ -359,12 +394,13 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_,
   }
   // The GEMMs run in the op's own dtype even inside an autocast region (autocast would lower them).
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  at::Tensor output = at::empty({g.N, g.F, g.Ho, g.Wo}, input.options());
+  const bool cl = channels_last(input);
+  at::Tensor output = cl ? at::empty({g.N, g.Ho, g.Wo, g.F}, input.options()).permute({0, 3, 1, 2})
+                         : at::empty({g.N, g.F, g.Ho, g.Wo}, input.options());
   const int64_t K = g.K(), P = g.P(), CgK = g.Cg() * K;
   if (output.numel() > 0 && CgK == 0) output.zero_();
   if (output.numel() > 0 && CgK > 0) {
-    // A channels-last input is used as it is (its permute is already contiguous).
-    const at::Tensor offset = offset_.contiguous(), x_cl = input.permute({0, 2, 3, 1}).contiguous();
+    const at::Tensor offset = offset_.contiguous(), x_cl = to_channels_last(input);
     const at::Tensor w = tap_major(weight, g);
     const int64_t B = chunk_size(g, x_cl.element_size());
     at::Tensor columns = scratch(Scratch::kColumns, g.G * B * P * CgK, x_cl.options());
@@ -375,11 +411,16 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_,
                offset.const_data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P, g, nb, columns.mutable_data_ptr<scalar_t>());
         const at::Tensor cols = columns.narrow(0, 0, g.G * nb * P * CgK).view({g.G, nb * P, CgK});
         for (int64_t gi = 0; gi < g.G; ++gi) {
-          // out_g (Fg, P) = W_g @ cols_g^T. One image: the BLAS writes the output's rows in place (its
-          // result is the row-major (Fg, P) block, a column-major (P, Fg) matrix with leading dimension
-          // P), no copy and no zero fill. Several images: one GEMM over all their positions (small
-          // maps), then the (Fg, B, P) result is moved into place.
-          if (nb == 1) {
+          // out_g (Fg, P) = W_g @ cols_g^T. Channels-last: the BLAS writes the (B*P, Fg) block of the
+          // (N*P, F) output in place. NCHW, one image: it writes the output's rows in place (its result
+          // is the row-major (Fg, P) block, a column-major (P, Fg) matrix with leading dimension P), no
+          // copy and no zero fill. Several images: one GEMM over all their positions (small maps), then
+          // the (Fg, B, P) result is moved into place.
+          if (cl) {
+            at::Tensor out = output.permute({0, 2, 3, 1}).view({g.N * P, g.F}).narrow(0, n0 * P, nb * P).narrow(
+                1, gi * g.Fg(), g.Fg());
+            at::mm_out(out, cols[gi], w[gi].t());
+          } else if (nb == 1) {
             at::Tensor out = output[n0].view({g.F, P}).narrow(0, gi * g.Fg(), g.Fg());
             at::mm_out(out, w[gi], cols[gi].t());
           } else {
@@ -416,8 +457,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
     const auto type = input.scalar_type();
     return {gx.to(type), go.to(type), gw.to(type), gb.to(type)};
   }
-  const at::Tensor grad_output = grad_output_.contiguous(), offset = offset_.contiguous();
-  const at::Tensor x_cl = input.permute({0, 2, 3, 1}).contiguous();
+  const bool cl = channels_last(input);
+  const at::Tensor offset = offset_.contiguous(), x_cl = to_channels_last(input);
+  // grad_output in the output's layout; group_rows reads either as (Fg, B*P) matrices
+  const at::Tensor grad_output =
+      cl ? grad_output_.contiguous(at::MemoryFormat::ChannelsLast) : grad_output_.contiguous();
   const int64_t K = g.K(), P = g.P(), CgK = g.Cg() * K;
   at::Tensor grad_x_cl = at::zeros_like(x_cl);
   at::Tensor grad_offset = at::zeros_like(offset);
@@ -454,8 +498,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
       }
     });
   }
-  at::Tensor grad_weight = grad_w.view({g.F, g.kh, g.kw, g.Cg()}).permute({0, 3, 1, 2}).contiguous();
-  return {grad_x_cl.permute({0, 3, 1, 2}).contiguous(), grad_offset, grad_weight, grad_bias};
+  at::Tensor grad_weight = at::empty_like(weight, at::MemoryFormat::Contiguous);
+  AT_DISPATCH_FLOATING_TYPES(grad_w.scalar_type(), "deform_conv2d_backward_cpu", [&] {
+    transpose_batched(grad_w.const_data_ptr<scalar_t>(), grad_weight.mutable_data_ptr<scalar_t>(), g.F, K, g.Cg());
+  });
+  return {cl ? grad_x_cl.permute({0, 3, 1, 2}) : to_nchw(grad_x_cl), grad_offset, grad_weight, grad_bias};
 }
 
 }  // namespace

@@ -104,18 +104,27 @@ class DeformConv2d(nn.Module):
                 f"deformable_groups={self.deformable_groups}, bias={self.bias is not None}")
 
 
+def _layout(input: torch.Tensor) -> torch.memory_format:
+    """The memory format of the output and of the input gradient: the CPU kernels keep a channels-last
+    input's layout (as torch's conv2d does; csrc/cpu/deform_conv_cpu.cpp ``channels_last``), the CUDA
+    kernels always return NCHW-contiguous tensors."""
+    channels_last = input.permute(0, 2, 3, 1).is_contiguous() and not input.is_contiguous()
+    return torch.channels_last if channels_last and input.device.type == "cpu" else torch.contiguous_format
+
+
 @torch.library.register_fake("dcnviz::deform_conv2d")
 def _fake(input, offset, weight, bias, sh, sw, ph, pw, dh, dw, groups, dgroups):
     n, _, h, w = input.shape
     f, _, kh, kw = weight.shape
-    return input.new_empty((n, f, _out_size(h, ph, dh, kh, sh), _out_size(w, pw, dw, kw, sw)))
+    shape = (n, f, _out_size(h, ph, dh, kh, sh), _out_size(w, pw, dw, kw, sw))
+    return torch.empty(shape, dtype=input.dtype, device=input.device, memory_format=_layout(input))
 
 
 @torch.library.register_fake("dcnviz::_deform_conv2d_backward")
 def _fake_backward(grad, input, offset, weight, *args):
-    # The kernels return contiguous gradients whatever the inputs' memory format (not empty_like's strides).
-    return (input.new_empty(input.shape), offset.new_empty(offset.shape), weight.new_empty(weight.shape),
-            weight.new_empty((weight.shape[0],)))
+    # offset and weight gradients are contiguous whatever their inputs' layout (not empty_like's strides)
+    return (torch.empty(input.shape, dtype=input.dtype, device=input.device, memory_format=_layout(input)),
+            offset.new_empty(offset.shape), weight.new_empty(weight.shape), weight.new_empty((weight.shape[0],)))
 
 
 def _setup_context(ctx, inputs, output):
