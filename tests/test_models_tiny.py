@@ -186,3 +186,31 @@ def test_rfcn_offset_branches_equal_the_pooled_convs(rois, channels_last):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         assert a[1].abs().max() == 0 and b[0].abs().max() > 0
+
+
+def test_rfcn_head_shortcuts_call_hooked_convs():
+    """The head computes rfcn_cls/rfcn_bbox as GEMMs and the offset convs after pooling, without calling
+    those modules; a module with a forward hook is called as itself, so hooks see (and may change) its
+    output as with any nn.Conv2d."""
+    from dcnviz.models.rfcn import RFCNHead
+
+    torch.manual_seed(0)
+    head = RFCNHead(32, 4, parts=3, deformable=True, mid=24).eval()
+    feat = torch.randn(1, 32, 20, 30)
+    rois = torch.tensor([[0.0, 10, 20, 200, 150], [0.0, 50, 40, 90, 100]])
+    with torch.inference_mode():
+        plain = {}
+        head(feat, rois, plain)
+        seen = []
+        names = ("rfcn_cls", "rfcn_bbox", "rfcn_cls_offset_t", "rfcn_bbox_offset_t")
+        handles = [getattr(head, name).register_forward_hook(
+            lambda module, args, output, name=name: seen.append((name, output.shape[1])) or output * 0)
+            for name in names]
+        hooked = {}
+        head(feat, rois, hooked)
+        for handle in handles:
+            handle.remove()
+    assert sorted(seen) == sorted((name, getattr(head, name).out_channels) for name in names)
+    # zeroed score maps and offsets: every class scores 0, and the offsets are 0
+    assert plain["cls_score"].abs().max() > 0 and hooked["cls_score"].abs().max() == 0
+    assert plain["rfcn_cls_offset"].abs().max() > 0 and hooked["rfcn_cls_offset"].abs().max() == 0

@@ -62,11 +62,23 @@ class PartGeometry:
     spatial_scale: float
 
 
+def _hooked(module: nn.Module) -> bool:
+    """Whether forward hooks would see a call of ``module`` (its own or global ones): the head's shortcuts
+    that compute a conv's result without calling it then call it instead, so that hooks keep working."""
+    from torch.nn.modules import module as m
+
+    return bool(module._forward_hooks or module._forward_pre_hooks or m._global_forward_hooks
+                or m._global_forward_pre_hooks)
+
+
 def _score_maps(conv: nn.Conv2d, h: torch.Tensor) -> torch.Tensor:
     """The 1x1 conv ``conv`` of ``h`` as one matrix product per image, written NCHW-contiguous: the layout
     the position-sensitive pooling reads. On a channels-last ``h`` (the oneDNN convs' output) the conv's
     own output would be channels-last, and transposing the 3969-channel COCO class map cost ~30 ms of a
-    ~1.2 s forward on 2 threads. The same values, rounded as a GEMM instead of a convolution."""
+    ~1.2 s forward on 2 threads. The same values, rounded as a GEMM instead of a convolution. A ``conv``
+    with forward hooks is called as itself."""
+    if _hooked(conv):
+        return conv(h).contiguous()
     n, c, height, width = h.shape
     w = conv.weight.reshape(conv.out_channels, c)
     # (out, H*W) per image: torch.mm reads a channels-last image as a transposed matrix, without a copy
@@ -132,14 +144,16 @@ class RFCNHead(nn.Module):
         When that is cheaper, h is pooled once per (RoI, bin) over all its channels and each bin gets
         its P*P-th of the weight rows as one small GEMM. At the R-FCN COCO head (300 RoIs on a 38x63
         map) this is 8x fewer multiply-adds than the 7938-channel conv over the whole map, and no 76 MB
-        map: the same values, rounded differently (to float32 rounding; the MXNet parity tests hold)."""
+        map: the same values, rounded differently (to float32 rounding; the MXNet parity tests hold). Convs
+        with forward hooks are called as themselves, in the official order."""
         convs = (self.rfcn_cls_offset_t, self.rfcn_bbox_offset_t)
         outs = tuple(conv.out_channels // (self.geometry.group_size ** 2) for conv in convs)
         n, c, height, width = h.shape
         p2 = self.geometry.pooled_size ** 2
         # multiply-adds: pooling all channels (4 corners per sample) + the GEMMs, against the convs
         pooled_cost = rois.shape[0] * p2 * c * (4 * self.geometry.sample_per_part ** 2 + sum(outs))
-        if self.geometry.group_size != self.geometry.pooled_size or pooled_cost >= n * height * width * c * p2 * sum(outs):
+        if (self.geometry.group_size != self.geometry.pooled_size or any(map(_hooked, convs))
+                or pooled_cost >= n * height * width * c * p2 * sum(outs)):
             return tuple(deform_psroi_pool(conv(h), rois, None, output_dim=k, **common) for conv, k in zip(convs, outs))
         single = dict(common, group_size=1)
         # channels-last: the pooling kernel's vector loop runs over a pixel's channels
