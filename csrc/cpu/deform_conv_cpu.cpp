@@ -184,8 +184,8 @@ DCNVIZ_CLONES void blend(double* __restrict dst, const double* __restrict v0, co
 // anyway, and streaming stores skip reading each line in before it is overwritten. Same operations in
 // the same order as blend(), so the same bits. Only where use_avx512() (cpu_isa.h), for runs that start
 // on a 64-byte boundary and are whole lines (channel counts divisible by 16); blend() elsewhere.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define DCNVIZ_STREAM_STORES 1
+// (DCNVIZ_CONV_AVX512, conv_backward_simd.h: where the AVX-512 intrinsics are compiled in.)
+#ifdef DCNVIZ_CONV_AVX512
 __attribute__((target("avx512f"))) void blend_stream(float* dst, const float* v0, const float* v1, const float* v2,
                                                      const float* v3, float w0, float w1, float w2, float w3,
                                                      int64_t n, bool zero) {
@@ -212,11 +212,11 @@ template <typename T>
 void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, T* columns) {
   const int64_t BP = B * g.P(), Cg = g.Cg(), CgK = Cg * g.K();
   const auto runs = channel_runs(g, 0, g.C);
-#ifdef DCNVIZ_STREAM_STORES
+#ifdef DCNVIZ_CONV_AVX512
   const bool stream = use_avx512();
 #endif
   at::parallel_for(0, BP, std::max<int64_t>(1, 4096 / (g.C * g.K())), [&](int64_t begin, int64_t end) {
-#ifdef DCNVIZ_STREAM_STORES
+#ifdef DCNVIZ_CONV_AVX512
     // the streamed stores are weakly ordered: fence them before the GEMM (another thread) reads them
     struct Fence {
       ~Fence() { _mm_sfence(); }
@@ -232,7 +232,7 @@ void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, 
           for (const Run& r : runs[dg]) {
             T* __restrict__ dst = columns + (r.gi * BP + bp) * CgK + k * Cg + (r.lo - r.gi * Cg);
             const int64_t n = r.hi - r.lo;
-#ifdef DCNVIZ_STREAM_STORES
+#ifdef DCNVIZ_CONV_AVX512
             if constexpr (std::is_same_v<T, float>) {
               if (stream && n % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 64 == 0) {
                 blend_stream(dst, image + a[0] + r.lo, image + a[1] + r.lo, image + a[2] + r.lo, image + a[3] + r.lo,
