@@ -35,6 +35,11 @@ DeformPoolGeometry check_deform_psroi_pool(const at::Tensor& input, const at::Te
               "deform_psroi_pool: input must have output_dim*group_size**2 channels, got ", input.size(1));
   checked_mul(rois.size(0), output_dim, pooled_size, pooled_size, "deform_psroi_pool");
   checked_mul(part_size, part_size, sample_per_part, sample_per_part, "deform_psroi_pool");
+  // The CPU forward holds pixel indices and sample counts in 32-bit vector lanes (lane_kernels.inc).
+  TORCH_CHECK(input.size(2) <= (int64_t(1) << 30) && input.size(3) <= (int64_t(1) << 30) &&
+                  sample_per_part <= (int64_t(1) << 15),
+              "deform_psroi_pool: the map can be at most 2**30 pixels high and wide, and sample_per_part at most "
+              "2**15, got ", input.sizes(), " and ", sample_per_part);
   TORCH_CHECK(rois.scalar_type() == input.scalar_type() && rois.device() == input.device(),
               "deform_psroi_pool: rois must match input's dtype and device");
   DeformPoolGeometry g{{input.size(0), input.size(1), input.size(2), input.size(3), rois.size(0), output_dim,

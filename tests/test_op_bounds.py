@@ -75,3 +75,15 @@ def test_dpsroi_sample_index_is_clamped_as_an_integer():
     rois = torch.tensor([[0.0, width - 1, 0.0, width - 1, 0.0]])
     out = OPS.deform_psroi_pool(x, rois, None, 1.0, 1, 1, 1, 1, 2, 0.0)
     assert out.item() == 1.0
+
+
+
+@pytest.mark.parametrize("width,samples", [(2 ** 30 + 1, 1), (4, 2 ** 15 + 1)], ids=["wide-map", "samples"])
+def test_dpsroi_limits_of_the_32_bit_lanes(width, samples):
+    """The CPU forward keeps pixel indices and sample counts in 32-bit vector lanes: maps over 2**30
+    pixels a side and over 2**15 samples per part are refused with a message, before any memory is read
+    (the wide map is a zero-stride view of one element)."""
+    x = torch.zeros(1).as_strided((1, 1, 1, width), (0, 0, 0, 0))
+    rois = torch.tensor([[0.0, 0, 0, 3, 3]])
+    with pytest.raises(RuntimeError, match=r"at most 2\*\*30 pixels high and wide, and sample_per_part at most"):
+        OPS.deform_psroi_pool(x, rois, None, 1.0, 1, 1, 1, 1, samples, 0.0)

@@ -34,62 +34,122 @@
 namespace dcnviz {
 namespace {
 
+// The windows of every (bin, block of kLanes RoIs) (BinGrids::window; slopes: the backward's, with
+// offsets). Where a sample grid serves several channels (shared: an offset class of several channels,
+// as in no_trans mode, which the kernels read channel by channel), each window is computed once per call
+// into a table (~2.6 KB each, 2.4 MB at the R-FCN head); otherwise just before use.
+template <typename T>
+class BinWindows {
+ public:
+  static constexpr int64_t kMaxTableBytes = int64_t(64) << 20;
+
+  BinWindows(const BinGrids<T>& grids, const DeformPoolGeometry& g, bool shared, bool slopes)
+      : grids_(grids), slopes_(slopes) {
+    const int64_t size = grids.grids() * grids.blocks();
+    if (!shared || g.channels_each_class == 1 || size * int64_t(sizeof(BinWindow<T>)) > kMaxTableBytes) return;
+    table_.resize(size);
+    at::parallel_for(0, size, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k)
+        grids.window(grids.grid_bin(k / grids.blocks()), k % grids.blocks(), slopes, table_[k]);
+    });
+  }
+
+  // The window of `bin` for `block` (computed into `own` without a table).
+  const BinWindow<T>& get(const ChannelBin& bin, int64_t block, BinWindow<T>& own) const {
+    if (!table_.empty()) return table_[bin.grid * grids_.blocks() + block];
+    grids_.window(bin, block, slopes_, own);
+    return own;
+  }
+
+ private:
+  const BinGrids<T>& grids_;
+  bool slopes_;
+  std::vector<BinWindow<T>> table_;
+};
+
+// One bin of the lanes of a block, lane l into out + l * stride: n channels from x, C per pixel (a
+// plane: 1 and 1), each the mean of its samples summed separably (separable_bin.h), on the lane's window
+// where it fits, else by SeparableBin (`large`, on the sample grid, filled only then); 0 for a lane
+// without samples (an unusable RoI or a bin off the map).
+template <typename T>
+void pool_bin(const BinGrids<T>& grids, const ChannelBin& bin, int64_t block, const BinWindow<T>& w, int64_t lanes,
+              const T* x, int64_t C, int64_t n, const DeformPoolGeometry& g, LaneGrids<T>& scratch,
+              SeparableBin<T>& large, T* out, int64_t stride) {
+  const LaneKernels<T>& kernels = lane_kernels<T>();
+  if (C == 1) kernels.window_means(w, lanes, g.width, x, out, stride);
+  bool filled = false;  // the grid, for the lanes that do not fit
+  LaneGrid<T> q{};
+  for (int64_t l = 0; l < lanes; ++l) {
+    T* o = out + l * stride;
+    const int64_t count = w.count[l];
+    if (count == 0) {
+      std::fill_n(o, n, T(0));
+    } else if (!w.fits[l]) {
+      if (!filled) q = grids.get(bin, block, scratch, 0), filled = true;
+      large.set(q, l);
+      large.sum(x, C, n, o);
+      for (int64_t k = 0; k < n; ++k) o[k] /= T(count);
+    } else if (C != 1) {
+      kernels.window_sum_cl(w, l, g.width, C, x + w.batch[l] + (w.row0[l] * g.width + w.col0[l]) * C, n, o);
+      for (int64_t k = 0; k < n; ++k) o[k] /= T(count);
+    }
+  }
+}
+
 // Work items are (channel, block of kLanes RoIs) pairs, channel-major, so that a thread's range covers
 // whole planes.
 template <typename T>
 void forward_kernel(const T* input, const T* rois, const T* offset, T* output, const DeformPoolGeometry& g) {
   const std::vector<RoiFrame<T>> frames = roi_frames(rois, g);
   const int64_t P = g.pooled_size, plane = g.height * g.width, roi_stride = g.output_dim * P * P;
-  BinGrids<T> bin_grids(frames, offset, g);
+  const BinGrids<T> bin_grids(frames, offset, g);
+  const BinWindows<T> windows(bin_grids, g, true, false);
   const int64_t blocks = bin_grids.blocks();
   at::parallel_for(0, g.channels * blocks, 4, [&](int64_t begin, int64_t end) {
     std::vector<ChannelBin> bins;
     LaneGrids<T> scratch = bin_grids.scratch(1);
+    BinWindow<T> own;
+    SeparableBin<T> large(g.sample_per_part, g.width);
     int64_t binned = -1;  // the channel whose bins `bins` holds
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t channel = item / blocks, n0 = item % blocks * kLanes, lanes = std::min(kLanes, g.rois - n0);
-      if (channel != binned) channel_bins<T>(channel, g, bins), binned = channel;
-      const T* x = input + channel * plane;
-      for (const ChannelBin& bin : bins) {
-        const LaneGrid<T> q = bin_grids.get(bin, item % blocks, scratch, 0);
-        T sum[kLanes] = {};
-        lane_kernels<T>().add_samples(q, x, g.sample_per_part, sum);
-        for (int64_t l = 0; l < lanes; ++l)  // an unusable RoI or a bin without samples has count 0
-          output[(n0 + l) * roi_stride + bin.out] = q.count[l] == 0 ? T(0) : sum[l] / T(q.count[l]);
+      const int64_t channel = item / blocks, block = item % blocks, n0 = block * kLanes;
+      if (channel != binned) {
+        channel_bins<T>(channel, g, bins), binned = channel;
+        if (channel + 1 < g.channels)
+          for (int64_t b = 0; b < g.batch; ++b) prefetch(input + (b * g.channels + channel + 1) * plane, plane);
       }
+      for (const ChannelBin& bin : bins)
+        pool_bin(bin_grids, bin, block, windows.get(bin, block, own), std::min(kLanes, g.rois - n0),
+                 input + channel * plane, 1, 1, g, scratch, large, output + n0 * roi_stride + bin.out, roi_stride);
     }
   });
 }
 
 // group_size 1 on a channels-last input (the paper's deformable RoI pooling, and the pooled features of
 // the R-FCN head's offset branches): all channels of an offset class share each bin's samples, so one
-// sample's corners and weights serve a contiguous run of channels, a vector loop over the class's
-// channels. The output is bin-major in memory, (P, P, R, C), so that those runs are written in place
-// too (and the head's per-bin GEMMs read it as it is). Work items are (offset class, bin, block of
-// kLanes RoIs); each output element is written by one item and bitwise equal to forward_kernel's
-// (add_samples_cl).
+// bin's weights serve a contiguous run of channels, a vector loop over the class's channels. The output
+// is bin-major in memory, (P, P, R, C), so that those runs are written in place too (and the head's
+// per-bin GEMMs read it as it is). Work items are (offset class, bin, block of kLanes RoIs); each output
+// element is written by one item and bitwise equal to forward_kernel's (window_sum_cl, SeparableBin).
 template <typename T>
 void forward_kernel_channels_last(const T* input, const T* rois, const T* offset, T* output,
                                   const DeformPoolGeometry& g) {
   const std::vector<RoiFrame<T>> frames = roi_frames(rois, g);
   const int64_t P = g.pooled_size, bins = P * P, each = g.channels_each_class;
-  BinGrids<T> bin_grids(frames, offset, g);
+  const BinGrids<T> bin_grids(frames, offset, g);
+  const BinWindows<T> windows(bin_grids, g, false, false);
   const int64_t blocks = bin_grids.blocks();
   at::parallel_for(0, g.num_classes * bins * blocks, 1, [&](int64_t begin, int64_t end) {
     LaneGrids<T> scratch = bin_grids.scratch(1);
+    BinWindow<T> own;
+    SeparableBin<T> large(g.sample_per_part, g.width);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t block = item % blocks, bin = item / blocks % bins, cls = item / (blocks * bins);
-      const int64_t ph = bin / P, pw = bin % P, first = cls * each;
+      const int64_t ph = bin / P, pw = bin % P, first = cls * each, n0 = block * kLanes;
       const ChannelBin cb{ph, pw, 0, cls * bins + bin, bin_cell<T>(first, ph, pw, g)};
-      const LaneGrid<T> q = bin_grids.get(cb, block, scratch, 0);
-      for (int64_t l = 0; l < std::min(kLanes, g.rois - block * kLanes); ++l) {
-        const int64_t count = q.count[l];
-        T* out = output + (bin * g.rois + block * kLanes + l) * g.output_dim + first;
-        std::fill_n(out, each, T(0));
-        if (count == 0) continue;  // an unusable RoI or a bin without samples
-        lane_kernels<T>().add_samples_cl(q, l, input, g.channels, first, each, g.sample_per_part, out);
-        for (int64_t k = 0; k < each; ++k) out[k] /= T(count);
-      }
+      pool_bin(bin_grids, cb, block, windows.get(cb, block, own), std::min(kLanes, g.rois - n0), input + first,
+               g.channels, each, g, scratch, large, output + (bin * g.rois + n0) * g.output_dim + first,
+               g.output_dim);
     }
   });
 }
@@ -122,14 +182,17 @@ void backward_kernel(const T* grad, const T* input, const T* rois, const T* offs
   const int64_t S = g.sample_per_part, W = g.width;
   const T trans_std = static_cast<T>(g.trans_std);
   const LaneKernels<T>& kernels = lane_kernels<T>();
-  BinGrids<T> bin_grids(frames, offset, g);
+  const BinGrids<T> bin_grids(frames, offset, g);
+  const BinWindows<T> bin_windows(bin_grids, g, true, kOffset);
   const int64_t blocks = bin_grids.blocks();
   at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
     std::vector<ChannelBin> bins;
     LaneGrids<T> scratch = bin_grids.scratch(P * P);
-    std::vector<LaneGrid<T>> grids;
-    std::vector<BinWindow<T>> windows(P * P);
-    std::vector<T> diff(P * P * kLanes);       // grad/count of bin j of lane l at j*kLanes + l (0 past the last RoI)
+    std::vector<LaneGrid<T>> grids(P * P);  // bin j's grid, filled only where a lane does not fit
+    std::vector<BinWindow<T>> own(P * P);
+    std::vector<const BinWindow<T>*> windows(P * P);
+    std::vector<T> diff(P * P * kLanes);  // grad/count of bin j of lane l at j*kLanes + l (0 past the last RoI)
+    std::vector<char> fits(P * P * kLanes);  // the lane fits its window and grad/count is finite
     std::vector<T> large_slopes(P * P * kLanes * 2);  // add_slopes' dv/dx, dv/dy where a lane does not fit
     SeparableBin<T> large(S, W);
     for (int64_t channel = begin; channel < end; ++channel) {
@@ -139,38 +202,36 @@ void backward_kernel(const T* grad, const T* input, const T* rois, const T* offs
       T* gx = grad_input + channel * plane;
       for (int64_t block = 0; block < blocks; ++block) {
         const int64_t n0 = block * kLanes, lanes = std::min(kLanes, g.rois - n0);
-        grids.clear();
         for (size_t j = 0; j < bins.size(); ++j) {
-          const LaneGrid<T> q = bin_grids.get(bins[j], block, scratch, j);
-          grids.push_back(q);
+          const BinWindow<T>& w = *(windows[j] = &bin_windows.get(bins[j], block, own[j]));
           T* d = diff.data() + j * kLanes;
-          for (int64_t l = 0; l < kLanes; ++l)  // a bin without samples adds nothing
-            d[l] = l < lanes && q.count[l] > 0 ? grad[bins[j].out * g.rois + n0 + l] / T(q.count[l]) : T(0);
-          BinWindow<T>& w = windows[j];
-          kernels.window(q, d, S, g.height, W, w);
+          char* fit = fits.data() + j * kLanes;
+          bool all_fit = true;
+          for (int64_t l = 0; l < kLanes; ++l) {  // a bin without samples adds nothing
+            d[l] = l < lanes && w.count[l] > 0 ? grad[bins[j].out * g.rois + n0 + l] / T(w.count[l]) : T(0);
+            fit[l] = w.fits[l] && d[l] - d[l] == T(0);
+            all_fit &= fit[l] || w.count[l] == 0;
+          }
+          if (all_fit) continue;
+          grids[j] = bin_grids.get(bins[j], block, scratch, j);
           if constexpr (kOffset) {
-            bool all_fit = true;
-            for (int64_t l = 0; l < lanes; ++l) all_fit &= w.fits[l] || q.count[l] == 0;
-            if (!all_fit) {
-              T* dv = large_slopes.data() + j * 2 * kLanes;
-              std::fill_n(dv, 2 * kLanes, T(0));
-              kernels.add_slopes(q, x, S, dv, dv + kLanes);
-            }
+            T* dv = large_slopes.data() + j * 2 * kLanes;
+            std::fill_n(dv, 2 * kLanes, T(0));
+            kernels.add_slopes(grids[j], x, S, dv, dv + kLanes);
           }
         }
         for (int64_t l = 0; l < lanes; ++l)
           for (size_t j = 0; j < bins.size(); ++j) {
-            const LaneGrid<T>& q = grids[j];
-            const BinWindow<T>& w = windows[j];
+            const BinWindow<T>& w = *windows[j];
             const int64_t index = bins[j].out * g.rois + n0 + l;
             const T d = diff[j * kLanes + l];
             T dv[2] = {T(0), T(0)};  // dv/dx, dv/dy
-            const bool sampled = q.count[l] > 0;  // else an unusable RoI or a bin without samples: no gradient
-            if (sampled && w.fits[l]) {
-              const int64_t at = q.batch[l] + w.row0[l] * W + w.col0[l];
+            const bool sampled = w.count[l] > 0;  // else an unusable RoI or a bin without samples: no gradient
+            if (sampled && fits[j * kLanes + l]) {
+              const int64_t at = w.batch[l] + w.row0[l] * W + w.col0[l];
               kernels.window_backward(w, l, W, d, x + at, gx + at, kOffset ? dv : nullptr);
             } else if (sampled) {
-              large.set(q, l);
+              large.set(grids[j], l);
               large.scatter(d, gx);
               dv[0] = large_slopes[j * 2 * kLanes + l], dv[1] = large_slopes[(j * 2 + 1) * kLanes + l];
             }

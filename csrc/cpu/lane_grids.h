@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "../pooling.h"
@@ -17,6 +18,14 @@
 namespace dcnviz {
 
 constexpr int64_t kLanes = 16;
+
+// Asks for the n values from p in cache ahead of use: the kernels read one plane (a few KiB) per
+// channel at the RoIs' scattered positions, and a plane that comes from memory stalls every read that
+// misses (a head's input, 38 MB at R-FCN's, does not stay in cache between calls).
+template <typename T>
+void prefetch(const T* p, int64_t n) {
+  for (int64_t i = 0; i < n; i += 64 / int64_t(sizeof(T))) __builtin_prefetch(p + i);
+}
 
 // Every RoI's frame (batch index -1: unusable RoI).
 template <typename T>
@@ -90,12 +99,13 @@ struct LaneGrid {
   int64_t* count;  // valid rows * valid columns (0 for an unusable RoI)
 };
 
-// The deform_psroi_pool backward's view of one bin of kLanes RoIs (separable_bin.h): a window of
-// kWindow x kWindow pixels around the pixels each lane's samples touch, with the bin's column weights
-// ax and row weights ay, and the weights bx, by of its bilinear slopes (+1 at each valid sample's
-// second pixel, -1 at its first); weight k of lane l at k*kLanes + l. A lane whose samples span more
-// than kWindow rows or columns (a bin over ~6 pixels), on a map narrower than kWindow, or with a
-// non-finite grad/count does not fit and takes SeparableBin and add_slopes instead.
+// One bin of kLanes RoIs as the deform_psroi_pool CPU kernels sum it (forward) and spread it (backward),
+// separably (separable_bin.h): a window of kWindow x kWindow pixels around the pixels each lane's
+// samples touch, with the bin's column weights ax and row weights ay, and (backward) the weights bx, by
+// of its bilinear slopes (+1 at each valid sample's second pixel, -1 at its first); weight k of lane l
+// at k*kLanes + l. A lane whose samples span more than kWindow rows or columns (a bin over ~6 pixels),
+// on a map narrower than kWindow, or (backward) with a non-finite grad/count does not fit and takes
+// SeparableBin (and add_slopes) on its LaneGrid instead.
 constexpr int64_t kWindow = 8;
 
 template <typename T>
@@ -104,7 +114,9 @@ struct BinWindow {
   int64_t col0[kLanes];  // the window's first column (at most W - kWindow)
   int64_t row0[kLanes];  // its first row
   int64_t rows[kLanes];  // rows the samples span (at most kWindow where the lane fits)
-  bool fits[kLanes];
+  int64_t batch[kLanes];  // LaneFrames::batch
+  int64_t count[kLanes];  // valid sample rows * valid sample columns (0 for an unusable RoI)
+  bool fits[kLanes];      // the samples fit the window (whatever the gradient)
 };
 
 // The lane loops, compiled once per instruction set (lane_kernels_*.cpp) and picked at run time.
@@ -113,15 +125,18 @@ struct LaneKernels {
   // Bin (ph, pw) moved by the lanes' offsets dx[l], dy[l] (not read without offsets).
   void (*fill)(const LaneGrid<T>& q, const LaneFrames<T>& f, const T* dx, const T* dy, int64_t ph, int64_t pw,
                const DeformPoolGeometry& g);
-  void (*add_samples)(const LaneGrid<T>& q, const T* x, int64_t sample_per_part, T* sum);
-  // Lane l's samples of a channels-last image, for n channels from `first` (C channels in all).
-  void (*add_samples_cl)(const LaneGrid<T>& q, int64_t l, const T* x, int64_t C, int64_t first, int64_t n,
-                         int64_t sample_per_part, T* acc);
   void (*add_slopes)(const LaneGrid<T>& q, const T* x, int64_t sample_per_part, T* dvdx, T* dvdy);
-  void (*window)(const LaneGrid<T>& q, const T* d, int64_t sample_per_part, int64_t H, int64_t W, BinWindow<T>& w);
+  // The window of the same bin (slopes: with bx, by), what fill's grid gives, without the grid.
+  void (*window)(const LaneFrames<T>& f, const T* dx, const T* dy, int64_t ph, int64_t pw,
+                 const DeformPoolGeometry& g, bool slopes, BinWindow<T>& w);
   // Lane l's input gradient for grad/count d added to g, and (slopes not null) its slope sums dv/dx,
   // dv/dy on x; x and g point at the window's first pixel of their planes.
   void (*window_backward)(const BinWindow<T>& w, int64_t l, int64_t W, T d, const T* x, T* g, T* slopes);
+  // The forward: the means of the bilinear samples of the first `lanes` lanes that fit, from plane x,
+  // lane l into out[l * stride]; and lane l's sums for n channels of a channels-last image x at the
+  // window's first pixel, C channels per pixel, into out.
+  void (*window_means)(const BinWindow<T>& w, int64_t lanes, int64_t W, const T* x, T* out, int64_t stride);
+  void (*window_sum_cl)(const BinWindow<T>& w, int64_t l, int64_t W, int64_t C, const T* x, int64_t n, T* out);
 };
 
 template <typename T>
@@ -163,42 +178,36 @@ class LaneGrids {
   std::vector<T> value_;
 };
 
-// The grids of each (bin, block of kLanes RoIs). The grid of bin (ph, pw) of RoI n depends on the
-// offset class, not on the output channel: when a class has several channels (no_trans mode, where all
-// output_dim channels form one class; the R-FCN offset branch pools 162 per bin), each grid is computed
-// once per call into a table (3 MB there for 300 RoIs). Otherwise, or when the table would exceed
-// kMaxTableBytes (very many RoIs and offset classes), a thread fills each grid just before using it.
+// The sample grids and windows of each (bin, block of kLanes RoIs). The grid of bin (ph, pw) of RoI n
+// depends on the offset class, not on the output channel. The kernels work on windows (window()); a
+// grid (get()) is only filled where a lane does not fit its window, just before use.
 template <typename T>
 class BinGrids {
  public:
-  static constexpr int64_t kMaxTableBytes = int64_t(64) << 20;
-
   BinGrids(const std::vector<RoiFrame<T>>& frames, const T* offset, const DeformPoolGeometry& g)
       : frames_(lane_frames(frames, g)), g_(g), blocks_(int64_t(frames_.size())) {
     if (g.has_offset) transpose_offsets(offset);
-    const int64_t P = g.pooled_size, grids = g.num_classes * P * P * blocks_;
-    const int64_t grid_bytes = kLanes * (g.sample_per_part * int64_t(5 * sizeof(int64_t) + 4 * sizeof(T)) + 16);
-    if (g.channels_each_class == 1 || grids * grid_bytes > kMaxTableBytes) return;
-    table_.emplace_back(grids, g.sample_per_part);
-    at::parallel_for(0, g.num_classes * P * P, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t grid = begin; grid < end; ++grid) {
-        const int64_t ph = grid / P % P, pw = grid % P;
-        const ChannelBin bin{ph, pw, 0, grid, bin_cell<T>(grid / (P * P) * g.channels_each_class, ph, pw, g)};
-        for (int64_t block = 0; block < blocks_; ++block)
-          table_[0].fill(grid * blocks_ + block, frames_[block], dx(bin, block), dy(bin, block), bin, g);
-      }
-    });
   }
 
+  // The bin of sample grid `grid` ((offset class * P + ph) * P + pw) in the first channel of its class.
+  ChannelBin grid_bin(int64_t grid) const {
+    const int64_t P = g_.pooled_size, ph = grid / P % P, pw = grid % P;
+    return {ph, pw, 0, grid, bin_cell<T>(grid / (P * P) * g_.channels_each_class, ph, pw, g_)};
+  }
+
+  int64_t grids() const { return g_.num_classes * g_.pooled_size * g_.pooled_size; }
   int64_t blocks() const { return blocks_; }
 
-  // Room for `bins` grids that a thread fills itself (none when there is a table).
-  LaneGrids<T> scratch(int64_t bins) const { return LaneGrids<T>(table_.empty() ? bins : 0, g_.sample_per_part); }
+  // Room for `bins` grids that a thread fills itself.
+  LaneGrids<T> scratch(int64_t bins) const { return LaneGrids<T>(bins, g_.sample_per_part); }
 
-  // The grid of `bin` for the RoIs of `block`, filled into slot k of `scratch` when there is no table.
-  // Threads call it at once: it only reads the table.
-  LaneGrid<T> get(const ChannelBin& bin, int64_t block, LaneGrids<T>& scratch, int64_t k) {
-    if (!table_.empty()) return table_[0][bin.grid * blocks_ + block];
+  // The window of `bin` for the RoIs of `block` (slopes: with bx, by). Threads call it at once.
+  void window(const ChannelBin& bin, int64_t block, bool slopes, BinWindow<T>& w) const {
+    lane_kernels<T>().window(frames_[block], dx(bin, block), dy(bin, block), bin.ph, bin.pw, g_, slopes, w);
+  }
+
+  // The grid of `bin` for the RoIs of `block`, filled into slot k of `scratch`.
+  LaneGrid<T> get(const ChannelBin& bin, int64_t block, LaneGrids<T>& scratch, int64_t k) const {
     scratch.fill(k, frames_[block], dx(bin, block), dy(bin, block), bin, g_);
     return scratch[k];
   }
@@ -209,25 +218,28 @@ class BinGrids {
   // place, each RoI's cell is a cache line of its own (the R-FCN class offsets are 31 KB per RoI).
   void transpose_offsets(const T* offset) {
     const int64_t per_roi = g_.num_classes * 2 * g_.part_size * g_.part_size, padded = blocks_ * kLanes;
-    offsets_.assign(per_roi * padded, T(0));
+    offsets_.reset(new T[per_roi * padded]);  // uninitialised: every element is written below (9.5 MB at the
+                                               // R-FCN head, where a zero fill first cost as much again)
+    T* out = offsets_.get();
     at::parallel_for(0, per_roi, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t n = 0; n < g_.rois; ++n)
-        for (int64_t e = begin; e < end; ++e) offsets_[e * padded + n] = offset[n * per_roi + e];
+      for (int64_t n0 = 0; n0 < g_.rois; n0 += kLanes)  // a block's run of each element: one cache line
+        for (int64_t e = begin; e < end; ++e)
+          for (int64_t n = n0; n < std::min(n0 + kLanes, g_.rois); ++n) out[e * padded + n] = offset[n * per_roi + e];
+      for (int64_t e = begin; e < end; ++e) std::fill(out + e * padded + g_.rois, out + (e + 1) * padded, T(0));
     });
   }
 
   const T* dx(const ChannelBin& bin, int64_t block) const {
-    return offsets_.data() + bin.cell.offset * blocks_ * kLanes + block * kLanes;
+    return offsets_.get() + bin.cell.offset * blocks_ * kLanes + block * kLanes;
   }
   const T* dy(const ChannelBin& bin, int64_t block) const {
     return dx(bin, block) + g_.part_size * g_.part_size * blocks_ * kLanes;
   }
 
   const std::vector<LaneFrames<T>> frames_;
-  std::vector<T> offsets_;  // empty without offsets
+  std::unique_ptr<T[]> offsets_;  // null without offsets
   const DeformPoolGeometry& g_;
   int64_t blocks_;
-  std::vector<LaneGrids<T>> table_;  // empty or one table
 };
 
 }  // namespace dcnviz
