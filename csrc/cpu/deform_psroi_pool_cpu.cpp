@@ -197,7 +197,10 @@ void backward_kernel(const T* grad, const T* input, const T* rois, const T* offs
     SeparableBin<T> large(S, W);
     for (int64_t channel = begin; channel < end; ++channel) {
       channel_bins<T>(channel, g, bins);
-      for (int64_t b = 0; b < g.batch; ++b) std::fill_n(grad_input + (b * g.channels + channel) * plane, plane, T(0));
+      for (int64_t b = 0; b < g.batch; ++b) {
+        std::fill_n(grad_input + (b * g.channels + channel) * plane, plane, T(0));
+        if (channel + 1 < end) prefetch(input + (b * g.channels + channel + 1) * plane, plane);
+      }
       const T* x = input + channel * plane;
       T* gx = grad_input + channel * plane;
       for (int64_t block = 0; block < blocks; ++block) {
