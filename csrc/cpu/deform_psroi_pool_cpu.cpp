@@ -5,10 +5,12 @@
 // plane, so the samples hit cache. RoI-major order (one output bin after another, as on the GPU) would
 // pull a different plane for every bin and stream the whole input once per RoI.
 //
-// Within a plane, kLanes RoIs are sampled side by side (lane_grids.h): their sample grids are laid out
-// lane-innermost, so the loops over lanes are vector loops (AVX-512 gathers where the CPU has them,
-// picked at run time), while each lane adds its own samples in the official order. Results are
-// bitwise those of one bin at a time, on every instruction set.
+// Within a plane, kLanes RoIs are handled side by side (lane_grids.h): each bin's sample positions
+// (pooling.h's, lane by lane) become separable weights on a small window (BinWindow), built in vector
+// loops over the lanes (AVX-512 where the CPU has it, picked at run time). The forward sums each lane's
+// window, the backward spreads its gradient on it (separable_bin.h): the official sums regrouped, so the
+// results differ from a sample-by-sample sum (the CUDA kernels) in rounding only, and are the same on
+// every instruction set and with any number of threads.
 //
 // Robustness: a RoI whose batch index is outside [0, N) or not finite, or with a non-finite corner, is
 // never used to index memory; its bins are 0 and it receives no gradient (the Python wrapper rejects

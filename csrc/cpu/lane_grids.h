@@ -1,8 +1,8 @@
-// Sample grids of the deform_psroi_pool CPU kernels (deform_psroi_pool_cpu.cpp) for kLanes RoIs at once:
-// the same output bin of kLanes consecutive RoIs, laid out lane-innermost (sample row i of lane l at
-// i*kLanes + l), so that every loop over lanes is a plain array loop the compiler vectorises (with
-// gathers where the CPU has them, see lane_kernels.inc). The formulas are those of csrc/pooling.h,
-// written out lane-wise: each lane computes exactly what pooling.h computes for one bin.
+// Bins of the deform_psroi_pool CPU kernels (deform_psroi_pool_cpu.cpp) for kLanes RoIs at once: the same
+// output bin of kLanes consecutive RoIs, laid out lane-innermost (value k of lane l at k*kLanes + l), so
+// that every loop over lanes is a vector loop (lane_kernels.inc): their windows (BinWindow), and their
+// sample grids (LaneGrid) where a lane does not fit its window. The sample positions are those of
+// csrc/pooling.h, written out lane-wise: each lane computes exactly what pooling.h computes for one bin.
 #pragma once
 #include <ATen/Parallel.h>
 

@@ -1,5 +1,5 @@
 // The lane loops of lane_grids.h for AVX-512, picked at run time where the CPU has AVX512F and
-// AVX512DQ: gathers make the lane loops vector loops.
+// AVX512DQ: one 16-lane vector per register, masks in mask registers, gathers for add_slopes.
 #include "lane_grids.h"
 
 namespace dcnviz {

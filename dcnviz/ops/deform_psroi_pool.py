@@ -44,6 +44,11 @@ def deform_psroi_pool(
     ``offset * trans_std * roi_size`` and averages ``sample_per_part**2`` bilinear samples that start at
     the bin's top-left corner (not centred). Samples outside ``[-0.5, W-0.5] x [-0.5, H-0.5]`` are
     dropped; a bin with no sample is 0.
+
+    Deviation (CPU): a bin's samples are summed, and its gradient spread, separably (per pixel, the
+    product of summed row and column weights), which rounds differently from MXNet's sample-by-sample
+    sum; an inf or NaN pixel that a sample weights by exactly 0 is skipped there, where MXNet gets NaN.
+    Maps are limited to 2**30 pixels a side and ``sample_per_part`` to 2**15.
     """
     _checks.tensor(input, "input", 4, "(N, output_dim*group_size**2, H, W)")
     _checks.floating(input, "input")
