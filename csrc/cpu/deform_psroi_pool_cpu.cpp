@@ -251,30 +251,33 @@ void backward_kernel(const T* grad, const T* input, const T* rois, const T* offs
   });
 }
 
-// Sums the bin-major terms into the offset cells (grad_offset comes uninitialised), split by offset
-// class, which own disjoint cells: a class's cells of every RoI are summed in `acc` ([cell][RoI][dx, dy]),
-// a contiguous run per bin, in the order (ctop, ph, pw), then written out.
+// Sums the bin-major terms into the offset cells (grad_offset comes uninitialised). Work items are
+// (offset class, cell), which own disjoint outputs, so that one class (a class-agnostic bbox branch) still
+// spreads over the threads: each sums the runs of R*2 terms of the bins that move its cell, in the order
+// (ctop, ph, pw), then writes them out.
 template <typename T>
 void reduce_offset_grad(const T* terms, T* grad_offset, const DeformPoolGeometry& g) {
   const int64_t P = g.pooled_size, R = g.rois, cells = g.part_size * g.part_size;
   const int64_t class_bins = g.channels_each_class * P * P, per_roi = g.num_classes * 2 * cells;
-  at::parallel_for(0, g.num_classes, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> acc(cells * R * 2);
-    for (int64_t cls = begin; cls < end; ++cls) {
+  // The bins of class 0 that move each cell, in order; class c's are the same plus c * class_bins.
+  std::vector<std::vector<int64_t>> cell_bins(cells);
+  for (int64_t i = 0; i < class_bins; ++i)
+    cell_bins[bin_cell<T>(i / (P * P), i / P % P, i % P, g).offset].push_back(i);
+  at::parallel_for(0, g.num_classes * cells, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> acc(R * 2);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t cls = item / cells, cell = item % cells;
       std::fill(acc.begin(), acc.end(), T(0));
-      for (int64_t i = cls * class_bins; i < (cls + 1) * class_bins; ++i) {
-        const int64_t ctop = i / (P * P), ph = i / P % P, pw = i % P;
-        const int64_t cell = bin_cell<T>(ctop, ph, pw, g).offset - cls * 2 * cells;
-        const T* __restrict t = terms + i * R * 2;
-        T* __restrict a = acc.data() + cell * R * 2;
+      for (const int64_t i : cell_bins[cell]) {
+        const T* __restrict t = terms + (cls * class_bins + i) * R * 2;
+        T* __restrict a = acc.data();
         for (int64_t e = 0; e < R * 2; ++e) a[e] += t[e];
       }
-      for (int64_t n = 0; n < R; ++n)
-        for (int64_t cell = 0; cell < cells; ++cell) {
-          T* out = grad_offset + n * per_roi + cls * 2 * cells + cell;
-          out[0] = acc[(cell * R + n) * 2];
-          out[cells] = acc[(cell * R + n) * 2 + 1];
-        }
+      for (int64_t n = 0; n < R; ++n) {
+        T* out = grad_offset + n * per_roi + cls * 2 * cells + cell;
+        out[0] = acc[n * 2];
+        out[cells] = acc[n * 2 + 1];
+      }
     }
   });
 }
