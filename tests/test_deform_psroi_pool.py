@@ -155,6 +155,17 @@ class TestDeformPSRoIPool:
         args = (x.requires_grad_(), rois, None if offset is None else offset.requires_grad_(), *kwargs.values())
         torch.library.opcheck(torch.ops.dcnviz.deform_psroi_pool.default, args)
 
+    def test_group_one_channels_last_beyond_the_window(self):
+        """Large bins (no 8x8 window holds their samples) and more channels than one chunk of the
+        channels-last kernel's loop (64): the same bits as the contiguous input's, and the reference's
+        values."""
+        x, rois, offset, kwargs = random_case(batch=1, output_dim=70, group_size=1, pooled_size=2, height=30,
+                                              width=36, rois=20, spatial_scale=1.0, sample_per_part=4)
+        want = deform_psroi_pool(x, rois, offset, **kwargs)
+        got = deform_psroi_pool(x.contiguous(memory_format=torch.channels_last), rois, offset, **kwargs)
+        assert torch.equal(got, want)
+        torch.testing.assert_close(got, reference.deform_psroi_pool(x, rois, offset, **kwargs), rtol=1e-10, atol=1e-12)
+
     def test_noncontiguous(self):
         x, rois, offset, kwargs = random_case(num_classes=2, output_dim=4)
         x_nc = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
