@@ -251,6 +251,11 @@ MXREF = os.environ.get("DCNVIZ_MXREF")
 # distance from MXNet, so 1e-4 failed now and then (CI seed 98681: 1.01e-4 on P2, where float64 is 1.5e-4 away)
 ABSOLUTE = {"cls_prob": 1e-4, "rpn_cls_prob": 1e-4, "bbox_pred": 1e-4,
             **{f"rpn_cls_prob_p{level}": 2e-4 for level in range(2, 7)}}  # FPN: every level
+# End to end through deformable convs, the head's probabilities and deltas get 2e-4: float32 differences of
+# ~1e-5 in each offset map move the next layer's samples, and MXNet's own float32 rounding alone puts
+# deform_conv's cls_prob 7e-5 from the float64 model (CI seed 27507, astronaut), where dcnviz's float32 was
+# 1.03e-4 away. With MXNet's offsets fed in, they keep ABSOLUTE.
+ABSOLUTE_DCN_END_TO_END = {**ABSOLUTE, "cls_prob": 2e-4, "bbox_pred": 2e-4}
 RELATIVE = 1e-3
 INPUTS = ("data", "im_info", "rois", "meta")
 PROPOSALS = ("proposal_rois", "proposal_count")  # FPN: the tool's pyramid proposals, checked on their own
@@ -297,7 +302,7 @@ def test_mxref_fpn_references_cover_every_level():
                                     " only; make one with --short 480 or more")
 
 
-def compare(out: dict, ref) -> dict[str, tuple[float, float]]:
+def compare(out: dict, ref, absolute: dict[str, float] = ABSOLUTE) -> dict[str, tuple[float, float]]:
     """Every output the reference holds: name -> (max abs error, allowed)."""
     result = {}
     for key in ref.files:
@@ -307,7 +312,7 @@ def compare(out: dict, ref) -> dict[str, tuple[float, float]]:
         got = out[key].detach().double().cpu().numpy()
         assert got.shape == want.shape, key
         err = float(np.abs(got - want).max()) if want.size else 0.0
-        result[key] = (err, ABSOLUTE.get(key, RELATIVE * float(np.abs(want).max(initial=0.0))))
+        result[key] = (err, absolute.get(key, RELATIVE * float(np.abs(want).max(initial=0.0))))
     return result
 
 
@@ -316,7 +321,10 @@ def border_crossings(model, out: dict, ref) -> int:
 
     DCNv1 has a hard cut: a sample at y < 0, x < 0, y >= H or x >= W reads 0, one just inside reads the
     border value. When the offsets of dcnviz and MXNet (equal to ~1e-5) straddle that cut, everything
-    computed from that sample legitimately differs by a finite amount."""
+    computed from that sample legitimately differs by a finite amount. Both ops add the offset to the base
+    point in float32, where a sum just inside can round onto the cut (seen in CI: rcnn_dcn_coco's res5b at
+    y = 16 - ~1e-6 with H = 16 gave 15.9999895 in dcnviz and 16.0, outside, in MXNet), so a sample counts
+    when float32 or float64 sums put it on opposite sides."""
     return sum(crossings_by_layer(model, out, ref))
 
 
@@ -329,15 +337,18 @@ def crossings_by_layer(model, out: dict, ref) -> list[int]:
         _, h, w = ours.shape
         k, pad, dil = layer.kernel_size, layer.padding, layer.dilation
         taps = np.arange(k * k)
-        base_y = (np.arange(h)[None, :, None] - pad + dil * (taps // k)[:, None, None]).astype(np.float64)
-        base_x = (np.arange(w)[None, None, :] - pad + dil * (taps % k)[:, None, None]).astype(np.float64)
+        base_y = np.arange(h)[None, :, None] - pad + dil * (taps // k)[:, None, None]
+        base_x = np.arange(w)[None, None, :] - pad + dil * (taps % k)[:, None, None]
         for g in range(layer.deformable_groups):
-            sides = []
-            for offset in (ours, theirs):
-                field = offset[g * 2 * k * k:(g + 1) * 2 * k * k]
-                y, x = base_y + field[0::2], base_x + field[1::2]
-                sides.append((y < 0) | (x < 0) | (y >= h) | (x >= w))
-            count += int((sides[0] != sides[1]).sum())
+            differ = False
+            for dtype in (np.float32, np.float64):
+                sides = []
+                for offset in (ours, theirs):
+                    field = offset[g * 2 * k * k:(g + 1) * 2 * k * k].astype(dtype)
+                    y, x = base_y.astype(dtype) + field[0::2], base_x.astype(dtype) + field[1::2]
+                    sides.append((y < 0) | (x < 0) | (y >= h) | (x >= w))
+                differ = differ | (sides[0] != sides[1])
+            count += int(differ.sum())
         counts.append(count)
     return counts
 
@@ -374,25 +385,28 @@ def roi_border_crossings(model, out: dict, ref) -> int:
         for mine, scale, (h, w) in groups:
             if not mine.any():
                 continue
-            sides = []
-            for offset in (out[key].double().cpu()[mine], torch.from_numpy(ref[key][mine]).double()):
-                classes = torch.arange(offset.shape[1] // 2)
-                _, _, ws, hs, bin_w, bin_h = deform_bin_starts(
-                    rois[mine], offset, classes, batch_size=1, spatial_scale=scale, pooled_size=g.pooled_size,
-                    part_size=g.part_size, trans_std=g.trans_std, dtype=torch.float64)
-                x = ws[..., None] + steps * (bin_w / g.sample_per_part)[:, None, None, None, None]
-                y = hs[..., None] + steps * (bin_h / g.sample_per_part)[:, None, None, None, None]
-                inside_x, inside_y = (x >= -0.5) & (x <= w - 0.5), (y >= -0.5) & (y <= h - 0.5)
-                sides.append(inside_y[..., :, None] & inside_x[..., None, :])
-            count += int((sides[0] != sides[1]).sum())
+            differ = False
+            for dtype in (torch.float32, torch.float64):  # as for the convs (border_crossings)
+                sides = []
+                for offset in (out[key].cpu()[mine], torch.from_numpy(ref[key][mine])):
+                    classes = torch.arange(offset.shape[1] // 2)
+                    _, _, ws, hs, bin_w, bin_h = deform_bin_starts(
+                        rois[mine].to(dtype), offset.to(dtype), classes, batch_size=1, spatial_scale=scale,
+                        pooled_size=g.pooled_size, part_size=g.part_size, trans_std=g.trans_std, dtype=dtype)
+                    x = ws[..., None] + steps.to(dtype) * (bin_w / g.sample_per_part)[:, None, None, None, None]
+                    y = hs[..., None] + steps.to(dtype) * (bin_h / g.sample_per_part)[:, None, None, None, None]
+                    inside_x, inside_y = (x >= -0.5) & (x <= w - 0.5), (y >= -0.5) & (y <= h - 0.5)
+                    sides.append(inside_y[..., :, None] & inside_x[..., None, :])
+                differ = differ | (sides[0] != sides[1])
+            count += int(differ.sum())
     return count
 
 
 def check_against(out: dict, ref, allow_downstream: bool = False, upstream=UPSTREAM,
-                  skip: tuple[str, ...] = ()) -> list[str]:
+                  skip: tuple[str, ...] = (), absolute: dict[str, float] = ABSOLUTE) -> list[str]:
     """The blobs beyond their tolerance; with ``allow_downstream`` only those starting with ``upstream``
     count, and those starting with ``skip`` never do."""
-    result = compare(out, ref)
+    result = compare(out, ref, absolute)
     return [f"{k} {e:.3g} > {a:.3g}" for k, (e, a) in result.items()
             if not e <= a and not (allow_downstream and not k.startswith(upstream)) and not k.startswith(skip)]
 
@@ -445,7 +459,8 @@ def test_parity_with_mxnet(folder, name):
         first = next((i for i, c in enumerate(by_layer) if c), len(by_layer) - 1)
         upstream = UPSTREAM_FPN_DCN[:2] + tuple(layer.offset for layer in model.deformable_layers[:first + 1])
     bad = check_against(out, ref, allow_downstream=crossings > 0 or chained, upstream=upstream,
-                        skip=AFTER_ROI_POOLING if at_rois else ())
+                        skip=AFTER_ROI_POOLING if at_rois else (),
+                        absolute=ABSOLUTE_DCN_END_TO_END if model.deformable_layers else ABSOLUTE)
     assert not bad, "end to end: " + ", ".join(bad)
     if not model.deformable_layers:
         return
