@@ -96,7 +96,6 @@ struct LaneGrid {
   int64_t* y;  // the row's pixel index (row / W)
   T *ly, *lx, *row_ok, *col_ok;
   int64_t* batch;  // LaneFrames::batch
-  int64_t* count;  // valid rows * valid columns (0 for an unusable RoI)
 };
 
 // One bin of kLanes RoIs as the deform_psroi_pool CPU kernels sum it (forward) and spread it (backward),
@@ -115,7 +114,7 @@ struct BinWindow {
   int64_t row0[kLanes];  // its first row
   int64_t rows[kLanes];  // rows the samples span (at most kWindow where the lane fits)
   int64_t batch[kLanes];  // LaneFrames::batch
-  int64_t count[kLanes];  // valid sample rows * valid sample columns (0 for an unusable RoI)
+  int64_t count[kLanes];  // valid sample rows * valid sample columns (0 for an unusable RoI): the divisor
   bool fits[kLanes];      // the samples fit the window (whatever the gradient)
 };
 
@@ -162,7 +161,7 @@ class LaneGrids {
     int64_t* i = index_.data() + k * index_size();
     T* v = value_.data() + k * 4 * s_ * kLanes;
     const int64_t m = s_ * kLanes;
-    return {i, i + m, i + 2 * m, i + 3 * m, i + 4 * m, v, v + m, v + 2 * m, v + 3 * m, i + 5 * m, i + 5 * m + kLanes};
+    return {i, i + m, i + 2 * m, i + 3 * m, i + 4 * m, v, v + m, v + 2 * m, v + 3 * m, i + 5 * m};
   }
 
   // Grid k becomes bin `bin` of the RoIs of frames f, moved by their offsets dx[l], dy[l].
@@ -172,7 +171,7 @@ class LaneGrids {
   }
 
  private:
-  int64_t index_size() const { return 5 * s_ * kLanes + 2 * kLanes; }
+  int64_t index_size() const { return 5 * s_ * kLanes + kLanes; }
   int64_t s_;
   std::vector<int64_t> index_;
   std::vector<T> value_;

@@ -35,7 +35,7 @@ class SeparableBin {
   SeparableBin(int64_t sample_per_part, int64_t width)
       : s_(sample_per_part), row_(2 * s_), ay_(2 * s_), ax_(width) {}
 
-  // Lane l of grid q. Call only for a lane with samples on the map (q.count[l] > 0).
+  // Lane l of grid q. Call only for a lane with samples on the map (BinWindow::count[l] > 0).
   void set(const LaneGrid<T>& q, int64_t l) {
     rows_ = 0;
     for (int64_t r = 0; r < s_; ++r) {
