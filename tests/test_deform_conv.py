@@ -205,11 +205,14 @@ class TestDeformConv2d:
         args = op_args(x, offset, weight, b, **kw)
         torch.library.opcheck(torch.ops.dcnviz._deform_conv2d_backward.default, (dy, *args[:3], *args[4:]))
 
-    def test_channels_last_in_channels_last_out(self):
+    @pytest.mark.parametrize("shape", RANDOM_SHAPES, ids=lambda s: f"n{s[0]}g{s[9]}dg{s[10]}")
+    def test_channels_last_in_channels_last_out(self, shape):
         """On the CPU a channels-last input gives a channels-last output and input gradient (torch's conv2d
         convention: no layout round trip between the convs of a channels-last network); the fake kernels
-        agree (opcheck), and the values are the NCHW path's up to GEMM rounding (tested above)."""
-        (x, offset, weight, b, dy), kw = random_case(*RANDOM_SHAPES[2], dtype=torch.float32)
+        agree (opcheck). The output has the NCHW path's very bits (both run the same GEMM into (N*P, F)
+        rows; NCHW then transposes them), the input gradient its values up to GEMM rounding (tested
+        above)."""
+        (x, offset, weight, b, dy), kw = random_case(*shape, dtype=torch.float32)
         x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
         y = deform_conv2d(x, offset, weight, b, **kw)
         (gx,) = torch.autograd.grad(y, [x], dy)
@@ -217,7 +220,7 @@ class TestDeformConv2d:
         assert not gx.is_contiguous() and gx.is_contiguous(memory_format=torch.channels_last)
         y_nchw = deform_conv2d(x.detach().contiguous(), offset, weight, b, **kw)
         assert y_nchw.is_contiguous()
-        torch.testing.assert_close(y, y_nchw)
+        assert torch.equal(y, y_nchw)
         torch.library.opcheck(torch.ops.dcnviz.deform_conv2d.default, op_args(x, offset, weight, b, **kw))
 
     @pytest.mark.parametrize("impl", sorted(IMPLS))
