@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import dcnviz.ops  # noqa: F401  (loads the kernels)
+from dcnviz.ops import deform_psroi_pool  # also loads the kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 OPS = torch.ops.dcnviz
@@ -87,3 +87,7 @@ def test_dpsroi_limits_of_the_32_bit_lanes(width, samples):
     rois = torch.tensor([[0.0, 0, 0, 3, 3]])
     with pytest.raises(RuntimeError, match=r"at most 2\*\*30 pixels high and wide, and sample_per_part at most"):
         OPS.deform_psroi_pool(x, rois, None, 1.0, 1, 1, 1, 1, samples, 0.0)
+    # the Python wrapper says it first, as a ValueError like its other argument checks
+    with pytest.raises(ValueError, match=r"at most 2\*\*30 pixels high and wide and sample_per_part at most 2\*\*15"):
+        deform_psroi_pool(x, rois, None, spatial_scale=1.0, output_dim=1, group_size=1, pooled_size=1,
+                          sample_per_part=samples)

@@ -58,6 +58,10 @@ def deform_psroi_pool(
         _checks.positive(value, name)
     part_size = pooled_size if part_size is None else part_size
     _checks.positive(part_size, "part_size")
+    # the kernels' own limits (32-bit vector lanes), checked here too for a ValueError, not a RuntimeError
+    if max(input.shape[2:]) > 2 ** 30 or sample_per_part > 2 ** 15:
+        raise ValueError(f"the map can be at most 2**30 pixels high and wide and sample_per_part at most 2**15, "
+                         f"got {input.shape[2]}x{input.shape[3]} and {sample_per_part}")
     if input.shape[1] != output_dim * group_size * group_size:
         raise ValueError(f"input must have output_dim*group_size**2 = {output_dim * group_size ** 2} channels, "
                          f"got {input.shape[1]}")
