@@ -182,13 +182,14 @@ DCNVIZ_CLONES void blend(double* __restrict dst, const double* __restrict v0, co
 // The float blend (and the zero fill of a sample outside the map) with non-temporal stores, for whole
 // 64-byte lines: the columns (tens of MB) are written once and read back by the GEMM from memory
 // anyway, and streaming stores skip reading each line in before it is overwritten. Same operations in
-// the same order as blend(), so the same bits. Only where use_avx512() (cpu_isa.h), for runs that start
-// on a 64-byte boundary and are whole lines (channel counts divisible by 16); blend() elsewhere.
-// (DCNVIZ_CONV_AVX512, conv_backward_simd.h: where the AVX-512 intrinsics are compiled in.)
+// the same order as blend(), so the same bits. In AVX-512 and AVX2 forms (stream_kernel() picks one at
+// run time, none under DCNVIZ_CPU_ISA=baseline), for runs that start on a 64-byte boundary and are whole
+// lines (channel counts divisible by 16); blend() elsewhere. (DCNVIZ_CONV_AVX512, conv_backward_simd.h:
+// where the x86 intrinsics are compiled in.)
 #ifdef DCNVIZ_CONV_AVX512
-__attribute__((target("avx512f"))) void blend_stream(float* dst, const float* v0, const float* v1, const float* v2,
-                                                     const float* v3, float w0, float w1, float w2, float w3,
-                                                     int64_t n, bool zero) {
+__attribute__((target("avx512f"))) void blend_stream_avx512(float* dst, const float* v0, const float* v1,
+                                                            const float* v2, const float* v3, float w0, float w1,
+                                                            float w2, float w3, int64_t n, bool zero) {
   if (zero) {
     for (int64_t c = 0; c < n; c += 16) _mm512_stream_ps(dst + c, _mm512_setzero_ps());
     return;
@@ -202,6 +203,29 @@ __attribute__((target("avx512f"))) void blend_stream(float* dst, const float* v0
   }
 }
 
+__attribute__((target("avx2"))) void blend_stream_avx2(float* dst, const float* v0, const float* v1,
+                                                       const float* v2, const float* v3, float w0, float w1,
+                                                       float w2, float w3, int64_t n, bool zero) {
+  if (zero) {
+    for (int64_t c = 0; c < n; c += 8) _mm256_stream_ps(dst + c, _mm256_setzero_ps());
+    return;
+  }
+  const __m256 a0 = _mm256_set1_ps(w0), a1 = _mm256_set1_ps(w1), a2 = _mm256_set1_ps(w2), a3 = _mm256_set1_ps(w3);
+  for (int64_t c = 0; c < n; c += 8) {
+    __m256 s = _mm256_add_ps(_mm256_mul_ps(a0, _mm256_loadu_ps(v0 + c)), _mm256_mul_ps(a1, _mm256_loadu_ps(v1 + c)));
+    s = _mm256_add_ps(s, _mm256_mul_ps(a2, _mm256_loadu_ps(v2 + c)));
+    s = _mm256_add_ps(s, _mm256_mul_ps(a3, _mm256_loadu_ps(v3 + c)));
+    _mm256_stream_ps(dst + c, s);
+  }
+}
+
+using BlendStream = void (*)(float*, const float*, const float*, const float*, const float*, float, float, float,
+                             float, int64_t, bool);
+
+BlendStream stream_kernel() {
+  if (use_avx512()) return &blend_stream_avx512;
+  return use_avx2() ? &blend_stream_avx2 : nullptr;
+}
 #endif
 
 // Columns (G, B*P, K*C/G): row (conv group, b*P + p), tap-major and channel-minor within the row, so
@@ -213,7 +237,7 @@ void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, 
   const int64_t BP = B * g.P(), Cg = g.Cg(), CgK = Cg * g.K();
   const auto runs = channel_runs(g, 0, g.C);
 #ifdef DCNVIZ_CONV_AVX512
-  const bool stream = use_avx512();
+  const BlendStream stream = stream_kernel();
 #endif
   at::parallel_for(0, BP, std::max<int64_t>(1, 4096 / (g.C * g.K())), [&](int64_t begin, int64_t end) {
 #ifdef DCNVIZ_CONV_AVX512
@@ -235,7 +259,7 @@ void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, 
 #ifdef DCNVIZ_CONV_AVX512
             if constexpr (std::is_same_v<T, float>) {
               if (stream && n % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 64 == 0) {
-                blend_stream(dst, image + a[0] + r.lo, image + a[1] + r.lo, image + a[2] + r.lo, image + a[3] + r.lo,
+                stream(dst, image + a[0] + r.lo, image + a[1] + r.lo, image + a[2] + r.lo, image + a[3] + r.lo,
                              w0, w1, w2, w3, n, !q.valid);
                 continue;
               }
