@@ -1,12 +1,16 @@
 // The inner loops of deform_conv2d's CPU backward over one run of channels of one sample, each in a
-// generic form (the definition) and, for float where use_avx512() (cpu_isa.h), an AVX-512 form doing
-// the same operations in the same order: the same bits either way (no FMA contraction, see setup.py).
+// generic form (the definition) and, for float, AVX-512 and AVX2 forms doing the same operations in the
+// same order: the same bits either way (no FMA contraction, see setup.py). backward_loops() picks one
+// set at run time (cpu_isa.h).
 #pragma once
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
 #include <cstdint>
+#include <type_traits>
+
+#include "cpu_isa.h"
 
 namespace dcnviz {
 
@@ -59,7 +63,7 @@ void add_slopes(SlopeSums<T>& s, const T* g, const T* v00, const T* v01, const T
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define DCNVIZ_CONV_AVX512 1
+#define DCNVIZ_X86_INTRINSICS 1
 
 __attribute__((target("avx512f"))) inline void scatter_corners_avx512(float* const dst[4], const float w[4],
                                                                       const float* src, int64_t n) {
@@ -106,6 +110,74 @@ __attribute__((target("avx512f"))) inline void add_slopes_avx512(SlopeSums<float
   _mm512_storeu_ps(s.y, sy);
   _mm512_storeu_ps(s.x, sx);
 }
+
+// AVX2 has no masked arithmetic: whole vectors here, the rest of the run by the generic loop.
+__attribute__((target("avx2"))) inline void scatter_corners_avx2(float* const dst[4], const float w[4],
+                                                                 const float* src, int64_t n) {
+  const __m256 w0 = _mm256_set1_ps(w[0]), w1 = _mm256_set1_ps(w[1]), w2 = _mm256_set1_ps(w[2]),
+               w3 = _mm256_set1_ps(w[3]);
+  float *d0 = dst[0], *d1 = dst[1], *d2 = dst[2], *d3 = dst[3];
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256 s = _mm256_loadu_ps(src + c);
+    _mm256_storeu_ps(d0 + c, _mm256_add_ps(_mm256_loadu_ps(d0 + c), _mm256_mul_ps(w0, s)));
+    _mm256_storeu_ps(d1 + c, _mm256_add_ps(_mm256_loadu_ps(d1 + c), _mm256_mul_ps(w1, s)));
+    _mm256_storeu_ps(d2 + c, _mm256_add_ps(_mm256_loadu_ps(d2 + c), _mm256_mul_ps(w2, s)));
+    _mm256_storeu_ps(d3 + c, _mm256_add_ps(_mm256_loadu_ps(d3 + c), _mm256_mul_ps(w3, s)));
+  }
+  if (c < n) {
+    float* const rest[4] = {d0 + c, d1 + c, d2 + c, d3 + c};
+    scatter_corners(rest, w, src + c, n - c);
+  }
+}
+
+// Lanes 0-7 and 8-15 of the slope sums in two vectors each; a partial last block goes to add_slopes,
+// which puts its channels in the same lanes (the block starts at a multiple of kSlopeLanes).
+__attribute__((target("avx2"))) inline void add_slopes_avx2(SlopeSums<float>& s, const float* g, const float* v00,
+                                                            const float* v01, const float* v10, const float* v11,
+                                                            float ly, float lx, int64_t n) {
+  const __m256 ay = _mm256_set1_ps(1.0f - ly), ax = _mm256_set1_ps(1.0f - lx);
+  const __m256 by = _mm256_set1_ps(ly), bx = _mm256_set1_ps(lx);
+  __m256 sy[2] = {_mm256_loadu_ps(s.y), _mm256_loadu_ps(s.y + 8)};
+  __m256 sx[2] = {_mm256_loadu_ps(s.x), _mm256_loadu_ps(s.x + 8)};
+  int64_t c0 = 0;
+  for (; c0 + kSlopeLanes <= n; c0 += kSlopeLanes) {
+    for (int h = 0; h < 2; ++h) {
+      const int64_t c = c0 + 8 * h;
+      const __m256 gc = _mm256_loadu_ps(g + c);
+      const __m256 a = _mm256_loadu_ps(v00 + c), b = _mm256_loadu_ps(v01 + c);
+      const __m256 d = _mm256_loadu_ps(v10 + c), e = _mm256_loadu_ps(v11 + c);
+      const __m256 ty = _mm256_add_ps(_mm256_mul_ps(ax, _mm256_sub_ps(d, a)), _mm256_mul_ps(bx, _mm256_sub_ps(e, b)));
+      const __m256 tx = _mm256_add_ps(_mm256_mul_ps(ay, _mm256_sub_ps(b, a)), _mm256_mul_ps(by, _mm256_sub_ps(e, d)));
+      sy[h] = _mm256_add_ps(sy[h], _mm256_mul_ps(gc, ty));
+      sx[h] = _mm256_add_ps(sx[h], _mm256_mul_ps(gc, tx));
+    }
+  }
+  _mm256_storeu_ps(s.y, sy[0]);
+  _mm256_storeu_ps(s.y + 8, sy[1]);
+  _mm256_storeu_ps(s.x, sx[0]);
+  _mm256_storeu_ps(s.x + 8, sx[1]);
+  if (c0 < n) add_slopes(s, g + c0, v00 + c0, v01 + c0, v10 + c0, v11 + c0, ly, lx, n - c0);
+}
 #endif
+
+// The loops for T: for float the AVX-512 or AVX2 forms where the CPU has them (and DCNVIZ_CPU_ISA is not
+// baseline), else the generic ones.
+template <typename T>
+struct BackwardLoops {
+  void (*scatter)(T* const[4], const T[4], const T*, int64_t);
+  void (*slopes)(SlopeSums<T>&, const T*, const T*, const T*, const T*, const T*, T, T, int64_t);
+};
+
+template <typename T>
+BackwardLoops<T> backward_loops() {
+#ifdef DCNVIZ_X86_INTRINSICS
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx512()) return {&scatter_corners_avx512, &add_slopes_avx512};
+    if (use_avx2()) return {&scatter_corners_avx2, &add_slopes_avx2};
+  }
+#endif
+  return {&scatter_corners<T>, &add_slopes<T>};
+}
 
 }  // namespace dcnviz

@@ -184,9 +184,9 @@ DCNVIZ_CLONES void blend(double* __restrict dst, const double* __restrict v0, co
 // anyway, and streaming stores skip reading each line in before it is overwritten. Same operations in
 // the same order as blend(), so the same bits. In AVX-512 and AVX2 forms (stream_kernel() picks one at
 // run time, none under DCNVIZ_CPU_ISA=baseline), for runs that start on a 64-byte boundary and are whole
-// lines (channel counts divisible by 16); blend() elsewhere. (DCNVIZ_CONV_AVX512, conv_backward_simd.h:
+// lines (channel counts divisible by 16); blend() elsewhere. (DCNVIZ_X86_INTRINSICS, conv_backward_simd.h:
 // where the x86 intrinsics are compiled in.)
-#ifdef DCNVIZ_CONV_AVX512
+#ifdef DCNVIZ_X86_INTRINSICS
 __attribute__((target("avx512f"))) void blend_stream_avx512(float* dst, const float* v0, const float* v1,
                                                             const float* v2, const float* v3, float w0, float w1,
                                                             float w2, float w3, int64_t n, bool zero) {
@@ -236,11 +236,11 @@ template <typename T>
 void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, T* columns) {
   const int64_t BP = B * g.P(), Cg = g.Cg(), CgK = Cg * g.K();
   const auto runs = channel_runs(g, 0, g.C);
-#ifdef DCNVIZ_CONV_AVX512
+#ifdef DCNVIZ_X86_INTRINSICS
   const BlendStream stream = stream_kernel();
 #endif
   at::parallel_for(0, BP, std::max<int64_t>(1, 4096 / (g.C * g.K())), [&](int64_t begin, int64_t end) {
-#ifdef DCNVIZ_CONV_AVX512
+#ifdef DCNVIZ_X86_INTRINSICS
     // the streamed stores are weakly ordered: fence them before the GEMM (another thread) reads them
     struct Fence {
       ~Fence() { _mm_sfence(); }
@@ -256,7 +256,7 @@ void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, 
           for (const Run& r : runs[dg]) {
             T* __restrict__ dst = columns + (r.gi * BP + bp) * CgK + k * Cg + (r.lo - r.gi * Cg);
             const int64_t n = r.hi - r.lo;
-#ifdef DCNVIZ_CONV_AVX512
+#ifdef DCNVIZ_X86_INTRINSICS
             if constexpr (std::is_same_v<T, float>) {
               if (stream && n % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 64 == 0) {
                 stream(dst, image + a[0] + r.lo, image + a[1] + r.lo, image + a[2] + r.lo, image + a[3] + r.lo,
@@ -284,7 +284,7 @@ void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, 
 template <typename T>
 void col2im(const T* grad_columns, const T* offset_chunk, const Geometry& g, int64_t B, T* grad_x_cl) {
   const int64_t BP = B * g.P(), Cg = g.Cg(), CgK = Cg * g.K();
-  [[maybe_unused]] const bool avx512 = use_avx512();
+  const BackwardLoops<T> loops = backward_loops<T>();
   at::parallel_for(0, g.C, 1, [&](int64_t c_begin, int64_t c_end) {
     const auto runs = channel_runs(g, c_begin, c_end);
     for (int64_t bp = 0; bp < BP; ++bp) {
@@ -299,15 +299,7 @@ void col2im(const T* grad_columns, const T* offset_chunk, const Geometry& g, int
           for (const Run& r : runs[dg]) {
             const T* src = grad_columns + (r.gi * BP + bp) * CgK + k * Cg + (r.lo - r.gi * Cg);
             T* const dst[4] = {image + a[0] + r.lo, image + a[1] + r.lo, image + a[2] + r.lo, image + a[3] + r.lo};
-#ifdef DCNVIZ_CONV_AVX512
-            if constexpr (std::is_same_v<T, float>) {
-              if (avx512) {
-                scatter_corners_avx512(dst, w, src, r.hi - r.lo);
-                continue;
-              }
-            }
-#endif
-            scatter_corners(dst, w, src, r.hi - r.lo);
+            loops.scatter(dst, w, src, r.hi - r.lo);
           }
         });
       }
@@ -317,13 +309,13 @@ void col2im(const T* grad_columns, const T* offset_chunk, const Geometry& g, int
 
 // grad_offset_chunk (B, 2*DG*K, Ho, Wo): derivative of each sample's bilinear blend with the forward's
 // floor-based corners (zero along a clamped axis, zero outside), summed over the group's channels in
-// lane partial sums added in a fixed tree (SlopeSums), so the AVX-512 loop gives the generic loop's bits.
+// lane partial sums added in a fixed tree (SlopeSums), so the vector loops give the generic loop's bits.
 template <typename T>
 void offset_grad(const T* grad_columns, const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B,
                  T* grad_offset_chunk) {
   const int64_t K = g.K(), P = g.P(), BP = B * P, Cg = g.Cg(), CgK = Cg * K;
   const auto runs = channel_runs(g, 0, g.C);
-  [[maybe_unused]] const bool avx512 = use_avx512();
+  const BackwardLoops<T> loops = backward_loops<T>();
   at::parallel_for(0, BP, std::max<int64_t>(1, 4096 / (g.C * K)), [&](int64_t begin, int64_t end) {
     for (int64_t bp = begin; bp < end; ++bp) {
       const Position pos = position(g, bp);
@@ -338,15 +330,7 @@ void offset_grad(const T* grad_columns, const T* x_cl, const T* offset_chunk, co
               const T* gc = grad_columns + (r.gi * BP + bp) * CgK + k * Cg + (r.lo - r.gi * Cg);
               const T *v00 = image + a[0] + r.lo, *v01 = image + a[1] + r.lo, *v10 = image + a[2] + r.lo,
                       *v11 = image + a[3] + r.lo;
-#ifdef DCNVIZ_CONV_AVX512
-              if constexpr (std::is_same_v<T, float>) {
-                if (avx512) {
-                  add_slopes_avx512(sums, gc, v00, v01, v10, v11, q.ly, q.lx, r.hi - r.lo);
-                  continue;
-                }
-              }
-#endif
-              add_slopes(sums, gc, v00, v01, v10, v11, q.ly, q.lx, r.hi - r.lo);
+              loops.slopes(sums, gc, v00, v01, v10, v11, q.ly, q.lx, r.hi - r.lo);
             }
             sums.total(gy, gx);
           }
