@@ -1,7 +1,7 @@
 // The one run-time choice of instruction set for the CPU kernels' hand-picked paths (deform_psroi_pool's
 // lane loops, deform_conv2d's streamed column stores and backward loops): AVX-512 where the CPU has
-// AVX512F and AVX512DQ, else AVX2 for the streamed stores alone, unless DCNVIZ_CPU_ISA=baseline. Every
-// choice gives the same bits (the build turns off FMA contraction); the tests compare them.
+// AVX512F and AVX512DQ, else AVX2 where it has that, unless DCNVIZ_CPU_ISA=baseline. Every choice gives
+// the same bits (the build turns off FMA contraction); the tests compare them.
 #pragma once
 #include <cstdlib>
 #include <string>
@@ -22,7 +22,7 @@ inline bool use_avx512() {
   return avx512;
 }
 
-// AVX2 without AVX-512 (e.g. AMD Zen 2/3): only deform_conv2d's streamed column stores have a form for it.
+// AVX2, where use_avx512() is false (e.g. AMD Zen 2/3).
 inline bool use_avx2() {
   static const bool avx2 = !baseline_only() && __builtin_cpu_supports("avx2");
   return avx2;

@@ -7,7 +7,7 @@
 //
 // Within a plane, kLanes RoIs are handled side by side (lane_grids.h): each bin's sample positions
 // (pooling.h's, lane by lane) become separable weights on a small window (BinWindow), built in vector
-// loops over the lanes (AVX-512 where the CPU has it, picked at run time). The forward sums each lane's
+// loops over the lanes (AVX-512 or AVX2 where the CPU has it, picked at run time). The forward sums each lane's
 // window, the backward spreads its gradient on it (separable_bin.h): the official sums regrouped, so the
 // results differ from a sample-by-sample sum (the CUDA kernels) in rounding only, and are the same on
 // every instruction set and with any number of threads.

@@ -141,12 +141,16 @@ struct LaneKernels {
 template <typename T>
 LaneKernels<T> lane_kernels_default();
 template <typename T>
+LaneKernels<T> lane_kernels_avx2();
+template <typename T>
 LaneKernels<T> lane_kernels_avx512();
 
-// AVX-512 or the x86-64 baseline loops, as use_avx512() picks.
+// AVX-512, AVX2 or the x86-64 baseline loops, as use_avx512() and use_avx2() pick.
 template <typename T>
 const LaneKernels<T>& lane_kernels() {
-  static const LaneKernels<T> kernels = use_avx512() ? lane_kernels_avx512<T>() : lane_kernels_default<T>();
+  static const LaneKernels<T> kernels = use_avx512() ? lane_kernels_avx512<T>()
+                                        : use_avx2() ? lane_kernels_avx2<T>()
+                                                     : lane_kernels_default<T>();
   return kernels;
 }
 

@@ -6,6 +6,7 @@ namespace dcnviz {
 namespace lanes_avx512 {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2,tune=icelake-server,prefer-vector-width=512")
+constexpr int kVectorBytes = 64;  // the lane vectors' width (lane_kernels.inc)
 #include "lane_kernels.inc"
 #pragma GCC pop_options
 }  // namespace lanes_avx512

@@ -4,6 +4,7 @@
 
 namespace dcnviz {
 namespace lanes_default {
+constexpr int kVectorBytes = 16;  // the lane vectors' width (lane_kernels.inc)
 #include "lane_kernels.inc"
 }  // namespace lanes_default
 
