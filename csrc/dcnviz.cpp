@@ -3,6 +3,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/cpu_isa.h"
+
 TORCH_LIBRARY(dcnviz, m) {
   m.def(
       "deform_conv2d(Tensor input, Tensor offset, Tensor weight, Tensor? bias, int stride_h, int stride_w, "
@@ -26,8 +28,18 @@ TORCH_LIBRARY(dcnviz, m) {
       "int output_dim, int group_size, int pooled_size) -> Tensor");
 }
 
-// `import dcnviz._C` runs the static registrations above; the module itself is empty.
+// The instruction set of the CPU kernels' hand-picked loops on this machine (cpu_isa.h): "avx512",
+// "avx2" or "baseline", for benchmark reports (their speed differs by up to ~10x between the three).
+static PyObject* cpu_kernels(PyObject*, PyObject*) {
+  const char* isa = dcnviz::use_avx512() ? "avx512" : dcnviz::use_avx2() ? "avx2" : "baseline";
+  return PyUnicode_FromString(isa);
+}
+
+// `import dcnviz._C` runs the static registrations above; the module itself holds cpu_kernels().
 extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static PyMethodDef methods[] = {
+      {"cpu_kernels", cpu_kernels, METH_NOARGS, "Instruction set of the CPU kernels: avx512, avx2 or baseline."},
+      {nullptr, nullptr, 0, nullptr}};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }

@@ -458,6 +458,7 @@ class TestBenchCommand:
         report = json.loads(result.output)
         rows = report["rows"]
         assert report["threads"] == 1 and report["repeats"] == 1
+        assert report["cpu_kernels"] in ("avx512", "avx2", "baseline")
         assert [(r["impl"], r["case"]) for r in rows] == [
             ("torch", "res5"), ("dcnviz", "res5 dg=4"), ("torchvision", "res5 dg=4"),
             ("dcnviz", "res5 dg=1"), ("torchvision", "res5 dg=1")]

@@ -136,3 +136,19 @@ def test_hand_picked_and_baseline_loops_give_the_same_bits(tmp_path):
     for case_auto, case_base in zip(results["auto"], results["baseline"], strict=True):
         for a, b in zip(case_auto, case_base, strict=True):
             assert torch.equal(a, b), f"max |auto - baseline| = {(a - b).abs().max()}"
+
+
+def test_cpu_kernels_reports_the_choice():
+    """dcnviz._C.cpu_kernels() (printed by `dcnviz bench ops`) names the loops the kernels run: the
+    baseline under DCNVIZ_CPU_ISA=baseline, a vector set wherever torch itself found AVX2 or better."""
+    def report(isa):
+        env = dict(os.environ, DCNVIZ_CPU_ISA=isa)
+        code = "import torch, dcnviz._C as c; print(c.cpu_kernels())"  # torch first: it loads libc10
+        return subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    assert report("baseline") == "baseline"
+    auto = report("auto")
+    assert auto in ("avx512", "avx2", "baseline")
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512", "AMX"):
+        assert auto != "baseline"

@@ -45,10 +45,13 @@ def ops(device, json_out, threads, repeats, ops):
     except (RuntimeError, NotImplementedError) as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise click.ClickException(f"benchmark failed: {textwrap.shorten(first_line, 240)}") from exc
+    from dcnviz import _C
+
     if json_out:
         click.echo(json.dumps({"device": device, "threads": torch.get_num_threads(), "repeats": repeats,
-                               "torch": torch.__version__, "rows": lib.as_dicts(rows)}, indent=2))
+                               "torch": torch.__version__, "cpu_kernels": _C.cpu_kernels(),
+                               "rows": lib.as_dicts(rows)}, indent=2))
     else:
         click.echo(f"device {device}, {torch.get_num_threads()} threads, median of {repeats} runs, torch "
-                   f"{torch.__version__}")
+                   f"{torch.__version__}, dcnviz CPU kernels {_C.cpu_kernels()}")
         click.echo(lib.format_table(rows))
