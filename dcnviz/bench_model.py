@@ -37,6 +37,7 @@ def time_forwards(cases: list[tuple[str, str]], device: str = "cpu", size: tuple
     for Cityscapes DeepLab), the largest input its preprocessing produces."""
     import torch
 
+    from dcnviz import _C
     from dcnviz.cli.common import model_dtype
     from dcnviz.models import get_spec
     from dcnviz.models.mxnet_cpu import mxnet_cpu_inference
@@ -64,7 +65,8 @@ def time_forwards(cases: list[tuple[str, str]], device: str = "cpu", size: tuple
                     times[k].append(time.perf_counter() - start)
                 rois[k] = int(out["rois"].shape[0]) if "rois" in out else None
     return [{"model": name, "dtype": dtype, "device": str(dev), "threads": torch.get_num_threads(), "input": [h, w],
-             "median_s": statistics.median(ts), "runs_s": ts, "rois": r, "torch": torch.__version__}
+             "median_s": statistics.median(ts), "runs_s": ts, "rois": r, "torch": torch.__version__,
+             "cpu_kernels": _C.cpu_kernels()}
             for (name, dtype), ts, r in zip(cases, times, rois)]
 
 
@@ -124,6 +126,6 @@ def model(name_arg, model, device, size, repeats, threads, compare, dtype, json_
         kind = f" ({r['dtype']})" if len(runs) > 1 else ""
         click.echo(f"{r['model']}{kind}: {r['median_s'] * 1e3:.0f} ms median of {repeats} (input "
                    f"{r['input'][0]}x{r['input'][1]}{rois}; {r['device']}, {r['threads']} threads, torch "
-                   f"{r['torch']}; runs " + ", ".join(f"{t * 1e3:.0f}" for t in r["runs_s"]) + " ms)")
+                   f"{r['torch']}, dcnviz CPU kernels {r['cpu_kernels']}; runs " + ", ".join(f"{t * 1e3:.0f}" for t in r["runs_s"]) + " ms)")
     for what, ratio in ratios.items():
         click.echo(f"ratio {what}: {ratio:.2f} (medians, interleaved runs)")

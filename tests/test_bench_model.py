@@ -21,12 +21,14 @@ def test_bench_model_json(tiny, name):
     r = json.loads(result.output)
     assert r["model"] == name and r["input"] == list(tiny_models.SCALES) and len(r["runs_s"]) == 2
     assert r["median_s"] > 0 and (r["rois"] is None) == (name == "tiny_deeplab")
+    assert r["cpu_kernels"] in ("avx512", "avx2", "baseline")
 
 
 def test_bench_model_text_and_size(tiny):
     result = CliRunner().invoke(bench_model, ["-m", "tiny_rfcn_dcn", "--size", "48x80", "--repeats", "1"])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("tiny_rfcn_dcn: ") and "input 48x80" in result.output
+    assert "dcnviz CPU kernels " in result.output
 
 
 @pytest.mark.parametrize("args, match", [
