@@ -232,11 +232,12 @@ class BinGrids {
     });
   }
 
+  // Null without offsets (then never read): an offset added to the null pointer would be undefined.
   const T* dx(const ChannelBin& bin, int64_t block) const {
-    return offsets_.get() + bin.cell.offset * blocks_ * kLanes + block * kLanes;
+    return offsets_ ? offsets_.get() + bin.cell.offset * blocks_ * kLanes + block * kLanes : nullptr;
   }
   const T* dy(const ChannelBin& bin, int64_t block) const {
-    return dx(bin, block) + g_.part_size * g_.part_size * blocks_ * kLanes;
+    return offsets_ ? dx(bin, block) + g_.part_size * g_.part_size * blocks_ * kLanes : nullptr;
   }
 
   const std::vector<LaneFrames<T>> frames_;
