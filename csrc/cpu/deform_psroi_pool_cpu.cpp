@@ -51,15 +51,16 @@ class BinWindows {
     if (!shared || g.channels_each_class == 1 || size * int64_t(sizeof(BinWindow<T>)) > kMaxTableBytes) return;
     table_.resize(size);
     at::parallel_for(0, size, 16, [&](int64_t begin, int64_t end) {
+      ClassOffsets<T> offsets = grids.class_offsets();
       for (int64_t k = begin; k < end; ++k)
-        grids.window(grids.grid_bin(k / grids.blocks()), k % grids.blocks(), slopes, table_[k]);
+        grids.window(grids.grid_bin(k / grids.blocks()), k % grids.blocks(), slopes, offsets, table_[k]);
     });
   }
 
   // The window of `bin` for `block` (computed into `own` without a table).
-  const BinWindow<T>& get(const ChannelBin& bin, int64_t block, BinWindow<T>& own) const {
+  const BinWindow<T>& get(const ChannelBin& bin, int64_t block, ClassOffsets<T>& offsets, BinWindow<T>& own) const {
     if (!table_.empty()) return table_[bin.grid * grids_.blocks() + block];
-    grids_.window(bin, block, slopes_, own);
+    grids_.window(bin, block, slopes_, offsets, own);
     return own;
   }
 
@@ -75,8 +76,8 @@ class BinWindows {
 // without samples (an unusable RoI or a bin off the map).
 template <typename T>
 void pool_bin(const BinGrids<T>& grids, const ChannelBin& bin, int64_t block, const BinWindow<T>& w, int64_t lanes,
-              const T* x, int64_t C, int64_t n, const DeformPoolGeometry& g, LaneGrids<T>& scratch,
-              SeparableBin<T>& large, T* out, int64_t stride) {
+              const T* x, int64_t C, int64_t n, const DeformPoolGeometry& g, ClassOffsets<T>& offsets,
+              LaneGrids<T>& scratch, SeparableBin<T>& large, T* out, int64_t stride) {
   const LaneKernels<T>& kernels = lane_kernels<T>();
   if (C == 1) kernels.window_means(w, lanes, g.width, x, out, stride);
   bool filled = false;  // the grid, for the lanes that do not fit
@@ -87,7 +88,7 @@ void pool_bin(const BinGrids<T>& grids, const ChannelBin& bin, int64_t block, co
     if (count == 0) {
       std::fill_n(o, n, T(0));
     } else if (!w.fits[l]) {
-      if (!filled) q = grids.get(bin, block, scratch, 0), filled = true;
+      if (!filled) q = grids.get(bin, block, offsets, scratch, 0), filled = true;
       large.set(q, l);
       large.sum(x, C, n, o);
       for (int64_t k = 0; k < n; ++k) o[k] /= T(count);
@@ -110,6 +111,7 @@ void forward_kernel(const T* input, const T* rois, const T* offset, T* output, c
   at::parallel_for(0, g.channels * blocks, 4, [&](int64_t begin, int64_t end) {
     std::vector<ChannelBin> bins;
     LaneGrids<T> scratch = bin_grids.scratch(1);
+    ClassOffsets<T> offsets = bin_grids.class_offsets();
     BinWindow<T> own;
     SeparableBin<T> large(g.sample_per_part, g.width);
     int64_t binned = -1;  // the channel whose bins `bins` holds
@@ -124,8 +126,8 @@ void forward_kernel(const T* input, const T* rois, const T* offset, T* output, c
           prefetch(input + (b * g.channels + channel + 1) * plane + from, std::min(slice, plane - from));
       }
       for (const ChannelBin& bin : bins)
-        pool_bin(bin_grids, bin, block, windows.get(bin, block, own), std::min(kLanes, g.rois - n0),
-                 input + channel * plane, 1, 1, g, scratch, large, output + n0 * roi_stride + bin.out, roi_stride);
+        pool_bin(bin_grids, bin, block, windows.get(bin, block, offsets, own), std::min(kLanes, g.rois - n0),
+                 input + channel * plane, 1, 1, g, offsets, scratch, large, output + n0 * roi_stride + bin.out, roi_stride);
     }
   });
 }
@@ -146,14 +148,15 @@ void forward_kernel_channels_last(const T* input, const T* rois, const T* offset
   const int64_t blocks = bin_grids.blocks();
   at::parallel_for(0, g.num_classes * bins * blocks, 1, [&](int64_t begin, int64_t end) {
     LaneGrids<T> scratch = bin_grids.scratch(1);
+    ClassOffsets<T> offsets = bin_grids.class_offsets();
     BinWindow<T> own;
     SeparableBin<T> large(g.sample_per_part, g.width);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t block = item % blocks, bin = item / blocks % bins, cls = item / (blocks * bins);
       const int64_t ph = bin / P, pw = bin % P, first = cls * each, n0 = block * kLanes;
       const ChannelBin cb{ph, pw, 0, cls * bins + bin, bin_cell<T>(first, ph, pw, g)};
-      pool_bin(bin_grids, cb, block, windows.get(cb, block, own), std::min(kLanes, g.rois - n0), input + first,
-               g.channels, each, g, scratch, large, output + (bin * g.rois + n0) * g.output_dim + first,
+      pool_bin(bin_grids, cb, block, windows.get(cb, block, offsets, own), std::min(kLanes, g.rois - n0),
+               input + first, g.channels, each, g, offsets, scratch, large, output + (bin * g.rois + n0) * g.output_dim + first,
                g.output_dim);
     }
   });
@@ -193,6 +196,7 @@ void backward_kernel(const T* grad, const T* input, const T* rois, const T* offs
   at::parallel_for(0, g.channels, 1, [&](int64_t begin, int64_t end) {
     std::vector<ChannelBin> bins;
     LaneGrids<T> scratch = bin_grids.scratch(P * P);
+    ClassOffsets<T> offsets = bin_grids.class_offsets();
     std::vector<LaneGrid<T>> grids(P * P);  // bin j's grid, filled only where a lane does not fit
     std::vector<BinWindow<T>> own(P * P);
     std::vector<const BinWindow<T>*> windows(P * P);
@@ -213,7 +217,7 @@ void backward_kernel(const T* grad, const T* input, const T* rois, const T* offs
             prefetch(input + (b * g.channels + channel + 1) * plane + from, std::min(slice, plane - from));
         }
         for (size_t j = 0; j < bins.size(); ++j) {
-          const BinWindow<T>& w = *(windows[j] = &bin_windows.get(bins[j], block, own[j]));
+          const BinWindow<T>& w = *(windows[j] = &bin_windows.get(bins[j], block, offsets, own[j]));
           T* d = diff.data() + j * kLanes;
           char* fit = fits.data() + j * kLanes;
           bool all_fit = true;
@@ -223,7 +227,7 @@ void backward_kernel(const T* grad, const T* input, const T* rois, const T* offs
             all_fit &= fit[l] || w.count[l] == 0;
           }
           if (all_fit) continue;
-          grids[j] = bin_grids.get(bins[j], block, scratch, j);
+          grids[j] = bin_grids.get(bins[j], block, offsets, scratch, j);
           if constexpr (kOffset) {
             T* dv = large_slopes.data() + j * 2 * kLanes;
             std::fill_n(dv, 2 * kLanes, T(0));
