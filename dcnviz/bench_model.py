@@ -126,6 +126,7 @@ def model(name_arg, model, device, size, repeats, threads, compare, dtype, json_
         kind = f" ({r['dtype']})" if len(runs) > 1 else ""
         click.echo(f"{r['model']}{kind}: {r['median_s'] * 1e3:.0f} ms median of {repeats} (input "
                    f"{r['input'][0]}x{r['input'][1]}{rois}; {r['device']}, {r['threads']} threads, torch "
-                   f"{r['torch']}, dcnviz CPU kernels {r['cpu_kernels']}; runs " + ", ".join(f"{t * 1e3:.0f}" for t in r["runs_s"]) + " ms)")
+                   f"{r['torch']}, dcnviz CPU kernels {r['cpu_kernels']}; runs "
+                   + ", ".join(f"{t * 1e3:.0f}" for t in r["runs_s"]) + " ms)")
     for what, ratio in ratios.items():
         click.echo(f"ratio {what}: {ratio:.2f} (medians, interleaved runs)")

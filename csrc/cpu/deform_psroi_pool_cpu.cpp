@@ -127,7 +127,8 @@ void forward_kernel(const T* input, const T* rois, const T* offset, T* output, c
       }
       for (const ChannelBin& bin : bins)
         pool_bin(bin_grids, bin, block, windows.get(bin, block, offsets, own), std::min(kLanes, g.rois - n0),
-                 input + channel * plane, 1, 1, g, offsets, scratch, large, output + n0 * roi_stride + bin.out, roi_stride);
+                 input + channel * plane, 1, 1, g, offsets, scratch, large, output + n0 * roi_stride + bin.out,
+                 roi_stride);
     }
   });
 }
@@ -156,8 +157,8 @@ void forward_kernel_channels_last(const T* input, const T* rois, const T* offset
       const int64_t ph = bin / P, pw = bin % P, first = cls * each, n0 = block * kLanes;
       const ChannelBin cb{ph, pw, 0, cls * bins + bin, bin_cell<T>(first, ph, pw, g)};
       pool_bin(bin_grids, cb, block, windows.get(cb, block, offsets, own), std::min(kLanes, g.rois - n0),
-               input + first, g.channels, each, g, offsets, scratch, large, output + (bin * g.rois + n0) * g.output_dim + first,
-               g.output_dim);
+               input + first, g.channels, each, g, offsets, scratch, large,
+               output + (bin * g.rois + n0) * g.output_dim + first, g.output_dim);
     }
   });
 }
