@@ -218,11 +218,13 @@ class TestDeformPSRoIPool:
     @pytest.mark.parametrize("case", [
         dict(height=40, width=44, pooled_size=1, group_size=1, sample_per_part=4),  # 40-px bins: no window fits
         dict(height=9, width=5, sample_per_part=4),  # a map narrower than the window
-        dict(height=30, width=30, pooled_size=2, group_size=2, sample_per_part=3, rois=12)],  # both kinds
-        ids=["large-bins", "narrow-map", "mixed"])
+        dict(height=30, width=30, pooled_size=2, group_size=2, sample_per_part=3, rois=12),  # both kinds
+        # more samples per axis than the window code keeps between its passes (8), in bins that fit
+        dict(height=30, width=30, pooled_size=4, group_size=4, sample_per_part=11, rois=20)],
+        ids=["large-bins", "narrow-map", "mixed", "many-samples"])
     def test_backward_beyond_the_window(self, case):
-        """The CPU backward spreads a bin's gradient on a fixed 8x8 window where its samples fit and with a
-        general path elsewhere (large bins, maps under 8 pixels wide): both match the reference."""
+        """The CPU kernels sum a bin and spread its gradient on a fixed 8x8 window where its samples fit and
+        with a general path elsewhere (large bins, maps under 8 pixels wide): both match the reference."""
         x, rois, offset, kwargs = random_case(spatial_scale=1.0, trans_std=0.1, **case)
         for want, got in zip(forward_backward(reference.deform_psroi_pool, x, rois, offset, kwargs),
                              forward_backward(deform_psroi_pool, x, rois, offset, kwargs)):
