@@ -134,7 +134,7 @@ def test_hand_picked_and_baseline_loops_give_the_same_bits(tmp_path):
         path = tmp_path / f"{isa}.pt"
         env = dict(os.environ, DCNVIZ_CPU_ISA=isa)
         script = _ISA_SCRIPT.format(tests=os.path.dirname(__file__))
-        ran = subprocess.run([sys.executable, "-c", script, str(path)], env=env, check=True, capture_output=True,
+        ran = subprocess.run([sys.executable, "-c", script, str(path)], env=env, check=True, stdout=subprocess.PIPE,
                              text=True).stdout.strip()
         results.setdefault(ran, torch.load(path))
     assert "baseline" in results and len(results) >= 2, f"loop sets run: {sorted(results)}"
