@@ -215,6 +215,24 @@ class TestDeformPSRoIPool:
             if want is not None:
                 torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
+    @pytest.mark.parametrize("threads", [1, 2])
+    def test_class_offsets_in_runs(self, threads):
+        """Enough RoIs that the CPU kernels copy the class offsets a run of classes at a time (ClassOffsets
+        holds ~0.5 MB: 3 of the 8 classes here, so runs of 3, 3 and 2), and with 2 threads the second
+        starts within a run: every class must move its own bins, forward and backward."""
+        x, rois, offset, kwargs = random_case(output_dim=8, group_size=7, pooled_size=7, num_classes=8, rois=176,
+                                              height=20, width=24, sample_per_part=2, trans_std=0.1)
+        run = (512 << 10) // (2 * 7 * 7 * 176 * x.element_size())
+        assert run == 3  # the case covers what it says (rois is a multiple of 16)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            got = forward_backward(deform_psroi_pool, x, rois, offset, kwargs)
+        finally:
+            torch.set_num_threads(before)
+        for want, g in zip(forward_backward(reference.deform_psroi_pool, x, rois, offset, kwargs), got):
+            torch.testing.assert_close(g, want, rtol=1e-10, atol=1e-12)
+
     @pytest.mark.parametrize("case", [
         dict(height=40, width=44, pooled_size=1, group_size=1, sample_per_part=4),  # 40-px bins: no window fits
         dict(height=9, width=5, sample_per_part=4),  # a map narrower than the window

@@ -118,13 +118,7 @@ void forward_kernel(const T* input, const T* rois, const T* offset, T* output, c
     for (int64_t item = begin; item < end; ++item) {
       const int64_t channel = item / blocks, block = item % blocks, n0 = block * kLanes;
       if (channel != binned) channel_bins<T>(channel, g, bins), binned = channel;
-      // The next channel's planes, a slice per block: a whole plane at once (~150 lines at the R-FCN
-      // head) filled the line fill buffers and stalled the loop on its prefetches.
-      if (channel + 1 < g.channels) {
-        const int64_t slice = (plane + blocks - 1) / blocks, from = std::min(plane, block * slice);
-        for (int64_t b = 0; b < g.batch; ++b)
-          prefetch(input + (b * g.channels + channel + 1) * plane + from, std::min(slice, plane - from));
-      }
+      if (channel + 1 < g.channels) prefetch_slice(input, g, channel + 1, block, blocks);
       for (const ChannelBin& bin : bins)
         pool_bin(bin_grids, bin, block, windows.get(bin, block, offsets, own), std::min(kLanes, g.rois - n0),
                  input + channel * plane, 1, 1, g, offsets, scratch, large, output + n0 * roi_stride + bin.out,
@@ -212,11 +206,7 @@ void backward_kernel(const T* grad, const T* input, const T* rois, const T* offs
       T* gx = grad_input + channel * plane;
       for (int64_t block = 0; block < blocks; ++block) {
         const int64_t n0 = block * kLanes, lanes = std::min(kLanes, g.rois - n0);
-        if (channel + 1 < end) {  // the next channel's planes, a slice per block (as in forward_kernel)
-          const int64_t slice = (plane + blocks - 1) / blocks, from = std::min(plane, block * slice);
-          for (int64_t b = 0; b < g.batch; ++b)
-            prefetch(input + (b * g.channels + channel + 1) * plane + from, std::min(slice, plane - from));
-        }
+        if (channel + 1 < end) prefetch_slice(input, g, channel + 1, block, blocks);
         for (size_t j = 0; j < bins.size(); ++j) {
           const BinWindow<T>& w = *(windows[j] = &bin_windows.get(bins[j], block, offsets, own[j]));
           T* d = diff.data() + j * kLanes;

@@ -18,12 +18,32 @@ namespace dcnviz {
 
 constexpr int64_t kLanes = 16;
 
-// Asks for the n values from p in cache ahead of use: the kernels read one plane (a few KiB) per
-// channel at the RoIs' scattered positions, and a plane that comes from memory stalls every read that
-// misses (a head's input, 38 MB at R-FCN's, does not stay in cache between calls).
+// Asks for the cache line of p. An asm statement, not __builtin_prefetch: GCC 12 counts a function
+// whose only effect is that builtin as pure (ipa-pure-const) and deletes the calls it does not inline,
+// prefetches and all (a helper like prefetch_slice below once came out with no prefetch in it, and the
+// forward 20 % slower); a volatile asm stays where it is written.
+inline void prefetch_line(const void* p) {
+#if defined(__x86_64__)
+  asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p);
+#endif
+}
+
+// Asks for slice `block` of `blocks` of the planes of input channel `channel` (every image) in cache.
+// The kernels read one plane (a few KiB) per channel at the RoIs' scattered positions, and a plane that
+// comes from memory stalls every read that misses (a head's input, 38 MB at R-FCN's, does not stay in
+// cache between calls), so they ask for the next channel's planes, a slice per block of RoIs: a whole
+// plane at once (~150 lines at the R-FCN head) filled the line fill buffers and stalled the loop on
+// its prefetches.
 template <typename T>
-void prefetch(const T* p, int64_t n) {
-  for (int64_t i = 0; i < n; i += 64 / int64_t(sizeof(T))) __builtin_prefetch(p + i);
+void prefetch_slice(const T* input, const DeformPoolGeometry& g, int64_t channel, int64_t block, int64_t blocks) {
+  const int64_t plane = g.height * g.width, slice = (plane + blocks - 1) / blocks;
+  const int64_t from = std::min(plane, block * slice), to = std::min(plane, from + slice);
+  for (int64_t b = 0; b < g.batch; ++b) {
+    const T* p = input + (b * g.channels + channel) * plane;
+    for (int64_t i = from; i < to; i += 64 / int64_t(sizeof(T))) prefetch_line(p + i);
+  }
 }
 
 // Every RoI's frame (batch index -1: unusable RoI).
@@ -135,6 +155,8 @@ struct LaneKernels {
   // window's first pixel, C channels per pixel, into out.
   void (*window_means)(const BinWindow<T>& w, int64_t lanes, int64_t W, const T* x, T* out, int64_t stride);
   void (*window_sum_cl)(const BinWindow<T>& w, int64_t l, int64_t W, int64_t C, const T* x, int64_t n, T* out);
+  // out[e * out_stride + l] = src[l * stride + e] for every e < elements, 0 for the lanes l >= lanes.
+  void (*gather_lanes)(const T* src, int64_t stride, int64_t lanes, int64_t elements, T* out, int64_t out_stride);
 };
 
 template <typename T>
@@ -180,22 +202,28 @@ class LaneGrids {
   std::vector<T> value_;
 };
 
-// The offsets of one offset class, element-major and RoI-minor ([element][RoI], RoIs padded to whole
-// blocks with 0), so that the kLanes RoIs of a block read a cell's offsets from one run of memory (in
-// place, each RoI's cell is a cache line of its own: the R-FCN class offsets are 31 KB per RoI). Each
-// thread keeps one, holding the class it works on, and copies the next class when it moves on: the
-// kernels visit classes in order, so a thread copies each of its classes once, into 119 KB (at the
-// R-FCN head) that stay in cache. A copy of every class up front (9.5 MB) was ~10 % of the class-score
-// forward, written out to memory and read back.
+// The offsets of a run of offset classes, element-major and RoI-minor ([class][element][RoI], RoIs
+// padded to whole blocks with 0), so that the kLanes RoIs of a block read a cell's offsets from one run
+// of memory (in place, each RoI's cell is a cache line of its own: the R-FCN class offsets are 31 KB per
+// RoI). Each thread keeps one, holding the classes it works on, and copies the next run when it moves
+// on: the kernels visit classes in order, so a thread copies each of its classes once, into ~0.5 MB
+// that stays in cache. The copy reads a page per RoI; a run of classes is one stretch of each RoI's
+// offsets, so it costs one page walk per RoI for the whole run, where a class at a time paid ~20 % of
+// the class-score forward in page walks. A copy of every class up front (9.5 MB at the R-FCN head) was
+// ~10 % of the class-score forward, written out to memory and read back.
 template <typename T>
 class ClassOffsets {
  public:
+  static constexpr int64_t kRunBytes = int64_t(512) << 10;
+
   ClassOffsets(const T* offset, const DeformPoolGeometry& g, int64_t blocks)
       : offset_(offset),
         g_(g),
         cells_(g.part_size * g.part_size),
         padded_(blocks * kLanes),
-        rows_(offset != nullptr ? 2 * cells_ * padded_ : 0) {}
+        run_(std::clamp<int64_t>(kRunBytes / std::max<int64_t>(1, 2 * cells_ * padded_ * int64_t(sizeof(T))), 1,
+                                 std::max<int64_t>(1, g.num_classes))),
+        rows_(offset != nullptr ? run_ * 2 * cells_ * padded_ : 0) {}
 
   // The lanes' dx and dy of `bin` for the RoIs of `block`; null without offsets (then never read).
   void lanes(const ChannelBin& bin, int64_t block, const T*& dx, const T*& dy) {
@@ -204,28 +232,29 @@ class ClassOffsets {
       return;
     }
     const int64_t cls = bin.cell.offset / (2 * cells_);
-    if (cls != cls_) load(cls);
-    dx = rows_.data() + (bin.cell.offset - cls * 2 * cells_) * padded_ + block * kLanes;
+    if (cls < first_ || cls >= first_ + count_) load(cls);
+    dx = rows_.data() + (bin.cell.offset - first_ * 2 * cells_) * padded_ + block * kLanes;
     dy = dx + cells_ * padded_;
   }
 
  private:
   void load(int64_t cls) {
-    const int64_t per_roi = g_.num_classes * 2 * cells_, elements = 2 * cells_;
-    const T* src = offset_ + cls * elements;
+    const int64_t per_roi = g_.num_classes * 2 * cells_;
+    const int64_t count = std::min(run_, g_.num_classes - cls), elements = count * 2 * cells_;
+    const T* src = offset_ + cls * 2 * cells_;
     T* out = rows_.data();
+    const LaneKernels<T>& kernels = lane_kernels<T>();
     for (int64_t n0 = 0; n0 < g_.rois; n0 += kLanes)  // a block's run of each element: one cache line
-      for (int64_t e = 0; e < elements; ++e)
-        for (int64_t n = n0; n < std::min(n0 + kLanes, g_.rois); ++n) out[e * padded_ + n] = src[n * per_roi + e];
-    for (int64_t e = 0; e < elements; ++e) std::fill(out + e * padded_ + g_.rois, out + (e + 1) * padded_, T(0));
-    cls_ = cls;
+      kernels.gather_lanes(src + n0 * per_roi, per_roi, std::min(kLanes, g_.rois - n0), elements, out + n0, padded_);
+    first_ = cls, count_ = count;
   }
 
   const T* offset_;
   const DeformPoolGeometry& g_;
   int64_t cells_, padded_;
+  int64_t run_;  // classes per copy
   std::vector<T> rows_;
-  int64_t cls_ = -1;  // the class in rows_
+  int64_t first_ = 0, count_ = 0;  // the classes in rows_
 };
 
 // The sample grids and windows of each (bin, block of kLanes RoIs). The grid of bin (ph, pw) of RoI n
