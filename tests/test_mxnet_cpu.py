@@ -117,3 +117,103 @@ def test_fused_relu_and_add_are_the_separate_ops(with_shortcut, kernel):
     out.sum().backward()
     torch.testing.assert_close(out.detach(), want)
     assert x.grad is not None
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_consumed_shortcut_takes_the_sum_in_place(channels_last):
+    """With ``consume`` the sum goes into the shortcut's own memory (a channels-last one), with the bits
+    of the separate ops; without it the shortcut is left as it was. A shortcut in another layout is
+    copied, and only the copy is written."""
+    g = torch.Generator().manual_seed(11)
+    conv = OneDNNConv2d.from_conv(nn.Conv2d(16, 24, 1))
+    x = torch.randn(2, 16, 9, 11, generator=g).contiguous(memory_format=torch.channels_last)
+    shortcut = torch.randn(2, 24, 9, 11, generator=g)
+    if channels_last:
+        shortcut = shortcut.contiguous(memory_format=torch.channels_last)
+    before = shortcut.clone()
+    with torch.inference_mode():
+        want = torch.relu(shortcut + conv(x))
+        kept = conv.fused(x, shortcut)
+        assert torch.equal(shortcut, before)
+        got = conv.fused(x, shortcut, consume=True)
+    assert torch.equal(kept, want) and torch.equal(got, want)
+    assert (got.data_ptr() == shortcut.data_ptr()) == channels_last
+    assert torch.equal(shortcut, want if channels_last else before)
+
+
+def _fused_calls(monkeypatch) -> list[tuple[bool, int]]:
+    """Records (consume, shortcut storage) of every OneDNNConv2d.fused call with a shortcut."""
+    calls, fused = [], OneDNNConv2d.fused
+
+    def spy(self, x, shortcut=None, consume=False):
+        if shortcut is not None:
+            calls.append((consume, shortcut.data_ptr()))
+        return fused(self, x, shortcut, consume)
+
+    monkeypatch.setattr(OneDNNConv2d, "fused", spy)
+    return calls
+
+
+def test_stages_sum_into_the_shortcuts_nothing_else_reads(monkeypatch):
+    """In a prepared backbone every block's sum goes into its shortcut: branch1's output, or the previous
+    block's output, which nothing else reads. The stage outputs (and taps) keep their values, and the
+    blobs are those of the model as written."""
+    model = tiny_models.rfcn("rfcn_dcn", seed=6)
+    prepared = mxnet_cpu_inference(copy.deepcopy(model))
+    calls = _fused_calls(monkeypatch)
+    data = torch.randn(1, 3, *tiny_models.SCALES, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        taps = {}
+        outputs = prepared.backbone.stage_outputs(data, taps)
+        copies = [o.clone() for o in outputs]
+        want = model.backbone.stage_outputs(data)
+    blocks = [n for names in prepared.backbone.stages for n in names]
+    assert [consume for consume, _ in calls] == [True] * len(blocks)
+    for got, kept, expected in zip(outputs, copies, want):
+        assert torch.equal(got, kept)  # no later block wrote into a stage output
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert all(taps[f"feat_{names[-1]}_relu"] is o for names, o in zip(prepared.backbone.stages, outputs))
+
+
+def test_hooks_keep_the_tensors_they_see(monkeypatch):
+    """A block whose output a hook sees (here: keeps) hands it on unconsumed, and so does a block seen by a
+    pre-hook; a block called directly never consumes its input."""
+    prepared = mxnet_cpu_inference(tiny_models.rfcn("rfcn", seed=7))
+    backbone = prepared.backbone
+    first, second = backbone.stages[1][:2]  # res3a (branch1) -> res3b
+    seen = []
+    handle = getattr(backbone, first).register_forward_hook(lambda m, args, out: seen.append((out, out.clone())))
+    calls = _fused_calls(monkeypatch)
+    data = torch.randn(1, 3, *tiny_models.SCALES, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        backbone.stage_outputs(data)
+        handle.remove()
+        kept, copy_ = seen[0]
+        assert torch.equal(kept, copy_)
+        blocks = [n for names in backbone.stages for n in names]
+        consumed = dict(zip(blocks, [c for c, _ in calls]))
+        assert not consumed[second] and consumed[first]
+        x = kept.clone()
+        getattr(backbone, second)(x)
+        assert torch.equal(x, kept)
+
+
+def test_hooked_convs_are_called_in_a_prepared_model():
+    """A forward hook on a trunk or head conv of a prepared model sees its call (the fused path, which
+    skips the module call, is not taken for it), and the blobs stay the same."""
+    prepared = mxnet_cpu_inference(tiny_models.rfcn("rfcn", seed=8))
+    convs = {"backbone.res3b.branch2c": None, "backbone.res2a.branch2a": None, "rpn.rpn_conv_3x3": None,
+             "head.conv_new_1": None}
+    modules = dict(prepared.named_modules())
+    data = torch.randn(1, 3, *tiny_models.SCALES, generator=torch.Generator().manual_seed(4))
+    rois = torch.tensor([[0, 4.0, 6.0, 40.0, 50.0]])
+    with torch.inference_mode():
+        want = prepared.forward_official(data, rois)
+        handles = [modules[name].register_forward_hook(lambda m, a, out, name=name: convs.__setitem__(name, out.shape))
+                   for name in convs]
+        got = prepared.forward_official(data, rois)
+    for h in handles:
+        h.remove()
+    assert all(shape is not None for shape in convs.values()), convs
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)

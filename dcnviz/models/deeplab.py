@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcnviz.models.preprocess import preprocess
-from dcnviz.models.resnet import FEATURE_STRIDE, ResNetV1
+from dcnviz.models.resnet import FEATURE_STRIDE, ResNetV1, conv_bn_relu
 from dcnviz.structures import Prep, Segmentation
 
 
@@ -40,7 +40,7 @@ class DeepLabHead(nn.Module):
 
     def forward(self, feat: torch.Tensor, input_hw: tuple[int, int], out: dict) -> None:
         """Writes ``score`` (N, C, h, w), ``croped_score`` (N, C, H, W; pre-softmax) and ``softmax_prob``."""
-        score = self.score(F.relu(self.fc6(feat)))
+        score = self.score(conv_bn_relu(self.fc6, None, feat))
         up = self.upsampling(score)
         h, w = input_hw
         out["score"] = score

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 __all__ = ["BOUNDARY_RULES", "LayerCall", "Probe", "register_deformable_layer", "deformable_modules", "recording",
-           "run_until", "StopForward"]
+           "run_until", "StopForward", "sees_calls"]
 
 BOUNDARY_RULES = ("dcnv1", "dcnv2")
 
@@ -63,6 +63,16 @@ def register_deformable_layer(cls: type, *, boundary: str = "dcnv2", read: Reade
     if not isinstance(cls, type) or not issubclass(cls, nn.Module):
         raise TypeError(f"cls must be an nn.Module subclass, got {cls!r}")
     _KINDS[cls] = _Kind(read or _read_args, boundary)
+
+
+def sees_calls(module: nn.Module) -> bool:
+    """Whether forward hooks would see a call of ``module`` (its own or global ones). Shortcuts that skip
+    a module's call (computing its result otherwise, or reusing its tensors in place) are taken only
+    where none would."""
+    from torch.nn.modules import module as m
+
+    return bool(module._forward_hooks or module._forward_pre_hooks or m._global_forward_hooks
+                or m._global_forward_pre_hooks)
 
 
 def _kind(module: nn.Module) -> _Kind | None:

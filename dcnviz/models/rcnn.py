@@ -13,7 +13,7 @@ from torchvision.ops import roi_pool
 
 from dcnviz.models.postprocess import DetectionConfig
 from dcnviz.models.proposal import ProposalConfig
-from dcnviz.models.resnet import FEATURE_STRIDE, ResNetV1
+from dcnviz.models.resnet import FEATURE_STRIDE, ResNetV1, conv_bn_relu
 from dcnviz.models.rfcn import RFCN, PartGeometry
 from dcnviz.ops import deform_roi_pool
 
@@ -47,7 +47,7 @@ class RCNNHead(nn.Module):
         ``deformable_roi_pool`` (deformable) or ``roi_pool``, then ``cls_score`` (R, C), ``cls_prob``
         (R, C), ``bbox_pred`` (R, 4C)."""
         g = self.geometry
-        h = F.relu(self.conv_new_1(feat))
+        h = conv_bn_relu(self.conv_new_1, None, feat)
         if g.deformable:
             common = dict(spatial_scale=g.spatial_scale, pooled_size=g.pooled_size, part_size=g.part_size,
                           sample_per_part=g.sample_per_part)

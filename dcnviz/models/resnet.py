@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dcnviz.models.hooks import sees_calls
 from dcnviz.ops import DeformConv2d
 
 FEATURE_STRIDE = 16
@@ -93,13 +94,17 @@ def block_names(stage: int, count: int) -> list[str]:
     return [f"res{stage}a"] + [f"res{stage}b{i}" for i in range(1, count)]
 
 
-def conv_bn_relu(conv: nn.Module, bn: nn.Module, x: torch.Tensor, shortcut: torch.Tensor | None = None) -> torch.Tensor:
-    """``relu(bn(conv(x)) [+ shortcut])``. Where the BatchNorm is folded into a oneDNN conv
-    (:func:`dcnviz.models.mxnet_cpu.mxnet_cpu_inference`), one call with the add and the ReLU as oneDNN
-    post-ops (``OneDNNConv2d.fused``), the same bits without the passes over the map in between."""
-    if isinstance(bn, nn.Identity) and hasattr(conv, "fused"):
-        return conv.fused(x, shortcut)
-    y = bn(conv(x))
+def conv_bn_relu(conv: nn.Module, bn: nn.Module | None, x: torch.Tensor, shortcut: torch.Tensor | None = None,
+                 consume: bool = False) -> torch.Tensor:
+    """``relu(bn(conv(x)) [+ shortcut])`` (``bn`` None: no BatchNorm). Where the BatchNorm is folded into a
+    oneDNN conv (:func:`dcnviz.models.mxnet_cpu.mxnet_cpu_inference`) or there is none, one call with the
+    add and the ReLU as oneDNN post-ops (``OneDNNConv2d.fused``), the same bits without the passes over the
+    map in between; with ``consume`` (nothing reads ``shortcut`` afterwards) the sum may be written into
+    ``shortcut``. Modules that forward hooks watch are called as themselves."""
+    plain = bn is None or isinstance(bn, nn.Identity)
+    if plain and hasattr(conv, "fused") and not (sees_calls(conv) or (bn is not None and sees_calls(bn))):
+        return conv.fused(x, shortcut, consume)
+    y = conv(x) if bn is None else bn(conv(x))
     return F.relu(y if shortcut is None else shortcut + y)
 
 
@@ -126,7 +131,10 @@ class Bottleneck(nn.Module):
         self.bn2c = FrozenBatchNorm2d(out)
         self.deformable = deformable
 
-    def forward(self, x: torch.Tensor, taps: dict | None = None, name: str = "") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, taps: dict | None = None, name: str = "", consume: bool = False) -> torch.Tensor:
+        """``consume``: nothing reads ``x`` after this call (:meth:`ResNetV1.stage_outputs` says so of a
+        block's input that only the block before it has made), so an identity shortcut's sum may be
+        written into ``x``. A branch1 shortcut is the block's own tensor, consumed unless hooks see it."""
         a = conv_bn_relu(self.branch2a, self.bn2a, x)
         if self.deformable is None:
             b = conv_bn_relu(self.branch2b, self.bn2b, a)
@@ -135,8 +143,12 @@ class Bottleneck(nn.Module):
             if taps is not None:
                 taps[name + "_branch2b_offset"] = offset
             b = F.relu(self.bn2b(self.branch2b(a, offset)))
-        shortcut = self.bn1(self.branch1(x)) if hasattr(self, "branch1") else x
-        return conv_bn_relu(self.branch2c, self.bn2c, b, shortcut)
+        if hasattr(self, "branch1"):
+            shortcut = self.bn1(self.branch1(x))
+            consume = not (sees_calls(self.branch1) or sees_calls(self.bn1))
+        else:
+            shortcut = x
+        return conv_bn_relu(self.branch2c, self.bn2c, b, shortcut, consume)
 
 
 class ResNetV1(nn.Module):
@@ -202,8 +214,11 @@ class ResNetV1(nn.Module):
             taps["feat_pool1"] = x
         outputs = []
         for names in self.stages:
-            for name in names:
-                x = getattr(self, name)(x, taps, name)
+            for i, name in enumerate(names):
+                block = getattr(self, name)
+                # the previous block's output, seen by nothing else unless hooks see the handover
+                consume = i > 0 and not (sees_calls(getattr(self, names[i - 1])) or sees_calls(block))
+                x = block(x, taps, name, consume)
             if taps is not None:
                 taps[f"feat_{names[-1]}_relu"] = x
             outputs.append(x)

@@ -15,10 +15,11 @@ from torch import nn
 
 from dcnviz.errors import UserError
 from dcnviz.models.anchors import generate_anchors
+from dcnviz.models.hooks import sees_calls
 from dcnviz.models.postprocess import DetectionConfig, detect
 from dcnviz.models.preprocess import preprocess
 from dcnviz.models.proposal import ProposalConfig, propose
-from dcnviz.models.resnet import FEATURE_STRIDE, ResNetV1
+from dcnviz.models.resnet import FEATURE_STRIDE, ResNetV1, conv_bn_relu
 from dcnviz.ops import deform_psroi_pool, psroi_pool
 from dcnviz.structures import Detections, Prep
 
@@ -39,7 +40,7 @@ class RPN(nn.Module):
         self.rpn_bbox_pred = nn.Conv2d(mid, 4 * num_anchors, 1)
 
     def forward(self, x: torch.Tensor):
-        r = F.relu(getattr(self, self.conv_name)(x))
+        r = conv_bn_relu(getattr(self, self.conv_name), None, x)
         score = self.rpn_cls_score(r)
         n, c, h, w = score.shape
         prob = F.softmax(score.reshape(n, 2, -1, w), dim=1).reshape(n, c, h, w)
@@ -62,22 +63,13 @@ class PartGeometry:
     spatial_scale: float
 
 
-def _hooked(module: nn.Module) -> bool:
-    """Whether forward hooks would see a call of ``module`` (its own or global ones): the head's shortcuts
-    that compute a conv's result without calling it then call it instead, so that hooks keep working."""
-    from torch.nn.modules import module as m
-
-    return bool(module._forward_hooks or module._forward_pre_hooks or m._global_forward_hooks
-                or m._global_forward_pre_hooks)
-
-
 def _score_maps(conv: nn.Conv2d, h: torch.Tensor) -> torch.Tensor:
     """The 1x1 conv ``conv`` of ``h`` as one matrix product per image, written NCHW-contiguous: the layout
     the position-sensitive pooling reads. On a channels-last ``h`` (the oneDNN convs' output) the conv's
     own output would be channels-last, and transposing the 3969-channel COCO class map cost ~30 ms of a
     ~1.2 s forward on 2 threads. The same values, rounded as a GEMM instead of a convolution. A ``conv``
     with forward hooks is called as itself."""
-    if _hooked(conv):
+    if sees_calls(conv):
         return conv(h).contiguous()
     n, c, height, width = h.shape
     w = conv.weight.reshape(conv.out_channels, c)
@@ -112,7 +104,7 @@ class RFCNHead(nn.Module):
         ``psroipooled_cls_rois``, ``psroipooled_loc_rois``, ``cls_score`` (R, C), ``cls_prob`` (R, C),
         ``bbox_pred`` (R, 4*num_reg_classes)."""
         g = self.geometry
-        h = F.relu(self.conv_new_1(feat))
+        h = conv_bn_relu(self.conv_new_1, None, feat)
         cls_maps, bbox_maps = _score_maps(self.rfcn_cls, h), _score_maps(self.rfcn_bbox, h)
         nbox = 4 * self.num_reg_classes
         if g.deformable:
@@ -152,7 +144,7 @@ class RFCNHead(nn.Module):
         p2 = self.geometry.pooled_size ** 2
         # multiply-adds: pooling all channels (4 corners per sample) + the GEMMs, against the convs
         pooled_cost = rois.shape[0] * p2 * c * (4 * self.geometry.sample_per_part ** 2 + sum(outs))
-        if (self.geometry.group_size != self.geometry.pooled_size or any(map(_hooked, convs))
+        if (self.geometry.group_size != self.geometry.pooled_size or any(map(sees_calls, convs))
                 or pooled_cost >= n * height * width * c * p2 * sum(outs)):
             return tuple(deform_psroi_pool(conv(h), rois, None, output_dim=k, **common) for conv, k in zip(convs, outs))
         single = dict(common, group_size=1)
