@@ -217,3 +217,19 @@ def test_hooked_convs_are_called_in_a_prepared_model():
     assert all(shape is not None for shape in convs.values()), convs
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("deformable", [True, False])
+def test_prepared_deeplab_softmax_and_labels(deformable):
+    """On the prepared model's channels-last scores the softmax runs over each pixel's channels: the
+    probabilities of a softmax along dim 1 to rounding; the predicted labels (which skip the softmax) are
+    the argmax of croped_score."""
+    model = mxnet_cpu_inference(tiny_models.deeplab(deformable, seed=9))
+    data = torch.randn(1, 3, *tiny_models.SCALES, generator=torch.Generator().manual_seed(5)) * 50
+    with torch.inference_mode():
+        out = model.forward_official(data)
+        assert out["croped_score"].stride(1) == 1 and out["softmax_prob"].stride(1) == 1  # channels innermost
+        torch.testing.assert_close(out["softmax_prob"], F.softmax(out["croped_score"].contiguous(), dim=1),
+                                   rtol=1e-6, atol=1e-7)
+        labels = model.predict_inputs([data], [model.preprocess(np.zeros((*tiny_models.SCALES, 3), np.uint8))[1]])
+    assert np.array_equal(labels[0].labels, out["croped_score"][0].argmax(0).to(torch.uint8).numpy())
