@@ -233,3 +233,20 @@ def test_prepared_deeplab_softmax_and_labels(deformable):
                                    rtol=1e-6, atol=1e-7)
         labels = model.predict_inputs([data], [model.preprocess(np.zeros((*tiny_models.SCALES, 3), np.uint8))[1]])
     assert np.array_equal(labels[0].labels, out["croped_score"][0].argmax(0).to(torch.uint8).numpy())
+
+
+def test_fused_in_bfloat16():
+    """In bfloat16 the fused conv (where oneDNN has bfloat16 kernels) rounds once, from the float32
+    accumulator: within bfloat16's precision of the float32 result, taken in the shortcut's own memory
+    when consumed. Without those kernels the separate ops run, and the shortcut is left alone."""
+    g = torch.Generator().manual_seed(12)
+    conv = OneDNNConv2d.from_conv(nn.Conv2d(32, 48, 1))
+    x = torch.randn(1, 32, 12, 10, generator=g).contiguous(memory_format=torch.channels_last)
+    shortcut = torch.randn(1, 48, 12, 10, generator=g).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        want = torch.relu(shortcut + conv(x))
+        conv16, x16, s16 = copy.deepcopy(conv).bfloat16(), x.bfloat16(), shortcut.bfloat16()
+        got = conv16.fused(x16, s16, consume=True)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
+    assert (got.data_ptr() == s16.data_ptr()) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
