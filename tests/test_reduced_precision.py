@@ -1,8 +1,11 @@
 """bfloat16 and float16 on the CPU: every op computes in float32 on the rounded inputs and rounds each
-result once to the input's type (csrc/cpu/reduced_precision.h), forward and backward.
+result once to the input's type (csrc/cpu/reduced_precision.h), forward and backward, except the
+bfloat16 forward of deform_conv2d, which rounds its samples (the columns) to bfloat16 for a bfloat16 GEMM
+with float32 accumulation, as a bfloat16 conv2d (and the CUDA forward) does.
 
 Two statements per op and type: (1) exactly the float32 result on the same (rounded) inputs, rounded
-once: 0.5 unit in the last place of the type, nothing accumulated in it; (2) against float32 on
+once: 0.5 unit in the last place of the type, nothing accumulated in it (for that forward: the float32
+GEMM of the rounded columns, rounded once, to the GEMM's own accumulation order); (2) against float32 on
 unrounded values, the deviation a user sees, within 2**-6 (bfloat16: 8-bit significand) or 2**-9
 (float16) of the largest value, i.e. a couple of units of the type for sums of a few dozen terms. The
 sampling positions (offsets, RoIs) are rounded in both runs: a DCNv1 sample jumps from 0 to the edge
@@ -11,6 +14,8 @@ pixel, which is the semantics, not an accumulation error.
 """
 import pytest
 import torch
+
+from dcnviz.ops import deform_conv2d
 
 from test_thread_invariance import all_cases, forward_backward
 
@@ -25,6 +30,8 @@ def test_float32_arithmetic_rounded_once(dtype):
         want = forward_backward(fn, [t.float() for t in low], wrt, grad_dtype=dtype)
         for i, (g, w) in enumerate(zip(got, want)):
             assert g.dtype == dtype, name
+            if i == 0 and dtype == torch.bfloat16 and name.startswith("deform_conv2d"):
+                continue  # rounds its columns: test_bfloat16_deform_conv2d_rounds_its_columns
             assert torch.equal(g, w.to(dtype)), f"{name} {dtype} result {i}: max diff {(g.float() - w).abs().max()}"
 
 
@@ -38,3 +45,46 @@ def test_deviation_from_float32(dtype):
         for i, (g, w) in enumerate(zip(got, want)):
             err, scale = (g.float() - w).abs().max().item(), w.abs().max().item()
             assert err <= BOUND[dtype] * scale, f"{name} {dtype} result {i}: max error {err} of max {scale}"
+
+
+def _columns(x, off, k, dgroups, **kw):
+    """deform_conv2d's samples (N, C*k*k, Ho, Wo), channel c*k*k + tap, from the op itself in float32 with
+    one-hot weights: each output is one sample times 1 plus zeros, so exactly the sample."""
+    c = x.shape[1]
+    w = torch.zeros(c * k * k, c, k, k)
+    for ch in range(c):
+        for t in range(k * k):
+            w[ch * k * k + t, ch, t // k, t % k] = 1
+    return deform_conv2d(x, off, w, None, deformable_groups=dgroups, **kw)
+
+
+@pytest.mark.parametrize("c, groups, dgroups, bias, channels_last", [
+    (16, 2, 2, True, False), (40, 1, 1, False, False), (48, 2, 3, False, True)])
+def test_bfloat16_deform_conv2d_rounds_its_columns(c, groups, dgroups, bias, channels_last):
+    """The bfloat16 forward is the GEMM of the columns rounded to bfloat16 with the bfloat16 weight,
+    accumulated in float32 and rounded once (then the bias added in bfloat16), NCHW or channels-last:
+    within one bfloat16 unit of that sum taken in float64, where the columns kept in float32 are further off."""
+    gen = torch.Generator().manual_seed(c)
+    x = torch.randn(2, c, 9, 11, generator=gen)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(16, c // groups, 3, 3, generator=gen)
+    b = torch.randn(16, generator=gen) if bias else None
+    off = torch.randn(2, 2 * dgroups * 9, 9, 11, generator=gen) * 2
+    kw = dict(padding=2, dilation=2)
+    x16, off16, w16 = x.bfloat16(), off.bfloat16(), w.bfloat16()
+    b16 = None if b is None else b.bfloat16()
+    got = deform_conv2d(x16, off16, w16, b16, groups=groups, deformable_groups=dgroups, **kw)
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last) == channels_last
+    cols = _columns(x16.float(), off16.float(), 3, dgroups, **kw).double()  # (N, C*9, Ho, Wo)
+    per_group = lambda cols: torch.cat([
+        torch.einsum("fq,nqp->nfp", w16.double()[gi * (16 // groups):(gi + 1) * (16 // groups)].flatten(1),
+                     cols[:, gi * (c // groups) * 9:(gi + 1) * (c // groups) * 9].flatten(2))
+        for gi in range(groups)], dim=1).view(got.shape)
+    exact = per_group(cols.bfloat16().double())
+    want = exact.bfloat16() if b16 is None else (exact.bfloat16() + b16.view(1, -1, 1, 1))
+    unit = 2.0 ** -7 * want.double().abs()  # one unit in the last place, at most
+    err = (got.double() - want.double()).abs()
+    assert (err <= unit + 1e-6 * exact.abs().max()).all(), f"max error {err.max()}"
+    unrounded = per_group(cols).bfloat16()
+    assert not torch.equal(unrounded, want)  # the case tells the two apart

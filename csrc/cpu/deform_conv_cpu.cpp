@@ -94,7 +94,7 @@ int64_t chunk_size(const Geometry& g, int64_t elem_size) {
 // weight buffer costs ~4 ms of faults, the whole im2col ~5 ms). One kept buffer per use, up to
 // kKeepBytes each; a larger request, or one made while the kept buffer is still in use, gets a buffer of
 // its own.
-enum class Scratch { kColumns, kWeight, kGradWeight, kOutput, kCount };
+enum class Scratch { kColumns, kRoundedColumns, kWeight, kGradWeight, kOutput, kCount };
 
 at::Tensor scratch(Scratch use, int64_t numel, const at::TensorOptions& options) {
   constexpr int64_t kKeepBytes = int64_t(256) << 20;
@@ -374,16 +374,32 @@ at::Tensor to_nchw(const at::Tensor& x_cl) {
   return out;
 }
 
+// rows (B*P, F) of images [n0, n0 + nb) into the NCHW output, in the rows' dtype.
+void rows_to_nchw(const at::Tensor& rows, at::Tensor& output, int64_t n0, int64_t nb, int64_t P, int64_t F) {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, rows.scalar_type(), "rows_to_nchw", [&] {
+    transpose_batched(rows.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>() + n0 * F * P, nb, P, F);
+  });
+}
+
+// bfloat16: the samples are taken in float32 on upcast copies as for every dtype, then the columns are
+// rounded to bfloat16 and the GEMM runs in bfloat16 with float32 accumulation (oneDNN's AMX or
+// AVX512-BF16 kernels where the CPU has them), the arithmetic of a bfloat16 conv2d and of the CUDA
+// forward; a bias is added to the rounded result. At the res5 shape that GEMM takes ~6 ms where the
+// float32 one on upcast copies took ~33 (2 threads, AMX), which was half of a bfloat16 R-FCN forward.
+// float16 computes in float32 on upcast copies and rounds the result once.
 at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                              int64_t dh, int64_t dw, int64_t groups, int64_t dgroups) {
   const Geometry g = check_geometry(input, offset_, weight, sh, sw, ph, pw, dh, dw, groups, dgroups);
+  const bool bf16 = input.scalar_type() == at::kBFloat16;
   if (reduced_precision(input)) {
     TORCH_CHECK(!bias.has_value() || !bias->defined() || bias->dtype() == input.dtype(),
                 "deform_conv2d: bias must have shape (F,) and the input's dtype and device");
-    return deform_conv2d_cpu(upcast(input), upcast(offset_), upcast(weight), upcast(bias), sh, sw, ph, pw, dh, dw,
-                             groups, dgroups)
-        .to(input.scalar_type());
+    if (!bf16) {
+      return deform_conv2d_cpu(upcast(input), upcast(offset_), upcast(weight), upcast(bias), sh, sw, ph, pw, dh, dw,
+                               groups, dgroups)
+          .to(input.scalar_type());
+    }
   }
   // The GEMMs run in the op's own dtype even inside an autocast region (autocast would lower them).
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
@@ -393,31 +409,32 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_,
   const int64_t K = g.K(), P = g.P(), CgK = g.Cg() * K;
   if (output.numel() > 0 && CgK == 0) output.zero_();
   if (output.numel() > 0 && CgK > 0) {
-    const at::Tensor offset = offset_.contiguous(), x_cl = input.permute({0, 2, 3, 1}).contiguous();
-    const at::Tensor w = tap_major(weight, g);
+    // sampled in float32 (bfloat16: on upcast copies, which keep the input's memory format)
+    const at::Tensor offset = (bf16 ? upcast(offset_) : offset_).contiguous();
+    const at::Tensor x_cl = (bf16 ? upcast(input) : input).permute({0, 2, 3, 1}).contiguous();
+    const at::Tensor w = tap_major(weight, g);  // in the GEMM's dtype, the weight's
     const int64_t B = chunk_size(g, x_cl.element_size());
     at::Tensor columns = scratch(Scratch::kColumns, g.G * B * P * CgK, x_cl.options());
+    at::Tensor rounded = bf16 ? scratch(Scratch::kRoundedColumns, g.G * B * P * CgK, input.options()) : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(x_cl.scalar_type(), "deform_conv2d_cpu", [&] {
       for (int64_t n0 = 0; n0 < g.N; n0 += B) {
         const int64_t nb = std::min(B, g.N - n0);
         im2col(x_cl.const_data_ptr<scalar_t>() + n0 * g.H * g.W * g.C,
                offset.const_data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P, g, nb, columns.mutable_data_ptr<scalar_t>());
-        const at::Tensor cols = columns.narrow(0, 0, g.G * nb * P * CgK).view({g.G, nb * P, CgK});
+        at::Tensor cols = columns.narrow(0, 0, g.G * nb * P * CgK).view({g.G, nb * P, CgK});
+        if (bf16) cols = rounded.narrow(0, 0, cols.numel()).view(cols.sizes()).copy_(cols);
         // out_g (B*P, Fg) = cols_g @ W_g^T, into the channels-last output in place or, for an NCHW
         // output, into a kept (B*P, F) block that is then transposed into place. Not W_g @ cols_g^T
         // straight into the NCHW rows: MKL's sgemm ran that orientation 16 % (Zen 4) to ~30 % (Zen 3)
         // slower, next to which the transpose (~1 ms at res5) is small; and one orientation gives NCHW
         // and channels-last outputs the same bits.
         at::Tensor rows = cl ? output.permute({0, 2, 3, 1}).view({g.N * P, g.F}).narrow(0, n0 * P, nb * P)
-                             : scratch(Scratch::kOutput, nb * P * g.F, x_cl.options()).view({nb * P, g.F});
+                             : scratch(Scratch::kOutput, nb * P * g.F, output.options()).view({nb * P, g.F});
         for (int64_t gi = 0; gi < g.G; ++gi) {
           at::Tensor out = rows.narrow(1, gi * g.Fg(), g.Fg());
           at::mm_out(out, cols[gi], w[gi].t());
         }
-        if (!cl) {
-          transpose_batched(rows.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>() + n0 * g.F * P, nb,
-                            P, g.F);
-        }
+        if (!cl) rows_to_nchw(rows, output, n0, nb, P, g.F);
       }
     });
   }
