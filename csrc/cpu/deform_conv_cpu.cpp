@@ -409,9 +409,11 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_,
   const int64_t K = g.K(), P = g.P(), CgK = g.Cg() * K;
   if (output.numel() > 0 && CgK == 0) output.zero_();
   if (output.numel() > 0 && CgK > 0) {
-    // sampled in float32 (bfloat16: on upcast copies, which keep the input's memory format)
-    const at::Tensor offset = (bf16 ? upcast(offset_) : offset_).contiguous();
-    const at::Tensor x_cl = (bf16 ? upcast(input) : input).permute({0, 2, 3, 1}).contiguous();
+    // sampled in float32 (bfloat16: on float32 copies made in the layout the kernels read, one pass each)
+    const auto laid_out = [bf16](const at::Tensor& t) {
+      return bf16 ? t.to(at::kFloat, false, false, at::MemoryFormat::Contiguous) : t.contiguous();
+    };
+    const at::Tensor offset = laid_out(offset_), x_cl = laid_out(input.permute({0, 2, 3, 1}));
     const at::Tensor w = tap_major(weight, g);  // in the GEMM's dtype, the weight's
     const int64_t B = chunk_size(g, x_cl.element_size());
     at::Tensor columns = scratch(Scratch::kColumns, g.G * B * P * CgK, x_cl.options());
