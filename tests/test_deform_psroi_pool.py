@@ -9,6 +9,7 @@ import torch
 
 from dcnviz.ops import DeformPSRoIPool, deform_psroi_pool
 from dcnviz.ops import reference
+from test_thread_invariance import threads as thread_count
 
 CASES = sorted((Path(__file__).parent / "conformance").glob("dpsroi_*.npz"))
 IMPLS = {"ext": deform_psroi_pool, "reference": reference.deform_psroi_pool}
@@ -224,12 +225,8 @@ class TestDeformPSRoIPool:
                                               height=20, width=24, sample_per_part=2, trans_std=0.1)
         run = (512 << 10) // (2 * 7 * 7 * 176 * x.element_size())
         assert run == 3  # the case covers what it says (rois is a multiple of 16)
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
+        with thread_count(threads):
             got = forward_backward(deform_psroi_pool, x, rois, offset, kwargs)
-        finally:
-            torch.set_num_threads(before)
         for want, g in zip(forward_backward(reference.deform_psroi_pool, x, rois, offset, kwargs), got):
             torch.testing.assert_close(g, want, rtol=1e-10, atol=1e-12)
 
