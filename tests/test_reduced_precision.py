@@ -48,10 +48,10 @@ def test_deviation_from_float32(dtype):
 
 
 def _columns(x, off, k, dgroups, **kw):
-    """deform_conv2d's samples (N, C*k*k, Ho, Wo), channel c*k*k + tap, from the op itself in float32 with
+    """deform_conv2d's samples (N, C*k*k, Ho, Wo), channel c*k*k + tap, from the op itself in x's dtype with
     one-hot weights: each output is one sample times 1 plus zeros, so exactly the sample."""
     c = x.shape[1]
-    w = torch.zeros(c * k * k, c, k, k)
+    w = torch.zeros(c * k * k, c, k, k, dtype=x.dtype)
     for ch in range(c):
         for t in range(k * k):
             w[ch * k * k + t, ch, t // k, t % k] = 1
@@ -88,3 +88,21 @@ def test_bfloat16_deform_conv2d_rounds_its_columns(c, groups, dgroups, bias, cha
     assert (err <= unit + 1e-6 * exact.abs().max()).all(), f"max error {err.max()}"
     unrounded = per_group(cols).bfloat16()
     assert not torch.equal(unrounded, want)  # the case tells the two apart
+
+
+@pytest.mark.parametrize("c", [40, 64])
+def test_bfloat16_columns_are_rounded_to_nearest_even(c):
+    """Each bfloat16 column is its float32 sample rounded as torch rounds (to nearest, ties to even): the op
+    with bfloat16 one-hot weights gives its columns exactly (one product by 1, accumulated in float32, of
+    a value bfloat16 holds), against the float32 columns rounded by torch. The values are products of few
+    significant bits, so many samples are exact ties; 64 channels fill whole 32-value lines (the streamed
+    stores), 40 do not."""
+    gen = torch.Generator().manual_seed(c)
+    x = torch.randint(-256, 256, (1, c, 7, 8), generator=gen).float() * 2.0 ** -5
+    off = torch.randint(-8, 9, (1, 18, 7, 8), generator=gen).float() / 8  # bilinear weights of 3 bits
+    x16, off16 = x.bfloat16(), off.bfloat16()
+    assert torch.equal(x16.float(), x) and torch.equal(off16.float(), off)
+    exact = _columns(x, off, 3, 1, padding=1)
+    ties = exact.view(torch.int32) & 0xFFFF == 0x8000
+    assert ties.sum() > 100 and (exact.bfloat16().float() != exact).sum() > ties.sum()
+    assert torch.equal(_columns(x16, off16, 3, 1, padding=1), exact.bfloat16())

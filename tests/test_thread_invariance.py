@@ -81,9 +81,9 @@ def wide_conv_cases(dtype):
     """deform_conv2d with channel runs of whole 16-float vectors and a partial one (40 channels; 2 conv
     groups of 24), offsets putting many samples on the clamped last row or column (two corners one pixel):
     the AVX-512 loops of the backward and the streamed column stores (whole 16-float runs on 64-byte
-    lines, C=48) against the generic ones."""
+    lines, C=48; bfloat16 columns: whole 32-value runs, C=64) against the generic ones."""
     gen = torch.Generator().manual_seed(2)
-    for c, groups, dgroups in ((40, 1, 1), (48, 2, 1), (48, 1, 3)):
+    for c, groups, dgroups in ((40, 1, 1), (48, 2, 1), (48, 1, 3), (64, 1, 1)):
         x = torch.randn(1, c, 9, 11, generator=gen, dtype=dtype)
         w = torch.randn(16, c // groups, 3, 3, generator=gen, dtype=dtype)
         off = torch.randn(1, 2 * dgroups * 9, 9, 11, generator=gen, dtype=dtype) * 3
@@ -117,8 +117,9 @@ import sys, torch
 sys.path.insert(0, {tests!r})
 import dcnviz._C
 from test_thread_invariance import forward_backward, pool_cases, wide_conv_cases
-torch.save([forward_backward(fn, inputs, wrt) for dtype in (torch.float32, torch.float64)
-            for cases in (pool_cases, wide_conv_cases) for _, fn, inputs, wrt in cases(dtype)], sys.argv[1])
+torch.save([forward_backward(fn, [t.to(dtype) for t in inputs], wrt)
+            for dtype in (torch.float32, torch.float64, torch.bfloat16)
+            for cases in (pool_cases, wide_conv_cases) for _, fn, inputs, wrt in cases(torch.float32)], sys.argv[1])
 print(dcnviz._C.cpu_kernels())
 """
 

@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -94,7 +95,7 @@ int64_t chunk_size(const Geometry& g, int64_t elem_size) {
 // weight buffer costs ~4 ms of faults, the whole im2col ~5 ms). One kept buffer per use, up to
 // kKeepBytes each; a larger request, or one made while the kept buffer is still in use, gets a buffer of
 // its own.
-enum class Scratch { kColumns, kRoundedColumns, kWeight, kGradWeight, kOutput, kCount };
+enum class Scratch { kColumns, kWeight, kGradWeight, kOutput, kCount };
 
 at::Tensor scratch(Scratch use, int64_t numel, const at::TensorOptions& options) {
   constexpr int64_t kKeepBytes = int64_t(256) << 20;
@@ -179,6 +180,25 @@ DCNVIZ_CLONES void blend(double* __restrict dst, const double* __restrict v0, co
   for (int64_t c = 0; c < n; ++c) dst[c] = w0 * v0[c] + w1 * v1[c] + w2 * v2[c] + w3 * v3[c];
 }
 
+// f rounded to bfloat16 as c10::BFloat16(f) rounds it (to nearest, ties to even; NaN to 0x7FC0), in
+// integer steps that vectorise.
+inline uint16_t round_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  const uint16_t rounded = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  return f != f ? uint16_t(0x7FC0) : rounded;
+}
+
+// The float blend rounded to bfloat16 (the bfloat16 forward's columns): the float32 sum of blend(),
+// rounded once as it is stored, where a float32 column buffer and a rounding pass over it cost twice
+// the memory traffic (~3 ms a call at res5).
+DCNVIZ_CLONES void blend(c10::BFloat16* __restrict dst_, const float* __restrict v0, const float* __restrict v1,
+                         const float* __restrict v2, const float* __restrict v3, float w0, float w1, float w2,
+                         float w3, int64_t n) {
+  uint16_t* __restrict dst = reinterpret_cast<uint16_t*>(dst_);
+  for (int64_t c = 0; c < n; ++c) dst[c] = round_bf16(w0 * v0[c] + w1 * v1[c] + w2 * v2[c] + w3 * v3[c]);
+}
+
 // The float blend (and the zero fill of a sample outside the map) with non-temporal stores, for whole
 // 64-byte lines: the columns (tens of MB) are written once and read back by the GEMM from memory
 // anyway, and streaming stores skip reading each line in before it is overwritten. Same operations in
@@ -219,6 +239,38 @@ __attribute__((target("avx2"))) void blend_stream_avx2(float* dst, const float* 
   }
 }
 
+// round_bf16 on 16 floats. (The maskz forms with a full mask: GCC 12 warns about the undefined
+// pass-through of the plain ones.)
+__attribute__((target("avx512f"))) inline __m256i round_bf16_avx512(__m512 s) {
+  constexpr __mmask16 all = 0xFFFF;
+  const __m512i u = _mm512_castps_si512(s);
+  const __m512i lsb = _mm512_and_si512(_mm512_maskz_srli_epi32(all, u, 16), _mm512_set1_epi32(1));
+  const __m512i biased = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb);
+  __m512i r = _mm512_maskz_srli_epi32(all, biased, 16);
+  r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(s, s, _CMP_ORD_Q), _mm512_set1_epi32(0x7FC0), r);
+  return _mm512_maskz_cvtepi32_epi16(all, r);
+}
+
+// The bfloat16 blend() with non-temporal stores, as blend_stream_avx512 for whole 64-byte lines (runs of
+// 32 values): the same sums and the same rounding (round_bf16), so the same bits.
+__attribute__((target("avx512f"))) void blend_stream_bf16_avx512(c10::BFloat16* dst, const float* v0,
+                                                                 const float* v1, const float* v2, const float* v3,
+                                                                 float w0, float w1, float w2, float w3, int64_t n,
+                                                                 bool zero) {
+  if (zero) {
+    for (int64_t c = 0; c < n; c += 32)
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(dst + c), _mm512_setzero_si512());
+    return;
+  }
+  const __m512 a0 = _mm512_set1_ps(w0), a1 = _mm512_set1_ps(w1), a2 = _mm512_set1_ps(w2), a3 = _mm512_set1_ps(w3);
+  for (int64_t c = 0; c < n; c += 16) {
+    __m512 s = _mm512_add_ps(_mm512_mul_ps(a0, _mm512_loadu_ps(v0 + c)), _mm512_mul_ps(a1, _mm512_loadu_ps(v1 + c)));
+    s = _mm512_add_ps(s, _mm512_mul_ps(a2, _mm512_loadu_ps(v2 + c)));
+    s = _mm512_add_ps(s, _mm512_mul_ps(a3, _mm512_loadu_ps(v3 + c)));
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + c), round_bf16_avx512(s));
+  }
+}
+
 using BlendStream = void (*)(float*, const float*, const float*, const float*, const float*, float, float, float,
                              float, int64_t, bool);
 
@@ -232,8 +284,10 @@ BlendStream stream_kernel() {
 // that each tap of a sample fills a contiguous run from contiguous channels-last input (the weight is
 // permuted to match). A sample outside the map is exactly 0 (not 0 * value, which would be NaN next
 // to an infinite input value).
-template <typename T>
-void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, T* columns) {
+//
+// Out: T, or bfloat16 for a float T (the bfloat16 forward: float32 samples rounded as they are stored).
+template <typename T, typename Out>
+void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, Out* columns) {
   const int64_t BP = B * g.P(), Cg = g.Cg(), CgK = Cg * g.K();
   const auto runs = channel_runs(g, 0, g.C);
 #ifdef DCNVIZ_X86_INTRINSICS
@@ -254,10 +308,17 @@ void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, 
           const auto a = corner_offsets(q, g.C);
           const T w0 = q.w00(), w1 = q.w01(), w2 = q.w10(), w3 = q.w11();
           for (const Run& r : runs[dg]) {
-            T* __restrict__ dst = columns + (r.gi * BP + bp) * CgK + k * Cg + (r.lo - r.gi * Cg);
+            Out* __restrict__ dst = columns + (r.gi * BP + bp) * CgK + k * Cg + (r.lo - r.gi * Cg);
             const int64_t n = r.hi - r.lo;
 #ifdef DCNVIZ_X86_INTRINSICS
-            if constexpr (std::is_same_v<T, float>) {
+            if constexpr (std::is_same_v<Out, c10::BFloat16>) {
+              if (use_avx512() && n % 32 == 0 && reinterpret_cast<uintptr_t>(dst) % 64 == 0) {
+                blend_stream_bf16_avx512(dst, image + a[0] + r.lo, image + a[1] + r.lo, image + a[2] + r.lo,
+                                         image + a[3] + r.lo, w0, w1, w2, w3, n, !q.valid);
+                continue;
+              }
+            }
+            if constexpr (std::is_same_v<Out, float>) {
               if (stream && n % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 64 == 0) {
                 stream(dst, image + a[0] + r.lo, image + a[1] + r.lo, image + a[2] + r.lo, image + a[3] + r.lo,
                              w0, w1, w2, w3, n, !q.valid);
@@ -266,7 +327,7 @@ void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, 
             }
 #endif
             if (!q.valid) {
-              std::fill(dst, dst + n, T(0));
+              std::fill(dst, dst + n, Out(0));
               continue;
             }
             const T *v0 = image + a[0] + r.lo, *v1 = image + a[1] + r.lo, *v2 = image + a[2] + r.lo,
@@ -381,9 +442,9 @@ void rows_to_nchw(const at::Tensor& rows, at::Tensor& output, int64_t n0, int64_
   });
 }
 
-// bfloat16: the samples are taken in float32 on upcast copies as for every dtype, then the columns are
-// rounded to bfloat16 and the GEMM runs in bfloat16 with float32 accumulation (oneDNN's AMX or
-// AVX512-BF16 kernels where the CPU has them), the arithmetic of a bfloat16 conv2d and of the CUDA
+// bfloat16: the samples are taken in float32 on upcast copies as for every dtype, rounded to bfloat16 as
+// they are stored in the columns, and the GEMM runs in bfloat16 with float32 accumulation (oneDNN's AMX
+// or AVX512-BF16 kernels where the CPU has them), the arithmetic of a bfloat16 conv2d and of the CUDA
 // forward; a bias is added to the rounded result. At the res5 shape that GEMM takes ~6 ms where the
 // float32 one on upcast copies took ~33 (2 threads, AMX), which was half of a bfloat16 R-FCN forward.
 // float16 computes in float32 on upcast copies and rounds the result once.
@@ -415,16 +476,18 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_,
     };
     const at::Tensor offset = laid_out(offset_), x_cl = laid_out(input.permute({0, 2, 3, 1}));
     const at::Tensor w = tap_major(weight, g);  // in the GEMM's dtype, the weight's
-    const int64_t B = chunk_size(g, x_cl.element_size());
-    at::Tensor columns = scratch(Scratch::kColumns, g.G * B * P * CgK, x_cl.options());
-    at::Tensor rounded = bf16 ? scratch(Scratch::kRoundedColumns, g.G * B * P * CgK, input.options()) : at::Tensor();
+    const int64_t B = chunk_size(g, input.element_size());
+    at::Tensor columns = scratch(Scratch::kColumns, g.G * B * P * CgK, input.options());  // the GEMM's dtype too
     AT_DISPATCH_FLOATING_TYPES(x_cl.scalar_type(), "deform_conv2d_cpu", [&] {
       for (int64_t n0 = 0; n0 < g.N; n0 += B) {
         const int64_t nb = std::min(B, g.N - n0);
-        im2col(x_cl.const_data_ptr<scalar_t>() + n0 * g.H * g.W * g.C,
-               offset.const_data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P, g, nb, columns.mutable_data_ptr<scalar_t>());
-        at::Tensor cols = columns.narrow(0, 0, g.G * nb * P * CgK).view({g.G, nb * P, CgK});
-        if (bf16) cols = rounded.narrow(0, 0, cols.numel()).view(cols.sizes()).copy_(cols);
+        const scalar_t* x = x_cl.const_data_ptr<scalar_t>() + n0 * g.H * g.W * g.C;
+        const scalar_t* off = offset.const_data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P;
+        if (!bf16)
+          im2col(x, off, g, nb, columns.mutable_data_ptr<scalar_t>());
+        else if constexpr (std::is_same_v<scalar_t, float>)
+          im2col(x, off, g, nb, columns.mutable_data_ptr<c10::BFloat16>());
+        const at::Tensor cols = columns.narrow(0, 0, g.G * nb * P * CgK).view({g.G, nb * P, CgK});
         // out_g (B*P, Fg) = cols_g @ W_g^T, into the channels-last output in place or, for an NCHW
         // output, into a kept (B*P, F) block that is then transposed into place. Not W_g @ cols_g^T
         // straight into the NCHW rows: MKL's sgemm ran that orientation 16 % (Zen 4) to ~30 % (Zen 3)
