@@ -15,8 +15,9 @@ pixel, which is the semantics, not an accumulation error.
 import pytest
 import torch
 
-from dcnviz.ops import deform_conv2d
+from dcnviz.ops import deform_conv2d, deform_psroi_pool
 
+from test_deform_psroi_pool import random_case
 from test_thread_invariance import all_cases, forward_backward
 
 BOUND = {torch.bfloat16: 2 ** -6, torch.float16: 2 ** -9}
@@ -106,3 +107,21 @@ def test_bfloat16_columns_are_rounded_to_nearest_even(c):
     ties = exact.view(torch.int32) & 0xFFFF == 0x8000
     assert ties.sum() > 100 and (exact.bfloat16().float() != exact).sum() > ties.sum()
     assert torch.equal(_columns(x16, off16, 3, 1, padding=1), exact.bfloat16())
+
+
+@pytest.mark.parametrize("group_size, channels_last", [(3, False), (1, True)])
+def test_bfloat16_pooling_on_large_bins_and_batches(group_size, channels_last):
+    """The bfloat16 deform_psroi_pool forward reads the map in bfloat16 (class scores: each channel's
+    planes widened in turn; group 1 channels-last: features rounded as stored): the float32 result on
+    the rounded inputs, rounded once, here with RoIs on both images and bins of up to ~12 pixels, which
+    no window holds (the sample-grid path)."""
+    x, rois, off, kw = random_case(batch=2, output_dim=3 if group_size == 3 else 32, group_size=group_size,
+                                   height=40, width=44, rois=40, spatial_scale=1.0, sample_per_part=4,
+                                   dtype=torch.float32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert (rois[:, 0] == 1).any() and ((rois[:, 3] - rois[:, 1]) / 3 > 10).any()
+    low = [x.bfloat16(), rois.bfloat16(), off.bfloat16()]
+    got = deform_psroi_pool(*low, **kw)
+    want = deform_psroi_pool(*[t.float() for t in low], **kw)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want.bfloat16())

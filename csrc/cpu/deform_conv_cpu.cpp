@@ -24,7 +24,6 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -178,15 +177,6 @@ DCNVIZ_CLONES void blend(double* __restrict dst, const double* __restrict v0, co
                          const double* __restrict v2, const double* __restrict v3, double w0, double w1,
                          double w2, double w3, int64_t n) {
   for (int64_t c = 0; c < n; ++c) dst[c] = w0 * v0[c] + w1 * v1[c] + w2 * v2[c] + w3 * v3[c];
-}
-
-// f rounded to bfloat16 as c10::BFloat16(f) rounds it (to nearest, ties to even; NaN to 0x7FC0), in
-// integer steps that vectorise.
-inline uint16_t round_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  const uint16_t rounded = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-  return f != f ? uint16_t(0x7FC0) : rounded;
 }
 
 // The float blend rounded to bfloat16 (the bfloat16 forward's columns): the float32 sum of blend(),

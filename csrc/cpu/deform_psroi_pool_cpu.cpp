@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../pooling.h"
@@ -101,11 +102,17 @@ void pool_bin(const BinGrids<T>& grids, const ChannelBin& bin, int64_t block, co
 
 // Work items are (channel, block of kLanes RoIs) pairs, channel-major, so that a thread's range covers
 // whole planes.
-template <typename T>
-void forward_kernel(const T* input, const T* rois, const T* offset, T* output, const DeformPoolGeometry& g) {
+//
+// In: T, or bfloat16 for a float T: then input and output are bfloat16, and a thread widens each channel's
+// planes (every image's, a few KiB each) into float32 just before it samples them, and rounds each
+// bin as it stores it: the float32 kernel's bits, rounded once, with no float32 copy of the map (38 MB
+// at the R-FCN head, ~8 ms to make).
+template <typename T, typename In>
+void forward_kernel(const In* input, const T* rois, const T* offset, In* output, const DeformPoolGeometry& g) {
+  constexpr bool kWiden = !std::is_same_v<T, In>;
   const std::vector<RoiFrame<T>> frames = roi_frames(rois, g);
   const int64_t P = g.pooled_size, plane = g.height * g.width, roi_stride = g.output_dim * P * P;
-  const BinGrids<T> bin_grids(frames, offset, g);
+  const BinGrids<T> bin_grids(frames, offset, g, kWiden ? plane : g.channels * plane);
   const BinWindows<T> windows(bin_grids, g, true, false);
   const int64_t blocks = bin_grids.blocks();
   at::parallel_for(0, g.channels * blocks, 4, [&](int64_t begin, int64_t end) {
@@ -114,15 +121,30 @@ void forward_kernel(const T* input, const T* rois, const T* offset, T* output, c
     ClassOffsets<T> offsets = bin_grids.class_offsets();
     BinWindow<T> own;
     SeparableBin<T> large(g.sample_per_part, g.width);
-    int64_t binned = -1;  // the channel whose bins `bins` holds
+    std::vector<T> planes(kWiden ? g.batch * plane : 0);  // the channel's planes, image after image
+    T means[kLanes];
+    int64_t binned = -1;  // the channel whose bins `bins` (and `planes`) hold
     for (int64_t item = begin; item < end; ++item) {
       const int64_t channel = item / blocks, block = item % blocks, n0 = block * kLanes;
-      if (channel != binned) channel_bins<T>(channel, g, bins), binned = channel;
+      const int64_t lanes = std::min(kLanes, g.rois - n0);
+      if (channel != binned) {
+        channel_bins<T>(channel, g, bins), binned = channel;
+        if constexpr (kWiden)
+          for (int64_t b = 0; b < g.batch; ++b)
+            widen_bf16(input + (b * g.channels + channel) * plane, planes.data() + b * plane, plane);
+      }
       if (channel + 1 < g.channels) prefetch_slice(input, g, channel + 1, block, blocks);
-      for (const ChannelBin& bin : bins)
-        pool_bin(bin_grids, bin, block, windows.get(bin, block, offsets, own), std::min(kLanes, g.rois - n0),
-                 input + channel * plane, 1, 1, g, offsets, scratch, large, output + n0 * roi_stride + bin.out,
-                 roi_stride);
+      for (const ChannelBin& bin : bins) {
+        const BinWindow<T>& w = windows.get(bin, block, offsets, own);
+        In* out = output + n0 * roi_stride + bin.out;
+        if constexpr (kWiden) {
+          pool_bin(bin_grids, bin, block, w, lanes, planes.data(), 1, 1, g, offsets, scratch, large, means, 1);
+          for (int64_t l = 0; l < lanes; ++l) out[l * roi_stride] = c10::BFloat16(means[l]);
+        } else {
+          pool_bin(bin_grids, bin, block, w, lanes, input + channel * plane, 1, 1, g, offsets, scratch, large, out,
+                   roi_stride);
+        }
+      }
     }
   });
 }
@@ -133,9 +155,14 @@ void forward_kernel(const T* input, const T* rois, const T* offset, T* output, c
 // is bin-major in memory, (P, P, R, C), so that those runs are written in place too (and the head's
 // per-bin GEMMs read it as it is). Work items are (offset class, bin, block of kLanes RoIs); each output
 // element is written by one item and bitwise equal to forward_kernel's (window_sum_cl, SeparableBin).
-template <typename T>
-void forward_kernel_channels_last(const T* input, const T* rois, const T* offset, T* output,
+//
+// Out: T, or bfloat16 for a float T: each item's sums go through a float32 buffer of its own and are
+// rounded as they are stored, where a float32 output (60 MB at the R-FCN head) and a rounding pass over
+// it took ~8 ms of a bfloat16 forward.
+template <typename T, typename Out>
+void forward_kernel_channels_last(const T* input, const T* rois, const T* offset, Out* output,
                                   const DeformPoolGeometry& g) {
+  constexpr bool kRound = !std::is_same_v<T, Out>;
   const std::vector<RoiFrame<T>> frames = roi_frames(rois, g);
   const int64_t P = g.pooled_size, bins = P * P, each = g.channels_each_class;
   const BinGrids<T> bin_grids(frames, offset, g);
@@ -146,13 +173,22 @@ void forward_kernel_channels_last(const T* input, const T* rois, const T* offset
     ClassOffsets<T> offsets = bin_grids.class_offsets();
     BinWindow<T> own;
     SeparableBin<T> large(g.sample_per_part, g.width);
+    std::vector<T> sums(kRound ? kLanes * each : 0);  // lane l's channels at l * each
     for (int64_t item = begin; item < end; ++item) {
       const int64_t block = item % blocks, bin = item / blocks % bins, cls = item / (blocks * bins);
       const int64_t ph = bin / P, pw = bin % P, first = cls * each, n0 = block * kLanes;
+      const int64_t lanes = std::min(kLanes, g.rois - n0);
       const ChannelBin cb{ph, pw, 0, cls * bins + bin, bin_cell<T>(first, ph, pw, g)};
-      pool_bin(bin_grids, cb, block, windows.get(cb, block, offsets, own), std::min(kLanes, g.rois - n0),
-               input + first, g.channels, each, g, offsets, scratch, large,
-               output + (bin * g.rois + n0) * g.output_dim + first, g.output_dim);
+      const BinWindow<T>& w = windows.get(cb, block, offsets, own);
+      Out* out = output + (bin * g.rois + n0) * g.output_dim + first;
+      if constexpr (kRound) {
+        pool_bin(bin_grids, cb, block, w, lanes, input + first, g.channels, each, g, offsets, scratch, large,
+                 sums.data(), each);
+        for (int64_t l = 0; l < lanes; ++l) round_bf16(sums.data() + l * each, out + l * g.output_dim, each);
+      } else {
+        pool_bin(bin_grids, cb, block, w, lanes, input + first, g.channels, each, g, offsets, scratch, large, out,
+                 g.output_dim);
+      }
     }
   });
 }
@@ -282,13 +318,18 @@ void reduce_offset_grad(const T* terms, T* grad_offset, const DeformPoolGeometry
   });
 }
 
+// bfloat16 computes in float32 as float16 does (reduced_precision.h), but on the map itself: the
+// kernels widen the planes they read (the class-score map) or round the features they write (the
+// offset branches'), the two copies that were ~16 ms of a bfloat16 R-FCN forward. RoIs and offsets are
+// upcast (small).
 at::Tensor deform_psroi_pool_forward_cpu(const at::Tensor& input, const at::Tensor& rois,
                                          const std::optional<at::Tensor>& offset, double spatial_scale,
                                          int64_t output_dim, int64_t group_size, int64_t pooled_size,
                                          int64_t part_size, int64_t sample_per_part, double trans_std) {
   const DeformPoolGeometry g = check_deform_psroi_pool(input, rois, offset, spatial_scale, output_dim, group_size,
                                                        pooled_size, part_size, sample_per_part, trans_std);
-  if (reduced_precision(input))
+  const bool bf16 = input.scalar_type() == at::kBFloat16;
+  if (reduced_precision(input) && !bf16)
     return deform_psroi_pool_forward_cpu(upcast(input), upcast(rois), upcast(offset), spatial_scale, output_dim,
                                          group_size, pooled_size, part_size, sample_per_part, trans_std)
         .to(input.scalar_type());
@@ -296,20 +337,26 @@ at::Tensor deform_psroi_pool_forward_cpu(const at::Tensor& input, const at::Tens
   auto output = bin_major ? at::empty({pooled_size, pooled_size, g.rois, output_dim}, input.options()).permute({2, 3, 0, 1})
                           : at::empty({g.rois, output_dim, pooled_size, pooled_size}, input.options());
   if (output.numel() == 0) return output;
-  const auto r = rois.contiguous();
-  const auto t = g.has_offset ? offset->contiguous() : at::Tensor();
-  if (bin_major) {
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_psroi_pool_forward_cpu", [&] {
-      forward_kernel_channels_last<scalar_t>(input.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(),
-                                             g.has_offset ? t.data_ptr<scalar_t>() : nullptr,
-                                             output.data_ptr<scalar_t>(), g);
-    });
+  const auto r = bf16 ? upcast(rois).contiguous() : rois.contiguous();
+  const auto t = !g.has_offset ? at::Tensor() : bf16 ? upcast(*offset).contiguous() : offset->contiguous();
+  if (bf16) {
+    const float* offsets = g.has_offset ? t.data_ptr<float>() : nullptr;
+    if (bin_major)
+      forward_kernel_channels_last<float>(upcast(input).data_ptr<float>(), r.data_ptr<float>(), offsets,
+                                          output.data_ptr<c10::BFloat16>(), g);
+    else
+      forward_kernel<float>(input.contiguous().data_ptr<c10::BFloat16>(), r.data_ptr<float>(), offsets,
+                            output.data_ptr<c10::BFloat16>(), g);
     return output;
   }
-  const auto x = input.contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_psroi_pool_forward_cpu", [&] {
-    forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(),
-                             g.has_offset ? t.data_ptr<scalar_t>() : nullptr, output.data_ptr<scalar_t>(), g);
+    const scalar_t* offsets = g.has_offset ? t.data_ptr<scalar_t>() : nullptr;
+    if (bin_major)
+      forward_kernel_channels_last<scalar_t>(input.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), offsets,
+                                             output.data_ptr<scalar_t>(), g);
+    else
+      forward_kernel<scalar_t>(input.contiguous().data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), offsets,
+                               output.data_ptr<scalar_t>(), g);
   });
   return output;
 }

@@ -83,12 +83,13 @@ template <typename T>
 struct LaneFrames {
   T y_start[kLanes], x_start[kLanes], height[kLanes], width[kLanes], bin_h[kLanes], bin_w[kLanes];
   T sub_h[kLanes], sub_w[kLanes], usable[kLanes];
-  int64_t batch[kLanes];  // the batch image as an element offset: batch * channels * H * W
+  int64_t batch[kLanes];  // the batch image as an element offset (batch * channels * H * W in the input)
 };
 
-// The LaneFrames of every block of kLanes RoIs.
+// The LaneFrames of every block of kLanes RoIs, image b at element offset b * batch_stride.
 template <typename T>
-std::vector<LaneFrames<T>> lane_frames(const std::vector<RoiFrame<T>>& frames, const DeformPoolGeometry& g) {
+std::vector<LaneFrames<T>> lane_frames(const std::vector<RoiFrame<T>>& frames, const DeformPoolGeometry& g,
+                                       int64_t batch_stride) {
   std::vector<LaneFrames<T>> blocks((g.rois + kLanes - 1) / kLanes);
   for (size_t k = 0; k < blocks.size(); ++k) {
     LaneFrames<T>& f = blocks[k];
@@ -99,7 +100,7 @@ std::vector<LaneFrames<T>> lane_frames(const std::vector<RoiFrame<T>>& frames, c
       f.y_start[l] = r.y_start, f.x_start[l] = r.x_start, f.height[l] = r.height, f.width[l] = r.width;
       f.bin_h[l] = r.bin_h, f.bin_w[l] = r.bin_w, f.sub_h[l] = r.sub_h, f.sub_w[l] = r.sub_w;
       f.usable[l] = usable ? T(1) : T(0);
-      f.batch[l] = usable ? r.batch * g.channels * g.height * g.width : 0;
+      f.batch[l] = usable ? r.batch * batch_stride : 0;
     }
   }
   return blocks;
@@ -261,12 +262,16 @@ class ClassOffsets {
 // The sample grids and windows of each (bin, block of kLanes RoIs). The grid of bin (ph, pw) of RoI n
 // depends on the offset class, not on the output channel. The kernels work on windows (window()); a
 // grid (get()) is only filled where a lane does not fit its window, just before use. Both read the
-// offsets through the calling thread's ClassOffsets (class_offsets()).
+// offsets through the calling thread's ClassOffsets (class_offsets()). Their pixel offsets address
+// image b at b * batch_stride: the input's, or (a kernel reading one channel's planes from a copy,
+// image after image) a plane's.
 template <typename T>
 class BinGrids {
  public:
   BinGrids(const std::vector<RoiFrame<T>>& frames, const T* offset, const DeformPoolGeometry& g)
-      : frames_(lane_frames(frames, g)), offset_(g.has_offset ? offset : nullptr), g_(g),
+      : BinGrids(frames, offset, g, g.channels * g.height * g.width) {}
+  BinGrids(const std::vector<RoiFrame<T>>& frames, const T* offset, const DeformPoolGeometry& g, int64_t batch_stride)
+      : frames_(lane_frames(frames, g, batch_stride)), offset_(g.has_offset ? offset : nullptr), g_(g),
         blocks_(int64_t(frames_.size())) {}
 
   // The bin of sample grid `grid` ((offset class * P + ph) * P + pw) in the first channel of its class.
