@@ -4,11 +4,11 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from dcnviz.data.synth import generate
 from dcnviz.eval.evaluate import evaluate
 from dcnviz.models import load_model
+from torch_threads import threads
 
 README = Path(__file__).resolve().parents[1] / "weights" / "README.md"
 ROW = re.compile(r"^\| `(\w+_synth)` \| ([0-9.]+|–) \| ([0-9.]+|–) \| ([0-9.]+|–) \|$")
@@ -38,8 +38,8 @@ def test_the_readme_lists_all_four_models():
 
 @pytest.mark.parametrize("name", ["rfcn_dcn_synth", "rfcn_synth", "deeplab_dcn_synth", "deeplab_synth"])
 def test_eval_reproduces_the_readme(name, test_split):
-    torch.set_num_threads(2)
-    result = evaluate(load_model(name), test_split, "test")
+    with threads(2):
+        result = evaluate(load_model(name), test_split, "test")
     expected = readme_scores()[name]
     assert expected
     for key, value in expected.items():

@@ -9,12 +9,10 @@ for its files, schema and COCO output only.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from cli_helpers import ROOT, assert_one_line_error, coco_ground_truth, leftover_temp_files, run_cli, validate_jsonl
@@ -23,19 +21,10 @@ from dcnviz.io.images import read_image
 from dcnviz.io.results_json import COCO_CATEGORY_IDS, detection_record, segmentation_record
 from dcnviz.models import load_model
 from random_weights import write_random_params, write_random_safetensors
+from torch_threads import threads
 
 SAMPLES = ROOT / "samples"
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-@contextlib.contextmanager
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +51,7 @@ def test_detect_with_the_bundled_architecture(tmp_path, bundled_weights, fmt, mo
     # hang on last-bit differences that a different tensor layout of the same values can cause
     model = load_model("rfcn_dcn_synth", weights=weights)
     monkeypatch.chdir(tmp_path)  # JSON paths are relative to the working directory of the run
-    with one_thread():
+    with threads(1):
         for path, record in zip(sorted(images), records, strict=True):
             dets = filter_detections(model.predict(read_image(path)), conf=0, max_det=100)
             assert record == detection_record(dets, image=path, image_id=record["image_id"], model="rfcn_dcn_synth",
@@ -88,7 +77,7 @@ def test_segment_with_the_bundled_architecture(tmp_path, bundled_weights, monkey
                     "--json"], cwd=tmp_path, fake=False, env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr
     (record,) = validate_jsonl(proc.stdout, "segmentation")
-    with one_thread():
+    with threads(1):
         seg = load_model("deeplab_dcn_synth", weights=weights).predict(read_image(image))
     monkeypatch.chdir(tmp_path)  # JSON paths are relative to the working directory of the run
     assert record == segmentation_record(seg, image=image, model="deeplab_dcn_synth",

@@ -11,6 +11,7 @@ import torch
 
 from dcnviz.ops import DeformConv2d, deform_conv2d
 from dcnviz.ops.reference import deform_conv2d as reference_deform_conv2d
+from torch_threads import threads
 
 CONFORMANCE = sorted((pathlib.Path(__file__).parent / "conformance").glob("dconv_*.npz"))
 IMPLS = {"ext": deform_conv2d, "ref": reference_deform_conv2d}
@@ -448,12 +449,9 @@ class TestBenchCommand:
 
         monkeypatch.setitem(bench.RES5, "input", (1, 8, 9, 10))
         monkeypatch.setitem(bench.RES5, "weight", (4, 8, 3, 3))
-        threads = torch.get_num_threads()
-        try:
+        with threads(torch.get_num_threads()):  # --threads sets it for the process: restored after
             result = CliRunner().invoke(main, ["bench", "ops", "--op", "conv", "--json", "--repeats", "1",
                                                "--threads", "1"])
-        finally:
-            torch.set_num_threads(threads)
         assert result.exit_code == 0, result.output
         report = json.loads(result.output)
         rows = report["rows"]

@@ -9,7 +9,7 @@ import torch
 
 from dcnviz.ops import DeformPSRoIPool, deform_psroi_pool
 from dcnviz.ops import reference
-from test_thread_invariance import threads as thread_count
+from torch_threads import threads as thread_count
 
 CASES = sorted((Path(__file__).parent / "conformance").glob("dpsroi_*.npz"))
 IMPLS = {"ext": deform_psroi_pool, "reference": reference.deform_psroi_pool}
@@ -186,14 +186,10 @@ class TestDeformPSRoIPool:
         terms in a fixed order: bitwise the same output and gradients with 1 and 4 threads (lost updates
         from a race would change them). 45 channels x 37 RoIs also split the forward mid-channel."""
         x, rois, offset, kwargs = random_case(**case)
-        threads = torch.get_num_threads()
-        try:
-            results = []
-            for n in (1, 4):
-                torch.set_num_threads(n)
+        results = []
+        for n in (1, 4):
+            with thread_count(n):
                 results.append(forward_backward(deform_psroi_pool, x, rois, offset, kwargs))
-        finally:
-            torch.set_num_threads(threads)
         for one, many in zip(*results):
             assert torch.equal(one, many)
 

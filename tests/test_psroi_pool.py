@@ -9,6 +9,7 @@ import torch
 
 from dcnviz.ops import PSRoIPool, psroi_pool
 from dcnviz.ops import reference
+from torch_threads import threads
 
 CASES = sorted((Path(__file__).parent / "conformance").glob("psroi_*.npz"))
 IMPLS = {"ext": psroi_pool, "reference": reference.psroi_pool}
@@ -103,14 +104,10 @@ class TestPSRoIPool:
         output and gradient with 1 and 4 threads (lost updates from a race would change it). 45 channels
         x 37 RoIs also split the forward mid-channel."""
         x, rois, kwargs = random_case(**case)
-        threads = torch.get_num_threads()
-        try:
-            results = []
-            for n in (1, 4):
-                torch.set_num_threads(n)
+        results = []
+        for n in (1, 4):
+            with threads(n):
                 results.append(forward_backward(psroi_pool, x, rois, kwargs))
-        finally:
-            torch.set_num_threads(threads)
         for one, many in zip(*results):
             assert torch.equal(one, many)
 

@@ -9,7 +9,6 @@ the backward, per-bin terms summed in a fixed order for the offset gradient). Th
 split their output among threads, not the reduction, so no tolerance is needed there either; if a
 BLAS ever splits the reduction, the test says so instead of hiding it behind a tolerance.
 """
-import contextlib
 import os
 import subprocess
 import sys
@@ -19,16 +18,7 @@ import torch
 
 from dcnviz.ops import deform_conv2d, deform_psroi_pool, deform_roi_pool, psroi_pool
 from test_psroi_pool import random_case
-
-
-@contextlib.contextmanager
-def threads(n):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+from torch_threads import threads
 
 
 def forward_backward(fn, inputs, wrt, seed=0, grad_dtype=None):

@@ -24,6 +24,7 @@ from dcnviz.train.losses import ohem_keep, rpn_losses, smooth_l1
 from dcnviz.train.model import export_state, init_weights, is_offset_param, thaw_batchnorm
 from dcnviz.train.targets import (AnchorTargetConfig, ProposalTargetConfig, anchor_targets, encode, overlaps,
                                   proposal_targets)
+from torch_threads import threads
 
 RNG = np.random.default_rng(0)
 
@@ -169,9 +170,15 @@ def _records(path):
         return [json.loads(line) for line in f]
 
 
+@pytest.fixture
+def one_thread():
+    with threads(1):
+        yield
+
+
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("model", ["_test_rfcn_dcn_tiny", "_test_deeplab_dcn_tiny"])
 def test_training_loss_falls(model, data, tmp_path):
-    torch.set_num_threads(1)
     out = str(tmp_path / "w.safetensors")
     train(_config(model, data, iterations=30, steps=(25,), lr=0.004, checkpoint_every=30, log_every=10), out,
           progress=False)
@@ -183,8 +190,8 @@ def test_training_loss_falls(model, data, tmp_path):
     assert isinstance(result, Detections if model.startswith("_test_rfcn") else Segmentation)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_interrupted_run_resumes_to_the_same_weights(data, tmp_path, monkeypatch):
-    torch.set_num_threads(1)
     model = "_test_rfcn_dcn_tiny"
     straight = str(tmp_path / "straight.safetensors")
     train(_config(model, data), straight, progress=False)
