@@ -3,7 +3,8 @@
 
 Shapes (600x1000 image, stride-16 features):
     res5 deformable conv: input (1, 512, 38, 63), weight (512, 512, 3, 3), stride 1, padding 2,
-    dilation 2, offsets ~ N(0, 2 px), deformable_groups 4 and 1;
+    dilation 2, offsets ~ N(0, 2 px), deformable_groups 4 and 1; NCHW, or (``channels_last``) input,
+    offsets and weights channels-last, as the prepared models run them;
     R-FCN head deformable PS RoI pooling (COCO): class scores, input (1, 81*49, 38, 63) with offsets
     (300, 2*81, 7, 7) ~ N(0, 1), and its no-trans mode next to ``psroi_pool`` of the same input; boxes,
     input (1, 8*49, 38, 63) with offsets (300, 2, 7, 7); 300 random RoIs, pooled/group/part size 7,
@@ -74,30 +75,30 @@ def _time_cases(cases: list[_Case], device: torch.device, repeats: int) -> list[
             for c, (f, fb) in zip(cases, times)]
 
 
-def _res5_inputs(device: torch.device, gen: torch.Generator):
+def _res5_inputs(device: torch.device, gen: torch.Generator, layout: torch.memory_format):
     s = RES5
-    x = torch.randn(s["input"], generator=gen).to(device).requires_grad_()
-    w = (torch.randn(s["weight"], generator=gen) * 0.01).to(device).requires_grad_()
+    x = torch.randn(s["input"], generator=gen).to(device, memory_format=layout).requires_grad_()
+    w = (torch.randn(s["weight"], generator=gen) * 0.01).to(device, memory_format=layout).requires_grad_()
     return x, w, dict(stride=s["stride"], padding=s["padding"], dilation=s["dilation"])
 
 
-def _conv2d_case(device: torch.device, gen: torch.Generator) -> _Case:
-    x, w, kw = _res5_inputs(device, gen)
+def _conv2d_case(device: torch.device, gen: torch.Generator, layout: torch.memory_format) -> _Case:
+    x, w, kw = _res5_inputs(device, gen, layout)
     return _Case("conv2d", "torch", "res5", lambda: torch.nn.functional.conv2d(x, w, **kw), [x, w])
 
 
-def _deform_conv_cases(device: torch.device, gen: torch.Generator) -> list[_Case]:
+def _deform_conv_cases(device: torch.device, gen: torch.Generator, layout: torch.memory_format) -> list[_Case]:
     import torchvision
 
     from dcnviz.ops import deform_conv2d
 
-    x, w, kw = _res5_inputs(device, gen)
+    x, w, kw = _res5_inputs(device, gen, layout)
     cases = []
     for dg in RES5["deformable_groups"]:
         with torch.no_grad():  # the offset map has the output's size
             n, _, ho, wo = torch.nn.functional.conv2d(x, w[:1], **kw).shape
         off = torch.randn(n, 2 * dg * w.shape[2] * w.shape[3], ho, wo, generator=gen) * RES5["offset_std"]
-        off = off.to(device).requires_grad_()
+        off = off.to(device, memory_format=layout).requires_grad_()
         case = f"res5 dg={dg}"
         cases.append(_Case("deform_conv2d", "dcnviz", case,
                            lambda off=off, dg=dg: deform_conv2d(x, off, w, None, deformable_groups=dg, **kw),
@@ -146,14 +147,17 @@ def _pool_cases(device: torch.device, gen: torch.Generator) -> list[_Case]:
     return cases
 
 
-def run_ops(device: str = "cpu", repeats: int = 5, ops: tuple[str, ...] = OPS, seed: int = 0) -> list[Timing]:
+def run_ops(device: str = "cpu", repeats: int = 5, ops: tuple[str, ...] = OPS, seed: int = 0,
+            channels_last: bool = False) -> list[Timing]:
     """Time the operators; ``ops`` picks "conv" (res5 deformable convolutions) and/or "pool" (R-FCN head
-    pooling). The res5 ``conv2d`` is always measured: every ratio is relative to it."""
+    pooling). The res5 ``conv2d`` is always measured: every ratio is relative to it. ``channels_last``:
+    the res5 convolutions' tensors in that layout."""
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
-    cases = [_conv2d_case(dev, gen)]
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    cases = [_conv2d_case(dev, gen, layout)]
     if "conv" in ops:
-        cases += _deform_conv_cases(dev, gen)
+        cases += _deform_conv_cases(dev, gen, layout)
     if "pool" in ops:
         cases += _pool_cases(dev, gen)
     rows = _time_cases(cases, dev, repeats)

@@ -224,6 +224,19 @@ class TestDeformConv2d:
         assert torch.equal(y, y_nchw)
         torch.library.opcheck(torch.ops.dcnviz.deform_conv2d.default, op_args(x, offset, weight, b, **kw))
 
+    @pytest.mark.parametrize("shape", RANDOM_SHAPES, ids=lambda s: f"n{s[0]}g{s[9]}dg{s[10]}")
+    def test_channels_last_weight(self, shape):
+        """A channels-last weight (as the prepared models store it: its memory is the GEMM's tap-major
+        matrix, used in place) gives the bits, gradients included, of the same weight contiguous."""
+        (x, offset, weight, b, dy), kw = random_case(*shape, dtype=torch.float32)
+        w_cl = weight.contiguous(memory_format=torch.channels_last)
+        assert not w_cl.is_contiguous() or weight.shape[2:] == (1, 1)
+        want, want_g = forward_backward(deform_conv2d, x, offset, weight, b, dy, **kw)
+        got, got_g = forward_backward(deform_conv2d, x, offset, w_cl, b, dy, **kw)
+        assert torch.equal(got, want)
+        for name in want_g:
+            assert torch.equal(got_g[name], want_g[name]), name
+
     @pytest.mark.parametrize("impl", sorted(IMPLS))
     @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), 1e30, -1e30])
     def test_nonfinite_and_huge_offsets(self, impl, bad):
@@ -441,21 +454,33 @@ class TestDeformConv2dCUDA:
 
 
 class TestBenchCommand:
-    def test_bench_ops_json(self, monkeypatch):
+    @pytest.mark.parametrize("channels_last", [False, True])
+    def test_bench_ops_json(self, monkeypatch, channels_last):
         from click.testing import CliRunner
 
+        import dcnviz.ops
         from dcnviz import bench
         from dcnviz.cli import main
 
         monkeypatch.setitem(bench.RES5, "input", (1, 8, 9, 10))
         monkeypatch.setitem(bench.RES5, "weight", (4, 8, 3, 3))
+        layouts = set()
+
+        def spy(x, offset, weight, *args, **kwargs):
+            layouts.add(tuple(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+                              for t in (x, offset, weight)))
+            return deform_conv2d(x, offset, weight, *args, **kwargs)
+
+        monkeypatch.setattr(dcnviz.ops, "deform_conv2d", spy)
+        flags = ["--channels-last"] if channels_last else []
         with threads(torch.get_num_threads()):  # --threads sets it for the process: restored after
             result = CliRunner().invoke(main, ["bench", "ops", "--op", "conv", "--json", "--repeats", "1",
-                                               "--threads", "1"])
+                                               "--threads", "1", *flags])
         assert result.exit_code == 0, result.output
         report = json.loads(result.output)
         rows = report["rows"]
-        assert report["threads"] == 1 and report["repeats"] == 1
+        assert report["threads"] == 1 and report["repeats"] == 1 and report["channels_last"] == channels_last
+        assert layouts == {(channels_last,) * 3}
         assert report["cpu_kernels"] in ("avx512", "avx2", "baseline")
         assert [(r["impl"], r["case"]) for r in rows] == [
             ("torch", "res5"), ("dcnviz", "res5 dg=4"), ("torchvision", "res5 dg=4"),

@@ -31,7 +31,10 @@ bench.add_command(dataset)
               help="Only these operators (repeatable): conv = deform_conv2d at res5, pool = "
                    "deform_psroi_pool at the R-FCN head (cls, cls no-trans, bbox) and psroi_pool. Default: both. "
                    "conv2d is always timed.")
-def ops(device, json_out, threads, repeats, ops):
+@click.option("--channels-last", is_flag=True,
+              help="Run the res5 convolutions (conv2d and both deform_conv2d) on channels-last input, offsets "
+                   "and weights, the layout the prepared models run them in (default: NCHW).")
+def ops(device, json_out, threads, repeats, ops, channels_last):
     """Forward and forward+backward time of the operators at the R-FCN sizes, with torchvision's
     deform_conv2d and a plain conv2d of the same shape for comparison (ratios are to conv2d)."""
     import torch
@@ -41,7 +44,7 @@ def ops(device, json_out, threads, repeats, ops):
     device = str(select_device(device))
     use_threads(threads)
     try:
-        rows = lib.run_ops(device, repeats, ops or lib.OPS)
+        rows = lib.run_ops(device, repeats, ops or lib.OPS, channels_last=channels_last)
     except (RuntimeError, NotImplementedError) as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise click.ClickException(f"benchmark failed: {textwrap.shorten(first_line, 240)}") from exc
@@ -50,8 +53,9 @@ def ops(device, json_out, threads, repeats, ops):
     if json_out:
         click.echo(json.dumps({"device": device, "threads": torch.get_num_threads(), "repeats": repeats,
                                "torch": torch.__version__, "cpu_kernels": _C.cpu_kernels(),
-                               "rows": lib.as_dicts(rows)}, indent=2))
+                               "channels_last": channels_last, "rows": lib.as_dicts(rows)}, indent=2))
     else:
+        layout = "channels-last" if channels_last else "NCHW"
         click.echo(f"device {device}, {torch.get_num_threads()} threads, median of {repeats} runs, torch "
-                   f"{torch.__version__}, dcnviz CPU kernels {_C.cpu_kernels()}")
+                   f"{torch.__version__}, dcnviz CPU kernels {_C.cpu_kernels()}, res5 convolutions {layout}")
         click.echo(lib.format_table(rows))
