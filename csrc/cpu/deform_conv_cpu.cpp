@@ -400,13 +400,14 @@ at::Tensor group_rows(const at::Tensor& t, int64_t n0, int64_t B, int64_t gi, co
   return t.narrow(0, n0, B).narrow(1, gi * g.Fg(), g.Fg()).transpose(0, 1).reshape({g.Fg(), B * g.P()});
 }
 
-// weight (F, C/G, kh, kw) -> (G, F/G, K*C/G), tap-major like the columns: a view of a channels-last
-// weight, whose memory is (F, kh, kw, C/G) already (as the models store it, see
-// dcnviz/models/mxnet_cpu.py); else a copy in a kept buffer (~1.2 ms at res5).
-at::Tensor tap_major(const at::Tensor& weight, const Geometry& g) {
+// weight (F, C/G, kh, kw) -> (G, F/G, K*C/G) in dtype `type`, tap-major like the columns: a view of a
+// channels-last weight of that dtype, whose memory is (F, kh, kw, C/G) already (as the models store it,
+// see dcnviz/models/mxnet_cpu.py); else a copy in a kept buffer (~1.2 ms at res5).
+at::Tensor tap_major(const at::Tensor& weight, const Geometry& g, at::ScalarType type) {
   const at::Tensor hwc = weight.permute({0, 2, 3, 1});
-  if (hwc.is_contiguous()) return hwc.view({g.G, g.Fg(), g.K() * g.Cg()});
-  at::Tensor w = scratch(Scratch::kWeight, weight.numel(), weight.options()).view({g.G, g.Fg(), g.K(), g.Cg()});
+  if (hwc.is_contiguous() && weight.scalar_type() == type) return hwc.view({g.G, g.Fg(), g.K() * g.Cg()});
+  at::Tensor w = scratch(Scratch::kWeight, weight.numel(), weight.options().dtype(type))
+                     .view({g.G, g.Fg(), g.K(), g.Cg()});
   w.copy_(weight.reshape({g.G, g.Fg(), g.Cg(), g.K()}).transpose(2, 3));
   return w.view({g.G, g.Fg(), g.K() * g.Cg()});
 }
@@ -469,7 +470,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_,
       return bf16 ? t.to(at::kFloat, false, false, at::MemoryFormat::Contiguous) : t.contiguous();
     };
     const at::Tensor offset = laid_out(offset_), x_cl = laid_out(input.permute({0, 2, 3, 1}));
-    const at::Tensor w = tap_major(weight, g);  // in the GEMM's dtype, the weight's
+    const at::Tensor w = tap_major(weight, g, weight.scalar_type());  // in the GEMM's dtype, the weight's
     const int64_t B = chunk_size(g, input.element_size());
     at::Tensor columns = scratch(Scratch::kColumns, g.G * B * P * CgK, input.options());  // the GEMM's dtype too
     AT_DISPATCH_FLOATING_TYPES(x_cl.scalar_type(), "deform_conv2d_cpu", [&] {
@@ -517,27 +518,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
               "deform_conv2d backward: grad_output must have shape (N, F, Ho, Wo)");
   TORCH_CHECK(grad_output_.dtype() == input.dtype() && grad_output_.device() == input.device(),
               "deform_conv2d backward: grad_output must have the input's dtype and device");
-  if (reduced_precision(input)) {
-    auto [gx, go, gw, gb] = deform_conv2d_backward_cpu(upcast(grad_output_), upcast(input), upcast(offset_),
-                                                       upcast(weight), sh, sw, ph, pw, dh, dw, groups, dgroups);
-    const auto type = input.scalar_type();
-    return {gx.to(type), go.to(type), gw.to(type), gb.to(type)};
-  }
+  // bfloat16 and float16 compute in float32 (reduced_precision.h), on copies made in the layouts the
+  // kernels read (one pass each), and round each gradient once
+  const bool low = reduced_precision(input);
+  const at::ScalarType work = low ? at::kFloat : input.scalar_type();
+  // (not .to(work, ..., format) for both: without a dtype change it can return a permuted view as it is)
+  const auto laid_out = [low](const at::Tensor& t, at::MemoryFormat format) {
+    return low ? t.to(at::kFloat, false, false, format) : t.contiguous(format);
+  };
   const bool cl = channels_last(input);
-  const at::Tensor offset = offset_.contiguous(), x_cl = input.permute({0, 2, 3, 1}).contiguous();
+  const at::Tensor offset = laid_out(offset_, at::MemoryFormat::Contiguous);
+  const at::Tensor x_cl = laid_out(input.permute({0, 2, 3, 1}), at::MemoryFormat::Contiguous);
   // grad_output in the output's layout; group_rows reads either as (Fg, B*P) matrices
   const at::Tensor grad_output =
-      cl ? grad_output_.contiguous(at::MemoryFormat::ChannelsLast) : grad_output_.contiguous();
+      laid_out(grad_output_, cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   const int64_t K = g.K(), P = g.P(), CgK = g.Cg() * K;
   at::Tensor grad_x_cl = at::zeros_like(x_cl);
   at::Tensor grad_offset = at::zeros_like(offset);
   // tap-major, as the columns; the first chunk's GEMM overwrites it (no zero fill)
-  at::Tensor grad_w = scratch(Scratch::kGradWeight, g.G * g.Fg() * CgK, weight.options()).view({g.G, g.Fg(), CgK});
+  at::Tensor grad_w = scratch(Scratch::kGradWeight, g.G * g.Fg() * CgK, x_cl.options()).view({g.G, g.Fg(), CgK});
   if (grad_output.numel() == 0 || CgK == 0) grad_w.zero_();
   at::Tensor grad_bias = grad_output.sum({0, 2, 3});
   if (grad_output.numel() > 0 && CgK > 0) {
     const int64_t B = chunk_size(g, x_cl.element_size());
-    const at::Tensor w = tap_major(weight, g);
+    const at::Tensor w = tap_major(weight, g, work);
     at::Tensor columns = scratch(Scratch::kColumns, g.G * B * P * CgK, x_cl.options());
     AT_DISPATCH_FLOATING_TYPES(x_cl.scalar_type(), "deform_conv2d_backward_cpu", [&] {
       for (int64_t n0 = 0; n0 < g.N; n0 += B) {
@@ -564,8 +568,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
       }
     });
   }
-  at::Tensor grad_weight = grad_w.view({g.F, g.kh, g.kw, g.Cg()}).permute({0, 3, 1, 2}).contiguous();
-  return {cl ? grad_x_cl.permute({0, 3, 1, 2}) : to_nchw(grad_x_cl), grad_offset, grad_weight, grad_bias};
+  const at::ScalarType type = input.scalar_type();
+  at::Tensor grad_weight =
+      grad_w.view({g.F, g.kh, g.kw, g.Cg()}).permute({0, 3, 1, 2}).to(type, false, false, at::MemoryFormat::Contiguous);
+  at::Tensor grad_input = cl ? grad_x_cl.permute({0, 3, 1, 2}) : to_nchw(grad_x_cl);
+  return {grad_input.to(type), grad_offset.to(type), grad_weight, grad_bias.to(type)};
 }
 
 }  // namespace
