@@ -3,7 +3,7 @@
 // pass over the inputs, small next to the kernels; the CUDA kernels instead compute in
 // at::opmath_type (float32) on the stored values, which gives the same arithmetic. Where a copy was not
 // small (deform_conv2d's bfloat16 columns, deform_psroi_pool's bfloat16 maps and pooled features), the
-// kernels convert in cache with widen_bf16 and round_bf16, to the same bits.
+// kernels convert in cache with widen_bf16 and round_bf16, which give the bits the copies gave.
 #pragma once
 #include <ATen/ATen.h>
 
