@@ -6,7 +6,8 @@
 # That machine has its own python3 and torch and reaches no package registry. The script builds the
 # extension there against that torch (pip --no-build-isolation, CUDA forced on, for the GPU it sees),
 # installs missing test packages from .gpu-wheels, then runs the op tests (CUDA conformance, CPU parity,
-# half types, determinism, opcheck), torch.compile on CUDA, and the CUDA benchmarks. Every step logs to
+# half types, determinism, opcheck), torch.compile on CUDA, and the CUDA benchmarks (ops, and the
+# deformable models against their plain twins). Every step logs to
 # $OUT (one file a step, summary.txt with each step's exit status); a failing step does not stop the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,4 +39,9 @@ step ops_tests $PY -m pytest -q -rs tests/test_deform_conv.py tests/test_deform_
 step compile_tests $PY -m pytest -q -rs tests/test_ops_compile.py
 step bench_ops_cuda $PY -m dcnviz bench ops --device cuda
 step bench_ops_cuda_json $PY -m dcnviz bench ops --device cuda --json
+step bench_ops_cuda_channels_last $PY -m dcnviz bench ops --device cuda --op conv --channels-last
+# goal 5 of #16: rfcn_dcn_coco <= 1.2x its plain twin on a GPU, then DeepLab's pair and bfloat16
+step bench_model_rfcn $PY -m dcnviz bench model -m rfcn_dcn_coco --compare rfcn_coco --device cuda --repeats 10
+step bench_model_deeplab $PY -m dcnviz bench model -m deeplab_dcn_cityscapes --compare deeplab_cityscapes --device cuda --repeats 5
+step bench_model_rfcn_bf16 $PY -m dcnviz bench model -m rfcn_dcn_coco --compare rfcn_coco --device cuda --dtype bfloat16 --repeats 10
 exit $status
