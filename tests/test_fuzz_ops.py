@@ -166,3 +166,19 @@ def test_deform_psroi_pool(device, case):
         assert bool(torch.isfinite(raw).all())
         return
     _check(deform_psroi_pool(*dev, **kwargs), reference.deform_psroi_pool(x, rois, offset, **kwargs))
+
+
+@FUZZ
+@given(case=pool_case(deform=True))
+def test_deform_psroi_pool_bfloat16(case):
+    """The CPU's bfloat16 forward (each channel's planes widened in cache, bins rounded as they are stored;
+    channels-last group-1 features summed into a float32 buffer) on any case, unusable RoIs included
+    (straight to the kernel): the float32 forward of the same rounded inputs, rounded once."""
+    x, rois, offset, kwargs = case
+    low = [t.bfloat16() if t is not None else None for t in (x, rois, offset)]
+    args = [kwargs[k] for k in ("spatial_scale", "output_dim", "group_size", "pooled_size", "part_size",
+                                "sample_per_part", "trans_std")]
+    got = torch.ops.dcnviz.deform_psroi_pool(*low, *args)
+    want = torch.ops.dcnviz.deform_psroi_pool(*[t.float() if t is not None else None for t in low], *args)
+    assert got.dtype == torch.bfloat16 and got.stride() == want.stride()
+    assert torch.equal(got, want.bfloat16())
