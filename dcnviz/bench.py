@@ -171,6 +171,20 @@ def as_dicts(rows: list[Timing]) -> list[dict]:
     return [asdict(r) for r in rows]
 
 
+def comparisons(rows: list[Timing]) -> list[dict]:
+    """The ratios #16 asks for besides those to conv2d, where both rows were timed: dcnviz's no-trans
+    ``deform_psroi_pool`` against its ``psroi_pool`` of the same input, forward and forward+backward."""
+    by_case = {(r.op, r.case): r for r in rows if r.impl == "dcnviz"}
+    found = []
+    for (op, case), r in by_case.items():
+        base = by_case.get(("psroi_pool", case.removesuffix(" no-trans")))
+        if op == "deform_psroi_pool" and case.endswith(" no-trans") and base is not None:
+            found.append(dict(name=f"deform_psroi_pool no-trans / psroi_pool, {base.case}",
+                              forward_ratio=r.forward_ms / base.forward_ms,
+                              forward_backward_ratio=r.forward_backward_ms / base.forward_backward_ms))
+    return found
+
+
 def format_table(rows: list[Timing]) -> str:
     """Fixed-width table: times in ms and as a multiple of conv2d's time."""
     head = ("op", "impl", "case", "fwd ms", "x conv2d", "fwd+bwd ms", "x conv2d")
@@ -180,4 +194,6 @@ def format_table(rows: list[Timing]) -> str:
     lines = ["  ".join(c.ljust(wd) if i < 3 else c.rjust(wd) for i, (c, wd) in enumerate(zip(row, widths)))
              for row in cells]
     lines.insert(1, "-" * len(lines[0]))
+    lines += [f"{c['name']}: forward {c['forward_ratio']:.2f}, forward+backward {c['forward_backward_ratio']:.2f}"
+              for c in comparisons(rows)]
     return "\n".join(lines)

@@ -488,6 +488,34 @@ class TestBenchCommand:
         assert rows[0]["forward_ratio"] == 1.0
         assert all(r["forward_ms"] > 0 and r["forward_backward_ms"] > 0 for r in rows)
 
+    def test_bench_ops_pool_reports_the_no_trans_ratio(self, monkeypatch):
+        """`bench ops --op pool` times the head's pooling calls and reports the no-trans pooling against
+        psroi_pool of the same input as a ratio of the two rows, in the table and the JSON."""
+        from click.testing import CliRunner
+
+        from dcnviz import bench
+        from dcnviz.cli import main
+
+        monkeypatch.setitem(bench.RES5, "input", (1, 8, 9, 10))
+        monkeypatch.setitem(bench.RES5, "weight", (4, 8, 3, 3))
+        monkeypatch.setitem(bench.HEAD, "classes", 3)
+        monkeypatch.setitem(bench.HEAD, "feature", (9, 10))
+        monkeypatch.setitem(bench.HEAD, "rois", 7)
+        with threads(torch.get_num_threads()):
+            outs = [CliRunner().invoke(main, ["bench", "ops", "--op", "pool", "--repeats", "1", "--threads", "1",
+                                              *flag]) for flag in (["--json"], [])]
+        assert all(r.exit_code == 0 for r in outs), [r.output for r in outs]
+        report = json.loads(outs[0].output)
+        rows = {(r["op"], r["case"]): r for r in report["rows"]}
+        no_trans = rows[("deform_psroi_pool", "head cls 7 rois no-trans")]
+        base = rows[("psroi_pool", "head cls 7 rois")]
+        [ratio] = report["comparisons"]
+        assert ratio["name"] == "deform_psroi_pool no-trans / psroi_pool, head cls 7 rois"
+        assert ratio["forward_ratio"] == pytest.approx(no_trans["forward_ms"] / base["forward_ms"])
+        assert ratio["forward_backward_ratio"] == pytest.approx(
+            no_trans["forward_backward_ms"] / base["forward_backward_ms"])
+        assert "deform_psroi_pool no-trans / psroi_pool, head cls 7 rois: forward" in outs[1].output
+
     @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
     def test_bench_cuda_unavailable(self):
         from click.testing import CliRunner

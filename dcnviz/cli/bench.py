@@ -53,7 +53,8 @@ def ops(device, json_out, threads, repeats, ops, channels_last):
     if json_out:
         click.echo(json.dumps({"device": device, "threads": torch.get_num_threads(), "repeats": repeats,
                                "torch": torch.__version__, "cpu_kernels": _C.cpu_kernels(),
-                               "channels_last": channels_last, "rows": lib.as_dicts(rows)}, indent=2))
+                               "channels_last": channels_last, "rows": lib.as_dicts(rows),
+                               "comparisons": lib.comparisons(rows)}, indent=2))
     else:
         layout = "channels-last" if channels_last else "NCHW"
         click.echo(f"device {device}, {torch.get_num_threads()} threads, median of {repeats} runs, torch "
