@@ -177,8 +177,10 @@ def comparisons(rows: list[Timing]) -> list[dict]:
     by_case = {(r.op, r.case): r for r in rows if r.impl == "dcnviz"}
     found = []
     for (op, case), r in by_case.items():
+        if op != "deform_psroi_pool" or not case.endswith(" no-trans"):
+            continue
         base = by_case.get(("psroi_pool", case.removesuffix(" no-trans")))
-        if op == "deform_psroi_pool" and case.endswith(" no-trans") and base is not None:
+        if base is not None:
             found.append(dict(name=f"deform_psroi_pool no-trans / psroi_pool, {base.case}",
                               forward_ratio=r.forward_ms / base.forward_ms,
                               forward_backward_ratio=r.forward_backward_ms / base.forward_backward_ms))
