@@ -197,6 +197,15 @@ DCNVIZ_CLONES void blend(c10::BFloat16* __restrict dst_, const float* __restrict
 // lines (channel counts divisible by 16); blend() elsewhere. (DCNVIZ_X86_INTRINSICS, conv_backward_simd.h:
 // where the x86 intrinsics are compiled in.)
 #ifdef DCNVIZ_X86_INTRINSICS
+// blend() of the 16 channels at c, weights broadcast in a0..a3.
+__attribute__((target("avx512f"))) inline __m512 blend16_avx512(__m512 a0, __m512 a1, __m512 a2, __m512 a3,
+                                                                const float* v0, const float* v1, const float* v2,
+                                                                const float* v3, int64_t c) {
+  __m512 s = _mm512_add_ps(_mm512_mul_ps(a0, _mm512_loadu_ps(v0 + c)), _mm512_mul_ps(a1, _mm512_loadu_ps(v1 + c)));
+  s = _mm512_add_ps(s, _mm512_mul_ps(a2, _mm512_loadu_ps(v2 + c)));
+  return _mm512_add_ps(s, _mm512_mul_ps(a3, _mm512_loadu_ps(v3 + c)));
+}
+
 __attribute__((target("avx512f"))) void blend_stream_avx512(float* dst, const float* v0, const float* v1,
                                                             const float* v2, const float* v3, float w0, float w1,
                                                             float w2, float w3, int64_t n, bool zero) {
@@ -205,12 +214,7 @@ __attribute__((target("avx512f"))) void blend_stream_avx512(float* dst, const fl
     return;
   }
   const __m512 a0 = _mm512_set1_ps(w0), a1 = _mm512_set1_ps(w1), a2 = _mm512_set1_ps(w2), a3 = _mm512_set1_ps(w3);
-  for (int64_t c = 0; c < n; c += 16) {
-    __m512 s = _mm512_add_ps(_mm512_mul_ps(a0, _mm512_loadu_ps(v0 + c)), _mm512_mul_ps(a1, _mm512_loadu_ps(v1 + c)));
-    s = _mm512_add_ps(s, _mm512_mul_ps(a2, _mm512_loadu_ps(v2 + c)));
-    s = _mm512_add_ps(s, _mm512_mul_ps(a3, _mm512_loadu_ps(v3 + c)));
-    _mm512_stream_ps(dst + c, s);
-  }
+  for (int64_t c = 0; c < n; c += 16) _mm512_stream_ps(dst + c, blend16_avx512(a0, a1, a2, a3, v0, v1, v2, v3, c));
 }
 
 __attribute__((target("avx2"))) void blend_stream_avx2(float* dst, const float* v0, const float* v1,
@@ -253,12 +257,9 @@ __attribute__((target("avx512f"))) void blend_stream_bf16_avx512(c10::BFloat16* 
     return;
   }
   const __m512 a0 = _mm512_set1_ps(w0), a1 = _mm512_set1_ps(w1), a2 = _mm512_set1_ps(w2), a3 = _mm512_set1_ps(w3);
-  for (int64_t c = 0; c < n; c += 16) {
-    __m512 s = _mm512_add_ps(_mm512_mul_ps(a0, _mm512_loadu_ps(v0 + c)), _mm512_mul_ps(a1, _mm512_loadu_ps(v1 + c)));
-    s = _mm512_add_ps(s, _mm512_mul_ps(a2, _mm512_loadu_ps(v2 + c)));
-    s = _mm512_add_ps(s, _mm512_mul_ps(a3, _mm512_loadu_ps(v3 + c)));
-    _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + c), round_bf16_avx512(s));
-  }
+  for (int64_t c = 0; c < n; c += 16)
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(dst + c),
+                        round_bf16_avx512(blend16_avx512(a0, a1, a2, a3, v0, v1, v2, v3, c)));
 }
 
 using BlendStream = void (*)(float*, const float*, const float*, const float*, const float*, float, float, float,
