@@ -438,6 +438,13 @@ void rows_to_nchw(const at::Tensor& rows, at::Tensor& output, int64_t n0, int64_
   });
 }
 
+// t in memory format `format`, in float32 when `widen` (one pass either way): the layouts the kernels
+// read. (Not t.to(float, ..., format) for both: without a dtype change it can return a permuted view as
+// it is.)
+at::Tensor laid_out(const at::Tensor& t, at::MemoryFormat format, bool widen) {
+  return widen ? t.to(at::kFloat, false, false, format) : t.contiguous(format);
+}
+
 // bfloat16: the samples are taken in float32 on upcast copies as for every dtype, rounded to bfloat16 as
 // they are stored in the columns, and the GEMM runs in bfloat16 with float32 accumulation (oneDNN's AMX
 // or AVX512-BF16 kernels where the CPU has them), the arithmetic of a bfloat16 conv2d and of the CUDA
@@ -466,11 +473,9 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_,
   const int64_t K = g.K(), P = g.P(), CgK = g.Cg() * K;
   if (output.numel() > 0 && CgK == 0) output.zero_();
   if (output.numel() > 0 && CgK > 0) {
-    // sampled in float32 (bfloat16: on float32 copies made in the layout the kernels read, one pass each)
-    const auto laid_out = [bf16](const at::Tensor& t) {
-      return bf16 ? t.to(at::kFloat, false, false, at::MemoryFormat::Contiguous) : t.contiguous();
-    };
-    const at::Tensor offset = laid_out(offset_), x_cl = laid_out(input.permute({0, 2, 3, 1}));
+    // sampled in float32 (bfloat16: on float32 copies made in the layout the kernels read)
+    const at::Tensor offset = laid_out(offset_, at::MemoryFormat::Contiguous, bf16);
+    const at::Tensor x_cl = laid_out(input.permute({0, 2, 3, 1}), at::MemoryFormat::Contiguous, bf16);
     const at::Tensor w = tap_major(weight, g, weight.scalar_type());  // in the GEMM's dtype, the weight's
     const int64_t B = chunk_size(g, input.element_size());
     at::Tensor columns = scratch(Scratch::kColumns, g.G * B * P * CgK, input.options());  // the GEMM's dtype too
@@ -523,16 +528,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   // kernels read (one pass each), and round each gradient once
   const bool low = reduced_precision(input);
   const at::ScalarType work = low ? at::kFloat : input.scalar_type();
-  // (not .to(work, ..., format) for both: without a dtype change it can return a permuted view as it is)
-  const auto laid_out = [low](const at::Tensor& t, at::MemoryFormat format) {
-    return low ? t.to(at::kFloat, false, false, format) : t.contiguous(format);
-  };
   const bool cl = channels_last(input);
-  const at::Tensor offset = laid_out(offset_, at::MemoryFormat::Contiguous);
-  const at::Tensor x_cl = laid_out(input.permute({0, 2, 3, 1}), at::MemoryFormat::Contiguous);
+  const at::Tensor offset = laid_out(offset_, at::MemoryFormat::Contiguous, low);
+  const at::Tensor x_cl = laid_out(input.permute({0, 2, 3, 1}), at::MemoryFormat::Contiguous, low);
   // grad_output in the output's layout; group_rows reads either as (Fg, B*P) matrices
   const at::Tensor grad_output =
-      laid_out(grad_output_, cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+      laid_out(grad_output_, cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous, low);
   const int64_t K = g.K(), P = g.P(), CgK = g.Cg() * K;
   at::Tensor grad_x_cl = at::zeros_like(x_cl);
   at::Tensor grad_offset = at::zeros_like(offset);
