@@ -146,5 +146,5 @@ setup(
     extras_require={"test": ["pytest", "expecttest", "jsonschema", "pycocotools", "hypothesis", "playwright"]},
     ext_modules=[_EXTENSION],
     cmdclass={"build_ext": _BuildExtension},
-    entry_points={"console_scripts": ["dcnviz=dcnviz.cli:main"]},
+    entry_points={"console_scripts": ["dcnviz=dcnviz.cli:run"]},
 )

@@ -1,3 +1,3 @@
-from dcnviz.cli import main
+from dcnviz.cli import run
 
-main()
+run()

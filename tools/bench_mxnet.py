@@ -32,9 +32,11 @@ from mxnet_reference import MODELS, build, initial_weights, make_rois  # noqa: E
 # The dcnviz side: one model, then one timed forward per line read from stdin (its seconds written back).
 WORKER = r"""
 import sys, time, numpy as np, torch
+from dcnviz.memory import keep_freed_memory
 from dcnviz.models import get_spec
 from dcnviz.models.mxnet_cpu import mxnet_cpu_inference
 name, h, w, rois_path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+keep_freed_memory()  # as the dcnviz command does
 torch.manual_seed(0)
 data = torch.randn(1, 3, h, w) * 60
 rois = torch.from_numpy(np.load(rois_path))

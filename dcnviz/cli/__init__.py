@@ -66,3 +66,12 @@ class LazyGroup(click.Group):
 @debug_option
 def main():
     """Run and look inside Deformable ConvNets (v1)."""
+
+
+def run():
+    """The ``dcnviz`` console script and ``python -m dcnviz``: :func:`main` in a process that keeps its
+    freed memory for the next forward (:mod:`dcnviz.memory`)."""
+    from dcnviz.memory import keep_freed_memory
+
+    keep_freed_memory()
+    main()
