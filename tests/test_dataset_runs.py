@@ -37,7 +37,9 @@ def dcnviz(args, cwd, processes: int = 1, **kwargs):
     """``dcnviz ARGS --device cpu`` as a subprocess, under ``torchrun --nproc-per-node processes`` if > 1."""
     launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)] if processes > 1 else []
     cmd = [sys.executable, *launch, "-m", "dcnviz", *map(str, args), "--device", "cpu"]
-    return subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **ENV}, stdout=subprocess.PIPE,
+    # torchrun leaves a torchelastic_* folder of logs in the temporary folder: the test's own, not /tmp
+    own_tmp = {"TMPDIR": str(cwd)} if processes > 1 else {}
+    return subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **ENV, **own_tmp}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)
 
 
