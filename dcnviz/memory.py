@@ -1,11 +1,12 @@
 """Keep freed memory in the process for the next forward (glibc's malloc).
 
 PyTorch's CPU allocator hands every tensor straight to ``malloc`` and back. glibc serves blocks over
-its mmap threshold (at most 32 MB, e.g. the R-FCN head's 38 MB class-score map) with fresh pages from
-the system, and returns the top of the heap to it once over 128 KiB are free there. So every forward
-of a detector at 600x1000 faults in ~200 MB of new, zeroed pages: ~50 000 page faults, 3-10 % of the
-forward on 2 cores. MXNet's executor keeps a pool for the same reason. The price: the process keeps
-its peak memory until it exits (a few % more peak, from the heap's fragmentation).
+its mmap threshold (at most 32 MB: the R-FCN head's 38 MB class-score map, DeepLab's 67 MB res5 maps
+at 1024x2048) with fresh pages from the system, and returns the top of the heap to it once enough is
+free there, so every forward faults its largest maps in again, page by zeroed page (~50 000 page
+faults per R-FCN forward at 600x1000; 15-20 % of its time on 2 cores, README "bench"). MXNet's
+executor keeps a pool for the same reason. The price is peak memory, which the process keeps until it
+exits and which the heap's fragmentation raises (by ~20-30 % for those models' forwards).
 """
 from __future__ import annotations
 
@@ -17,17 +18,18 @@ _M_MMAP_MAX = -4
 # A user who tunes glibc's malloc themselves keeps their setting.
 _USER_TUNABLES = ("GLIBC_TUNABLES", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
                   "MALLOC_TOP_PAD_")
+OPT_OUT = "DCNVIZ_KEEP_MEMORY"  # =0: leave malloc as it is
 
 
 def keep_freed_memory() -> bool:
     """Have glibc's ``malloc`` serve every block from its heap and never give freed memory back.
 
     Process-wide, for the rest of the process; the ``dcnviz`` command calls it at start. Returns whether
-    it took effect: not where the C library is not glibc (musl's ``mallopt`` does nothing; macOS has
-    none), nor where one of glibc's own tunables (``GLIBC_TUNABLES``, ``MALLOC_*_``) is set in the
-    environment, so ``MALLOC_TRIM_THRESHOLD_=131072`` restores glibc's default behaviour.
+    it took effect: not with ``DCNVIZ_KEEP_MEMORY=0`` in the environment, nor where one of glibc's own
+    tunables (``GLIBC_TUNABLES``, ``MALLOC_*_``) is set there, nor where the C library is not glibc
+    (musl's ``mallopt`` does nothing; macOS has none).
     """
-    if any(name in os.environ for name in _USER_TUNABLES):
+    if os.environ.get(OPT_OUT) == "0" or any(name in os.environ for name in _USER_TUNABLES):
         return False
     try:
         libc = ctypes.CDLL(None)

@@ -25,7 +25,8 @@ glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("C
 
 
 def probe(**env_extra) -> tuple[str, int]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "DCNVIZ_KEEP_MEMORY")}
     out = subprocess.run([sys.executable, "-c", PROBE], env={**env, **env_extra}, capture_output=True,
                          text=True, check=True).stdout.split()
     return out[0], int(out[1])
@@ -40,8 +41,9 @@ def test_freed_blocks_are_reused_without_page_faults():
 
 
 @glibc
-def test_a_users_own_malloc_tunable_wins():
-    took, faults = probe(MALLOC_TRIM_THRESHOLD_="131072")  # glibc's default
+@pytest.mark.parametrize("env", [{"DCNVIZ_KEEP_MEMORY": "0"}, {"MALLOC_TRIM_THRESHOLD_": "131072"}])
+def test_opting_out_leaves_malloc_as_it_is(env):
+    took, faults = probe(**env)
     assert took == "False"
     assert faults > 200  # the control: glibc maps each block afresh
 
