@@ -18,7 +18,7 @@ _M_MMAP_MAX = -4
 # A user who tunes glibc's malloc themselves keeps their setting.
 _USER_TUNABLES = ("GLIBC_TUNABLES", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
                   "MALLOC_TOP_PAD_")
-OPT_OUT = "DCNVIZ_KEEP_MEMORY"  # =0: leave malloc as it is
+_OPT_OUT = "DCNVIZ_KEEP_MEMORY"  # =0: leave malloc as it is
 
 
 def keep_freed_memory() -> bool:
@@ -29,7 +29,7 @@ def keep_freed_memory() -> bool:
     tunables (``GLIBC_TUNABLES``, ``MALLOC_*_``) is set there, nor where the C library is not glibc
     (musl's ``mallopt`` does nothing; macOS has none).
     """
-    if os.environ.get(OPT_OUT) == "0" or any(name in os.environ for name in _USER_TUNABLES):
+    if os.environ.get(_OPT_OUT) == "0" or any(name in os.environ for name in _USER_TUNABLES):
         return False
     try:
         libc = ctypes.CDLL(None)
