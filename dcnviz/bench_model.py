@@ -39,6 +39,7 @@ def time_forwards(cases: list[tuple[str, str]], device: str = "cpu", size: tuple
 
     from dcnviz import _C
     from dcnviz.cli.common import model_dtype
+    from dcnviz.memory import freed_memory_kept
     from dcnviz.models import get_spec
     from dcnviz.models.mxnet_cpu import mxnet_cpu_inference
 
@@ -66,7 +67,7 @@ def time_forwards(cases: list[tuple[str, str]], device: str = "cpu", size: tuple
                 rois[k] = int(out["rois"].shape[0]) if "rois" in out else None
     return [{"model": name, "dtype": dtype, "device": str(dev), "threads": torch.get_num_threads(), "input": [h, w],
              "median_s": statistics.median(ts), "runs_s": ts, "rois": r, "torch": torch.__version__,
-             "cpu_kernels": _C.cpu_kernels()}
+             "cpu_kernels": _C.cpu_kernels(), "freed_memory_kept": freed_memory_kept()}
             for (name, dtype), ts, r in zip(cases, times, rois)]
 
 
@@ -74,6 +75,10 @@ def time_forward(name: str, device: str = "cpu", size: tuple[int, int] | None = 
                  seed: int = 0) -> dict:
     """:func:`time_forwards` of one model in float32."""
     return time_forwards([(name, "float32")], device, size, repeats, seed)[0]
+
+
+def _memory_note(run: dict) -> str:
+    return ", freed memory kept" if run["freed_memory_kept"] else ""
 
 
 @click.command("model")
@@ -126,7 +131,7 @@ def model(name_arg, model, device, size, repeats, threads, compare, dtype, json_
         kind = f" ({r['dtype']})" if len(runs) > 1 else ""
         click.echo(f"{r['model']}{kind}: {r['median_s'] * 1e3:.0f} ms median of {repeats} (input "
                    f"{r['input'][0]}x{r['input'][1]}{rois}; {r['device']}, {r['threads']} threads, torch "
-                   f"{r['torch']}, dcnviz CPU kernels {r['cpu_kernels']}; runs "
+                   f"{r['torch']}, dcnviz CPU kernels {r['cpu_kernels']}{_memory_note(r)}; runs "
                    + ", ".join(f"{t * 1e3:.0f}" for t in r["runs_s"]) + " ms)")
     for what, ratio in ratios.items():
         click.echo(f"ratio {what}: {ratio:.2f} (medians, interleaved runs)")

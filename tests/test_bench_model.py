@@ -22,6 +22,17 @@ def test_bench_model_json(tiny, name):
     assert r["model"] == name and r["input"] == list(tiny_models.SCALES) and len(r["runs_s"]) == 2
     assert r["median_s"] > 0 and (r["rois"] is None) == (name == "tiny_deeplab")
     assert r["cpu_kernels"] in ("avx512", "avx2", "baseline")
+    assert r["freed_memory_kept"] is False  # in-process: only the dcnviz command sets it
+
+
+def test_bench_model_reports_kept_memory(tiny, monkeypatch):
+    import dcnviz.memory
+
+    monkeypatch.setattr(dcnviz.memory, "_kept", True)
+    text = CliRunner().invoke(bench_model, ["-m", "tiny_deeplab", "--repeats", "1"]).output
+    assert "freed memory kept" in text
+    out = CliRunner().invoke(bench_model, ["-m", "tiny_deeplab", "--repeats", "1", "--json"]).output
+    assert json.loads(out)["freed_memory_kept"] is True
 
 
 def test_bench_model_text_and_size(tiny):

@@ -482,6 +482,7 @@ class TestBenchCommand:
         assert report["threads"] == 1 and report["repeats"] == 1 and report["channels_last"] == channels_last
         assert layouts == {(channels_last,) * 3}
         assert report["cpu_kernels"] in ("avx512", "avx2", "baseline")
+        assert report["freed_memory_kept"] is False  # in-process: only the dcnviz command sets it
         assert [(r["impl"], r["case"]) for r in rows] == [
             ("torch", "res5"), ("dcnviz", "res5 dg=4"), ("torchvision", "res5 dg=4"),
             ("dcnviz", "res5 dg=1"), ("torchvision", "res5 dg=1")]

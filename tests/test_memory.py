@@ -11,8 +11,8 @@ import pytest
 # forward does its larger maps, and counts the page faults of twenty rounds after ten to warm up.
 PROBE = """
 import resource, torch
-from dcnviz.memory import keep_freed_memory
-print(keep_freed_memory())
+from dcnviz.memory import freed_memory_kept, keep_freed_memory
+print(keep_freed_memory() and freed_memory_kept())
 for _ in range(10):  # the heap grows to its steady size
     torch.empty(48 << 20, dtype=torch.uint8).fill_(1)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -49,14 +49,17 @@ def ops(device, json_out, threads, repeats, ops, channels_last):
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise click.ClickException(f"benchmark failed: {textwrap.shorten(first_line, 240)}") from exc
     from dcnviz import _C
+    from dcnviz.memory import freed_memory_kept
 
     if json_out:
         click.echo(json.dumps({"device": device, "threads": torch.get_num_threads(), "repeats": repeats,
                                "torch": torch.__version__, "cpu_kernels": _C.cpu_kernels(),
+                               "freed_memory_kept": freed_memory_kept(),
                                "channels_last": channels_last, "rows": lib.as_dicts(rows),
                                "comparisons": lib.comparisons(rows)}, indent=2))
     else:
         layout = "channels-last" if channels_last else "NCHW"
         click.echo(f"device {device}, {torch.get_num_threads()} threads, median of {repeats} runs, torch "
-                   f"{torch.__version__}, dcnviz CPU kernels {_C.cpu_kernels()}, res5 convolutions {layout}")
+                   f"{torch.__version__}, dcnviz CPU kernels {_C.cpu_kernels()}, res5 convolutions {layout}"
+                   + (", freed memory kept" if freed_memory_kept() else ""))
         click.echo(lib.format_table(rows))
