@@ -77,8 +77,9 @@ def time_forward(name: str, device: str = "cpu", size: tuple[int, int] | None = 
     return time_forwards([(name, "float32")], device, size, repeats, seed)[0]
 
 
-def _memory_note(run: dict) -> str:
-    return ", freed memory kept" if run["freed_memory_kept"] else ""
+def memory_note(kept: bool) -> str:
+    """What the text lines of ``bench model`` and ``bench ops`` add when freed memory was kept."""
+    return ", freed memory kept" if kept else ""
 
 
 @click.command("model")
@@ -131,7 +132,7 @@ def model(name_arg, model, device, size, repeats, threads, compare, dtype, json_
         kind = f" ({r['dtype']})" if len(runs) > 1 else ""
         click.echo(f"{r['model']}{kind}: {r['median_s'] * 1e3:.0f} ms median of {repeats} (input "
                    f"{r['input'][0]}x{r['input'][1]}{rois}; {r['device']}, {r['threads']} threads, torch "
-                   f"{r['torch']}, dcnviz CPU kernels {r['cpu_kernels']}{_memory_note(r)}; runs "
+                   f"{r['torch']}, dcnviz CPU kernels {r['cpu_kernels']}{memory_note(r['freed_memory_kept'])}; runs "
                    + ", ".join(f"{t * 1e3:.0f}" for t in r["runs_s"]) + " ms)")
     for what, ratio in ratios.items():
         click.echo(f"ratio {what}: {ratio:.2f} (medians, interleaved runs)")

@@ -8,7 +8,7 @@ import textwrap
 import click
 
 from dcnviz.bench_dataset import dataset
-from dcnviz.bench_model import model
+from dcnviz.bench_model import memory_note, model
 from dcnviz.cli.common import device_option, json_option, select_device, threads_option, use_threads
 
 
@@ -61,5 +61,5 @@ def ops(device, json_out, threads, repeats, ops, channels_last):
         layout = "channels-last" if channels_last else "NCHW"
         click.echo(f"device {device}, {torch.get_num_threads()} threads, median of {repeats} runs, torch "
                    f"{torch.__version__}, dcnviz CPU kernels {_C.cpu_kernels()}, res5 convolutions {layout}"
-                   + (", freed memory kept" if freed_memory_kept() else ""))
+                   f"{memory_note(freed_memory_kept())}")
         click.echo(lib.format_table(rows))
