@@ -121,10 +121,12 @@ struct LaneGrid {
 // One bin of kLanes RoIs as the deform_psroi_pool CPU kernels sum it (forward) and spread it (backward),
 // separably (separable_bin.h): a window of kWindow x kWindow pixels around the pixels each lane's
 // samples touch, with the bin's column weights ax and row weights ay, and (backward) the weights bx, by
-// of its bilinear slopes (+1 at each valid sample's second pixel, -1 at its first); weight k of lane l
-// at k*kLanes + l. A lane whose samples span more than kWindow rows or columns (a bin over ~6 pixels),
-// on a map narrower than kWindow, or (backward) with a non-finite grad/count does not fit and takes
-// SeparableBin (and add_slopes) on its LaneGrid instead.
+// of its bilinear slopes (+1 at each valid sample's second pixel, -1 at its first). The row weights
+// ay, by are position-major (weight k of lane l at k*kLanes + l: a lane reads one per row), the
+// column weights ax, bx lane-major (at l*kWindow + k: a lane reads them as one window row). A lane
+// whose samples span more than kWindow rows or columns (a bin over ~6 pixels), on a map narrower than
+// kWindow, or (backward) with a non-finite grad/count does not fit and takes SeparableBin (and
+// add_slopes) on its LaneGrid instead.
 constexpr int64_t kWindow = 8;
 
 template <typename T>
