@@ -25,6 +25,11 @@ import time
 
 import numpy as np
 
+# MXNet sizes its OpenMP pool as it loads: without OMP_NUM_THREADS (or MXNET_OMP_MAX_THREADS) it takes half
+# of the CPUs on x86 (src/engine/openmp.cc counts two hardware threads a core), 1 thread on a 2-core
+# machine against torch's 2, which doubles its time. So both sides get the same count: OMP_NUM_THREADS
+# where it is set, else every CPU this process may run on; the dcnviz worker inherits it.
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mxnet as mx  # noqa: E402
 from mxnet_reference import MODELS, build, initial_weights, make_rois  # noqa: E402
@@ -97,7 +102,8 @@ def main() -> None:
         worker.wait()
     med = {k: statistics.median(v) for k, v in times.items()}
     print(json.dumps({"model": args.model, "input": [h, w], "rois": args.rois, "mxnet": mx.__version__,
-                      "torch": torch_version, "torch_threads": int(threads), "repeats": args.repeats,
+                      "torch": torch_version, "omp_num_threads": int(os.environ["OMP_NUM_THREADS"]),
+                      "torch_threads": int(threads), "repeats": args.repeats,
                       "runs_s": times, "median_s": med, "ratio_dcnviz_to_mxnet": round(med["dcnviz"] / med["mxnet"], 3)},
                      indent=1))
 
