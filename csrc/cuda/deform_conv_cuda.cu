@@ -22,11 +22,11 @@
 
 #include "../checked_math.h"
 #include "../sampling.h"
+#include "launch.cuh"
 
 namespace dcnviz {
 namespace {
 
-constexpr int kThreads = 256;
 constexpr int kWarp = 32;
 
 // Shapes and hyper-parameters of one call; all sizes int64 so that no index product overflows.
@@ -79,13 +79,6 @@ int64_t chunk_size(const Geometry& g, int64_t elem_size) {
   const int64_t fit = std::max<int64_t>(1, (int64_t(256) << 20) / per_image);
   return std::max<int64_t>(1, std::min({g.N, want, fit}));
 }
-
-unsigned int blocks_for(int64_t n) {
-  return static_cast<unsigned int>(std::min<int64_t>((n + kThreads - 1) / kThreads, int64_t(1) << 16));
-}
-
-#define DCNVIZ_KERNEL_LOOP(i, n) \
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); i += int64_t(blockDim.x) * gridDim.x)
 
 // Sampling point of tap k at output position p of the chunk's image b, deformable group dg:
 // offsets are (dy, dx) pairs per tap, row-major over taps, one block of 2*K channels per group.
@@ -275,7 +268,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
         const scalar_t* x = x_cl.data_ptr<scalar_t>() + n0 * g.H * g.W * g.C;
         const scalar_t* off = offset.data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P;
         const at::Tensor cols = columns.narrow(0, 0, g.G * nb * P * CgK).view({g.G, nb * P, CgK});
-        const unsigned int blocks = blocks_for(cols.numel());
+        const int64_t blocks = blocks_for(cols.numel());
         im2col_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(x, off, g, nb, columns.data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         const at::Tensor gcols = grad_columns.narrow(0, 0, g.G * nb * P * CgK).view({g.G, nb * P, CgK});

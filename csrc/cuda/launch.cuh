@@ -1,4 +1,4 @@
-// Launch geometry of the pooling CUDA kernels: 1-D grids of kThreads threads, each thread striding
+// Launch geometry of the CUDA kernels: 1-D grids of kThreads threads, each thread striding
 // over the elements (torchvision's CUDA_1D_KERNEL_LOOP), so any element count fits a capped grid.
 #pragma once
 #include <algorithm>
