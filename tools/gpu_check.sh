@@ -9,7 +9,7 @@
 # half types, determinism, opcheck), torch.compile on CUDA, and the CUDA benchmarks (ops, and the
 # deformable models against their plain twins). Every step logs to
 # $OUT (one file a step, summary.txt with each step's exit status); a failing step does not stop the rest.
-# On an H100 the whole script should take ~5-8 minutes (the build ~2 of them): give the call timeout_s 600.
+# Give the call timeout_s 600: the script has never run on a GPU, and ~5-8 minutes is an estimate.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$(mktemp -d)}
