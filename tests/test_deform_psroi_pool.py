@@ -226,6 +226,23 @@ class TestDeformPSRoIPool:
         for want, g in zip(forward_backward(reference.deform_psroi_pool, x, rois, offset, kwargs), got):
             torch.testing.assert_close(g, want, rtol=1e-10, atol=1e-12)
 
+    @pytest.mark.parametrize("threads", [1, 2])
+    def test_class_offsets_float32(self, threads):
+        """float32 class offsets, which AVX-512 copies 16 RoIs by 16 values at a time (gather_lanes): full
+        blocks of 16 RoIs and a partial one (37 RoIs), and runs of 3 * 2 * 7 * 7 = 294 values (not a
+        multiple of 16). Against the float64 reference: a value taken from the wrong RoI or cell moves
+        its bin by a pixel or more."""
+        x, rois, offset, kwargs = random_case(output_dim=3, group_size=7, pooled_size=7, num_classes=3, rois=37,
+                                              height=20, width=24, sample_per_part=2, trans_std=0.1)
+        x, rois, offset = x.float(), rois.float(), offset.float()
+        dy = torch.randn(37, 3, 7, 7, generator=torch.Generator().manual_seed(1))
+        with thread_count(threads):
+            got = forward_backward(deform_psroi_pool, x, rois, offset, kwargs, dy=dy)
+        want = forward_backward(reference.deform_psroi_pool, x.double(), rois.double(), offset.double(), kwargs,
+                                dy=dy.double())
+        for w, g in zip(want, got):
+            torch.testing.assert_close(g.double(), w, rtol=1e-5, atol=2e-5)  # float32 rounding: ~1e-5 here
+
     @pytest.mark.parametrize("case", [
         dict(height=40, width=44, pooled_size=1, group_size=1, sample_per_part=4),  # 40-px bins: no window fits
         dict(height=9, width=5, sample_per_part=4),  # a map narrower than the window

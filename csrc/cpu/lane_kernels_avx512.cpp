@@ -1,5 +1,9 @@
 // The lane loops of lane_grids.h for AVX-512, picked at run time where the CPU has AVX512F and
 // AVX512DQ: one 16-lane vector per register, masks in mask registers, gathers for add_slopes.
+#include <immintrin.h>
+
+#include <type_traits>
+
 #include "lane_grids.h"
 
 namespace dcnviz {
@@ -7,7 +11,9 @@ namespace lanes_avx512 {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2,tune=icelake-server,prefer-vector-width=512")
 constexpr int kVectorBytes = 64;  // the lane vectors' width (lane_kernels.inc)
+#define DCNVIZ_LANE_TILES  // gather_lanes transposes whole tiles in registers
 #include "lane_kernels.inc"
+#undef DCNVIZ_LANE_TILES
 #pragma GCC pop_options
 }  // namespace lanes_avx512
 
