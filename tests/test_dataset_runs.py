@@ -5,6 +5,7 @@ the same images in the VOC layout give.
 The bundled synth models run on a few synthetic scenes; every run uses one thread per process
 (OMP_NUM_THREADS=1, as torchrun sets it), because the model's float32 sums depend on the thread count."""
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ from dcnviz.data.classes import voc_palette
 from dcnviz.data.datasets import CITYSCAPES_TRAIN_IDS, open_split
 from dcnviz.data.synth import generate
 from dcnviz.data.voc import VOCDataset
+from dcnviz.errors import UserError
 from dcnviz.io.images import write_png_palette_atomic
 from dcnviz.runner import Dist
 from dcnviz.runner.distributed import shard
@@ -139,6 +141,44 @@ class TestResume:
         assert resumed.start(resume=True) == [{"records": {"3": {"a": 0.1}}, "errors": {"4": "bad"},
                                                 "totals": {"t": [0, 1, 2]}}]
         assert resumed.attempt == 2  # its chunks are numbered apart from the first attempt's
+
+
+class _SquareJob:
+    """A Job whose images are numbers: it loads index**2 (and the loading process's id) and keeps both."""
+
+    def name(self, index: int) -> str:
+        return str(index)
+
+    def load(self, index: int) -> dict:
+        if index == 3:
+            raise UserError("image 3 is bad")
+        return {"value": index * index, "pid": os.getpid()}
+
+    def step(self, item: dict):
+        return {"value": item["value"], "pid": item["pid"]}, {"n": np.array([1])}
+
+
+class TestWorkers:
+    def test_workers_start_before_the_first_collective(self, monkeypatch):
+        """run() forks its DataLoader workers before on_main's broadcast, not just after it (see the
+        comment in run: a fork while a gloo thread creates a Python thread state hangs the child on
+        CPython < 3.12), and they then load the images chosen after it."""
+        from dcnviz.runner import loop
+
+        children_then = []
+        real = loop.distributed.on_main
+
+        def on_main(fn, ctx):
+            children_then.append(len(multiprocessing.active_children()))
+            return real(fn, ctx)
+
+        monkeypatch.setattr(loop.distributed, "on_main", on_main)
+        before = len(multiprocessing.active_children())
+        outcome = loop.run(_SquareJob(), 6, Dist(), workers=2, quiet=True)
+        assert children_then == [before + 2]
+        assert {i: r["value"] for i, r in outcome.records.items()} == {0: 0, 1: 1, 2: 4, 4: 16, 5: 25}
+        assert outcome.errors == {3: "image 3 is bad"} and outcome.totals["n"].tolist() == [5]
+        assert os.getpid() not in {r["pid"] for r in outcome.records.values()}  # loaded in the workers
 
 
 class TestMerge:

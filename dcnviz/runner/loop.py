@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dcnviz.errors import UserError
 from dcnviz.runner import distributed
@@ -72,18 +72,32 @@ def default_workers(processes: int | None = None) -> int:
 
 
 class _Items(Dataset):
-    def __init__(self, job: Job, indices: list[int]):
-        self.job, self.indices = job, indices
+    """Image ``index`` as the job loads it (or its error), in a worker."""
+
+    def __init__(self, job: Job, count: int):
+        self.job, self.count = job, count
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return self.count
 
-    def __getitem__(self, k: int) -> dict:
-        index = self.indices[k]
+    def __getitem__(self, index: int) -> dict:
         try:
             return {"index": index, **self.job.load(index)}
         except UserError as e:
             return {"index": index, "error": str(e)}
+
+
+class _Order(Sampler):
+    """The images this process loads, in order: set once its workers are running (see :func:`run`)."""
+
+    def __init__(self):
+        self.indices: list[int] = []
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 def _identity(item):
@@ -122,6 +136,20 @@ def run(job: Job, count: int, ctx: Dist, *, workers: int = 0, state: PartialStat
                         {int(k): v for k, v in chunk["errors"].items()}, chunk["totals"])
         return sorted(outcome.records) + sorted(outcome.errors), state.attempt if state else 1
 
+    order = _Order()
+    loader = DataLoader(_Items(job, count), sampler=order, batch_size=None, num_workers=workers,
+                        collate_fn=_identity, pin_memory=ctx.device.type == "cuda",
+                        prefetch_factor=4 if workers else None, persistent_workers=workers > 0)
+    if workers:
+        # The workers are forked now, before this process's first collective, and kept for the images
+        # chosen after it. A gloo collective's thread frees the call's tensors after the call has
+        # returned, taking the GIL and so creating a Python thread state; a fork at that moment copies
+        # CPython's lock of the thread list held, and before Python 3.12 the child then hangs before it
+        # runs anything (CPython gh-112275). So it was once in CI: the worker of one `torchrun` process
+        # of `eval --workers 1`, forked just after the broadcast below, stuck in PyOS_AfterFork_Child.
+        with _opencv_sequential():
+            for _ in loader:  # no images yet
+                pass
     done_before, attempt = distributed.on_main(begin, ctx)
     if state is not None:
         state.attempt = attempt
@@ -130,13 +158,11 @@ def run(job: Job, count: int, ctx: Dist, *, workers: int = 0, state: PartialStat
     mine = distributed.shard(todo, ctx)
     steps = len(distributed.shard(todo, Dist(0, ctx.world)))  # rank 0 has the most
     progress = Progress(count, len(finished), enabled=ctx.main and not quiet, desc=desc)
-    loader = DataLoader(_Items(job, mine), batch_size=None, num_workers=workers, collate_fn=_identity,
-                        pin_memory=ctx.device.type == "cuda", prefetch_factor=4 if workers else None)
     mine_out = Outcome()  # everything this process did
     chunk = Outcome()     # since its last chunk
     seq, start = 0, time.monotonic()
-    with _opencv_sequential() if workers else contextlib.nullcontext():
-        items = iter(loader)  # forks the workers
+    order.indices = mine
+    items = iter(loader)
     index = None
     try:
         for s in range(steps):
