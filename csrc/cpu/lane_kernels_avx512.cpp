@@ -2,8 +2,6 @@
 // AVX512DQ: one 16-lane vector per register, masks in mask registers, gathers for add_slopes.
 #include <immintrin.h>
 
-#include <type_traits>
-
 #include "lane_grids.h"
 
 namespace dcnviz {
