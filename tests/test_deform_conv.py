@@ -12,6 +12,7 @@ import torch
 from dcnviz.ops import DeformConv2d, deform_conv2d
 from dcnviz.ops.reference import deform_conv2d as reference_deform_conv2d
 from torch_threads import threads
+from test_thread_invariance import streamed_conv_case
 
 CONFORMANCE = sorted((pathlib.Path(__file__).parent / "conformance").glob("dconv_*.npz"))
 IMPLS = {"ext": deform_conv2d, "ref": reference_deform_conv2d}
@@ -223,6 +224,16 @@ class TestDeformConv2d:
         assert y_nchw.is_contiguous()
         assert torch.equal(y, y_nchw)
         torch.library.opcheck(torch.ops.dcnviz.deform_conv2d.default, op_args(x, offset, weight, b, **kw))
+
+    def test_streamed_layout_copies(self):
+        """Layout copies large enough to be streamed (csrc/cpu/transpose.h: the NCHW input to channels-last,
+        the weight to tap-major, the GEMM's rows to the NCHW output, 4 MB and up) change no bit: the NCHW
+        forward equals the channels-last one, which makes none of them. (test_thread_invariance compares
+        the same case, gradients included, across instruction sets.)"""
+        fn, (x, offset, weight), _ = streamed_conv_case()
+        cl = torch.channels_last
+        assert torch.equal(fn(x, offset, weight), fn(x.contiguous(memory_format=cl), offset,
+                                                     weight.contiguous(memory_format=cl)))
 
     @pytest.mark.parametrize("shape", RANDOM_SHAPES, ids=lambda s: f"n{s[0]}g{s[9]}dg{s[10]}")
     def test_channels_last_weight(self, shape):

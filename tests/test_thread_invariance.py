@@ -1,6 +1,7 @@
 """The CPU kernels give the same bits whatever the thread count (1 vs 2 threads), forward and backward,
 for every op; and the hand-picked AVX-512 and AVX2 loops (deform_psroi_pool's lane loops, deform_conv2d's
-streamed column stores, backward scatter and slope sums) give the bits of the generic x86-64 baseline loops.
+streamed column stores, backward scatter and slope sums, the layout copies' register tiles and streamed
+lines) give the bits of the generic x86-64 baseline loops.
 
 Why bitwise equality is the right bar: every kernel splits work so that each output or gradient element
 is computed by one thread, in an order fixed by the data, never by the split (deform_conv2d: columns
@@ -82,6 +83,18 @@ def wide_conv_cases(dtype):
         yield f"deform_conv2d C={c} groups={groups} dgroups={dgroups}", fn, [x, off, w], [0, 1, 2]
 
 
+def streamed_conv_case():
+    """float32 deform_conv2d on NCHW tensors whose layout copies are large enough (4 MB and up) to be
+    streamed (csrc/cpu/transpose.h): the input to channels-last (256 rows, every one a line), the weight
+    to tap-major and its gradient back (9 rows: no whole line), the output and the input gradient to NCHW
+    (4095-value rows: each starts elsewhere in a line)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 256, 63, 65, generator=gen)
+    w = torch.randn(512, 256, 3, 3, generator=gen) * 0.05
+    off = torch.randn(1, 18, 63, 65, generator=gen) * 2
+    return lambda x, off, w: deform_conv2d(x, off, w, None, padding=1), [x, off, w], [0, 1, 2]
+
+
 def all_cases(dtype):
     """(name, fn, inputs, wrt). Where the op samples is given by inputs[1] (deform_conv2d: offsets;
     pools: RoIs) and, for the pools with offsets, inputs[2]."""
@@ -106,10 +119,11 @@ _ISA_SCRIPT = """
 import sys, torch
 sys.path.insert(0, {tests!r})
 import dcnviz._C
-from test_thread_invariance import forward_backward, pool_cases, wide_conv_cases
+from test_thread_invariance import forward_backward, pool_cases, streamed_conv_case, wide_conv_cases
 torch.save([forward_backward(fn, [t.to(dtype) for t in inputs], wrt)
             for dtype in (torch.float32, torch.float64, torch.bfloat16)
-            for cases in (pool_cases, wide_conv_cases) for _, fn, inputs, wrt in cases(torch.float32)], sys.argv[1])
+            for cases in (pool_cases, wide_conv_cases) for _, fn, inputs, wrt in cases(torch.float32)]
+           + [forward_backward(*streamed_conv_case())], sys.argv[1])
 print(dcnviz._C.cpu_kernels())
 """
 

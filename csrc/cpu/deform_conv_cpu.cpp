@@ -401,15 +401,25 @@ at::Tensor group_rows(const at::Tensor& t, int64_t n0, int64_t B, int64_t gi, co
   return t.narrow(0, n0, B).narrow(1, gi * g.Fg(), g.Fg()).transpose(0, 1).reshape({g.Fg(), B * g.P()});
 }
 
+// dst (batch, cols, rows) = src (batch, rows, cols), both contiguous and of one dtype (transpose.h).
+void transpose_into(const at::Tensor& src, const at::Tensor& dst, int64_t batch, int64_t rows, int64_t cols) {
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, src.scalar_type(), "transpose_into", [&] {
+    transpose_batched(src.const_data_ptr<scalar_t>(), dst.mutable_data_ptr<scalar_t>(), batch, rows, cols);
+  });
+}
+
 // weight (F, C/G, kh, kw) -> (G, F/G, K*C/G) in dtype `type`, tap-major like the columns: a view of a
 // channels-last weight of that dtype, whose memory is (F, kh, kw, C/G) already (as the models store it,
-// see dcnviz/models/mxnet_cpu.py); else a copy in a kept buffer (~1.2 ms at res5).
+// see dcnviz/models/mxnet_cpu.py); else a copy in a kept buffer (transpose.h for a contiguous weight of
+// that dtype: ~0.85 ms at res5, about the time to read it from memory, where torch's copy_ took ~1.1).
 at::Tensor tap_major(const at::Tensor& weight, const Geometry& g, at::ScalarType type) {
   const at::Tensor hwc = weight.permute({0, 2, 3, 1});
   if (hwc.is_contiguous() && weight.scalar_type() == type) return hwc.view({g.G, g.Fg(), g.K() * g.Cg()});
-  at::Tensor w = scratch(Scratch::kWeight, weight.numel(), weight.options().dtype(type))
-                     .view({g.G, g.Fg(), g.K(), g.Cg()});
-  w.copy_(weight.reshape({g.G, g.Fg(), g.Cg(), g.K()}).transpose(2, 3));
+  at::Tensor w = scratch(Scratch::kWeight, weight.numel(), weight.options().dtype(type));
+  if (weight.is_contiguous() && weight.scalar_type() == type)
+    transpose_into(weight, w, g.F, g.Cg(), g.K());
+  else
+    w.view({g.G, g.Fg(), g.K(), g.Cg()}).copy_(weight.reshape({g.G, g.Fg(), g.Cg(), g.K()}).transpose(2, 3));
   return w.view({g.G, g.Fg(), g.K() * g.Cg()});
 }
 
@@ -420,22 +430,11 @@ bool channels_last(const at::Tensor& input) {
   return input.permute({0, 2, 3, 1}).is_contiguous() && !input.is_contiguous();
 }
 
-// x_cl (N, H, W, C) as an NCHW-contiguous (N, C, H, W) tensor (torch's copy_ took 2-3 ms for the res5
-// input gradient: it writes in order and reads a cache line per element).
+// x_cl (N, H, W, C) as an NCHW-contiguous (N, C, H, W) tensor.
 at::Tensor to_nchw(const at::Tensor& x_cl) {
   at::Tensor out = at::empty({x_cl.size(0), x_cl.size(3), x_cl.size(1), x_cl.size(2)}, x_cl.options());
-  AT_DISPATCH_FLOATING_TYPES(x_cl.scalar_type(), "to_nchw", [&] {
-    transpose_batched(x_cl.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), x_cl.size(0),
-                      x_cl.size(1) * x_cl.size(2), x_cl.size(3));
-  });
+  transpose_into(x_cl, out, x_cl.size(0), x_cl.size(1) * x_cl.size(2), x_cl.size(3));
   return out;
-}
-
-// rows (B*P, F) of images [n0, n0 + nb) into the NCHW output, in the rows' dtype.
-void rows_to_nchw(const at::Tensor& rows, at::Tensor& output, int64_t n0, int64_t nb, int64_t P, int64_t F) {
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, rows.scalar_type(), "rows_to_nchw", [&] {
-    transpose_batched(rows.const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>() + n0 * F * P, nb, P, F);
-  });
 }
 
 // t in memory format `format`, in float32 when `widen` (one pass either way): the layouts the kernels
@@ -443,6 +442,15 @@ void rows_to_nchw(const at::Tensor& rows, at::Tensor& output, int64_t n0, int64_
 // it is.)
 at::Tensor laid_out(const at::Tensor& t, at::MemoryFormat format, bool widen) {
   return widen ? t.to(at::kFloat, false, false, format) : t.contiguous(format);
+}
+
+// input (N, C, H, W) as a contiguous (N, H, W, C) tensor, in float32 when `widen`: the input itself for
+// a channels-last one, a tiled transpose for an NCHW one, else one torch copy.
+at::Tensor channels_last_copy(const at::Tensor& input, bool widen) {
+  if (widen || !input.is_contiguous()) return laid_out(input.permute({0, 2, 3, 1}), at::MemoryFormat::Contiguous, widen);
+  at::Tensor out = at::empty({input.size(0), input.size(2), input.size(3), input.size(1)}, input.options());
+  transpose_into(input, out, input.size(0), input.size(1), input.size(2) * input.size(3));
+  return out;
 }
 
 // bfloat16: the samples are taken in float32 on upcast copies as for every dtype, rounded to bfloat16 as
@@ -475,7 +483,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_,
   if (output.numel() > 0 && CgK > 0) {
     // sampled in float32 (bfloat16: on float32 copies made in the layout the kernels read)
     const at::Tensor offset = laid_out(offset_, at::MemoryFormat::Contiguous, bf16);
-    const at::Tensor x_cl = laid_out(input.permute({0, 2, 3, 1}), at::MemoryFormat::Contiguous, bf16);
+    const at::Tensor x_cl = channels_last_copy(input, bf16);
     const at::Tensor w = tap_major(weight, g, weight.scalar_type());  // in the GEMM's dtype, the weight's
     const int64_t B = chunk_size(g, input.element_size());
     at::Tensor columns = scratch(Scratch::kColumns, g.G * B * P * CgK, input.options());  // the GEMM's dtype too
@@ -500,7 +508,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_,
           at::Tensor out = rows.narrow(1, gi * g.Fg(), g.Fg());
           at::mm_out(out, cols[gi], w[gi].t());
         }
-        if (!cl) rows_to_nchw(rows, output, n0, nb, P, g.F);
+        if (!cl) transpose_into(rows, output.narrow(0, n0, nb), nb, P, g.F);
       }
     });
   }
@@ -530,7 +538,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   const at::ScalarType work = low ? at::kFloat : input.scalar_type();
   const bool cl = channels_last(input);
   const at::Tensor offset = laid_out(offset_, at::MemoryFormat::Contiguous, low);
-  const at::Tensor x_cl = laid_out(input.permute({0, 2, 3, 1}), at::MemoryFormat::Contiguous, low);
+  const at::Tensor x_cl = channels_last_copy(input, low);
   // grad_output in the output's layout; group_rows reads either as (Fg, B*P) matrices
   const at::Tensor grad_output =
       laid_out(grad_output_, cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous, low);
@@ -571,8 +579,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
     });
   }
   const at::ScalarType type = input.scalar_type();
-  at::Tensor grad_weight =
-      grad_w.view({g.F, g.kh, g.kw, g.Cg()}).permute({0, 3, 1, 2}).to(type, false, false, at::MemoryFormat::Contiguous);
+  at::Tensor grad_weight = at::empty({g.F, g.Cg(), g.kh, g.kw}, x_cl.options().dtype(type));
+  if (type == work)
+    transpose_into(grad_w, grad_weight, g.F, K, g.Cg());
+  else
+    grad_weight.copy_(grad_w.view({g.F, g.kh, g.kw, g.Cg()}).permute({0, 3, 1, 2}));
   at::Tensor grad_input = cl ? grad_x_cl.permute({0, 3, 1, 2}) : to_nchw(grad_x_cl);
   return {grad_input.to(type), grad_offset.to(type), grad_weight, grad_bias.to(type)};
 }

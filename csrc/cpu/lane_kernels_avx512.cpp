@@ -3,13 +3,16 @@
 #include <immintrin.h>
 
 #include "lane_grids.h"
+#include "transpose.h"
 
 namespace dcnviz {
 namespace lanes_avx512 {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512vl,avx512bw,avx2,tune=icelake-server,prefer-vector-width=512")
 constexpr int kVectorBytes = 64;  // the lane vectors' width (lane_kernels.inc)
-#define DCNVIZ_LANE_TILES  // gather_lanes transposes whole tiles in registers
+#ifdef DCNVIZ_TILE_TRANSPOSE
+#define DCNVIZ_LANE_TILES  // gather_lanes transposes whole tiles in registers (transpose_tile16)
+#endif
 #include "lane_kernels.inc"
 #undef DCNVIZ_LANE_TILES
 #pragma GCC pop_options
