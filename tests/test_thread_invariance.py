@@ -85,9 +85,9 @@ def wide_conv_cases(dtype):
 
 def streamed_conv_case():
     """float32 deform_conv2d on NCHW tensors whose layout copies are large enough (4 MB and up) to be
-    streamed (csrc/cpu/transpose.h): the input to channels-last (256 rows, every one a line), the weight
-    to tap-major and its gradient back (9 rows: no whole line), the output and the input gradient to NCHW
-    (4095-value rows: each starts elsewhere in a line)."""
+    streamed (csrc/cpu/transpose.h): the input to channels-last and the weight to tap-major (rows of 256,
+    each starting a line), the output and the input gradient to NCHW (rows of 4095, each starting
+    elsewhere in a line). The weight gradient's copy back, rows of 9 that hold no line, takes plain tiles."""
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(1, 256, 63, 65, generator=gen)
     w = torch.randn(512, 256, 3, 3, generator=gen) * 0.05

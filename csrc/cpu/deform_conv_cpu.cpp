@@ -447,7 +447,8 @@ at::Tensor laid_out(const at::Tensor& t, at::MemoryFormat format, bool widen) {
 // input (N, C, H, W) as a contiguous (N, H, W, C) tensor, in float32 when `widen`: the input itself for
 // a channels-last one, a tiled transpose for an NCHW one, else one torch copy.
 at::Tensor channels_last_copy(const at::Tensor& input, bool widen) {
-  if (widen || !input.is_contiguous()) return laid_out(input.permute({0, 2, 3, 1}), at::MemoryFormat::Contiguous, widen);
+  if (widen || !input.is_contiguous())
+    return laid_out(input.permute({0, 2, 3, 1}), at::MemoryFormat::Contiguous, widen);
   at::Tensor out = at::empty({input.size(0), input.size(2), input.size(3), input.size(1)}, input.options());
   transpose_into(input, out, input.size(0), input.size(1), input.size(2) * input.size(3));
   return out;

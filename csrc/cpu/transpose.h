@@ -30,9 +30,11 @@ __attribute__((target("avx512f"))) inline void transpose_tile16(const float* src
                                                                 int64_t cols, float* out, int64_t out_stride) {
   constexpr __mmask16 all = 0xFFFF;
   constexpr __mmask8 pairs = 0xFF;
-  const __mmask16 col_mask = static_cast<__mmask16>((1u << cols) - 1), row_mask = static_cast<__mmask16>((1u << rows) - 1);
+  const __mmask16 col_mask = static_cast<__mmask16>((1u << cols) - 1),
+                  row_mask = static_cast<__mmask16>((1u << rows) - 1);
   __m512 r[16], t[16];
-  for (int64_t i = 0; i < 16; ++i) r[i] = i < rows ? _mm512_maskz_loadu_ps(col_mask, src + i * stride) : _mm512_setzero_ps();
+  for (int64_t i = 0; i < 16; ++i)
+    r[i] = i < rows ? _mm512_maskz_loadu_ps(col_mask, src + i * stride) : _mm512_setzero_ps();
   // t[i], quarter k: r[i][4k], r[i+1][4k], r[i][4k+1], r[i+1][4k+1]; t[i+1]: the same of 4k+2, 4k+3
   for (int i = 0; i < 16; i += 2) {
     t[i] = _mm512_maskz_unpacklo_ps(all, r[i], r[i + 1]);
@@ -101,7 +103,8 @@ __attribute__((target("avx2"))) inline void transpose_tile16x8(const float* src,
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256i col_mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(cols)), lane);
   __m256 r[16], t[16];
-  for (int64_t i = 0; i < 16; ++i) r[i] = i < rows ? _mm256_maskload_ps(src + i * stride, col_mask) : _mm256_setzero_ps();
+  for (int64_t i = 0; i < 16; ++i)
+    r[i] = i < rows ? _mm256_maskload_ps(src + i * stride, col_mask) : _mm256_setzero_ps();
   for (int i = 0; i < 16; i += 2) {  // t[i], half h: r[i][4h], r[i+1][4h], r[i][4h+1], r[i+1][4h+1]; t[i+1]: 4h+2, 4h+3
     t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
     t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
@@ -137,10 +140,10 @@ __attribute__((target("avx2"))) inline void transpose_tile16x8(const float* src,
 
 // Destinations from this size up are written with non-temporal stores, whole aligned cache lines
 // only: they are larger than a core's L2, so their lines would only be read in (and others written
-// back) to be overwritten. Inside deform_conv2d's NCHW forward at res5 (2 threads, AVX-512) they took
-// 0.9-1.4 ms each with plain stores (register tiles or torch's copy_); streamed, the 9.4 MB weight
-// 0.82-0.90 ms and the 4.9 MB input 0.44-0.48 (both about the time to read them from memory), the
-// 4.9 MB output from the GEMM's rows 0.32.
+// back) to be overwritten. Inside deform_conv2d's NCHW forward at res5 (2 threads, AVX-512), plain
+// stores (register tiles or torch's copy_) -> streamed: the 4.9 MB input 0.58-1.05 -> 0.44-0.48 ms and
+// the 9.4 MB weight 0.80-1.15 -> 0.82-0.90 (both about the time to read them from memory), the 4.9 MB
+// output from the GEMM's rows 1.1-1.6 -> 0.32.
 constexpr int64_t kStreamBytes = int64_t(4) << 20;
 
 // dst (batch, cols, rows) = src (batch, rows, cols) transposed, for every batch item; both contiguous.
@@ -155,7 +158,9 @@ void transpose_batched(const T* src, T* dst, int64_t batch, int64_t rows, int64_
   bool stream = false;
 #ifdef DCNVIZ_TILE_TRANSPOSE
   if constexpr (std::is_same_v<T, float>) {
-    stream = batch * rows * cols * int64_t(sizeof(float)) >= kStreamBytes;
+    // a row shorter than 16 holds no whole line (the weight gradient's 9: 0.99 ms after a GEMM by plain
+    // tiles, 1.30 by stream_line16)
+    stream = rows >= 16 && batch * rows * cols * int64_t(sizeof(float)) >= kStreamBytes;
     if (use_avx512()) {
       if (stream) {  // line by line, each across every strip of 16 dst rows: the reads run along src rows
         const int64_t strips = (cols + 15) / 16, lines = (rows + 15) / 16;
