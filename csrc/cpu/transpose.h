@@ -160,9 +160,9 @@ void transpose_batched(const T* src, T* dst, int64_t batch, int64_t rows, int64_
   if constexpr (std::is_same_v<T, float>) {
     // a row shorter than 16 holds no whole line (the weight gradient's 9: 0.99 ms after a GEMM by plain
     // tiles, 1.30 by stream_line16)
-    stream = rows >= 16 && batch * rows * cols * int64_t(sizeof(float)) >= kStreamBytes;
+    const bool streamable = rows >= 16 && batch * rows * cols * int64_t(sizeof(float)) >= kStreamBytes;
     if (use_avx512()) {
-      if (stream) {  // line by line, each across every strip of 16 dst rows: the reads run along src rows
+      if (streamable) {  // line by line, each across every strip of 16 dst rows: the reads run along src rows
         const int64_t strips = (cols + 15) / 16, lines = (rows + 15) / 16;
         at::parallel_for(0, batch * lines * strips, 64, [&](int64_t begin, int64_t end) {
           for (int64_t t = begin; t < end; ++t) {
@@ -176,10 +176,8 @@ void transpose_batched(const T* src, T* dst, int64_t batch, int64_t rows, int64_
       }
       tile = &transpose_tile16, tile_rows = 16, tile_cols = 16;
     } else if (use_avx2()) {
-      stream = stream && rows % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 64 == 0;
+      stream = streamable && rows % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 64 == 0;
       tile = stream ? &transpose_tile16x8<true> : &transpose_tile16x8<false>, tile_rows = 16, tile_cols = 8;
-    } else {
-      stream = false;
     }
   }
 #endif
