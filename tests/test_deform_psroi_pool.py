@@ -167,6 +167,27 @@ class TestDeformPSRoIPool:
         assert torch.equal(got, want)
         torch.testing.assert_close(got, reference.deform_psroi_pool(x, rois, offset, **kwargs), rtol=1e-10, atol=1e-12)
 
+    def test_group_one_channels_last_whole_pixel_samples(self):
+        """Samples at whole pixels (fraction 0) can leave a column between them that no sample touches,
+        which the channels-last kernel's register loop does not take (its gapless windows do): both kinds,
+        with whole vectors of channels and a tail, and an inf at a pixel inside a window that no sample
+        touches. The same bits as the contiguous input's, and the reference's values."""
+        for dtype in (torch.float32, torch.float64):
+            x = torch.randn(1, 37, 12, 20, generator=torch.Generator().manual_seed(3), dtype=dtype)
+            x[0, :, 1, 1] = float("inf")
+            # spatial_scale 0.5: a RoI from x1 = 1 starts at 0, and x2 = 16 makes it 8 px wide, so the 4
+            # samples of its one bin sit at 0, 2, 4, 6 (columns and rows 1, 3, 5 untouched); from x1 = 5
+            # the same at 2, 4, 6, 8; 6 px wide (x2 = 12), at 0, 1.5, 3, 4.5: no gap; 5 px, at 1.25 steps
+            rois = torch.tensor([[0, 1, 1, 16, 16], [0, 1, 1, 12, 16], [0, 5, 1, 20, 9], [0, 3, 6, 12, 15]],
+                                dtype=dtype)
+            kwargs = dict(spatial_scale=0.5, output_dim=37, group_size=1, pooled_size=1, part_size=1,
+                          sample_per_part=4, trans_std=0.0)
+            want = deform_psroi_pool(x, rois, None, **kwargs)
+            got = deform_psroi_pool(x.contiguous(memory_format=torch.channels_last), rois, None, **kwargs)
+            assert got.isfinite().all() and torch.equal(got, want)
+            torch.testing.assert_close(got, reference.deform_psroi_pool(x, rois, None, **kwargs),
+                                       **({"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {}))
+
     def test_noncontiguous(self):
         x, rois, offset, kwargs = random_case(num_classes=2, output_dim=4)
         x_nc = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
