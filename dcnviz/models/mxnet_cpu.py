@@ -8,8 +8,10 @@ network, but float32 now rounds (nearly) as in MXNet. Measured on the MXNet refe
 res2 come out bitwise equal, and ``rpn_cls_prob`` differs by at most 5.6e-5, where the model as written
 differs by up to 1.8e-4 in float32 and 1.35e-4 even in float64 (i.e. MXNet's own float32 rounding). From
 res3 on the two still round differently: MXNet's oneDNN keeps its own blocked layouts and picks its
-kernels by them, which PyTorch cannot request. The oneDNN channels-last convolutions are also PyTorch's
-fastest CPU path.
+kernels by them, which PyTorch cannot request. That was on AVX-512 CPUs; on an AVX2-only one (AMD Zen 3)
+the two oneDNN builds round differently from the stem on, and this is no closer to MXNet than the model
+as written (``rpn_cls_prob`` 1.09e-4 against 1.06e-4 on one reference, each side ~6e-5 from the float64
+model). The oneDNN channels-last convolutions are also PyTorch's fastest CPU path.
 """
 from __future__ import annotations
 
