@@ -59,3 +59,27 @@ def test_custom_models_refuse_bfloat16(tmp_path):
     result = CliRunner().invoke(main, ["offsets", str(SAMPLE), "-m", f"{model}:dcnv1", "-o", str(tmp_path / "c"),
                                        "--dtype", "bfloat16"])
     assert result.exit_code == 2 and "runs in float32" in result.output, result.output
+
+
+def test_bfloat16_on_a_cpu_without_it_warns_once(tmp_path, monkeypatch):
+    """Where oneDNN has no bfloat16 kernels (no AVX512-BF16 or AMX) bfloat16 runs several times slower than
+    float32, the opposite of what --half is for: one warning line (none with --quiet, none on a CPU with
+    them). Both answers are forced, so the test means the same on every CPU."""
+    from dcnviz.cli import common
+
+    def run(native, *args):
+        monkeypatch.setattr(common, "native_bfloat16_cpu", lambda: native)
+        out = tmp_path / f"{native}{''.join(args)}"
+        result = CliRunner().invoke(main, ["detect", str(SAMPLE), "-m", "rfcn_dcn_synth", "-o", str(out), *args])
+        assert result.exit_code == 0, result.output
+        return [line for line in result.stderr.splitlines() if "no native bfloat16" in line]
+
+    assert run(False, "--half") == ["Warning: this CPU has no native bfloat16 (AVX512-BF16 or AMX): --dtype bfloat16 "
+                                    "runs several times slower than float32 here"]
+    assert run(False, "--half", "-q") == []
+    assert run(True, "--half") == []
+    assert run(False) == []  # float32
+    monkeypatch.setattr(common, "native_bfloat16_cpu", lambda: False)
+    result = CliRunner().invoke(main, ["offsets", str(SAMPLE), "-m", "rfcn_dcn_synth", "-o", str(tmp_path / "o"),
+                                       "--half"])
+    assert result.exit_code == 0 and result.stderr.count("no native bfloat16") == 1, result.output

@@ -125,7 +125,7 @@ def load(spec, weights, device: str, quiet: bool, dtype: str = "float32"):
     import dcnviz
 
     dev = select_device(device)
-    return in_dtype(dcnviz.load_model(spec.name, weights, dev), dtype), dev
+    return in_dtype(dcnviz.load_model(spec.name, weights, dev), dtype, reporter(quiet)), dev
 
 
 def sample_images() -> list[Path]:

@@ -109,7 +109,7 @@ def dilation_stats(dataset_arg, data, split, limit, compare_paper, explain, work
             name, nominal = spec.name, {short_name(l): l.dilation for l in meta.deformable_layers}
         out_dir = run_folder(stack, out, exist_ok, resume, ctx)
         if not custom:
-            net = in_dtype(dcnviz.load_model(spec.name, weights, ctx.device), dtype)
+            net = in_dtype(dcnviz.load_model(spec.name, weights, ctx.device), dtype, say)
         say(f"{name} on {ctx.device}{f' x {ctx.world} processes' if ctx.world > 1 else ''}: {dataset}, "
             f"split {split}")
         run = run_stats(net, dataset, split, limit, ctx=ctx, workers=default_workers() if workers is None else workers,

@@ -368,7 +368,7 @@ def _run(ctx: click.Context, task: str, images: Sequence[Path], videos: Sequence
     failed = 0
     planned = planned_outputs(task, images, opts.save_coco, opts.save_txt)
     with run_dir(out, exist_ok, SUBDIRS[task], [*images, *videos], planned) as out_dir:
-        net = in_dtype(dcnviz.load_model(spec.name, weights, dev), dtype)
+        net = in_dtype(dcnviz.load_model(spec.name, weights, dev), dtype, _warn(opts))
         if imgsz is not None:
             net.scales = test_scales(net.scales, imgsz)
         if not opts.quiet:
