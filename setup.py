@@ -5,7 +5,7 @@ CUDA kernels are compiled when torch was built with CUDA and ``nvcc`` is found.
 ``DCNVIZ_ASAN=1`` builds the C++ code with AddressSanitizer (for checking the kernels; load it with
 ``LD_PRELOAD=$(gcc -print-file-name=libasan.so)``, see README "Fuzzing").
 Without a visible GPU the kernels are built for a short architecture list so the build stays
-a few minutes on a small machine: sm_75 (T4), sm_80 (A100), sm_90 (H100/H200) and PTX for newer
+about two minutes on a two-core machine: sm_75 (T4), sm_80 (A100), sm_90 (H100/H200) and PTX for newer
 GPUs, plus sm_70 (V100) with a toolkit older than CUDA 13, which dropped Volta;
 ``TORCH_CUDA_ARCH_LIST`` overrides it.
 """
@@ -82,14 +82,20 @@ def _extension():
     # No FMA contraction: the CPU kernels give the same bits whichever instruction set runs them.
     # -fopenmp: at::parallel_for is an OpenMP loop compiled into the caller; without it every kernel
     # here ran on one thread. The extension then shares torch's libgomp (same soname, already loaded).
-    cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fopenmp"]
+    # -g0 overrides the -g of Python's own CFLAGS: debug info of torch's templates doubled the compile
+    # time of each file (and made a 13 MB library).
+    cxx = ["-O3", "-std=c++20", "-ffp-contract=off", "-fopenmp", "-g0"]
     link = ["-fopenmp"]
     if os.environ.get("DCNVIZ_ASAN", "0").lower() in ("1", "true", "on", "yes"):
         cxx += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
         link += ["-fsanitize=address"]
+    # Every file includes the ATen headers of the operators it calls, not <ATen/ATen.h> (all of them);
+    # this makes a stray include of the whole API a compile error, as in PyTorch's own sources.
+    macros = [("TORCH_ASSERT_ONLY_METHOD_OPERATORS", None)]
     if not _want_cuda():
         what = "the C++ CPU kernels (no CUDA: DCNVIZ_CUDA=0, or no CUDA torch/nvcc)"
-        return CppExtension("dcnviz._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link), what
+        return CppExtension("dcnviz._C", sources, define_macros=macros, extra_compile_args={"cxx": cxx},
+                            extra_link_args=link), what
     import torch
 
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
@@ -99,8 +105,8 @@ def _extension():
     after = _cuda_library_includes()
     return CUDAExtension(
         "dcnviz._C",
-        sources + rel("csrc/cuda/*.cu"),
-        define_macros=[("WITH_CUDA", None)],
+        sources + rel("csrc/cuda/*.cpp") + rel("csrc/cuda/*.cu"),
+        define_macros=macros + [("WITH_CUDA", None)],
         extra_link_args=link,
         extra_compile_args={
             "cxx": cxx + [f"-idirafter{d}" for d in after],
@@ -115,7 +121,7 @@ _EXTENSION, _WHAT = _extension()
 class _BuildExtension(BuildExtension.with_options(use_ninja=True)):
     def build_extensions(self):
         # One line, so a user waiting on the build knows what it does and that it is not stuck.
-        print(f"dcnviz: compiling {_WHAT}; this takes a few minutes", file=sys.stderr, flush=True)
+        print(f"dcnviz: compiling {_WHAT}; this takes a minute or two", file=sys.stderr, flush=True)
         super().build_extensions()
 
 

@@ -11,10 +11,13 @@
 //      channels-last output (which then needs no layout change before the next conv).
 // Backward: grad_weight += grad_out @ columns, grad_columns = grad_out^T @ W, col2im (parallel over
 // channel blocks, so no two threads write the same element) and the offset gradient (parallel over
-// positions, summing over the group's channels). csrc/cuda/deform_conv_cuda.cu has the same structure.
-#include <ATen/ATen.h>
+// positions, summing over the group's channels). csrc/cuda/deform_conv_kernels.cu has the same structure.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 #if defined(__x86_64__)

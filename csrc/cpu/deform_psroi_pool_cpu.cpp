@@ -17,9 +17,12 @@
 // such RoIs, but it cannot inspect values under torch.compile). Any other sample position, including
 // one made NaN or infinite by the offsets, goes through dpsroi_axis, which skips it when it is off
 // the map, so every read and write stays in bounds.
-#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>

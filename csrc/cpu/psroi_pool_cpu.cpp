@@ -8,9 +8,12 @@
 // never used to index memory; its bins are 0 and it receives no gradient. Bin edges are clamped to the
 // map while still floating point (NaN becomes an empty bin), so no value converted to an index can
 // leave [0, H] x [0, W].
-#include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>

@@ -5,7 +5,7 @@
 // small (deform_conv2d's bfloat16 columns, deform_psroi_pool's bfloat16 maps and pooled features), the
 // kernels convert in cache with widen_bf16 and round_bf16, which give the bits the copies gave.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <cstring>

@@ -1,52 +1,36 @@
-// CUDA kernels of deformable convolution v1 (MXNet DeformableConvolution), forward and backward.
-//
-// Same structure and layouts as csrc/cpu/deform_conv_cpu.cpp: per chunk of B images, im2col from the
-// channels-last input into columns (G, B*P, K*C/G), one cuBLAS GEMM per conv group with the tap-major
-// weight, and for backward grad_weight += grad_out @ columns, grad_columns = grad_out^T @ W, col2im
-// (atomics) and the offset gradient. Each thread recomputes its sample's corners (two offset loads and
-// a floor) instead of sharing them through memory as the CPU code does.
-// float16/bfloat16 sample, blend and accumulate in float32 (at::opmath_type): the weight gradient's GEMMs
-// write float32 (cuBLAS's fp16/bf16 -> fp32 GEMM), the column gradient is a float32 buffer, and the input
-// and weight gradients are rounded once at the end. The backward's col2im uses atomics, so it is reported
-// to torch.use_deterministic_algorithms (as torchvision's deform_conv2d does).
-#include <ATen/ATen.h>
+// deform_conv2d on CUDA: argument checks, allocation, dtype dispatch and the cuBLAS GEMMs around the
+// sampling kernels of deform_conv_kernels.cu (see there for the layouts and the precision rules).
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/Atomic.cuh>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
+#include <tuple>
 
 #include "../checked_math.h"
-#include "../sampling.h"
-#include "launch.cuh"
+#include "kernels.h"
 
 namespace dcnviz {
 namespace {
 
-constexpr int kWarp = 32;
-
-// Shapes and hyper-parameters of one call; all sizes int64 so that no index product overflows.
-struct Geometry {
-  int64_t N, C, H, W, F, kh, kw, Ho, Wo, sh, sw, ph, pw, dh, dw, G, DG;
-  __host__ __device__ int64_t K() const { return kh * kw; }
-  __host__ __device__ int64_t P() const { return Ho * Wo; }
-  __host__ __device__ int64_t Cg() const { return C / G; }
-  __host__ __device__ int64_t Fg() const { return F / G; }
-  __host__ __device__ int64_t Cdg() const { return C / DG; }
-};
-
-Geometry check_geometry(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
+ConvGeometry check_geometry(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
                         int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
                         int64_t groups, int64_t dgroups) {
   TORCH_CHECK(input.dim() == 4 && offset.dim() == 4 && weight.dim() == 4,
               "deform_conv2d: input, offset and weight must be 4-D");
   TORCH_CHECK(sh >= 1 && sw >= 1 && dh >= 1 && dw >= 1 && ph >= 0 && pw >= 0 && groups >= 1 && dgroups >= 1,
               "deform_conv2d: stride, dilation, groups and deformable_groups must be >= 1, padding >= 0");
-  Geometry g{input.size(0), input.size(1), input.size(2), input.size(3), weight.size(0), weight.size(2),
+  ConvGeometry g{input.size(0), input.size(1), input.size(2), input.size(3), weight.size(0), weight.size(2),
              weight.size(3), 0, 0, sh, sw, ph, pw, dh, dw, groups, dgroups};
   constexpr const char* op = "deform_conv2d";
   TORCH_CHECK(g.C % g.G == 0 && g.F % g.G == 0 && checked_mul(weight.size(1), g.G, op) == g.C,
@@ -73,142 +57,46 @@ Geometry check_geometry(const at::Tensor& input, const at::Tensor& offset, const
 }
 
 // Images per chunk, as on the CPU: a GEMM inner size of a few thousand, columns under ~256 MiB.
-int64_t chunk_size(const Geometry& g, int64_t elem_size) {
+int64_t chunk_size(const ConvGeometry& g, int64_t elem_size) {
   const int64_t want = std::max<int64_t>(1, 8192 / g.P());
   const int64_t per_image = std::max<int64_t>(1, g.C * g.K() * g.P() * elem_size);
   const int64_t fit = std::max<int64_t>(1, (int64_t(256) << 20) / per_image);
   return std::max<int64_t>(1, std::min({g.N, want, fit}));
 }
 
-// Sampling point of tap k at output position p of the chunk's image b, deformable group dg:
-// offsets are (dy, dx) pairs per tap, row-major over taps, one block of 2*K channels per group.
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ Corners<acc_t> corners_at(const scalar_t* offset_chunk, const Geometry& g, int64_t b,
-                                                     int64_t dg, int64_t k, int64_t p) {
-  const scalar_t* oy = offset_chunk + ((b * g.DG + dg) * g.K() + k) * 2 * g.P();
-  const int64_t ho = p / g.Wo, wo = p % g.Wo, i = k / g.kw, j = k % g.kw;
-  const acc_t y = acc_t(ho * g.sh - g.ph + i * g.dh) + static_cast<acc_t>(oy[p]);
-  const acc_t x = acc_t(wo * g.sw - g.pw + j * g.dw) + static_cast<acc_t>(oy[g.P() + p]);
-  return dcn_v1_corners<acc_t>(y, x, g.H, g.W);
-}
-
-// Columns (G, B*P, K*C/G): element ((gi*B*P + bp)*K + k)*Cg + cg, tap-major and channel-minor within a
-// row, read from the channels-last chunk x_cl (B, H, W, C): consecutive threads read consecutive
-// channels and write consecutive columns. A sample outside the map is exactly 0.
-template <typename scalar_t>
-__global__ void im2col_kernel(const scalar_t* x_cl, const scalar_t* offset_chunk, Geometry g, int64_t B,
-                              scalar_t* columns) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t K = g.K(), P = g.P(), Cg = g.Cg(), n = g.C * K * B * P;
-  DCNVIZ_KERNEL_LOOP(idx, n) {
-    const int64_t cg = idx % Cg, k = (idx / Cg) % K, bp = (idx / (Cg * K)) % (B * P), gi = idx / (Cg * K * B * P);
-    const int64_t c = gi * Cg + cg, b = bp / P;
-    const Corners<acc_t> q = corners_at<scalar_t, acc_t>(offset_chunk, g, b, c / g.Cdg(), k, bp % P);
-    acc_t val = acc_t(0);
-    if (q.valid) {
-      const scalar_t* v = x_cl + b * g.H * g.W * g.C + c;
-      val = q.w00() * static_cast<acc_t>(v[q.i00 * g.C]) + q.w01() * static_cast<acc_t>(v[(q.i00 + q.dx) * g.C]) +
-            q.w10() * static_cast<acc_t>(v[(q.i00 + q.dy) * g.C]) +
-            q.w11() * static_cast<acc_t>(v[(q.i00 + q.dy + q.dx) * g.C]);
-    }
-    columns[idx] = static_cast<scalar_t>(val);
-  }
-}
-
-// grad_x_cl (B, H, W, C) += scatter of grad_columns (laid out as the columns) to the forward's corners
-// and weights.
-template <typename scalar_t, typename acc_t>
-__global__ void col2im_kernel(const acc_t* grad_columns, const scalar_t* offset_chunk, Geometry g, int64_t B,
-                              acc_t* grad_x_cl) {
-  const int64_t K = g.K(), P = g.P(), Cg = g.Cg(), n = g.C * K * B * P;
-  DCNVIZ_KERNEL_LOOP(idx, n) {
-    const int64_t cg = idx % Cg, k = (idx / Cg) % K, bp = (idx / (Cg * K)) % (B * P), gi = idx / (Cg * K * B * P);
-    const int64_t c = gi * Cg + cg, b = bp / P;
-    const Corners<acc_t> q = corners_at<scalar_t, acc_t>(offset_chunk, g, b, c / g.Cdg(), k, bp % P);
-    if (!q.valid) continue;
-    const acc_t gc = grad_columns[idx];
-    acc_t* v = grad_x_cl + b * g.H * g.W * g.C + c;
-    gpuAtomicAdd(v + q.i00 * g.C, q.w00() * gc);
-    gpuAtomicAdd(v + (q.i00 + q.dx) * g.C, q.w01() * gc);
-    gpuAtomicAdd(v + (q.i00 + q.dy) * g.C, q.w10() * gc);
-    gpuAtomicAdd(v + (q.i00 + q.dy + q.dx) * g.C, q.w11() * gc);
-  }
-}
-
-// grad_offset_chunk (B, 2*DG*K, Ho, Wo): derivative of each sample's bilinear blend with the forward's
-// floor-based corners (zero along a clamped axis, zero outside), summed over the group's channels.
-// One warp per sample (b, dg, k, p): its lanes stride over the group's channels, so the reads of the
-// channels-last input and of the (channel-minor) column gradient are coalesced; a shuffle tree sums them.
-template <typename scalar_t, typename acc_t>
-__global__ void offset_grad_kernel(const acc_t* grad_columns, const scalar_t* x_cl, const scalar_t* offset_chunk,
-                                   Geometry g, int64_t B, scalar_t* grad_offset_chunk) {
-  const int64_t K = g.K(), P = g.P(), Cg = g.Cg(), Cdg = g.Cdg(), n = B * g.DG * K * P;
-  const int lane = threadIdx.x % kWarp;
-  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / kWarp);
-  // The loop bound is the same for every lane of a warp, so whole warps reach the shuffles together.
-  for (int64_t idx = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / kWarp; idx < n; idx += warps) {
-    const int64_t p = idx % P, r = idx / P;  // r = (b*DG + dg)*K + k
-    const int64_t k = r % K, dg = (r / K) % g.DG, b = r / (K * g.DG), bp = b * P + p;
-    const Corners<acc_t> q = corners_at<scalar_t, acc_t>(offset_chunk, g, b, dg, k, p);
-    acc_t gy = acc_t(0), gx = acc_t(0);
-    if (q.valid) {
-      const scalar_t* image = x_cl + b * g.H * g.W * g.C;
-      const scalar_t *p00 = image + q.i00 * g.C, *p01 = image + (q.i00 + q.dx) * g.C,
-                     *p10 = image + (q.i00 + q.dy) * g.C, *p11 = image + (q.i00 + q.dy + q.dx) * g.C;
-      for (int64_t c = dg * Cdg + lane; c < (dg + 1) * Cdg; c += kWarp) {
-        const int64_t gi = c / Cg;
-        const acc_t gc = grad_columns[((gi * B * P + bp) * K + k) * Cg + c - gi * Cg];
-        const acc_t v00 = static_cast<acc_t>(p00[c]), v01 = static_cast<acc_t>(p01[c]);
-        const acc_t v10 = static_cast<acc_t>(p10[c]), v11 = static_cast<acc_t>(p11[c]);
-        gy += gc * ((acc_t(1) - q.lx) * (v10 - v00) + q.lx * (v11 - v01));
-        gx += gc * ((acc_t(1) - q.ly) * (v01 - v00) + q.ly * (v11 - v10));
-      }
-    }
-    for (int step = kWarp / 2; step > 0; step /= 2) {
-      gy += __shfl_down_sync(0xffffffffu, gy, step);
-      gx += __shfl_down_sync(0xffffffffu, gx, step);
-    }
-    if (lane == 0) {
-      grad_offset_chunk[r * 2 * P + p] = static_cast<scalar_t>(gy);  // channel 2k: dy, 2k+1: dx
-      grad_offset_chunk[(r * 2 + 1) * P + p] = static_cast<scalar_t>(gx);
-    }
-  }
-}
-
 // Rows [g*Fg, (g+1)*Fg) of a (B, F, Ho, Wo) block of a batch tensor as an (Fg, B*P) matrix (a view
 // when B == 1).
-at::Tensor group_rows(const at::Tensor& t, int64_t n0, int64_t B, int64_t gi, const Geometry& g) {
+at::Tensor group_rows(const at::Tensor& t, int64_t n0, int64_t B, int64_t gi, const ConvGeometry& g) {
   return t.narrow(0, n0, B).narrow(1, gi * g.Fg(), g.Fg()).transpose(0, 1).reshape({g.Fg(), B * g.P()});
 }
 
 // weight (F, C/G, kh, kw) -> (G, F/G, K*C/G), tap-major like the columns.
-at::Tensor tap_major(const at::Tensor& weight, const Geometry& g) {
+at::Tensor tap_major(const at::Tensor& weight, const ConvGeometry& g) {
   return weight.reshape({g.G, g.Fg(), g.Cg(), g.K()}).transpose(2, 3).reshape({g.G, g.Fg(), g.K() * g.Cg()});
 }
 
 at::Tensor deform_conv2d_cuda(const at::Tensor& input, const at::Tensor& offset_, const at::Tensor& weight,
                               const std::optional<at::Tensor>& bias, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                               int64_t dh, int64_t dw, int64_t groups, int64_t dgroups) {
-  const Geometry g = check_geometry(input, offset_, weight, sh, sw, ph, pw, dh, dw, groups, dgroups);
+  const ConvGeometry g = check_geometry(input, offset_, weight, sh, sw, ph, pw, dh, dw, groups, dgroups);
   // The GEMMs run in the op's own dtype even inside an autocast region (autocast would lower them).
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const at::cuda::CUDAGuard device_guard(input.device());
+  const c10::cuda::CUDAGuard device_guard(input.device());
   at::Tensor output = at::zeros({g.N, g.F, g.Ho, g.Wo}, input.options());
   const int64_t K = g.K(), P = g.P(), CgK = g.Cg() * K;
   if (output.numel() > 0 && CgK > 0) {
     const at::Tensor offset = offset_.contiguous(), x_cl = input.permute({0, 2, 3, 1}).contiguous();
     const at::Tensor w = tap_major(weight, g);
     const int64_t B = chunk_size(g, x_cl.element_size());
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     at::Tensor columns = at::empty({g.G * B * P * CgK}, x_cl.options());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_cl.scalar_type(), "deform_conv2d_cuda", [&] {
       for (int64_t n0 = 0; n0 < g.N; n0 += B) {
         const int64_t nb = std::min(B, g.N - n0);
         const at::Tensor cols = columns.narrow(0, 0, g.G * nb * P * CgK).view({g.G, nb * P, CgK});
-        im2col_kernel<scalar_t><<<blocks_for(cols.numel()), kThreads, 0, stream>>>(
-            x_cl.data_ptr<scalar_t>() + n0 * g.H * g.W * g.C, offset.data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P,
-            g, nb, columns.data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch_deform_im2col(x_cl.data_ptr<scalar_t>() + n0 * g.H * g.W * g.C,
+                             offset.data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P, g, nb, columns.data_ptr<scalar_t>(),
+                             stream);
         for (int64_t gi = 0; gi < g.G; ++gi) {
           if (nb == 1) {  // the group's rows of one image are contiguous: the GEMM writes them in place
             at::Tensor out = output[n0].view({g.F, P}).narrow(0, gi * g.Fg(), g.Fg());
@@ -233,7 +121,7 @@ at::Tensor deform_conv2d_cuda(const at::Tensor& input, const at::Tensor& offset_
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cuda(
     const at::Tensor& grad_output_, const at::Tensor& input, const at::Tensor& offset_, const at::Tensor& weight,
     int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups, int64_t dgroups) {
-  const Geometry g = check_geometry(input, offset_, weight, sh, sw, ph, pw, dh, dw, groups, dgroups);
+  const ConvGeometry g = check_geometry(input, offset_, weight, sh, sw, ph, pw, dh, dw, groups, dgroups);
   // The GEMMs run in the op's own dtype even inside an autocast region (autocast would lower them).
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   TORCH_CHECK(grad_output_.dim() == 4 && grad_output_.size(0) == g.N && grad_output_.size(1) == g.F &&
@@ -242,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   TORCH_CHECK(grad_output_.dtype() == input.dtype() && grad_output_.device() == input.device(),
               "deform_conv2d backward: grad_output must have the input's dtype and device");
   at::globalContext().alertNotDeterministic("deform_conv2d_backward_cuda");
-  const at::cuda::CUDAGuard device_guard(input.device());
+  const c10::cuda::CUDAGuard device_guard(input.device());
   const at::Tensor grad_output = grad_output_.contiguous(), offset = offset_.contiguous();
   const at::Tensor x_cl = input.permute({0, 2, 3, 1}).contiguous();
   const int64_t K = g.K(), P = g.P(), CgK = g.Cg() * K;
@@ -255,7 +143,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
   if (grad_output.numel() > 0 && CgK > 0) {
     const int64_t B = chunk_size(g, x_cl.element_size());
     const at::Tensor w = tap_major(weight, g);
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     at::Tensor columns = at::empty({g.G * B * P * CgK}, x_cl.options());
     // The column gradient overwrites the columns in place, except for half types, where it gets a float32
     // buffer of its own so that col2im and the offset gradient read it unrounded.
@@ -268,9 +156,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
         const scalar_t* x = x_cl.data_ptr<scalar_t>() + n0 * g.H * g.W * g.C;
         const scalar_t* off = offset.data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P;
         const at::Tensor cols = columns.narrow(0, 0, g.G * nb * P * CgK).view({g.G, nb * P, CgK});
-        const int64_t blocks = blocks_for(cols.numel());
-        im2col_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(x, off, g, nb, columns.data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch_deform_im2col(x, off, g, nb, columns.data_ptr<scalar_t>(), stream);
         const at::Tensor gcols = grad_columns.narrow(0, 0, g.G * nb * P * CgK).view({g.G, nb * P, CgK});
         for (int64_t gi = 0; gi < g.G; ++gi) {
           const at::Tensor gout = group_rows(grad_output, n0, nb, gi, g);
@@ -286,12 +172,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backwar
           }
         }
         const acc_t* gcol = grad_columns.data_ptr<acc_t>();
-        col2im_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
-            gcol, off, g, nb, grad_x_cl.data_ptr<acc_t>() + n0 * g.H * g.W * g.C);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        offset_grad_kernel<scalar_t, acc_t><<<blocks_for(nb * g.DG * K * P * kWarp), kThreads, 0, stream>>>(
-            gcol, x, off, g, nb, grad_offset.data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch_deform_col2im(gcol, off, g, nb, grad_x_cl.data_ptr<acc_t>() + n0 * g.H * g.W * g.C, stream);
+        launch_deform_offset_grad(gcol, x, off, g, nb, grad_offset.data_ptr<scalar_t>() + n0 * 2 * g.DG * K * P,
+                                  stream);
       }
     });
   }
