@@ -74,7 +74,7 @@ def main() -> None:
     feed = {"data": rng.randn(1, 3, h, w).astype(np.float32) * 60, "rois": rois}
     arg_shapes, _, aux_shapes = net.infer_shape(**{k: v.shape for k, v in feed.items()})
     shapes = {n: tuple(s) for n, s in zip(net.list_arguments(), arg_shapes) if n not in feed}
-    weights = initial_weights(shapes, rng)
+    weights = initial_weights(shapes, np.random.default_rng(0))
     args_nd = {k: mx.nd.array(v) for k, v in weights.items()}
     args_nd.update({k: mx.nd.array(v) for k, v in feed.items()})
     aux = {n: mx.nd.ones(s) if n.endswith("var") else mx.nd.zeros(s)
