@@ -26,6 +26,8 @@ TORCH_LIBRARY(dcnviz, m) {
   m.def(
       "_psroi_pool_backward(Tensor grad_output, Tensor input, Tensor rois, float spatial_scale, "
       "int output_dim, int group_size, int pooled_size) -> Tensor");
+  // Greedy NMS of the official py_nms, boxes visited in `order` (dcnviz.models.boxes.nms); CPU only.
+  m.def("_nms(Tensor boxes, Tensor order, float thresh, int max_keep) -> Tensor");
 }
 
 // The instruction set of the CPU kernels' hand-picked loops on this machine (cpu_isa.h): "avx512",

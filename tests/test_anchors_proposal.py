@@ -68,6 +68,65 @@ def test_nms_by_hand():
     np.testing.assert_array_equal(B.nms(boxes[[1, 2]], np.array([0.5, 0.5]), 0.3), [0, 1])
     # "+1" areas: [0,0,0,0] and [0,0,1,0] have areas 1 and 2, intersection 1 -> IoU 0.5
     np.testing.assert_array_equal(B.nms(np.array([[0, 0, 0, 0], [0, 0, 1, 0.0]]), np.array([1.0, 0.9]), 0.4), [0])
+    # IoU 50/150: float32 boxes compare float32(50/150) = 0.33333334 with float32(1/3), the same number
+    # (numpy rounds the Python float to the array's dtype), so the box is kept; 0.3333 drops it
+    third = np.array([[0, 0, 9, 9], [0, 5, 9, 14]], np.float32)
+    for dtype in (np.float32, np.float64):
+        np.testing.assert_array_equal(B.nms(third.astype(dtype), np.array([0.9, 0.8]), 1.0 / 3.0), [0, 1])
+        np.testing.assert_array_equal(B.nms(third.astype(dtype), np.array([0.9, 0.8]), 0.3333), [0])
+
+
+def py_nms(boxes, scores, thresh, max_keep=None):
+    """The official ``py_nms`` (lib/nms/nms.py) as numpy runs it, with the stable tie order of B.nms: the
+    reference the compiled loop must match exactly."""
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    with np.errstate(invalid="ignore"):  # inf - inf and 0/0 in the NaN and infinite cases
+        areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+        order = np.argsort(-scores, kind="stable")
+        keep = []
+        while order.size > 0 and (max_keep is None or len(keep) < max_keep):
+            i = order[0]
+            keep.append(i)
+            rest = order[1:]
+            w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+            h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+            inter = w * h
+            order = rest[inter / (areas[i] + areas[rest] - inter) <= thresh]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def random_boxes(rng, n, dtype, size=600.0):
+    """Proposal-like boxes: clipped, many overlapping, with duplicates, degenerate and zero-area ("+1"
+    width 0) boxes, and a few NaN and infinite coordinates."""
+    x1, y1 = rng.uniform(0, size, n), rng.uniform(0, size, n)
+    boxes = np.stack([x1, y1, x1 + rng.exponential(60, n), y1 + rng.exponential(60, n)], 1)
+    boxes = np.clip(boxes, 0, size - 1)
+    boxes[rng.random(n) < 0.05] = boxes[0]  # duplicates
+    flat = rng.random(n) < 0.03
+    boxes[flat, 2] = boxes[flat, 0] - 1  # zero "+1" width: area 0, IoU 0/0 = NaN with another such box
+    boxes[rng.random(n) < 0.02, rng.integers(0, 4)] = np.nan
+    boxes[rng.random(n) < 0.01, rng.integers(0, 4)] = np.inf
+    return boxes.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", range(4))
+def test_nms_keeps_what_py_nms_keeps(dtype, seed):
+    """Bit-for-bit the numpy loop's choices, on proposal-sized inputs with ties, duplicates, zero-area
+    boxes, NaN and infinity; thresholds that are not exact in float32 round as numpy rounds them."""
+    rng = np.random.default_rng(seed)
+    n = 6000 if seed == 0 else int(rng.integers(1, 800))
+    boxes = random_boxes(rng, n, dtype)
+    scores = np.round(rng.random(n), 2)  # many ties
+    for thresh in (0.7, 0.3, 1.0 / 3.0):
+        for max_keep in (None, 300, 1):
+            np.testing.assert_array_equal(B.nms(boxes, scores, thresh, max_keep), py_nms(boxes, scores, thresh, max_keep))
+
+
+def test_nms_of_no_box_and_integer_boxes():
+    assert B.nms(np.zeros((0, 4), np.float32), np.zeros(0), 0.7).tolist() == []
+    boxes = np.array([[0, 0, 9, 9], [0, 0, 9, 4], [20, 20, 29, 29]])  # int64: computed as float64
+    np.testing.assert_array_equal(B.nms(boxes, np.array([0.9, 0.8, 0.7]), 0.49), [0, 2])
 
 
 def _rpn_maps(num_anchors, h, w, fg, deltas):

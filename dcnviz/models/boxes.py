@@ -6,6 +6,9 @@ centre is x1 + 0.5 * (width - 1).
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+import dcnviz.ops._ext  # noqa: F401  (registers torch.ops.dcnviz._nms)
 
 
 def decode(boxes: np.ndarray, deltas: np.ndarray) -> np.ndarray:
@@ -45,22 +48,17 @@ def nms(boxes: np.ndarray, scores: np.ndarray, thresh: float, max_keep: int | No
     remaining box whose IoU with it is > ``thresh`` (areas and intersections with "+1").
 
     Returns the kept indices in visiting order, at most ``max_keep`` (stopping early gives the same
-    prefix). Deviation: ties in score are visited in index order (stable sort); numpy's unstable
+    prefix). The loop is the compiled ``torch.ops.dcnviz._nms`` (``csrc/cpu/nms_cpu.cpp``), which computes
+    in the boxes' dtype (float32 or float64; others as float64) exactly as numpy would, so it keeps what
+    ``py_nms`` keeps. Deviation: ties in score are visited in index order (stable sort); numpy's unstable
     ``argsort()[::-1]`` in the official code leaves their order unspecified.
     """
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
     order = np.argsort(-scores, kind="stable")
-    keep = []
-    while order.size > 0 and (max_keep is None or len(keep) < max_keep):
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
-        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
-        inter = w * h
-        order = rest[inter / (areas[i] + areas[rest] - inter) <= thresh]
-    return np.asarray(keep, dtype=np.int64)
+    if boxes.dtype not in (np.float32, np.float64):
+        boxes = boxes.astype(np.float64)
+    keep = torch.ops.dcnviz._nms(torch.from_numpy(np.ascontiguousarray(boxes[:, :4])), torch.from_numpy(order),
+                                 float(thresh), -1 if max_keep is None else int(max_keep))
+    return keep.numpy()
 
 
 def soft_nms(boxes: np.ndarray, scores: np.ndarray, sigma: float, max_keep: int | None = None):
