@@ -123,6 +123,17 @@ def test_nms_keeps_what_py_nms_keeps(dtype, seed):
             np.testing.assert_array_equal(B.nms(boxes, scores, thresh, max_keep), py_nms(boxes, scores, thresh, max_keep))
 
 
+def test_nms_op_refuses_indices_outside_the_boxes():
+    import torch
+
+    boxes = torch.zeros(3, 4)
+    for bad in ([3], [-1]):
+        with pytest.raises(RuntimeError, match="not a box index"):
+            torch.ops.dcnviz._nms(boxes, torch.tensor(bad), 0.7, -1)
+    with pytest.raises(RuntimeError, match=r"shape \(N, 4\)"):
+        torch.ops.dcnviz._nms(torch.zeros(3, 5), torch.arange(3), 0.7, -1)
+
+
 def test_nms_of_no_box_and_integer_boxes():
     assert B.nms(np.zeros((0, 4), np.float32), np.zeros(0), 0.7).tolist() == []
     boxes = np.array([[0, 0, 9, 9], [0, 0, 9, 4], [20, 20, 29, 29]])  # int64: computed as float64
