@@ -1,6 +1,7 @@
 """Anchors, box decoding, NMS, the proposal step and detection post-processing on hand-computed cases."""
 import numpy as np
 import pytest
+import torch
 
 from dcnviz.models import boxes as B
 from dcnviz.models.anchors import generate_anchors, shifted_anchors
@@ -124,8 +125,6 @@ def test_nms_keeps_what_py_nms_keeps(dtype, seed):
 
 
 def test_nms_op_refuses_indices_outside_the_boxes():
-    import torch
-
     boxes = torch.zeros(3, 4)
     for bad in ([3], [-1]):
         with pytest.raises(RuntimeError, match="not a box index"):
