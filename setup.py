@@ -89,13 +89,9 @@ def _extension():
     if os.environ.get("DCNVIZ_ASAN", "0").lower() in ("1", "true", "on", "yes"):
         cxx += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
         link += ["-fsanitize=address"]
-    # Every file includes the ATen headers of the operators it calls, not <ATen/ATen.h> (all of them);
-    # this makes a stray include of the whole API a compile error, as in PyTorch's own sources.
-    macros = [("TORCH_ASSERT_ONLY_METHOD_OPERATORS", None)]
     if not _want_cuda():
         what = "the C++ CPU kernels (no CUDA: DCNVIZ_CUDA=0, or no CUDA torch/nvcc)"
-        return CppExtension("dcnviz._C", sources, define_macros=macros, extra_compile_args={"cxx": cxx},
-                            extra_link_args=link), what
+        return CppExtension("dcnviz._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link), what
     import torch
 
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
@@ -106,7 +102,7 @@ def _extension():
     return CUDAExtension(
         "dcnviz._C",
         sources + rel("csrc/cuda/*.cpp") + rel("csrc/cuda/*.cu"),
-        define_macros=macros + [("WITH_CUDA", None)],
+        define_macros=[("WITH_CUDA", None)],
         extra_link_args=link,
         extra_compile_args={
             "cxx": cxx + [f"-idirafter{d}" for d in after],
