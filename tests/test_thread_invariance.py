@@ -14,10 +14,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
+from dcnviz.models.boxes import nms
 from dcnviz.ops import deform_conv2d, deform_psroi_pool, deform_roi_pool, psroi_pool
+from test_anchors_proposal import random_boxes
 from test_psroi_pool import random_case
 from torch_threads import threads
 
@@ -113,6 +116,19 @@ def test_one_and_two_threads_give_the_same_bits(dtype):
         for i, (a, b) in enumerate(zip(one, two)):
             what = "forward" if i == 0 else f"gradient {i - 1}"
             assert torch.equal(a, b), f"{name} {dtype} {what}: max |1 thread - 2 threads| = {(a - b).abs().max()}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nms_keeps_the_same_boxes_on_one_and_two_threads(dtype):
+    """_nms (the NMS of the proposal layer and of the detections) is one sequential loop today; this
+    holds it to the same bar if it is ever split among threads."""
+    rng = np.random.default_rng(1)
+    boxes, scores = random_boxes(rng, 3000, dtype), rng.random(3000)
+    with threads(1):
+        one = nms(boxes, scores, 0.7, 300)
+    with threads(2):
+        two = nms(boxes, scores, 0.7, 300)
+    np.testing.assert_array_equal(one, two)
 
 
 _ISA_SCRIPT = """
