@@ -30,7 +30,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "../checked_math.h"
+#include "../conv_checks.h"
 #include "../sampling.h"
 #include "conv_backward_simd.h"
 #include "cpu_isa.h"
@@ -40,52 +40,9 @@
 namespace dcnviz {
 namespace {
 
-// Shapes and hyper-parameters of one call; all sizes int64 so that no index product overflows.
-struct Geometry {
-  int64_t N, C, H, W, F, kh, kw, Ho, Wo, sh, sw, ph, pw, dh, dw, G, DG;
-  int64_t K() const { return kh * kw; }
-  int64_t P() const { return Ho * Wo; }
-  int64_t Cg() const { return C / G; }
-  int64_t Fg() const { return F / G; }
-  int64_t Cdg() const { return C / DG; }
-};
-
-Geometry check_geometry(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
-                        int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
-                        int64_t groups, int64_t dgroups) {
-  TORCH_CHECK(input.dim() == 4 && offset.dim() == 4 && weight.dim() == 4,
-              "deform_conv2d: input, offset and weight must be 4-D");
-  TORCH_CHECK(sh >= 1 && sw >= 1 && dh >= 1 && dw >= 1 && ph >= 0 && pw >= 0 && groups >= 1 && dgroups >= 1,
-              "deform_conv2d: stride, dilation, groups and deformable_groups must be >= 1, padding >= 0");
-  Geometry g{input.size(0), input.size(1), input.size(2), input.size(3), weight.size(0), weight.size(2),
-             weight.size(3), 0, 0, sh, sw, ph, pw, dh, dw, groups, dgroups};
-  constexpr const char* op = "deform_conv2d";
-  TORCH_CHECK(g.C % g.G == 0 && g.F % g.G == 0 && checked_mul(weight.size(1), g.G, op) == g.C,
-              "deform_conv2d: weight must have shape (F, C/groups, kh, kw) with F divisible by groups");
-  TORCH_CHECK(g.C % g.DG == 0, "deform_conv2d: input channels must be divisible by deformable_groups");
-  // Ho = (H + 2*ph - (dh*(kh-1) + 1)) / sh + 1 (and Wo), every step checked: pads and dilations are
-  // plain arguments, and kh*kw may be huge next to a zero-sized dim
-  TORCH_CHECK(g.kh >= 1 && g.kw >= 1, "deform_conv2d: the kernel must be at least 1x1");
-  const int64_t span_h = checked_add(checked_mul(dh, g.kh - 1, op), 1, op);
-  const int64_t span_w = checked_add(checked_mul(dw, g.kw - 1, op), 1, op);
-  g.Ho = (checked_add(g.H, checked_mul(2, ph, op), op) - span_h) / sh + 1;
-  g.Wo = (checked_add(g.W, checked_mul(2, pw, op), op) - span_w) / sw + 1;
-  TORCH_CHECK(g.Ho >= 1 && g.Wo >= 1, "deform_conv2d: input too small for the kernel");
-  // the products the kernels index with: columns (C*K, B*P), offsets (N, 2*DG*K, Ho, Wo)
-  checked_mul(g.C, checked_mul(g.kh, g.kw, op), checked_mul(g.Ho, g.Wo, op), std::max<int64_t>(g.N, 1), op);
-  TORCH_CHECK(offset.size(0) == g.N && offset.size(1) == checked_mul(2, g.DG, g.K(), op) && offset.size(2) == g.Ho &&
-                  offset.size(3) == g.Wo,
-              "deform_conv2d: offset must have shape (N, 2*deformable_groups*kh*kw, Ho, Wo)");
-  TORCH_CHECK(input.dtype() == offset.dtype() && input.dtype() == weight.dtype(),
-              "deform_conv2d: input, offset and weight must have the same dtype");
-  TORCH_CHECK(input.device() == offset.device() && input.device() == weight.device(),
-              "deform_conv2d: input, offset and weight must be on the same device");
-  return g;
-}
-
 // Images per chunk: enough that the GEMM's inner size B*P reaches a few thousand, while the column
 // buffer stays under ~64 MiB (a single image is always allowed).
-int64_t chunk_size(const Geometry& g, int64_t elem_size) {
+int64_t chunk_size(const ConvGeometry& g, int64_t elem_size) {
   const int64_t want = std::max<int64_t>(1, 4096 / g.P());
   const int64_t per_image = std::max<int64_t>(1, g.C * g.K() * g.P() * elem_size);
   const int64_t fit = std::max<int64_t>(1, (int64_t(64) << 20) / per_image);
@@ -120,7 +77,7 @@ struct Position {
   int64_t b, p, y0, x0;
 };
 
-Position position(const Geometry& g, int64_t bp) {
+Position position(const ConvGeometry& g, int64_t bp) {
   const int64_t b = bp / g.P(), p = bp % g.P();
   return Position{b, p, (p / g.Wo) * g.sh - g.ph, (p % g.Wo) * g.sw - g.pw};
 }
@@ -128,7 +85,7 @@ Position position(const Geometry& g, int64_t bp) {
 // Calls f(k, corners) for every tap k = i*kw + j of deformable group dg at position pos. Offsets are
 // (dy, dx) pairs per tap, row-major over taps, one block of 2*K channels per group.
 template <typename T, typename Fn>
-void for_each_tap(const T* offset_chunk, const Geometry& g, const Position& pos, int64_t dg, const Fn& f) {
+void for_each_tap(const T* offset_chunk, const ConvGeometry& g, const Position& pos, int64_t dg, const Fn& f) {
   const T* o = offset_chunk + (pos.b * g.DG + dg) * 2 * g.K() * g.P() + pos.p;
   for (int64_t i = 0, k = 0; i < g.kh; ++i) {
     for (int64_t j = 0; j < g.kw; ++j, ++k) {
@@ -145,7 +102,7 @@ struct Run {
 };
 
 // The runs of channels [c_begin, c_end), listed per deformable group.
-std::vector<std::vector<Run>> channel_runs(const Geometry& g, int64_t c_begin, int64_t c_end) {
+std::vector<std::vector<Run>> channel_runs(const ConvGeometry& g, int64_t c_begin, int64_t c_end) {
   std::vector<std::vector<Run>> runs(g.DG);
   for (int64_t c = c_begin; c < c_end;) {
     const int64_t dg = c / g.Cdg(), gi = c / g.Cg();
@@ -281,7 +238,7 @@ BlendStream stream_kernel() {
 //
 // Out: T, or bfloat16 for a float T (the bfloat16 forward: float32 samples rounded as they are stored).
 template <typename T, typename Out>
-void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, Out* columns) {
+void im2col(const T* x_cl, const T* offset_chunk, const ConvGeometry& g, int64_t B, Out* columns) {
   const int64_t BP = B * g.P(), Cg = g.Cg(), CgK = Cg * g.K();
   const auto runs = channel_runs(g, 0, g.C);
 #ifdef DCNVIZ_X86_INTRINSICS
@@ -337,7 +294,7 @@ void im2col(const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B, 
 // grad_x_cl (B, H, W, C) += scatter of grad_columns (laid out as the columns) to the forward's corners
 // and weights. Threads split the channels, so no two threads ever write the same element.
 template <typename T>
-void col2im(const T* grad_columns, const T* offset_chunk, const Geometry& g, int64_t B, T* grad_x_cl) {
+void col2im(const T* grad_columns, const T* offset_chunk, const ConvGeometry& g, int64_t B, T* grad_x_cl) {
   const int64_t BP = B * g.P(), Cg = g.Cg(), CgK = Cg * g.K();
   const BackwardLoops<T> loops = backward_loops<T>();
   at::parallel_for(0, g.C, 1, [&](int64_t c_begin, int64_t c_end) {
@@ -366,7 +323,7 @@ void col2im(const T* grad_columns, const T* offset_chunk, const Geometry& g, int
 // floor-based corners (zero along a clamped axis, zero outside), summed over the group's channels in
 // lane partial sums added in a fixed tree (SlopeSums), so the vector loops give the generic loop's bits.
 template <typename T>
-void offset_grad(const T* grad_columns, const T* x_cl, const T* offset_chunk, const Geometry& g, int64_t B,
+void offset_grad(const T* grad_columns, const T* x_cl, const T* offset_chunk, const ConvGeometry& g, int64_t B,
                  T* grad_offset_chunk) {
   const int64_t K = g.K(), P = g.P(), BP = B * P, Cg = g.Cg(), CgK = Cg * K;
   const auto runs = channel_runs(g, 0, g.C);
@@ -400,7 +357,7 @@ void offset_grad(const T* grad_columns, const T* x_cl, const T* offset_chunk, co
 
 // Rows [g*Fg, (g+1)*Fg) of a (B, F, Ho, Wo) block of a batch tensor as an (Fg, B*P) matrix (a view
 // when B == 1 or the tensor is channels-last).
-at::Tensor group_rows(const at::Tensor& t, int64_t n0, int64_t B, int64_t gi, const Geometry& g) {
+at::Tensor group_rows(const at::Tensor& t, int64_t n0, int64_t B, int64_t gi, const ConvGeometry& g) {
   return t.narrow(0, n0, B).narrow(1, gi * g.Fg(), g.Fg()).transpose(0, 1).reshape({g.Fg(), B * g.P()});
 }
 
@@ -415,7 +372,7 @@ void transpose_into(const at::Tensor& src, const at::Tensor& dst, int64_t batch,
 // channels-last weight of that dtype, whose memory is (F, kh, kw, C/G) already (as the models store it,
 // see dcnviz/models/mxnet_cpu.py); else a copy in a kept buffer (transpose.h for a contiguous weight of
 // that dtype: ~0.85 ms at res5, about the time to read it from memory, where torch's copy_ took ~1.1).
-at::Tensor tap_major(const at::Tensor& weight, const Geometry& g, at::ScalarType type) {
+at::Tensor tap_major(const at::Tensor& weight, const ConvGeometry& g, at::ScalarType type) {
   const at::Tensor hwc = weight.permute({0, 2, 3, 1});
   if (hwc.is_contiguous() && weight.scalar_type() == type) return hwc.view({g.G, g.Fg(), g.K() * g.Cg()});
   at::Tensor w = scratch(Scratch::kWeight, weight.numel(), weight.options().dtype(type));
@@ -466,7 +423,7 @@ at::Tensor channels_last_copy(const at::Tensor& input, bool widen) {
 at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
                              int64_t dh, int64_t dw, int64_t groups, int64_t dgroups) {
-  const Geometry g = check_geometry(input, offset_, weight, sh, sw, ph, pw, dh, dw, groups, dgroups);
+  const ConvGeometry g = check_deform_conv2d(input, offset_, weight, sh, sw, ph, pw, dh, dw, groups, dgroups);
   const bool bf16 = input.scalar_type() == at::kBFloat16;
   if (reduced_precision(input)) {
     TORCH_CHECK(!bias.has_value() || !bias->defined() || bias->dtype() == input.dtype(),
@@ -528,7 +485,7 @@ at::Tensor deform_conv2d_cpu(const at::Tensor& input, const at::Tensor& offset_,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_conv2d_backward_cpu(
     const at::Tensor& grad_output_, const at::Tensor& input, const at::Tensor& offset_, const at::Tensor& weight,
     int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw, int64_t groups, int64_t dgroups) {
-  const Geometry g = check_geometry(input, offset_, weight, sh, sw, ph, pw, dh, dw, groups, dgroups);
+  const ConvGeometry g = check_deform_conv2d(input, offset_, weight, sh, sw, ph, pw, dh, dw, groups, dgroups);
   // The GEMMs run in the op's own dtype even inside an autocast region (autocast would lower them).
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   TORCH_CHECK(grad_output_.dim() == 4 && grad_output_.size(0) == g.N && grad_output_.size(1) == g.F &&

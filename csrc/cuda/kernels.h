@@ -11,23 +11,13 @@
 
 #include <cstdint>
 
+#include "../conv_geometry.h"
 #include "../pooling.h"
 
 // The launchers' explicit instantiations: the types of AT_DISPATCH_FLOATING_TYPES_AND2(kHalf, kBFloat16).
 #define DCNVIZ_FOR_EACH_FLOATING_TYPE(M) M(float) M(double) M(c10::Half) M(c10::BFloat16)
 
 namespace dcnviz {
-
-// Shapes and hyper-parameters of one deform_conv2d call; all sizes int64 so that no index product
-// overflows.
-struct ConvGeometry {
-  int64_t N, C, H, W, F, kh, kw, Ho, Wo, sh, sw, ph, pw, dh, dw, G, DG;
-  DCNVIZ_HD int64_t K() const { return kh * kw; }
-  DCNVIZ_HD int64_t P() const { return Ho * Wo; }
-  DCNVIZ_HD int64_t Cg() const { return C / G; }
-  DCNVIZ_HD int64_t Fg() const { return F / G; }
-  DCNVIZ_HD int64_t Cdg() const { return C / DG; }
-};
 
 // deform_conv2d on a chunk of B images (x_cl channels-last (B, H, W, C), offsets (B, 2*DG*K, Ho, Wo)),
 // columns (G, B*P, K*C/G) tap-major and channel-minor within a row:
